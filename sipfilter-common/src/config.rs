@@ -1,0 +1,193 @@
+//! The runtime configuration record the XDP program reads from the `config` map.
+//!
+//! Userspace writes it at load and on reload; the program reads it on every packet, so a
+//! threshold change takes effect at once without reloading the program.
+
+use crate::NS_PER_SEC;
+
+/// Largest accepted rate (tokens per second) and burst; these bound the token-bucket
+/// arithmetic (see [`crate::bucket::MAX_REFILL_NS`]).
+pub const MAX_RATE: u64 = 1_000_000;
+pub const MAX_BURST: u64 = 1_000_000;
+
+/// How many SIP ports one program can watch.
+pub const MAX_SIP_PORTS: usize = 8;
+
+/// Flag: evaluate and count, never drop.
+pub const FLAG_MONITOR: u32 = 1;
+/// Flag: a banned or denylisted source loses all its traffic, not only its SIP traffic.
+pub const FLAG_SCOPE_ALL: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassLimit {
+    /// Sustained rate, tokens per second.
+    pub rate_per_sec: u32,
+    /// Bucket size: how many messages a source may send back to back.
+    pub burst: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// SIP ports in network byte order. Unused slots repeat the first port so the
+    /// per-packet check is a fixed, branch-free comparison with no "count" to consult.
+    pub sip_ports_be: [u16; MAX_SIP_PORTS],
+    /// FLAG_* bits.
+    pub flags: u32,
+    /// IPv6 source-key mask as four 32-bit words in network byte order (a /64 keeps
+    /// the first two words).
+    pub ipv6_mask_be: [u32; 4],
+    /// Limits indexed by [`crate::RateClass`].
+    pub limits: [ClassLimit; 3],
+    /// First ban's length, ns.
+    pub ban_base_ns: u64,
+    /// Longest ban escalation may reach, ns.
+    pub ban_max_ns: u64,
+    /// A source banned again within this long after its previous ban ended counts as a
+    /// repeat offender and gets twice the previous ban, ns.
+    pub escalation_window_ns: u64,
+}
+
+/// The documented defaults (README, "Defaults and why").
+pub mod defaults {
+    use super::*;
+    pub const SIP_PORT: u16 = 5060;
+    /// REGISTER: 150 back to back covers an office of 50 phones behind one NAT address
+    /// re-registering at once after a power cut (REGISTER, 401, REGISTER with credentials =
+    /// 100 messages) with 50% to spare; 20/s sustained is 1,200 re-registrations a minute.
+    /// A source sending 200/s empties it after about 167 packets, 0.83 s into the flood.
+    pub const REGISTER: ClassLimit = ClassLimit { rate_per_sec: 20, burst: 150 };
+    /// INVITE: 60 back to back (every phone of that office calling at once, with the
+    /// INVITE/407/INVITE retry), 10/s sustained (a busy call centre's peak).
+    pub const INVITE: ClassLimit = ClassLimit { rate_per_sec: 10, burst: 60 };
+    /// Other requests and responses: phones SUBSCRIBE to many busy lamps after a reboot
+    /// and answer NOTIFYs and OPTIONS pings, so this bucket is the loosest.
+    pub const OTHER: ClassLimit = ClassLimit { rate_per_sec: 100, burst: 1000 };
+    /// 300 s first ban: Kamailio's default antiflood ban.
+    pub const BAN_BASE_SECS: u64 = 300;
+    /// Seven days at most: fail2ban's recidive jail.
+    pub const BAN_MAX_SECS: u64 = 7 * 24 * 3600;
+    /// Repeat within a day of the previous ban's end doubles the ban (recidive's window).
+    pub const ESCALATION_WINDOW_SECS: u64 = 24 * 3600;
+    /// Attackers rotate addresses inside their /64.
+    pub const IPV6_PREFIX_LEN: u8 = 64;
+}
+
+/// The IPv6 source-key mask for a prefix length (0..=128), as KernelConfig stores it.
+pub const fn ipv6_mask(prefix_len: u8) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let bits = prefix_len as i32 - 32 * i as i32;
+        let host = if bits >= 32 {
+            u32::MAX
+        } else if bits <= 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        words[i] = host.to_be();
+        i += 1;
+    }
+    words
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            sip_ports_be: [defaults::SIP_PORT.to_be(); MAX_SIP_PORTS],
+            flags: 0,
+            ipv6_mask_be: ipv6_mask(defaults::IPV6_PREFIX_LEN),
+            limits: [defaults::REGISTER, defaults::INVITE, defaults::OTHER],
+            ban_base_ns: defaults::BAN_BASE_SECS * NS_PER_SEC,
+            ban_max_ns: defaults::BAN_MAX_SECS * NS_PER_SEC,
+            escalation_window_ns: defaults::ESCALATION_WINDOW_SECS * NS_PER_SEC,
+        }
+    }
+}
+
+impl KernelConfig {
+    /// Sets the SIP ports (1..=MAX_SIP_PORTS of them), filling unused slots with the first.
+    pub fn set_sip_ports(&mut self, ports: &[u16]) {
+        let first = ports.first().copied().unwrap_or(defaults::SIP_PORT);
+        for (i, slot) in self.sip_ports_be.iter_mut().enumerate() {
+            *slot = ports.get(i).copied().unwrap_or(first).to_be();
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_sip_port(&self, port_be: u16) -> bool {
+        let p = &self.sip_ports_be;
+        (port_be == p[0])
+            | (port_be == p[1])
+            | (port_be == p[2])
+            | (port_be == p[3])
+            | (port_be == p[4])
+            | (port_be == p[5])
+            | (port_be == p[6])
+            | (port_be == p[7])
+    }
+
+    #[inline(always)]
+    pub fn monitor(&self) -> bool {
+        self.flags & FLAG_MONITOR != 0
+    }
+
+    #[inline(always)]
+    pub fn scope_all(&self) -> bool {
+        self.flags & FLAG_SCOPE_ALL != 0
+    }
+
+    /// The ban for a source's `strike`-th offence (1 = first): the base doubled per
+    /// repeat, capped.
+    #[inline(always)]
+    pub fn ban_duration(&self, strike: u32) -> u64 {
+        let doublings = if strike > 1 { strike - 1 } else { 0 };
+        // 2^40 × any sane base is past every cap; stop shifting before it can overflow.
+        if doublings >= 40 {
+            return self.ban_max_ns;
+        }
+        let d = self.ban_base_ns << doublings;
+        if d > self.ban_max_ns || d >> doublings != self.ban_base_ns {
+            self.ban_max_ns
+        } else {
+            d
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_words() {
+        assert_eq!(ipv6_mask(64), [u32::MAX, u32::MAX, 0, 0]);
+        assert_eq!(ipv6_mask(128), [u32::MAX; 4]);
+        assert_eq!(ipv6_mask(0), [0; 4]);
+        assert_eq!(ipv6_mask(48), [u32::MAX, 0xffff_0000u32.to_be(), 0, 0]);
+    }
+
+    #[test]
+    fn ports_fill_unused_slots() {
+        let mut c = KernelConfig::default();
+        c.set_sip_ports(&[5060, 5080]);
+        assert!(c.is_sip_port(5060u16.to_be()));
+        assert!(c.is_sip_port(5080u16.to_be()));
+        assert!(!c.is_sip_port(0));
+        assert!(!c.is_sip_port(5061u16.to_be()));
+    }
+
+    #[test]
+    fn escalation_doubles_and_caps() {
+        let c = KernelConfig::default();
+        let base = defaults::BAN_BASE_SECS * NS_PER_SEC;
+        assert_eq!(c.ban_duration(1), base);
+        assert_eq!(c.ban_duration(2), 2 * base);
+        assert_eq!(c.ban_duration(3), 4 * base);
+        assert_eq!(c.ban_duration(20), c.ban_max_ns);
+        assert_eq!(c.ban_duration(u32::MAX), c.ban_max_ns);
+        assert_eq!(c.ban_duration(0), base);
+    }
+}

@@ -1,0 +1,475 @@
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{map, xdp},
+    maps::{lpm_trie::Key as PrefixKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+use sipfilter_common::{
+    counters::ban_reason,
+    maps::{
+        BAN_EVENTS_BYTES, BAN_TABLE_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_STATE_SIZE,
+    },
+    sip::CLASSIFY_LEN,
+    Ban, BanEvent, Counters, ListEntry, KernelConfig, Method, OffenseHistory, Outcome, RateState,
+    SourceKey, TokenBucket, Verdict,
+};
+
+#[map(name = "config")]
+static CONFIG: Array<KernelConfig> = Array::pinned(1, 0);
+
+#[map(name = "counters")]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "ban_table")]
+static BAN_TABLE: HashMap<SourceKey, Ban> = HashMap::pinned(BAN_TABLE_SIZE, 0);
+
+#[map(name = "offense_history")]
+static OFFENSE_HISTORY: LruHashMap<SourceKey, OffenseHistory> =
+    LruHashMap::pinned(OFFENSE_HISTORY_SIZE, 0);
+
+#[map(name = "rate_state")]
+static RATE_STATE: LruHashMap<SourceKey, RateState> = LruHashMap::pinned(RATE_STATE_SIZE, 0);
+
+#[map(name = "allowlist")]
+static ALLOWLIST: LpmTrie<[u8; 16], ListEntry> = LpmTrie::pinned(LIST_SIZE, 0);
+
+#[map(name = "denylist")]
+static DENYLIST: LpmTrie<[u8; 16], ListEntry> = LpmTrie::pinned(LIST_SIZE, 0);
+
+#[map(name = "ban_events")]
+static BAN_EVENTS: RingBuf = RingBuf::pinned(BAN_EVENTS_BYTES, 0);
+
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers walked before giving up (and passing as malformed).
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Headers end within this many bytes of the frame start, or the packet is malformed.
+/// A constant bound lets the verifier prove every variable-offset access.
+const MAX_L4_OFFSET: usize = 1024;
+
+/// The empty program the benchmark measures as its floor. It is not attached anywhere.
+#[xdp]
+pub fn xdp_floor(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[xdp]
+pub fn sipfilter(ctx: XdpContext) -> u32 {
+    let Some(config) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    let outcome = try_sipfilter(&ctx, config);
+    finish(config, outcome)
+}
+
+/// Counts the outcome and turns it into the XDP action.
+#[inline(always)]
+fn finish(config: &KernelConfig, outcome: Outcome) -> u32 {
+    let drop = outcome.drops();
+    let monitor = config.monitor();
+    let (verdict, action) = match (drop, monitor) {
+        (false, _) => (Verdict::Pass, XDP_PASS),
+        (true, false) => (Verdict::Drop, XDP_DROP),
+        (true, true) => (Verdict::WouldDrop, XDP_PASS),
+    };
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        let c = unsafe { &mut *c };
+        if let Some(v) = c.verdicts.get_mut(verdict as usize) {
+            *v += 1;
+        }
+        if let Some(o) = c.outcomes.get_mut(outcome as usize) {
+            *o += 1;
+        }
+    }
+    action
+}
+
+#[inline(always)]
+fn count_method(method: Method) {
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        let c = unsafe { &mut *c };
+        if let Some(m) = c.methods.get_mut(method as usize) {
+            *m += 1;
+        }
+    }
+}
+
+/// A `T` at `offset` bytes into the frame, if the frame is long enough.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if offset > MAX_L4_OFFSET + 64 || start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Where the L3 header says the datagram's source is and where its UDP header starts.
+struct Datagram {
+    /// Full source address (IPv4-mapped for IPv4): what allow/deny lists match.
+    addr: [u8; 16],
+    /// Offset of the UDP header.
+    udp_offset: usize,
+    is_v6: bool,
+}
+
+impl Datagram {
+    /// The source key: what bans and buckets are keyed by (IPv6 masked to the prefix).
+    #[inline(always)]
+    fn key(&self, config: &KernelConfig) -> SourceKey {
+        let mut key = SourceKey { addr: self.addr };
+        if self.is_v6 {
+            mask_ipv6(&mut key.addr, &config.ipv6_mask_be);
+        }
+        key
+    }
+}
+
+/// What parsing the L2/L3 headers found.
+#[derive(Clone, Copy)]
+enum L3 {
+    /// A UDP datagram (first fragment or unfragmented): judge it.
+    Udp,
+    /// The source is known, but there is no UDP header to judge.
+    Other(Outcome),
+    /// Not judged at all (not IP, or malformed).
+    Skip(Outcome),
+}
+
+#[inline(always)]
+fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig) -> Outcome {
+    let mut dgram = Datagram { addr: [0; 16], udp_offset: 0, is_v6: false };
+    match parse_l3(ctx, &mut dgram) {
+        L3::Udp => {}
+        L3::Other(outcome) => {
+            // With scope "all", a banned or denylisted source loses its non-SIP traffic too.
+            if config.scope_all() {
+                if let Some(o) = source_block(&dgram, config, now()) {
+                    return o;
+                }
+            }
+            return outcome;
+        }
+        L3::Skip(o) => return o,
+    }
+
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, dgram.udp_offset) else {
+        return Outcome::Malformed;
+    };
+    let dst_port_be = u16::from_ne_bytes(unsafe { (*udp).dst });
+    if !config.is_sip_port(dst_port_be) {
+        if config.scope_all() {
+            if let Some(o) = source_block(&dgram, config, now()) {
+                return o;
+            }
+        }
+        return Outcome::NotSipPort;
+    }
+
+    let method = match ptr_at::<[u8; CLASSIFY_LEN]>(ctx, dgram.udp_offset + UdpHdr::LEN) {
+        Some(head) => sipfilter_common::classify(unsafe { &*head }),
+        None => Method::Unknown,
+    };
+    count_method(method);
+
+    let now = now();
+    let key = dgram.key(config);
+    if is_banned(&key, now) {
+        return Outcome::Banned;
+    }
+    let prefix = PrefixKey::new(128, dgram.addr);
+    if listed(&ALLOWLIST, &prefix, now) {
+        return Outcome::Allowlisted;
+    }
+    if listed(&DENYLIST, &prefix, now) {
+        return Outcome::Denylisted;
+    }
+    rate_limit(config, &key, method, now)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn is_banned(key: &SourceKey, now: u64) -> bool {
+    match unsafe { BAN_TABLE.get(key) } {
+        Some(ban) => ban.expires_ns > now,
+        None => false,
+    }
+}
+
+/// Whether the longest prefix of `list` matching the address is in force.
+#[inline(always)]
+fn listed(list: &LpmTrie<[u8; 16], ListEntry>, prefix: &PrefixKey<[u8; 16]>, now: u64) -> bool {
+    match list.get(prefix) {
+        Some(entry) => entry.expires_ns > now,
+        None => false,
+    }
+}
+
+/// Ban, then allowlist, then denylist, for traffic that is not SIP (scope "all").
+#[inline(never)]
+fn source_block(d: &Datagram, config: &KernelConfig, now: u64) -> Option<Outcome> {
+    if is_banned(&d.key(config), now) {
+        return Some(Outcome::Banned);
+    }
+    let prefix = PrefixKey::new(128, d.addr);
+    if listed(&ALLOWLIST, &prefix, now) {
+        return None;
+    }
+    if listed(&DENYLIST, &prefix, now) {
+        return Some(Outcome::Denylisted);
+    }
+    None
+}
+
+#[inline(always)]
+fn parse_l3(ctx: &XdpContext, d: &mut Datagram) -> L3 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return L3::Skip(Outcome::Malformed);
+    };
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut offset = EthHdr::LEN;
+    // Up to two tags: 802.1Q, or 802.1ad (QinQ) outer with 802.1Q inner.
+    for _ in 0..2 {
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
+                return L3::Skip(Outcome::Malformed);
+            };
+            ether_type = unsafe { (*vlan).ether_type };
+            offset += VlanHdr::LEN;
+        }
+    }
+    if ether_type == ETH_P_IP {
+        parse_ipv4(ctx, offset, d)
+    } else if ether_type == ETH_P_IPV6 {
+        parse_ipv6(ctx, offset, d)
+    } else if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // A third tag: more than this program promises to parse.
+        L3::Skip(Outcome::Malformed)
+    } else {
+        L3::Skip(Outcome::NotIp)
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
+        return L3::Skip(Outcome::Malformed);
+    };
+    let ip = unsafe { &*ip };
+    let vihl = ip.vihl;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return L3::Skip(Outcome::Malformed);
+    }
+    d.addr = SourceKey::from_v4(ip.src_addr).addr;
+    d.udp_offset = offset + ihl;
+    // Fragment offset (13 bits) non-zero: a later fragment, which has no UDP header.
+    if (ip.frags[0] & 0x1f) != 0 || ip.frags[1] != 0 {
+        return L3::Other(Outcome::Fragment);
+    }
+    if ip.proto != IPPROTO_UDP {
+        return L3::Other(Outcome::NotUdp);
+    }
+    L3::Udp
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
+        return L3::Skip(Outcome::Malformed);
+    };
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return L3::Skip(Outcome::Malformed);
+    }
+    d.addr = ip.src_addr;
+    d.is_v6 = true;
+    let mut next = ip.next_hdr;
+    let mut l4 = offset + Ipv6Hdr::LEN;
+    let mut fragment = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(ext) = ptr_at::<[u8; 2]>(ctx, l4) else {
+                    return L3::Skip(Outcome::Malformed);
+                };
+                let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+                next = nh;
+                l4 += (len as usize + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(ext) = ptr_at::<[u8; 8]>(ctx, l4) else {
+                    return L3::Skip(Outcome::Malformed);
+                };
+                let (nh, off_hi, off_lo) = unsafe { ((*ext)[0], (*ext)[2], (*ext)[3]) };
+                next = nh;
+                // Offset is the top 13 bits of bytes 2..4; non-zero means a later fragment.
+                if off_hi != 0 || (off_lo & 0xf8) != 0 {
+                    fragment = true;
+                }
+                l4 += 8;
+            }
+            _ => break,
+        }
+        if l4 > MAX_L4_OFFSET {
+            return L3::Skip(Outcome::Malformed);
+        }
+    }
+    d.udp_offset = l4;
+    if fragment {
+        return L3::Other(Outcome::Fragment);
+    }
+    match next {
+        IPPROTO_UDP => L3::Udp,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
+            // More extension headers than the bounded walk covers.
+            L3::Skip(Outcome::Malformed)
+        }
+        _ => L3::Other(Outcome::NotUdp),
+    }
+}
+
+#[inline(always)]
+fn mask_ipv6(addr: &mut [u8; 16], mask_be: &[u32; 4]) {
+    for i in 0..4 {
+        let w = u32::from_ne_bytes([addr[4 * i], addr[4 * i + 1], addr[4 * i + 2], addr[4 * i + 3]])
+            & mask_be[i];
+        let b = w.to_ne_bytes();
+        addr[4 * i] = b[0];
+        addr[4 * i + 1] = b[1];
+        addr[4 * i + 2] = b[2];
+        addr[4 * i + 3] = b[3];
+    }
+}
+
+#[inline(always)]
+fn rate_limit(config: &KernelConfig, key: &SourceKey, method: Method, now: u64) -> Outcome {
+    let class = method.class() as usize;
+    let Some(limit) = config.limits.get(class) else {
+        return Outcome::Accepted;
+    };
+    let (rate, burst) = (limit.rate_per_sec as u64, limit.burst as u64);
+
+    let allowed = match RATE_STATE.get_ptr_mut(key) {
+        Some(state) => {
+            let state = unsafe { &mut *state };
+            state.requests += 1;
+            let Some(bucket) = state.buckets.get_mut(class) else {
+                return Outcome::Accepted;
+            };
+            let allowed = bucket.take(now, rate, burst);
+            if !allowed {
+                state.drops += 1;
+            }
+            allowed
+        }
+        None => {
+            // A new source: its buckets start full.
+            let mut state = RateState {
+                buckets: [
+                    TokenBucket::full(config.limits[0].burst as u64, now),
+                    TokenBucket::full(config.limits[1].burst as u64, now),
+                    TokenBucket::full(config.limits[2].burst as u64, now),
+                ],
+                requests: 1,
+                drops: 0,
+            };
+            let allowed = match state.buckets.get_mut(class) {
+                Some(b) => b.take(now, rate, burst),
+                None => true,
+            };
+            if !allowed {
+                state.drops = 1;
+            }
+            let _ = RATE_STATE.insert(key, &state, 0);
+            allowed
+        }
+    };
+    if allowed {
+        return Outcome::Accepted;
+    }
+    ban(config, key, method, now);
+    Outcome::rate_limited(method.class())
+}
+
+/// Bans `key` for its strike's duration and tells userspace.
+#[inline(never)]
+fn ban(config: &KernelConfig, key: &SourceKey, method: Method, now: u64) {
+    let class = method.class();
+    let strike = match OFFENSE_HISTORY.get_ptr_mut(key) {
+        Some(h) => {
+            let h = unsafe { &*h };
+            if now < h.last_ban_end_ns.saturating_add(config.escalation_window_ns) {
+                h.strikes + 1
+            } else {
+                1
+            }
+        }
+        None => 1,
+    };
+    let duration = config.ban_duration(strike);
+    let expires = now.saturating_add(duration);
+    let entry = Ban {
+        expires_ns: expires,
+        banned_at_ns: now,
+        strike,
+        reason: ban_reason::RATE + class as u8,
+        method: method as u8,
+        _pad: [0; 2],
+    };
+    let stored = BAN_TABLE.insert(key, &entry, 0).is_ok();
+    let history = OffenseHistory { last_ban_end_ns: expires, strikes: strike, _pad: 0 };
+    let _ = OFFENSE_HISTORY.insert(key, &history, 0);
+
+    let event = BanEvent {
+        source: *key,
+        duration_ns: duration,
+        strike,
+        reason: entry.reason,
+        method: entry.method,
+        monitor: config.monitor() as u8,
+        _pad: 0,
+    };
+    let sent = BAN_EVENTS.output::<BanEvent>(&event, 0).is_ok();
+
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        let c = unsafe { &mut *c };
+        if let Some(b) = c.bans.get_mut(class as usize) {
+            *b += 1;
+        }
+        if !stored {
+            c.ban_table_full += 1;
+        }
+        if !sent {
+            c.events_lost += 1;
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

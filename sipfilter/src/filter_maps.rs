@@ -1,0 +1,308 @@
+//! Every operation on the program's maps, whether they come from a fresh load or from pins.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{
+        lpm_trie::{Key as PrefixKey, LpmTrie},
+        Array, HashMap, Map, MapData, PerCpuArray,
+    },
+    Ebpf,
+};
+use sipfilter_common::{
+    counters::ban_reason,
+    maps::{
+        ALLOWLIST, BAN_TABLE, CONFIG_MAP, COUNTERS_MAP, DENYLIST, OFFENSE_HISTORY, PERMANENT,
+        RATE_STATE,
+    },
+    Ban, Counters, KernelConfig, ListEntry, OffenseHistory, RateState, SourceKey,
+};
+
+use crate::{addr::Cidr, clock};
+
+/// Which CIDR list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Allow,
+    Deny,
+}
+
+impl ListKind {
+    pub fn map_name(self) -> &'static str {
+        match self {
+            ListKind::Allow => ALLOWLIST,
+            ListKind::Deny => DENYLIST,
+        }
+    }
+}
+
+pub struct FilterMaps {
+    config: Array<MapData, KernelConfig>,
+    counters: PerCpuArray<MapData, Counters>,
+    ban_table: HashMap<MapData, SourceKey, Ban>,
+    offense_history: HashMap<MapData, SourceKey, OffenseHistory>,
+    rate_state: HashMap<MapData, SourceKey, RateState>,
+    allowlist: LpmTrie<MapData, [u8; 16], ListEntry>,
+    denylist: LpmTrie<MapData, [u8; 16], ListEntry>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name).with_context(|| format!("the XDP object has no map {name}"))
+}
+
+fn open_pin(dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("{} is not a map sipfilter knows", path.display()))
+}
+
+macro_rules! typed {
+    ($map:expr, $name:expr) => {
+        $map.try_into().with_context(|| format!("map {} has an unexpected layout", $name))?
+    };
+}
+
+impl FilterMaps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        Self::build(|name| take(ebpf, name))
+    }
+
+    /// Opens the maps pinned under `dir` by a loaded program.
+    pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
+        Self::build(|name| open_pin(dir, name))
+    }
+
+    fn build(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        Ok(FilterMaps {
+            config: typed!(get(CONFIG_MAP)?, CONFIG_MAP),
+            counters: typed!(get(COUNTERS_MAP)?, COUNTERS_MAP),
+            ban_table: typed!(get(BAN_TABLE)?, BAN_TABLE),
+            offense_history: typed!(get(OFFENSE_HISTORY)?, OFFENSE_HISTORY),
+            rate_state: typed!(get(RATE_STATE)?, RATE_STATE),
+            allowlist: typed!(get(ALLOWLIST)?, ALLOWLIST),
+            denylist: typed!(get(DENYLIST)?, DENYLIST),
+        })
+    }
+
+    pub fn write_config(&mut self, config: &KernelConfig) -> anyhow::Result<()> {
+        self.config.set(0, config, 0).context("cannot write the config map")
+    }
+
+    pub fn read_config(&self) -> anyhow::Result<KernelConfig> {
+        self.config.get(&0, 0).context("cannot read the config map")
+    }
+
+    /// The counters summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let per_cpu = self.counters.get(&0, 0).context("cannot read the counters map")?;
+        let mut total = Counters::default();
+        for c in per_cpu.iter() {
+            total.add(c);
+        }
+        Ok(total)
+    }
+
+    /// Resets the counters to zero on every CPU.
+    pub fn reset_counters(&mut self) -> anyhow::Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e).context("cannot count CPUs")?;
+        let zero = vec![Counters::default(); n];
+        self.counters
+            .set(0, zero.try_into().context("per-CPU value count")?, 0)
+            .context("cannot reset counters")
+    }
+
+    // --- bans ---
+
+    /// All entries of the ban table, expired ones included (the program ignores those).
+    pub fn bans(&self) -> anyhow::Result<Vec<(SourceKey, Ban)>> {
+        let mut out = Vec::new();
+        for entry in self.ban_table.iter() {
+            out.push(entry.context("cannot read the ban table")?);
+        }
+        Ok(out)
+    }
+
+    pub fn ban(&self, key: &SourceKey) -> anyhow::Result<Option<Ban>> {
+        match self.ban_table.get(key, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("cannot read the ban table"),
+        }
+    }
+
+    /// Bans a source for `duration_ns` (None: permanently), unless it is allowlisted.
+    pub fn add_ban(
+        &mut self,
+        key: &SourceKey,
+        duration_ns: Option<u64>,
+        reason: u8,
+    ) -> anyhow::Result<Ban> {
+        if let Some(entry) = self.allowlist_match(key)? {
+            bail!(
+                "{} is allowlisted by {}: an allowlisted source is never banned",
+                Cidr::from_map(key.addr, 128),
+                entry
+            );
+        }
+        let now = clock::boot_ns();
+        let ban = Ban {
+            expires_ns: duration_ns.map_or(PERMANENT, |d| now.saturating_add(d)),
+            banned_at_ns: now,
+            strike: 1,
+            reason,
+            method: sipfilter_common::Method::Unknown as u8,
+            _pad: [0; 2],
+        };
+        self.insert_ban(key, &ban)?;
+        Ok(ban)
+    }
+
+    /// Stores a ban as given (restoring state), still refusing allowlisted sources.
+    pub fn insert_ban(&mut self, key: &SourceKey, ban: &Ban) -> anyhow::Result<()> {
+        if self.allowlist_match(key)?.is_some() {
+            bail!("{} is allowlisted", Cidr::from_map(key.addr, 128));
+        }
+        self.ban_table.insert(key, ban, 0).context("cannot write the ban table (is it full?)")
+    }
+
+    pub fn remove_ban(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
+        match self.ban_table.remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context("cannot remove from the ban table"),
+        }
+    }
+
+    pub fn offense_history(&self, key: &SourceKey) -> anyhow::Result<Option<OffenseHistory>> {
+        match self.offense_history.get(key, 0) {
+            Ok(h) => Ok(Some(h)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("cannot read the offense history"),
+        }
+    }
+
+    // --- rate state ---
+
+    pub fn rate_states(&self) -> anyhow::Result<Vec<(SourceKey, RateState)>> {
+        let mut out = Vec::new();
+        for entry in self.rate_state.iter() {
+            out.push(entry.context("cannot read the rate state")?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets every bucket (used between benchmark paths and by tests).
+    pub fn clear_rate_state(&mut self) -> anyhow::Result<()> {
+        let keys: Vec<SourceKey> = self.rate_state.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.rate_state.remove(&k);
+        }
+        Ok(())
+    }
+
+    // --- allow/deny lists ---
+
+    pub fn list(&self, kind: ListKind) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        let map = self.list_map(kind);
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.with_context(|| format!("cannot read the {}", kind.map_name()))?;
+            out.push((Cidr::from_map(k.data(), k.prefix_len()), v));
+        }
+        out.sort_by_key(|(c, _)| *c);
+        Ok(out)
+    }
+
+    /// Adds a CIDR to a list. Adding to the allowlist lifts every ban it covers, keeping
+    /// the invariant the program relies on: no allowlisted source is in the ban table.
+    /// Returns the sources whose bans were lifted.
+    pub fn list_add(
+        &mut self,
+        kind: ListKind,
+        cidr: &Cidr,
+        expires_ns: u64,
+    ) -> anyhow::Result<Vec<SourceKey>> {
+        let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
+        self.list_map_mut(kind)
+            .insert(&key, ListEntry { expires_ns }, 0)
+            .with_context(|| format!("cannot add {cidr} to the {} (is it full?)", kind.map_name()))?;
+        if kind == ListKind::Allow {
+            return self.lift_bans_within(cidr);
+        }
+        Ok(Vec::new())
+    }
+
+    pub fn list_remove(&mut self, kind: ListKind, cidr: &Cidr) -> anyhow::Result<bool> {
+        let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
+        match self.list_map_mut(kind).remove(&key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {cidr} from the {}", kind.map_name())),
+        }
+    }
+
+    /// The allowlist entry in force that covers a source key, if any.
+    pub fn allowlist_match(&self, key: &SourceKey) -> anyhow::Result<Option<Cidr>> {
+        // A source key is a whole IPv6 prefix; any allowlist entry that covers any address in
+        // it must keep it from being banned, so also check entries inside the prefix.
+        let now = clock::boot_ns();
+        let source = Cidr::from_map(key.addr, 128);
+        for (cidr, entry) in self.list(ListKind::Allow)? {
+            if entry.expires_ns <= now {
+                continue;
+            }
+            if cidr.contains(&source) || source_key_covers(key, &cidr) {
+                return Ok(Some(cidr));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes bans of sources that `allowed` covers, wholly or in part.
+    pub fn lift_bans_within(&mut self, allowed: &Cidr) -> anyhow::Result<Vec<SourceKey>> {
+        let mut lifted = Vec::new();
+        for (key, _) in self.bans()? {
+            let source = Cidr::from_map(key.addr, 128);
+            if allowed.contains(&source) || source_key_covers(&key, allowed) {
+                self.remove_ban(&key)?;
+                lifted.push(key);
+            }
+        }
+        Ok(lifted)
+    }
+
+    fn list_map(&self, kind: ListKind) -> &LpmTrie<MapData, [u8; 16], ListEntry> {
+        match kind {
+            ListKind::Allow => &self.allowlist,
+            ListKind::Deny => &self.denylist,
+        }
+    }
+
+    fn list_map_mut(&mut self, kind: ListKind) -> &mut LpmTrie<MapData, [u8; 16], ListEntry> {
+        match kind {
+            ListKind::Allow => &mut self.allowlist,
+            ListKind::Deny => &mut self.denylist,
+        }
+    }
+}
+
+/// Whether an IPv6 source key (a masked prefix) contains part of `cidr`: the key's
+/// significant bits equal the CIDR's first bits. IPv4 keys are whole addresses, covered only
+/// by containment.
+fn source_key_covers(key: &SourceKey, cidr: &Cidr) -> bool {
+    if key.is_v4() || cidr.addr.is_ipv4() {
+        return false;
+    }
+    // The key's prefix length is not stored with it; its trailing zero bits are the mask at
+    // most. Treat the key as the network of its significant bits.
+    let bits = 128 - u128::from_be_bytes(key.addr).trailing_zeros().min(128);
+    let key_net = Cidr::from_map(key.addr, bits);
+    key_net.contains(cidr)
+}
+
+/// Reason name for display.
+pub fn reason_name(reason: u8) -> &'static str {
+    ban_reason::name(reason)
+}

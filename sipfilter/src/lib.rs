@@ -1,0 +1,13 @@
+//! sipfilter's userspace: loading the XDP program, and every operation on its pinned maps.
+//!
+//! The `sipfilter` binary (agent and CLI) and the privileged tests are built on this library.
+
+pub mod addr;
+pub mod bpffs;
+pub mod clock;
+pub mod filter_maps;
+pub mod loader;
+
+pub use addr::Cidr;
+pub use filter_maps::FilterMaps;
+pub use loader::Loaded;

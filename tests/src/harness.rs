@@ -1,0 +1,117 @@
+//! Loads the real program into a private bpffs and runs frames through it with
+//! BPF_PROG_TEST_RUN.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _};
+use aya::programs::{TestRun as _, TestRunOptions};
+use sipfilter::{FilterMaps, Loaded};
+use sipfilter_common::{Counters, KernelConfig};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// A bpffs mounted on a fresh folder under /tmp for one test, unmounted (taking every pin
+/// with it) when dropped, also when the test fails.
+pub struct PrivateBpffs {
+    mount_point: PathBuf,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl PrivateBpffs {
+    pub fn new() -> anyhow::Result<Self> {
+        let mount_point = std::env::temp_dir().join(format!(
+            "sipfilter-test-bpffs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&mount_point)?;
+        sipfilter::bpffs::ensure_mounted(&mount_point)
+            .context("the privileged tests must run as root")?;
+        Ok(PrivateBpffs { mount_point })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// The pin folder the program uses inside this bpffs.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.mount_point.join("sipfilter")
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        if let Ok(c) = CString::new(self.mount_point.as_os_str().as_encoded_bytes()) {
+            // SAFETY: NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.mount_point);
+    }
+}
+
+/// The program loaded with its maps pinned in a private bpffs.
+pub struct TestFilter {
+    pub loaded: Loaded,
+    // Dropped after `loaded` (field order): the maps are unpinned once nothing holds them.
+    pub bpffs: PrivateBpffs,
+}
+
+impl TestFilter {
+    pub fn new() -> anyhow::Result<Self> {
+        Self::with_config(&KernelConfig::default())
+    }
+
+    pub fn with_config(config: &KernelConfig) -> anyhow::Result<Self> {
+        let bpffs = PrivateBpffs::new()?;
+        let loaded = Loaded::load(&bpffs.pin_dir(), config)?;
+        Ok(TestFilter { loaded, bpffs })
+    }
+
+    /// Runs one frame through the program and returns its XDP action.
+    pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        let prog = self.loaded.program()?;
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
+            .context("BPF_PROG_TEST_RUN failed")?;
+        Ok(result.return_value)
+    }
+
+    /// Runs a frame and insists on the action (a readable failure beats a bare number).
+    pub fn expect(&self, frame: &[u8], action: u32, what: &str) -> anyhow::Result<()> {
+        let got = self.run(frame)?;
+        if got != action {
+            bail!("{what}: expected {}, got {}", action_name(action), action_name(got));
+        }
+        Ok(())
+    }
+
+    pub fn maps(&mut self) -> &mut FilterMaps {
+        &mut self.loaded.maps
+    }
+
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        self.loaded.maps.counters()
+    }
+
+    pub fn set_config(&mut self, config: &KernelConfig) -> anyhow::Result<()> {
+        self.loaded.maps.write_config(config)
+    }
+}
+
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "unknown action",
+    }
+}

@@ -1,0 +1,7 @@
+//! What sipfilter's privileged tests and its benchmark share: a packet builder, a harness
+//! that loads the real program into a private bpffs and runs packets through it with
+//! BPF_PROG_TEST_RUN, and network-namespace helpers for end-to-end tests.
+
+pub mod harness;
+pub mod netns;
+pub mod packet;

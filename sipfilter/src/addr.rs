@@ -127,10 +127,28 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Why a string is not an address or CIDR; the message names the string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrError(pub String);
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CidrError {}
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_cidr(s).map_err(CidrError)
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    {
         let s = s.trim();
         let (addr_part, len_part) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
@@ -198,7 +216,7 @@ mod tests {
     fn rejects_bad_input_naming_it() {
         for bad in ["300.1.1.1", "1.2.3.4/33", "2001:db8::/129", "host.example", "1.2.3.4/x", ""] {
             let err = bad.parse::<Cidr>().unwrap_err();
-            assert!(err.contains(bad.trim()), "{err}");
+            assert!(err.0.contains(bad.trim()), "{err}");
         }
     }
 

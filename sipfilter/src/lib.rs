@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod bpffs;
 pub mod clock;
+pub mod events;
 pub mod filter_maps;
 pub mod loader;
 

@@ -3,9 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::Xdp,
+    Ebpf, EbpfLoader,
+};
 use sipfilter_common::{
-    maps::{FLOOR_PROGRAM, XDP_PROGRAM},
+    maps::{BAN_EVENTS, FLOOR_PROGRAM, XDP_PROGRAM},
     KernelConfig,
 };
 
@@ -43,6 +47,12 @@ impl Loaded {
 
     pub fn program_mut(&mut self) -> anyhow::Result<&mut Xdp> {
         xdp_mut(&mut self.ebpf, XDP_PROGRAM)
+    }
+
+    /// Takes the ring buffer the program reports new bans on (once).
+    pub fn take_ban_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(BAN_EVENTS).context("the ban event ring buffer was already taken")?;
+        RingBuf::try_from(map).context("ban_events is not a ring buffer")
     }
 
     /// Loads the empty program the benchmark uses as its floor.

@@ -8,9 +8,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{TestRun as _, TestRunOptions},
+};
 use sipfilter::{FilterMaps, Loaded};
-use sipfilter_common::{Counters, KernelConfig};
+use sipfilter_common::{BanEvent, Counters, KernelConfig};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -59,6 +62,7 @@ impl Drop for PrivateBpffs {
 /// The program loaded with its maps pinned in a private bpffs.
 pub struct TestFilter {
     pub loaded: Loaded,
+    ban_events: RingBuf<MapData>,
     // Dropped after `loaded` (field order): the maps are unpinned once nothing holds them.
     pub bpffs: PrivateBpffs,
 }
@@ -70,8 +74,19 @@ impl TestFilter {
 
     pub fn with_config(config: &KernelConfig) -> anyhow::Result<Self> {
         let bpffs = PrivateBpffs::new()?;
-        let loaded = Loaded::load(&bpffs.pin_dir(), config)?;
-        Ok(TestFilter { loaded, bpffs })
+        let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
+        let ban_events = loaded.take_ban_events()?;
+        Ok(TestFilter { loaded, ban_events, bpffs })
+    }
+
+    /// Loads the program again over the same pins, as a restarted loader would.
+    pub fn reload(self, config: &KernelConfig) -> anyhow::Result<Self> {
+        let TestFilter { loaded, ban_events, bpffs } = self;
+        drop(ban_events);
+        drop(loaded);
+        let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
+        let ban_events = loaded.take_ban_events()?;
+        Ok(TestFilter { loaded, ban_events, bpffs })
     }
 
     /// Runs one frame through the program and returns its XDP action.
@@ -90,6 +105,24 @@ impl TestFilter {
             bail!("{what}: expected {}, got {}", action_name(action), action_name(got));
         }
         Ok(())
+    }
+
+    /// Ban events the program sent since the last call.
+    pub fn ban_events(&mut self) -> Vec<BanEvent> {
+        sipfilter::events::drain(&mut self.ban_events)
+    }
+
+    /// Runs `frame` `n` times and counts the actions.
+    pub fn run_n(&self, frame: &[u8], n: usize) -> anyhow::Result<(usize, usize)> {
+        let (mut passed, mut dropped) = (0, 0);
+        for _ in 0..n {
+            match self.run(frame)? {
+                XDP_PASS => passed += 1,
+                XDP_DROP => dropped += 1,
+                other => bail!("unexpected action {}", action_name(other)),
+            }
+        }
+        Ok((passed, dropped))
     }
 
     pub fn maps(&mut self) -> &mut FilterMaps {

@@ -1,0 +1,336 @@
+//! Sequences of real packets through the real program: bursts, bans, expiry, IPv6 prefixes,
+//! allow/deny lists, monitor mode, escalation, ban scope, runtime config and restarts.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
+use sipfilter_common::{
+    config::{FLAG_MONITOR, FLAG_SCOPE_ALL},
+    counters::ban_reason,
+    maps::PERMANENT,
+    ClassLimit, KernelConfig, Method, Outcome, RateClass, Verdict, NS_PER_SEC,
+};
+use sipfilter_tests::{
+    harness::{TestFilter, XDP_DROP, XDP_PASS},
+    packet::PacketBuilder as P,
+};
+
+fn v4(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, last)
+}
+
+fn register(src: Ipv4Addr) -> Vec<u8> {
+    P::sip4(src, "REGISTER").build().bytes
+}
+
+/// Limits small enough to reach in a few packets, and a ban long enough to outlast the test.
+fn small_limits() -> KernelConfig {
+    let mut c = KernelConfig::default();
+    c.limits[RateClass::Register as usize] = ClassLimit { rate_per_sec: 1, burst: 10 };
+    c.limits[RateClass::Invite as usize] = ClassLimit { rate_per_sec: 1, burst: 5 };
+    c.limits[RateClass::Other as usize] = ClassLimit { rate_per_sec: 1, burst: 20 };
+    c
+}
+
+#[test]
+fn burst_within_limit_passes_then_first_excess_packet_drops_and_bans() -> anyhow::Result<()> {
+    let mut f = TestFilter::new()?;
+    let attacker = v4(66);
+    let frame = register(attacker);
+    let burst = KernelConfig::default().limits[0].burst as usize;
+
+    // A whole burst at once passes: the default lets an office re-register after a power cut.
+    let (passed, dropped) = f.run_n(&frame, burst)?;
+    assert_eq!((passed, dropped), (burst, 0));
+    assert!(f.ban_events().is_empty());
+
+    // The first packet over the limit is dropped and bans the source in the same instant.
+    f.expect(&frame, XDP_DROP, "first REGISTER over the burst")?;
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1, "one ban event: {events:?}");
+    let e = events[0];
+    assert_eq!(e.source, source_key(attacker.into(), 64));
+    assert_eq!(e.reason, ban_reason::RATE + RateClass::Register as u8);
+    assert_eq!(e.method, Method::Register as u8);
+    assert_eq!(e.strike, 1);
+    assert_eq!(e.duration_ns, 300 * NS_PER_SEC);
+    assert_eq!(e.monitor, 0);
+    let ban = f.maps().ban(&e.source)?.expect("ban stored");
+    assert_eq!(ban.expires_ns - ban.banned_at_ns, 300 * NS_PER_SEC);
+
+    // Later packets from the source drop as banned, whatever their method; no new events.
+    f.expect(&P::sip4(attacker, "OPTIONS").build().bytes, XDP_DROP, "OPTIONS from the banned source")?;
+    f.expect(&frame, XDP_DROP, "REGISTER from the banned source")?;
+    assert!(f.ban_events().is_empty());
+    // Non-SIP traffic from it still flows under the default "sip" scope.
+    f.expect(&P::sip4(attacker, "REGISTER").tcp().build().bytes, XDP_PASS, "TCP from the banned source")?;
+    // Another source is unaffected.
+    f.expect(&register(v4(67)), XDP_PASS, "REGISTER from another source")?;
+
+    let c = f.counters()?;
+    assert_eq!(c.outcome(Outcome::RateRegister), 1);
+    assert_eq!(c.outcome(Outcome::Banned), 2);
+    assert_eq!(c.bans[RateClass::Register as usize], 1);
+    assert_eq!(c.verdict(Verdict::Drop), 3);
+    Ok(())
+}
+
+#[test]
+fn flood_at_200_per_second_is_banned_within_its_first_second_at_default_limits() -> anyhow::Result<()> {
+    // Real time: 200 REGISTERs/s paced by the wall clock (the program reads CLOCK_BOOTTIME).
+    let mut f = TestFilter::new()?;
+    let frame = register(v4(90));
+    let start = std::time::Instant::now();
+    let mut sent = 0u32;
+    let banned_at = loop {
+        let due = start + Duration::from_micros(5_000 * sent as u64);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sent += 1;
+        if f.run(&frame)? == XDP_DROP {
+            break start.elapsed();
+        }
+        assert!(sent < 400, "not banned after {sent} packets");
+    };
+    assert!(banned_at < Duration::from_secs(1), "banned after {banned_at:?} ({sent} packets)");
+    assert_eq!(f.ban_events().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn office_of_50_phones_behind_one_nat_reregistering_at_once_is_not_banned() -> anyhow::Result<()> {
+    let f = TestFilter::new()?;
+    let nat = v4(50);
+    // Each phone: REGISTER, (401 goes out), REGISTER with credentials; plus one SUBSCRIBE.
+    for phone in 0..50 {
+        for _ in 0..2 {
+            let frame = P::udp4(nat, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, &sipfilter_tests::packet::sip_request("REGISTER", &format!("2{phone:02}"))).build().bytes;
+            f.expect(&frame, XDP_PASS, "phone REGISTER")?;
+        }
+        f.expect(&P::sip4(nat, "SUBSCRIBE").build().bytes, XDP_PASS, "phone SUBSCRIBE")?;
+    }
+    assert!(f.loaded.maps.bans()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn expired_ban_no_longer_drops() -> anyhow::Result<()> {
+    let mut c = small_limits();
+    c.ban_base_ns = 200_000_000; // 0.2 s
+    let mut f = TestFilter::with_config(&c)?;
+    let src = v4(70);
+    let frame = register(src);
+    let (_, dropped) = f.run_n(&frame, 11)?;
+    assert_eq!(dropped, 1);
+    f.expect(&frame, XDP_DROP, "inside the ban")?;
+    std::thread::sleep(Duration::from_millis(300));
+    // The ban has passed; the bucket refilled by 0.3 tokens... plus the ban time: the bucket
+    // was empty, so wait for at least one token at 1/s.
+    std::thread::sleep(Duration::from_millis(800));
+    f.expect(&frame, XDP_PASS, "after the ban expired")?;
+    // The expired entry is still in the table (the agent sweeps it); the program ignored it.
+    assert!(f.maps().ban(&source_key(src.into(), 64))?.is_some());
+
+    // A ban written by userspace with an expiry in the past does not drop either.
+    let other = v4(71);
+    let key = source_key(other.into(), 64);
+    let now = sipfilter::clock::boot_ns();
+    let ban = sipfilter_common::Ban { expires_ns: now - 1, banned_at_ns: now - NS_PER_SEC, strike: 1, reason: ban_reason::MANUAL, method: 0, _pad: [0; 2] };
+    f.maps().insert_ban(&key, &ban)?;
+    f.expect(&register(other), XDP_PASS, "past-expiry ban")?;
+    Ok(())
+}
+
+#[test]
+fn two_ipv6_addresses_in_one_slash_64_share_a_bucket_and_a_ban() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&small_limits())?;
+    let a: Ipv6Addr = "2001:db8:aa:1::1".parse()?;
+    let b: Ipv6Addr = "2001:db8:aa:1:ffff:ffff:ffff:fffe".parse()?;
+    let other: Ipv6Addr = "2001:db8:aa:2::1".parse()?;
+    let fa = P::sip6(a, "REGISTER").build().bytes;
+    let fb = P::sip6(b, "REGISTER").build().bytes;
+    assert_eq!(f.run_n(&fa, 5)?, (5, 0));
+    assert_eq!(f.run_n(&fb, 5)?, (5, 0));
+    // The /64 has used its burst of 10 between its two addresses.
+    f.expect(&fb, XDP_DROP, "11th REGISTER from the /64")?;
+    f.expect(&fa, XDP_DROP, "the other address of the banned /64")?;
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(sipfilter::addr::display_source(&events[0].source, 64), "2001:db8:aa:1::/64");
+    f.expect(&P::sip6(other, "REGISTER").build().bytes, XDP_PASS, "a neighbouring /64")?;
+
+    // A /128 source key separates the two addresses.
+    let mut c = small_limits();
+    c.ipv6_mask_be = sipfilter_common::config::ipv6_mask(128);
+    let f = TestFilter::with_config(&c)?;
+    assert_eq!(f.run_n(&fa, 10)?, (10, 0));
+    f.expect(&fb, XDP_PASS, "another address with /128 keys")?;
+    Ok(())
+}
+
+#[test]
+fn allowlisted_source_sending_a_flood_is_never_banned() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&small_limits())?;
+    let trunk = v4(10);
+    f.maps().list_add(ListKind::Allow, &"203.0.113.0/28".parse()?, PERMANENT)?;
+    f.maps().list_add(ListKind::Allow, &"2001:db8:7::/48".parse()?, PERMANENT)?;
+    for method in ["REGISTER", "INVITE", "OPTIONS"] {
+        assert_eq!(f.run_n(&P::sip4(trunk, method).build().bytes, 500)?, (500, 0), "{method}");
+    }
+    let v6trunk: Ipv6Addr = "2001:db8:7:1::5".parse()?;
+    assert_eq!(f.run_n(&P::sip6(v6trunk, "INVITE").build().bytes, 200)?, (200, 0));
+    assert!(f.maps().bans()?.is_empty());
+    assert!(f.ban_events().is_empty());
+    assert!(f.maps().rate_states()?.is_empty(), "allowlisted sources have no buckets");
+    assert_eq!(f.counters()?.outcome(Outcome::Allowlisted), 1700);
+
+    // Userspace refuses to ban an allowlisted source, and allowlisting lifts a ban.
+    let err = f.maps().add_ban(&source_key(trunk.into(), 64), None, ban_reason::MANUAL).unwrap_err();
+    assert!(err.to_string().contains("allowlisted"), "{err}");
+    let later = v4(100);
+    f.maps().add_ban(&source_key(later.into(), 64), None, ban_reason::MANUAL)?;
+    f.expect(&register(later), XDP_DROP, "manually banned")?;
+    let lifted = f.maps().list_add(ListKind::Allow, &Cidr::from(later), PERMANENT)?;
+    assert_eq!(lifted, vec![source_key(later.into(), 64)]);
+    f.expect(&register(later), XDP_PASS, "allowlisted after its ban")?;
+    Ok(())
+}
+
+#[test]
+fn denylisted_sources_drop_and_their_neighbours_pass() -> anyhow::Result<()> {
+    let mut f = TestFilter::new()?;
+    f.maps().list_add(ListKind::Deny, &"198.18.0.0/15".parse()?, PERMANENT)?;
+    f.maps().list_add(ListKind::Deny, &"2001:db8:bad::/48".parse()?, PERMANENT)?;
+    f.expect(&P::sip4(Ipv4Addr::new(198, 19, 3, 4), "OPTIONS").build().bytes, XDP_DROP, "inside the /15")?;
+    f.expect(&P::sip4(Ipv4Addr::new(198, 20, 0, 1), "OPTIONS").build().bytes, XDP_PASS, "just outside")?;
+    f.expect(&P::sip6("2001:db8:bad:1::9".parse()?, "INVITE").build().bytes, XDP_DROP, "inside the /48")?;
+    f.expect(&P::sip6("2001:db8:bae::9".parse()?, "INVITE").build().bytes, XDP_PASS, "outside the /48")?;
+    // A denylisted source sending non-SIP traffic is untouched under the default scope.
+    f.expect(&P::udp4(Ipv4Addr::new(198, 19, 3, 4), v4(1), 1234, 53, b"dns").build().bytes, XDP_PASS, "DNS")?;
+    // Deny does not ban: no ban entry, no event.
+    assert!(f.maps().bans()?.is_empty());
+    assert!(f.ban_events().is_empty());
+    assert_eq!(f.counters()?.outcome(Outcome::Denylisted), 2);
+
+    // A timed entry stops applying when it expires.
+    let now = sipfilter::clock::boot_ns();
+    f.maps().list_add(ListKind::Deny, &"192.0.2.128/25".parse()?, now + 200_000_000)?;
+    let frame = P::sip4(Ipv4Addr::new(192, 0, 2, 200), "OPTIONS").build().bytes;
+    f.expect(&frame, XDP_DROP, "timed deny in force")?;
+    std::thread::sleep(Duration::from_millis(300));
+    f.expect(&frame, XDP_PASS, "timed deny expired")?;
+    Ok(())
+}
+
+#[test]
+fn monitor_mode_counts_would_drop_but_passes_everything() -> anyhow::Result<()> {
+    let mut c = small_limits();
+    c.flags |= FLAG_MONITOR;
+    let mut f = TestFilter::with_config(&c)?;
+    f.maps().list_add(ListKind::Deny, &"192.0.2.0/24".parse()?, PERMANENT)?;
+    let frame = register(v4(80));
+    assert_eq!(f.run_n(&frame, 30)?, (30, 0));
+    f.expect(&P::sip4(Ipv4Addr::new(192, 0, 2, 9), "INVITE").build().bytes, XDP_PASS, "denylisted in monitor mode")?;
+    let counters = f.counters()?;
+    // 10 accepted, the 11th empties the bucket and bans, 19 more hit the ban, 1 denylisted.
+    assert_eq!(counters.verdict(Verdict::WouldDrop), 21);
+    assert_eq!(counters.verdict(Verdict::Drop), 0);
+    assert_eq!(counters.verdict(Verdict::Pass), 10);
+    assert_eq!(counters.outcome(Outcome::RateRegister), 1);
+    assert_eq!(counters.outcome(Outcome::Banned), 19);
+    // The ban is recorded so the operator sees who would be banned.
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].monitor, 1);
+
+    // Turning monitor mode off at runtime enforces at once.
+    c.flags &= !FLAG_MONITOR;
+    f.set_config(&c)?;
+    f.expect(&frame, XDP_DROP, "monitor mode off")?;
+    Ok(())
+}
+
+#[test]
+fn escalation_doubles_a_repeat_offenders_ban_up_to_the_cap() -> anyhow::Result<()> {
+    let mut c = small_limits();
+    c.limits[RateClass::Register as usize] = ClassLimit { rate_per_sec: 1_000, burst: 3 };
+    c.ban_base_ns = 100_000_000; // 0.1 s
+    c.ban_max_ns = 300_000_000; // cap 0.3 s
+    let mut f = TestFilter::with_config(&c)?;
+    let src = v4(77);
+    let frame = register(src);
+    let mut durations = Vec::new();
+    for _ in 0..4 {
+        // Flood until banned (the bucket refills while banned, so a burst is allowed again).
+        let mut sent = 0;
+        while f.run(&frame)? == XDP_PASS {
+            sent += 1;
+            assert!(sent < 10_000, "never banned");
+        }
+        let events = f.ban_events();
+        assert_eq!(events.len(), 1);
+        durations.push((events[0].strike, events[0].duration_ns / 1_000_000));
+        let ban = f.maps().ban(&events[0].source)?.unwrap();
+        std::thread::sleep(Duration::from_nanos(ban.expires_ns - ban.banned_at_ns) + Duration::from_millis(30));
+    }
+    assert_eq!(durations, vec![(1, 100), (2, 200), (3, 300), (4, 300)]);
+    let history = f.maps().offense_history(&source_key(src.into(), 64))?.unwrap();
+    assert_eq!(history.strikes, 4);
+
+    // Outside the window, the count starts again.
+    c.escalation_window_ns = 1; // the window ends as soon as the ban does
+    f.set_config(&c)?;
+    while f.run(&frame)? == XDP_PASS {}
+    assert_eq!(f.ban_events()[0].strike, 1);
+    Ok(())
+}
+
+#[test]
+fn ban_scope_all_drops_every_packet_of_a_banned_or_denylisted_source() -> anyhow::Result<()> {
+    let mut c = small_limits();
+    c.flags |= FLAG_SCOPE_ALL;
+    let mut f = TestFilter::with_config(&c)?;
+    let src = v4(88);
+    f.maps().add_ban(&source_key(src.into(), 64), Some(60 * NS_PER_SEC), ban_reason::MANUAL)?;
+    f.maps().list_add(ListKind::Deny, &"192.0.2.0/24".parse()?, PERMANENT)?;
+    f.expect(&P::sip4(src, "REGISTER").tcp().build().bytes, XDP_DROP, "TCP from banned")?;
+    f.expect(&P::udp4(src, v4(1), 1000, 53, b"x").build().bytes, XDP_DROP, "DNS from banned")?;
+    f.expect(&P::sip4(src, "REGISTER").fragment(20, false).build().bytes, XDP_DROP, "fragment from banned")?;
+    f.expect(&P::sip4(Ipv4Addr::new(192, 0, 2, 5), "x").icmp().build().bytes, XDP_DROP, "ICMP from denylisted")?;
+    f.expect(&P::sip4(v4(89), "REGISTER").tcp().build().bytes, XDP_PASS, "TCP from a clean source")?;
+    Ok(())
+}
+
+#[test]
+fn thresholds_change_at_runtime_without_reload_or_losing_bans() -> anyhow::Result<()> {
+    let mut c = small_limits();
+    let mut f = TestFilter::with_config(&c)?;
+    let banned = v4(30);
+    assert_eq!(f.run_n(&register(banned), 11)?, (10, 1));
+    c.limits[RateClass::Register as usize] = ClassLimit { rate_per_sec: 1, burst: 3 };
+    f.set_config(&c)?;
+    assert_eq!(f.run_n(&register(v4(31)), 4)?, (3, 1), "the new burst applies to a new source");
+    f.expect(&register(banned), XDP_DROP, "the earlier ban survives the change")?;
+    Ok(())
+}
+
+#[test]
+fn state_survives_a_restart_of_the_loader() -> anyhow::Result<()> {
+    let c = small_limits();
+    let f = TestFilter::with_config(&c)?;
+    let banned = v4(40);
+    let busy = v4(41);
+    assert_eq!(f.run_n(&register(banned), 11)?, (10, 1));
+    assert_eq!(f.run_n(&register(busy), 8)?, (8, 0));
+    let mut f = f.reload(&c)?;
+    f.expect(&register(banned), XDP_DROP, "ban after restart")?;
+    // The bucket kept its level: 2 tokens left (plus a little refill at 1/s).
+    let (passed, _) = f.run_n(&register(busy), 5)?;
+    assert!((2..=3).contains(&passed), "{passed} passed after restart");
+    assert_eq!(f.maps().bans()?.len(), 2);
+    Ok(())
+}

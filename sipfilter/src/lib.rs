@@ -8,6 +8,7 @@ pub mod clock;
 pub mod events;
 pub mod filter_maps;
 pub mod loader;
+pub mod state_file;
 
 pub use addr::Cidr;
 pub use filter_maps::FilterMaps;

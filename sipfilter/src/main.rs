@@ -1,4 +1,62 @@
-fn main() {
-    let obj = include_bytes!(concat!(env!("OUT_DIR"), "/sipfilter-xdp"));
-    println!("{}", obj.len());
+//! `sipfilter`: the agent (`run`, `detach`) and the operator's CLI (`ban`, `allow`, `deny`,
+//! `import`, `stats`, `top`, `status`, `completions`).
+
+mod agent;
+mod cli;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{CommandFactory as _, Parser, Subcommand};
+use sipfilter_common::maps::DEFAULT_PIN_DIR;
+
+#[derive(Parser)]
+#[command(
+    name = "sipfilter",
+    version,
+    about = "Stops SIP scanning, brute force and REGISTER floods in XDP, before they reach the PBX",
+    after_help = "Examples:\n  sipfilter run --iface eth0                 start the agent on eth0 with defaults\n  sipfilter run --config /etc/sipfilter.toml start it from a config file\n  sipfilter ban add 203.0.113.7 --for 4h     ban one address for four hours\n  sipfilter ban list                         list active bans\n  sipfilter stats                            counters by action, reason and method"
+)]
+pub struct Cli {
+    /// bpffs folder where the program's maps (and the agent's links) are pinned.
+    #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load the XDP program, attach it and keep bans, metrics and the state file up to date.
+    Run(agent::RunArgs),
+    /// Detach the program from one or all interfaces (the attachment outlives the agent).
+    Detach(agent::DetachArgs),
+    #[command(flatten)]
+    Manage(cli::ManageCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => agent::run(&cli.pin_dir, args),
+        Command::Detach(args) => agent::detach(&cli.pin_dir, args),
+        Command::Manage(cmd) => cli::execute(&cli.pin_dir, cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sipfilter", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable sentence (with its causes), not a backtrace.
+            eprintln!("sipfilter: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

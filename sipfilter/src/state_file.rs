@@ -1,0 +1,147 @@
+//! The agent's state file: every active ban, so bans survive a reboot (when the pins are
+//! gone) as well as an agent restart (when they are not).
+//!
+//! Ends are stored as wall-clock Unix times, because the kernel's clock (CLOCK_BOOTTIME)
+//! restarts at zero on reboot; a restored ban gets exactly the time it had left.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::IpAddr,
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sipfilter_common::{counters::ban_reason, maps::PERMANENT, Ban, SourceKey};
+
+use crate::{addr::Cidr, clock, filter_maps::FilterMaps};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBan {
+    /// The source key's address: an IPv4 address, or the masked IPv6 prefix address.
+    pub source: IpAddr,
+    /// Unix time in ms at which the ban ends; absent for a permanent ban.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+    pub strike: u32,
+    pub reason: String,
+    pub method: u8,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StateFile {
+    pub version: u32,
+    pub bans: Vec<SavedBan>,
+}
+
+pub const VERSION: u32 = 1;
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn reason_code(name: &str) -> u8 {
+    (0..=255u8).find(|r| ban_reason::name(*r) == name).unwrap_or(ban_reason::RESTORED)
+}
+
+/// The active bans in the maps, as the state file stores them, sorted by source.
+pub fn snapshot(maps: &FilterMaps) -> anyhow::Result<Vec<SavedBan>> {
+    let boot_now = clock::boot_ns();
+    let unix_now = unix_ms_now();
+    let mut out: Vec<SavedBan> = maps
+        .bans()?
+        .into_iter()
+        .filter(|(_, b)| b.expires_ns > boot_now)
+        .map(|(key, b)| SavedBan {
+            source: Cidr::from_map(key.addr, 128).addr,
+            expires_unix_ms: (b.expires_ns != PERMANENT)
+                .then(|| unix_now + (b.expires_ns - boot_now) / 1_000_000),
+            strike: b.strike,
+            reason: ban_reason::name(b.reason).to_string(),
+            method: b.method,
+        })
+        .collect();
+    out.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok(out)
+}
+
+/// Writes the state file atomically: a temporary file in the same folder, synced, renamed.
+pub fn save(path: &Path, bans: &[SavedBan]) -> anyhow::Result<()> {
+    let state = StateFile { version: VERSION, bans: bans.to_vec() };
+    let text = serde_json::to_string_pretty(&state)?;
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a state file; a missing file is an empty state.
+pub fn load(path: &Path) -> anyhow::Result<Vec<SavedBan>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let state: StateFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a sipfilter state file", path.display()))?;
+    Ok(state.bans)
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub restored: usize,
+    pub already_present: usize,
+    pub expired: usize,
+    pub allowlisted: usize,
+}
+
+/// Puts saved bans with time left back into the ban table, each with the time it had left.
+/// A ban already in the table (pins survived) is left as it is.
+pub fn restore(maps: &mut FilterMaps, bans: &[SavedBan]) -> anyhow::Result<Restored> {
+    let boot_now = clock::boot_ns();
+    let unix_now = unix_ms_now();
+    let mut r = Restored::default();
+    for saved in bans {
+        let key = SourceKey { addr: Cidr::host(saved.source).key_bytes() };
+        let expires_ns = match saved.expires_unix_ms {
+            None => PERMANENT,
+            Some(ms) if ms <= unix_now => {
+                r.expired += 1;
+                continue;
+            }
+            Some(ms) => boot_now + (ms - unix_now) * 1_000_000,
+        };
+        if maps.ban(&key)?.is_some_and(|b| b.expires_ns > boot_now) {
+            r.already_present += 1;
+            continue;
+        }
+        if maps.allowlist_match(&key)?.is_some() {
+            r.allowlisted += 1;
+            continue;
+        }
+        let ban = Ban {
+            expires_ns,
+            banned_at_ns: boot_now,
+            strike: saved.strike,
+            reason: reason_code(&saved.reason),
+            method: saved.method,
+            _pad: [0; 2],
+        };
+        maps.insert_ban(&key, &ban)?;
+        r.restored += 1;
+    }
+    Ok(r)
+}

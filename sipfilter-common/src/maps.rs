@@ -31,7 +31,7 @@ pub const BAN_EVENTS_BYTES: u32 = 256 * 1024;
 /// A traffic source: an IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`),
 /// or an IPv6 address masked to the configured prefix. One key type lets one set of maps
 /// serve both families; the mapped form cannot collide with a real IPv6 /64 of a host.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct SourceKey {
     pub addr: [u8; 16],
@@ -52,6 +52,13 @@ impl SourceKey {
         addr[14] = octets[2];
         addr[15] = octets[3];
         SourceKey { addr }
+    }
+
+    /// From four words as they lie in memory (network byte order).
+    #[inline(always)]
+    pub fn from_words(w: [u32; 4]) -> Self {
+        // SAFETY: [u32; 4] and [u8; 16] have the same size and any bit pattern is valid.
+        SourceKey { addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) } }
     }
 
     pub fn is_v4(&self) -> bool {

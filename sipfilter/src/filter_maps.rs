@@ -202,6 +202,16 @@ impl FilterMaps {
         Ok(())
     }
 
+    /// Forgets one source's buckets, so an unbanned source starts with full buckets instead of
+    /// being banned again by its next packet. Returns whether it had any.
+    pub fn remove_rate_state(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
+        match self.rate_state.remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context("cannot remove from the rate state"),
+        }
+    }
+
     // --- allow/deny lists ---
 
     pub fn list(&self, kind: ListKind) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {

@@ -1,1 +1,72 @@
-fn main(){}
+//! Developer and operator tasks: `cargo xtask setup|build|test|bench|demo`.
+//!
+//! xtask depends on nothing that needs the eBPF toolchain, so it compiles on a fresh
+//! machine and can install that toolchain before anything else is built.
+
+mod bench;
+mod cleanup;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "sipfilter's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs (idempotent: only what is missing).
+    Setup,
+    /// Set up, then build the workspace (debug, or --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run unit tests and the privileged kernel tests (needs root).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then measure ns/packet per path with BPF_PROG_TEST_RUN; writes target/bench/xdp.json.
+    Bench {
+        /// Program runs per measurement (BPF_PROG_TEST_RUN repeat).
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Measurements per path; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        runs: u32,
+    },
+    /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.
+    Cleanup,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            let mut args = vec!["build", "--workspace"];
+            if release {
+                args.push("--release");
+            }
+            setup::cargo(&args)
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            test::run(&args)
+        }
+        Task::Bench { repeat, runs } => {
+            setup::run()?;
+            bench::run(repeat, runs)
+        }
+        Task::Cleanup => {
+            cleanup::run();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! `cargo xtask test`: unit tests and the privileged kernel tests, then a sweep for anything
+//! a crashed test left behind (namespaces, bpffs mounts), whether the tests passed or not.
+
+use anyhow::bail;
+
+use crate::{cleanup, setup};
+
+pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("the kernel tests load XDP programs and create network namespaces: run as root");
+    }
+    // The CLI and agent tests drive the real binary, which `cargo test` does not build for
+    // another package's tests.
+    setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
+    let mut args: Vec<&str> = vec!["test", "--workspace"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    let result = setup::cargo(&args);
+    cleanup::run();
+    result
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -73,6 +73,34 @@ impl Netns {
     }
 }
 
+/// While alive, the current thread is inside a namespace; dropping it returns the thread to
+/// the namespace it was in.
+pub struct Entered {
+    previous: File,
+}
+
+impl Netns {
+    /// Moves the calling thread into this namespace until the guard is dropped. Sockets made
+    /// meanwhile stay in this namespace; XDP attachments go to its interfaces.
+    pub fn enter(&self) -> anyhow::Result<Entered> {
+        let previous = File::open("/proc/thread-self/ns/net").context("cannot open own netns")?;
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+        // SAFETY: valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        Ok(Entered { previous })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: valid namespace fd.
+        unsafe { libc::setns(self.previous.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = sh(&["ip", "netns", "del", &self.name]);

@@ -242,7 +242,7 @@ fn listed(list: &LpmTrie<[u8; 16], ListEntry>, prefix: &ListKey, now: u64) -> bo
 }
 
 /// Ban, then allowlist, then denylist, for traffic that is not SIP (scope "all").
-#[inline(never)]
+#[inline(always)]
 fn source_block(d: &Datagram, config: &KernelConfig, now: u64) -> Option<Outcome> {
     if is_banned(&d.key(config), now) {
         return Some(Outcome::Banned);
@@ -428,7 +428,9 @@ fn rate_limit(
 }
 
 /// Bans `key` for its strike's duration and tells userspace.
-#[inline(never)]
+// Inlined like everything else: on this kernel a program with bpf-to-bpf calls costs
+// ~15 ns more per packet, on every path.
+#[inline(always)]
 fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, method: Method, now: u64) {
     let class = method.class();
     let strike = match OFFENSE_HISTORY.get_ptr_mut(key) {

@@ -170,7 +170,7 @@ impl FilterMaps {
     pub fn remove_ban(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
         match self.ban_table.remove(key) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e).context("cannot remove from the ban table"),
         }
     }
@@ -207,7 +207,7 @@ impl FilterMaps {
     pub fn remove_rate_state(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
         match self.rate_state.remove(key) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e).context("cannot remove from the rate state"),
         }
     }
@@ -248,7 +248,7 @@ impl FilterMaps {
         let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
         match self.list_map_mut(kind).remove(&key) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot remove {cidr} from the {}", kind.map_name())),
         }
     }
@@ -310,6 +310,16 @@ fn source_key_covers(key: &SourceKey, cidr: &Cidr) -> bool {
     let bits = 128 - u128::from_be_bytes(key.addr).trailing_zeros().min(128);
     let key_net = Cidr::from_map(key.addr, bits);
     key_net.contains(cidr)
+}
+
+/// Whether a map operation failed because the key is absent. aya reports a missing key as
+/// `KeyNotFound` on lookups but as a plain ENOENT syscall error on deletes.
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// Reason name for display.

@@ -1,13 +1,100 @@
 //! The operator's commands on the pinned maps: ban, allow, deny, import, stats, top, status.
+//!
+//! Every command works on the maps pinned under `--pin-dir`, whether the agent runs or not:
+//! the attached program reads the same maps, so an edit is in force at once, and the agent
+//! adopts what it finds there when it starts.
 
-use std::path::Path;
+mod ban;
+mod duration;
+mod import;
+mod lists;
+mod output;
+mod stats;
+mod status;
+mod top;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{bail, Context as _};
+use sipfilter::{Cidr, FilterMaps};
+use sipfilter_common::maps::BAN_TABLE;
+
+/// Clap value parser for addresses and CIDRs: a bad one exits 2 naming the value.
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse::<Cidr>().map_err(|e| e.to_string())
+}
 
 #[derive(clap::Subcommand)]
 pub enum ManageCommand {
+    /// Ban sources (in the kernel ban table) or whole CIDRs (as timed denylist entries).
+    #[command(after_help = ban::EXAMPLES)]
+    Ban {
+        #[command(subcommand)]
+        cmd: ban::BanCommand,
+    },
+    /// The allowlist: sources that are never rate-limited, banned or denied.
+    #[command(after_help = lists::ALLOW_EXAMPLES)]
+    Allow {
+        #[command(subcommand)]
+        cmd: lists::ListCommand,
+    },
+    /// The denylist: CIDRs whose SIP traffic is always dropped.
+    #[command(after_help = lists::DENY_EXAMPLES)]
+    Deny {
+        #[command(subcommand)]
+        cmd: lists::ListCommand,
+    },
+    /// Load a blocklist file into the denylist (plain lines of addresses/CIDRs, or APIBAN JSON).
+    #[command(after_help = import::EXAMPLES)]
+    Import(import::ImportArgs),
     /// Print the counters by action, reason and method, summed over CPUs.
-    Stats,
+    #[command(after_help = stats::EXAMPLES)]
+    Stats(stats::StatsArgs),
+    /// Show the sources sending the most SIP requests (or drops) right now.
+    #[command(after_help = top::EXAMPLES)]
+    Top(top::TopArgs),
+    /// Show interfaces, attach mode, program ids, monitor mode, bans and cost per packet.
+    #[command(after_help = status::EXAMPLES)]
+    Status(status::StatusArgs),
 }
 
-pub fn execute(_pin_dir: &Path, _cmd: ManageCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
+    let mut maps = open_maps(pin_dir)?;
+    match cmd {
+        ManageCommand::Ban { cmd } => ban::run(&mut maps, cmd),
+        ManageCommand::Allow { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Allow, cmd),
+        ManageCommand::Deny { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Deny, cmd),
+        ManageCommand::Import(args) => import::run(&mut maps, args),
+        ManageCommand::Stats(args) => stats::run(&maps, args),
+        ManageCommand::Top(args) => top::run(&maps, args),
+        ManageCommand::Status(args) => status::run(&maps, pin_dir, args),
+    }
+}
+
+/// Opens the pinned maps, or says in one sentence that nothing is loaded and how to load it.
+fn open_maps(pin_dir: &Path) -> anyhow::Result<FilterMaps> {
+    let probe = pin_dir.join(BAN_TABLE);
+    match std::fs::metadata(&probe) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "not loaded: no maps are pinned under {}; start it with `sipfilter run --iface IFACE`",
+            pin_dir.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot read {} (the pinned maps are readable by root only)", probe.display())
+            })
+        }
+    }
+    FilterMaps::open_pinned(pin_dir)
+}
+
+/// The IPv6 source-key prefix length the program is configured with.
+fn ipv6_prefix_len(maps: &FilterMaps) -> anyhow::Result<u8> {
+    let config = maps.read_config()?;
+    Ok(config.ipv6_mask_be.iter().map(|w| w.count_ones()).sum::<u32>() as u8)
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -1,0 +1,307 @@
+//! `sipfilter import FILE`: a blocklist into the denylist.
+//!
+//! Two formats, told apart by the first non-blank character: `{` is APIBAN's JSON
+//! (`{"ipaddress": ["192.0.2.1", ...], "ID": "..."}`), anything else is plain lines of
+//! addresses or CIDRs, with `#` or `;` comments (whole-line or trailing) and blank lines.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Read as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::json;
+use sipfilter::{clock::boot_ns, filter_maps::ListKind, Cidr, FilterMaps};
+use sipfilter_common::maps::PERMANENT;
+
+use super::{
+    duration::{format_ns, parse_duration},
+    duration_ns,
+    output::{grouped, print_json},
+};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  sipfilter import blocklist.txt                 one address or CIDR per line, # comments
+  sipfilter import apiban.json --for 7d          APIBAN's JSON; entries end after a week
+  curl -s https://apiban.org/api/KEY/banned | sipfilter import -
+  sipfilter import blocklist.txt --json          the report as JSON
+
+Plain files: one address or CIDR per line; blank lines and comments (# or ;, whole-line or
+after the address) are skipped. APIBAN files: {\"ipaddress\": [...], \"ID\": ...}.
+Entries already on the denylist count as duplicates (their end is moved later if --for
+gives a later one); bad lines are reported with their line number (APIBAN: array index).";
+
+/// How many rejected lines the human report lists (the JSON report lists all).
+const SHOW_REJECTED: usize = 100;
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// The blocklist file, or - for standard input.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The imported entries end after DURATION (30s, 10m, 4h, 7d) [default: never].
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    duration: Option<Duration>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Apiban,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Plain => "plain",
+            Format::Apiban => "apiban",
+        }
+    }
+    /// What a location number means in this format.
+    fn loc_name(self) -> &'static str {
+        match self {
+            Format::Plain => "line",
+            Format::Apiban => "index",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// 1-based line number (plain) or 0-based array index (APIBAN).
+    pub loc: usize,
+    pub text: String,
+    pub error: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub format: Format,
+    pub entries: Vec<(usize, Cidr)>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Parses a blocklist in either format. Only a broken JSON document is an error; bad
+/// entries are collected.
+pub fn parse(text: &str) -> anyhow::Result<Parsed> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim_start().starts_with('{') {
+        parse_apiban(text)
+    } else {
+        Ok(parse_plain(text))
+    }
+}
+
+fn parse_plain(text: &str) -> Parsed {
+    let mut parsed = Parsed { format: Format::Plain, entries: Vec::new(), rejected: Vec::new() };
+    for (i, line) in text.lines().enumerate() {
+        let content = line.split(['#', ';']).next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let loc = i + 1;
+        let mut fields = content.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if fields.next().is_some() {
+            parsed.rejected.push(Rejected {
+                loc,
+                text: content.into(),
+                error: format!("'{content}' has more than one field"),
+            });
+            continue;
+        }
+        match first.parse::<Cidr>() {
+            Ok(c) => parsed.entries.push((loc, c)),
+            Err(e) => parsed.rejected.push(Rejected { loc, text: first.into(), error: e.to_string() }),
+        }
+    }
+    parsed
+}
+
+fn parse_apiban(text: &str) -> anyhow::Result<Parsed> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).context("the file starts with '{' but is not valid JSON")?;
+    let list = doc
+        .get("ipaddress")
+        .context("the JSON has no \"ipaddress\" array (APIBAN format: {\"ipaddress\": [...], \"ID\": ...})")?
+        .as_array()
+        .context("\"ipaddress\" is not an array")?;
+    let mut parsed = Parsed { format: Format::Apiban, entries: Vec::new(), rejected: Vec::new() };
+    for (i, v) in list.iter().enumerate() {
+        match v.as_str() {
+            // APIBAN's answer when there is nothing new since the given ID.
+            Some("no new bans") => {}
+            Some(s) => match s.parse::<Cidr>() {
+                Ok(c) => parsed.entries.push((i, c)),
+                Err(e) => parsed.rejected.push(Rejected { loc: i, text: s.into(), error: e.to_string() }),
+            },
+            None => parsed.rejected.push(Rejected {
+                loc: i,
+                text: v.to_string(),
+                error: format!("{v} is not a string"),
+            }),
+        }
+    }
+    Ok(parsed)
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub added: usize,
+    pub repeated_in_file: usize,
+    pub already_listed: usize,
+}
+
+pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
+    let from_stdin = args.file.as_os_str() == "-";
+    let text = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let name = if from_stdin { "standard input".to_string() } else { args.file.display().to_string() };
+    let parsed = parse(&text).with_context(|| format!("cannot import {name}"))?;
+
+    let now = boot_ns();
+    let expires = args.duration.map_or(PERMANENT, |d| now.saturating_add(duration_ns(d)));
+    let report = apply(maps, &parsed.entries, expires, now)?;
+
+    if args.json {
+        let loc = parsed.format.loc_name();
+        let rejected: Vec<_> = parsed
+            .rejected
+            .iter()
+            .map(|r| json!({ loc: r.loc, "text": r.text, "error": r.error }))
+            .collect();
+        return print_json(&json!({
+            "file": name,
+            "format": parsed.format.name(),
+            "added": report.added,
+            "duplicates": report.repeated_in_file + report.already_listed,
+            "repeated_in_file": report.repeated_in_file,
+            "already_listed": report.already_listed,
+            "rejected_count": parsed.rejected.len(),
+            "rejected": rejected,
+            "expires_in_secs": args.duration.map(|d| d.as_secs()),
+        }));
+    }
+    let how_long = args.duration.map_or("permanently".into(), |d| format!("for {}", format_ns(duration_ns(d))));
+    println!(
+        "imported {name} ({} format) into the denylist {how_long}: {} added, {} duplicates ({} repeated in the file, {} already listed), {} rejected",
+        parsed.format.name(),
+        grouped(report.added as u64),
+        grouped((report.repeated_in_file + report.already_listed) as u64),
+        grouped(report.repeated_in_file as u64),
+        grouped(report.already_listed as u64),
+        grouped(parsed.rejected.len() as u64),
+    );
+    for r in parsed.rejected.iter().take(SHOW_REJECTED) {
+        println!("  rejected {} {}: {}", parsed.format.loc_name(), r.loc, r.error);
+    }
+    if parsed.rejected.len() > SHOW_REJECTED {
+        println!("  ... and {} more (--json lists them all)", parsed.rejected.len() - SHOW_REJECTED);
+    }
+    Ok(())
+}
+
+/// Writes the entries to the denylist: one read of the list, then one insert per new entry.
+fn apply(maps: &mut FilterMaps, entries: &[(usize, Cidr)], expires: u64, now: u64) -> anyhow::Result<Report> {
+    let existing: HashMap<([u8; 16], u32), u64> = maps
+        .list(ListKind::Deny)?
+        .into_iter()
+        .filter(|(_, e)| e.expires_ns > now)
+        .map(|(c, e)| ((c.key_bytes(), c.map_prefix_len()), e.expires_ns))
+        .collect();
+    let mut seen = HashSet::with_capacity(entries.len());
+    let mut report = Report::default();
+    for (loc, cidr) in entries {
+        let key = (cidr.key_bytes(), cidr.map_prefix_len());
+        if !seen.insert(key) {
+            report.repeated_in_file += 1;
+            continue;
+        }
+        if let Some(&old) = existing.get(&key) {
+            report.already_listed += 1;
+            if expires > old {
+                maps.list_add(ListKind::Deny, cidr, expires)?;
+            }
+            continue;
+        }
+        if let Err(e) = maps.list_add(ListKind::Deny, cidr, expires) {
+            bail!("{e:#}: stopped at line/index {loc} after adding {}", report.added);
+        }
+        report.added += 1;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(p: &Parsed) -> Vec<(usize, String)> {
+        p.entries.iter().map(|(l, c)| (*l, c.to_string())).collect()
+    }
+
+    #[test]
+    fn plain_lines_with_comments_and_blanks() {
+        let text = "# a blocklist\n\n192.0.2.1\n  198.51.100.0/24   # trailing comment\n203.0.113.5 ; SBL123\n2001:db8::/32\n\t\n";
+        let p = parse(text).unwrap();
+        assert_eq!(p.format, Format::Plain);
+        assert_eq!(
+            cidrs(&p),
+            vec![
+                (3, "192.0.2.1".into()),
+                (4, "198.51.100.0/24".into()),
+                (5, "203.0.113.5".into()),
+                (6, "2001:db8::/32".into())
+            ]
+        );
+        assert!(p.rejected.is_empty());
+    }
+
+    #[test]
+    fn plain_bad_lines_are_rejected_with_line_numbers() {
+        let text = "192.0.2.1\nnot-an-ip\n10.0.0.0/33\n1.2.3.4 5.6.7.8\r\n192.0.2.2\r\n";
+        let p = parse(text).unwrap();
+        assert_eq!(cidrs(&p), vec![(1, "192.0.2.1".into()), (5, "192.0.2.2".into())]);
+        let locs: Vec<usize> = p.rejected.iter().map(|r| r.loc).collect();
+        assert_eq!(locs, vec![2, 3, 4]);
+        assert!(p.rejected[0].error.contains("not-an-ip"), "{:?}", p.rejected[0]);
+        assert!(p.rejected[1].error.contains("10.0.0.0/33"));
+        assert!(p.rejected[2].error.contains("more than one field"));
+    }
+
+    #[test]
+    fn apiban_json() {
+        let text = r#"  {"ipaddress": ["192.0.2.1", "bogus", 7, "2001:db8::1"], "ID": "1234567"}"#;
+        let p = parse(text).unwrap();
+        assert_eq!(p.format, Format::Apiban);
+        assert_eq!(cidrs(&p), vec![(0, "192.0.2.1".into()), (3, "2001:db8::1".into())]);
+        let locs: Vec<usize> = p.rejected.iter().map(|r| r.loc).collect();
+        assert_eq!(locs, vec![1, 2]);
+    }
+
+    #[test]
+    fn apiban_nothing_new_and_broken_documents() {
+        let p = parse(r#"{"ipaddress":["no new bans"], "ID":"none"}"#).unwrap();
+        assert!(p.entries.is_empty() && p.rejected.is_empty());
+        assert!(parse(r#"{"ipaddress": ["192.0.2.1""#).is_err());
+        assert!(parse(r#"{"ID": "1"}"#).is_err());
+        assert!(parse(r#"{"ipaddress": "192.0.2.1"}"#).is_err());
+    }
+
+    #[test]
+    fn empty_file_is_plain_and_empty() {
+        let p = parse("").unwrap();
+        assert_eq!(p, Parsed { format: Format::Plain, entries: vec![], rejected: vec![] });
+    }
+}

@@ -1,0 +1,91 @@
+//! `sipfilter stats`: the program's counters, summed over CPUs.
+
+use serde_json::{json, Map, Value};
+use sipfilter::FilterMaps;
+use sipfilter_common::{Counters, Method, Outcome, RateClass, Verdict};
+
+use super::output::{grouped, print_json, Table};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  sipfilter stats                                packets by action and reason, SIP messages by method
+  sipfilter stats --json | jq .outcomes.banned   one counter, for scripts
+  watch -n1 sipfilter stats                      follow them
+
+Counters count since the maps were created (they survive agent restarts).";
+
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(maps: &FilterMaps, args: StatsArgs) -> anyhow::Result<()> {
+    let c = maps.counters()?;
+    if args.json {
+        return print_json(&to_json(&c));
+    }
+    print!("{}", render(&c));
+    Ok(())
+}
+
+fn named<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, get: impl Fn(T) -> u64) -> Value {
+    let mut m = Map::new();
+    for &x in all {
+        m.insert(name(x).into(), get(x).into());
+    }
+    Value::Object(m)
+}
+
+pub fn to_json(c: &Counters) -> Value {
+    let packets: u64 = c.verdicts.iter().sum();
+    json!({
+        "packets": packets,
+        "verdicts": named(&Verdict::ALL, Verdict::name, |v| c.verdict(v)),
+        "outcomes": named(&Outcome::ALL, Outcome::name, |o| c.outcome(o)),
+        "methods": named(&Method::ALL, Method::name, |m| c.method(m)),
+        "bans": named(&RateClass::ALL, RateClass::name, |r| c.bans[r as usize]),
+        "ban_table_full": c.ban_table_full,
+        "events_lost": c.events_lost,
+    })
+}
+
+fn percent(n: u64, total: u64) -> String {
+    if total == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", n as f64 * 100.0 / total as f64)
+    }
+}
+
+fn section<T: Copy>(
+    out: &mut String,
+    title: &'static str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+    get: impl Fn(T) -> u64,
+) {
+    let total: u64 = all.iter().map(|&x| get(x)).sum();
+    let mut t = Table::new(&[(title, false), ("COUNT", true), ("SHARE", true)]);
+    for &x in all {
+        t.row(vec![name(x).into(), grouped(get(x)), percent(get(x), total)]);
+    }
+    out.push_str(&t.render());
+    out.push('\n');
+}
+
+pub fn render(c: &Counters) -> String {
+    let mut out = String::new();
+    let packets: u64 = c.verdicts.iter().sum();
+    out.push_str(&format!("{} packets seen\n\n", grouped(packets)));
+    section(&mut out, "ACTION", &Verdict::ALL, Verdict::name, |v| c.verdict(v));
+    section(&mut out, "REASON", &Outcome::ALL, Outcome::name, |o| c.outcome(o));
+    section(&mut out, "SIP METHOD", &Method::ALL, Method::name, |m| c.method(m));
+    section(&mut out, "BANS BY LIMIT", &RateClass::ALL, RateClass::name, |r| c.bans[r as usize]);
+    let mut t = Table::new(&[("PROBLEM", false), ("COUNT", true)]);
+    t.row(vec!["ban table full".into(), grouped(c.ban_table_full)]);
+    t.row(vec!["ban events lost".into(), grouped(c.events_lost)]);
+    out.push_str(&t.render());
+    out
+}

@@ -1,0 +1,279 @@
+//! `sipfilter status`: what is loaded and attached, how it is configured, what it costs.
+
+use std::{
+    ffi::CString,
+    os::{
+        fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use sipfilter::{clock::boot_ns, filter_maps::ListKind, FilterMaps};
+use sipfilter_common::maps::{BAN_TABLE, PERMANENT, XDP_PROGRAM};
+
+use super::{
+    ipv6_prefix_len,
+    output::{count, grouped, print_json, Table},
+};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  sipfilter status                               a summary for people
+  sipfilter status --json                        the same for scripts
+
+Interfaces are the XDP links the agent pins under <pin-dir>/links/<interface>. The cost per
+packet comes from the kernel's BPF run-time statistics, which the agent turns on while it
+runs (sysctl kernel.bpf_stats_enabled); without them it reads n/a.";
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Program {
+    id: u32,
+    run_count: u64,
+    run_time_ns: u64,
+}
+
+struct Attachment {
+    interface: String,
+    ifindex: Option<u32>,
+    program_id: Option<u32>,
+    link_id: Option<u32>,
+    mode: String,
+}
+
+pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
+    let config = maps.read_config()?;
+    let prefix = ipv6_prefix_len(maps)?;
+    let now = boot_ns();
+    let bans: Vec<_> = maps.bans()?.into_iter().filter(|(_, b)| b.expires_ns > now).collect();
+    let permanent = bans.iter().filter(|(_, b)| b.expires_ns == PERMANENT).count();
+    let deny: Vec<_> = maps.list(ListKind::Deny)?.into_iter().filter(|(_, e)| e.expires_ns > now).collect();
+    let cidr_bans = deny.iter().filter(|(_, e)| e.expires_ns != PERMANENT).count();
+    let allow = maps.list(ListKind::Allow)?.into_iter().filter(|(_, e)| e.expires_ns > now).count();
+    let mut ports: Vec<u16> = Vec::new();
+    for p in config.sip_ports_be.iter().map(|p| u16::from_be(*p)) {
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let programs = programs(pin_dir)?;
+    let attachments = attachments(pin_dir)?;
+    let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .ok()
+        .map(|s| s.trim() != "0");
+    let (runs, time): (u64, u64) =
+        programs.iter().fold((0, 0), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
+    let ns_per_packet = (runs > 0).then(|| time as f64 / runs as f64);
+
+    if args.json {
+        return print_json(&json!({
+            "pin_dir": pin_dir.display().to_string(),
+            "monitor": config.monitor(),
+            "scope_all": config.scope_all(),
+            "sip_ports": ports,
+            "ipv6_prefix_len": prefix,
+            "bans": {
+                "sources": bans.len(),
+                "permanent": permanent,
+                "cidrs": cidr_bans,
+                "total": bans.len() + cidr_bans,
+            },
+            "denylist_entries": deny.len(),
+            "allowlist_entries": allow,
+            "bpf_stats_enabled": stats_enabled,
+            "programs": programs.iter().map(|p| json!({
+                "id": p.id,
+                "run_count": p.run_count,
+                "run_time_ns": p.run_time_ns,
+                "ns_per_packet": (p.run_count > 0).then(|| p.run_time_ns as f64 / p.run_count as f64),
+            })).collect::<Vec<_>>(),
+            "ns_per_packet": ns_per_packet,
+            "interfaces": attachments.iter().map(|a| json!({
+                "interface": a.interface,
+                "ifindex": a.ifindex,
+                "program_id": a.program_id,
+                "link_id": a.link_id,
+                "mode": a.mode,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+
+    let ids: Vec<String> = programs.iter().map(|p| p.id.to_string()).collect();
+    let cost = match ns_per_packet {
+        Some(ns) => format!("{ns:.0} ns/packet over {} packets", grouped(runs)),
+        None if stats_enabled == Some(false) => "n/a (kernel BPF stats off)".into(),
+        None => "n/a (no packets since kernel BPF stats were turned on)".into(),
+    };
+    let mut t = Table::new(&[("", false), ("", false)]);
+    let mut kv = |k: &str, v: String| t.row(vec![k.to_string(), v]);
+    kv("pin dir", pin_dir.display().to_string());
+    kv(
+        "mode",
+        if config.monitor() { "monitor (counts and bans, drops nothing)" } else { "enforcing" }.into(),
+    );
+    kv("ban scope", if config.scope_all() { "all traffic" } else { "SIP traffic" }.into());
+    kv("SIP ports", ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "));
+    kv("IPv6 source", format!("/{prefix}"));
+    kv(
+        "bans",
+        format!("{} ({permanent} permanent), {}", count(bans.len(), "source", "sources"), count(cidr_bans, "CIDR", "CIDRs")),
+    );
+    kv("denylist", count(deny.len(), "entry", "entries"));
+    kv("allowlist", count(allow, "entry", "entries"));
+    kv("programs", if ids.is_empty() { "none loaded".into() } else { ids.join(", ") });
+    kv("cost", cost);
+    // The blank header row of a key/value table is dropped.
+    let rendered = t.render();
+    print!("{}", rendered.split_once('\n').map_or("", |(_, rest)| rest));
+    println!();
+    if attachments.is_empty() {
+        println!("no interfaces attached (no links pinned under {})", pin_dir.join("links").display());
+        return Ok(());
+    }
+    let mut t = Table::new(&[("INTERFACE", false), ("MODE", false), ("PROGRAM", true), ("LINK", true)]);
+    for a in &attachments {
+        let id = |v: Option<u32>| v.map_or("?".into(), |v| v.to_string());
+        t.row(vec![a.interface.clone(), a.mode.clone(), id(a.program_id), id(a.link_id)]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+/// The loaded sipfilter programs that use these maps (there may be one per agent generation
+/// still attached somewhere).
+fn programs(pin_dir: &Path) -> anyhow::Result<Vec<Program>> {
+    let map_id = aya::maps::MapInfo::from_pin(pin_dir.join(BAN_TABLE))
+        .context("cannot read the ban table's map info")?
+        .id();
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("cannot list the loaded BPF programs")?;
+        if info.name_as_str() != Some(XDP_PROGRAM) {
+            continue;
+        }
+        let Ok(Some(maps)) = info.map_ids() else { continue };
+        if maps.contains(&map_id) {
+            out.push(Program {
+                id: info.id(),
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn attachments(pin_dir: &Path) -> anyhow::Result<Vec<Attachment>> {
+    let dir = pin_dir.join("links");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let interface = entry.file_name().to_string_lossy().into_owned();
+        let (info, mode) = match link_info(&entry.path()) {
+            Ok(info) => {
+                let mode = xdp_mode(&interface, info.ifindex);
+                (Some(info), mode)
+            }
+            Err(e) => (None, format!("unknown ({e:#})")),
+        };
+        out.push(Attachment {
+            interface,
+            ifindex: info.as_ref().map(|i| i.ifindex),
+            program_id: info.as_ref().map(|i| i.prog_id),
+            link_id: info.as_ref().map(|i| i.id),
+            mode,
+        });
+    }
+    out.sort_by(|a, b| a.interface.cmp(&b.interface));
+    Ok(out)
+}
+
+struct LinkInfo {
+    id: u32,
+    prog_id: u32,
+    ifindex: u32,
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-padded bpf_attr of 128 bytes that outlives the call; the
+    // kernel reads at most that many bytes.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// The kernel's record of a pinned XDP link: link id, program id and interface index
+/// (aya's LinkInfo does not expose the interface).
+fn link_info(path: &Path) -> anyhow::Result<LinkInfo> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64; // pathname
+    let fd = bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: u32 type, id, prog_id; then an 8-aligned union whose xdp
+    // member starts with u32 ifindex (offset 16).
+    let mut info = [0u64; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).with_context(|| format!("cannot read the link pinned at {}", path.display()))?;
+    let word = |i: usize| -> u32 {
+        let bytes: &[u8] = bytemuck_u64(&info);
+        u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+    };
+    if word(0) != BPF_LINK_TYPE_XDP {
+        bail!("{} is not an XDP link (type {})", path.display(), word(0));
+    }
+    Ok(LinkInfo { id: word(1), prog_id: word(2), ifindex: word(4) })
+}
+
+fn bytemuck_u64(words: &[u64]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirements; the length covers the same bytes.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), std::mem::size_of_val(words)) }
+}
+
+/// The XDP attach mode as `ip -d link` reports it, if the interface lives in this network
+/// namespace (the pin's name and the link's ifindex must both match).
+fn xdp_mode(ifname: &str, ifindex: u32) -> String {
+    let out = match Command::new("ip").args(["-j", "-d", "link", "show", "dev", ifname]).output() {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(_) => return "unknown (interface not in this network namespace)".into(),
+        Err(_) => return "unknown (cannot run ip)".into(),
+    };
+    let Ok(Value::Array(links)) = serde_json::from_slice::<Value>(&out) else {
+        return "unknown".into();
+    };
+    let Some(link) = links.first() else { return "unknown".into() };
+    if link.get("ifindex").and_then(Value::as_u64) != Some(ifindex as u64) {
+        return "unknown (interface not in this network namespace)".into();
+    }
+    match link.get("xdp").and_then(|x| x.get("mode")).and_then(Value::as_u64) {
+        Some(1) => "driver".into(),
+        Some(2) => "skb".into(),
+        Some(3) => "hardware".into(),
+        Some(4) => "multi".into(),
+        Some(n) => format!("unknown ({n})"),
+        None => "not attached".into(),
+    }
+}

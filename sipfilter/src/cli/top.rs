@@ -1,0 +1,155 @@
+//! `sipfilter top`: the busiest sources from the rate-state map.
+
+use std::{
+    collections::HashMap,
+    io::{IsTerminal as _, Write as _},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use sipfilter::{addr::display_source, clock::boot_ns, filter_maps::reason_name, FilterMaps};
+use sipfilter_common::{Ban, RateState, SourceKey};
+
+use super::{
+    ipv6_prefix_len,
+    output::{grouped, human_expiry, json_remaining, print_json, Table},
+};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  sipfilter top                                  refresh every second until Ctrl-C
+  sipfilter top --sort drops -n 50               the 50 sources with the most drops
+  sipfilter top --once                           print once (also the default when piped)
+  sipfilter top --json                           once, as JSON
+
+REQUESTS and DROPS count SIP messages since the source was first seen (the rate-state map
+forgets quiet sources when it fills); REQ/S and DROP/S, shown while refreshing, are the
+rates over the last refresh.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    Requests,
+    Drops,
+}
+
+#[derive(clap::Args)]
+pub struct TopArgs {
+    /// How many sources to show.
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 20)]
+    count: usize,
+    /// Order by requests or by drops.
+    #[arg(long, value_enum, value_name = "COLUMN", default_value_t = SortBy::Requests)]
+    sort: SortBy,
+    /// Print once and exit (the default when standard output is not a terminal).
+    #[arg(long)]
+    once: bool,
+    /// Print once, as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Sample {
+    sources: Vec<(SourceKey, RateState)>,
+    bans: HashMap<SourceKey, Ban>,
+    total: usize,
+    now_ns: u64,
+}
+
+fn sample(maps: &FilterMaps, sort: SortBy, count: usize) -> anyhow::Result<Sample> {
+    let mut sources = maps.rate_states()?;
+    let total = sources.len();
+    sources.sort_by(|(ka, a), (kb, b)| {
+        let key = |s: &RateState| match sort {
+            SortBy::Requests => (s.requests, s.drops),
+            SortBy::Drops => (s.drops, s.requests),
+        };
+        key(b).cmp(&key(a)).then(ka.cmp(kb))
+    });
+    sources.truncate(count);
+    let now_ns = boot_ns();
+    let bans = maps.bans()?.into_iter().filter(|(_, b)| b.expires_ns > now_ns).collect();
+    Ok(Sample { sources, bans, total, now_ns })
+}
+
+pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
+    let prefix = ipv6_prefix_len(maps)?;
+    if args.json {
+        let s = sample(maps, args.sort, args.count)?;
+        let items: Vec<_> = s
+            .sources
+            .iter()
+            .map(|(k, st)| {
+                let ban = s.bans.get(k);
+                json!({
+                    "source": display_source(k, prefix),
+                    "requests": st.requests,
+                    "drops": st.drops,
+                    "banned": ban.is_some(),
+                    "ban_reason": ban.map(|b| reason_name(b.reason)),
+                    "ban_expires_in_secs": ban.map(|b| json_remaining(b.expires_ns, s.now_ns)),
+                })
+            })
+            .collect();
+        return print_json(&json!({ "tracked_sources": s.total, "sources": items }));
+    }
+    if args.once || !std::io::stdout().is_terminal() {
+        let s = sample(maps, args.sort, args.count)?;
+        print!("{}", render(&s, prefix, None));
+        return Ok(());
+    }
+    // Like top(1): redraw every second until interrupted (Ctrl-C ends the process).
+    let mut previous: Option<(Instant, Totals)> = None;
+    loop {
+        let s = sample(maps, args.sort, args.count)?;
+        let taken = Instant::now();
+        let rates = previous.as_ref().map(|(at, prev)| (taken.duration_since(*at), prev));
+        let body = render(&s, prefix, Some(rates));
+        let mut out = std::io::stdout().lock();
+        write!(
+            out,
+            "\x1b[H\x1b[2Jsipfilter top: {} sources tracked, by {} (Ctrl-C to quit)\n\n{body}",
+            grouped(s.total as u64),
+            match args.sort {
+                SortBy::Requests => "requests",
+                SortBy::Drops => "drops",
+            }
+        )?;
+        out.flush()?;
+        drop(out);
+        previous = Some((taken, s.sources.iter().map(|(k, st)| (*k, (st.requests, st.drops))).collect()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Requests and drops per source at the previous refresh.
+type Totals = HashMap<SourceKey, (u64, u64)>;
+type Rates<'a> = Option<(Duration, &'a Totals)>;
+
+/// `rates`: None prints totals only; Some(None) is the first refresh (rates not known yet).
+fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
+    if s.sources.is_empty() {
+        return "no SIP sources seen yet\n".into();
+    }
+    let mut columns = vec![("SOURCE", false), ("REQUESTS", true), ("DROPS", true)];
+    if rates.is_some() {
+        columns.extend([("REQ/S", true), ("DROP/S", true)]);
+    }
+    columns.push(("BANNED", false));
+    let mut t = Table::new(&columns);
+    for (k, st) in &s.sources {
+        let mut row = vec![display_source(k, prefix), grouped(st.requests), grouped(st.drops)];
+        if let Some(r) = rates {
+            let (req, drop) = match r.and_then(|(dt, prev)| prev.get(k).map(|p| (dt, *p))) {
+                Some((dt, (pr, pd))) if dt.as_secs_f64() > 0.0 => {
+                    let per = |now: u64, then: u64| format!("{:.1}", now.saturating_sub(then) as f64 / dt.as_secs_f64());
+                    (per(st.requests, pr), per(st.drops, pd))
+                }
+                _ => ("-".into(), "-".into()),
+            };
+            row.extend([req, drop]);
+        }
+        row.push(s.bans.get(k).map_or("-".into(), |b| human_expiry(b.expires_ns, s.now_ns)));
+        t.row(row);
+    }
+    t.render()
+}

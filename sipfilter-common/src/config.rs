@@ -47,6 +47,17 @@ pub struct KernelConfig {
     /// A source banned again within this long after its previous ban ended counts as a
     /// repeat offender and gets twice the previous ban, ns.
     pub escalation_window_ns: u64,
+    /// Bumped by userspace on every change to bans, lists or this record: rate-state slots
+    /// cached at an older generation re-read the ban table and the lists.
+    pub generation: u64,
+    /// Seed of the rate-state slot hash, random per installation.
+    pub hash_seed: u32,
+    pub _pad: u32,
+    /// The program's clock: `jiffies * ns_per_jiffy + jiffies_offset_ns` approximates
+    /// CLOCK_BOOTTIME to within a tick. Reading jiffies is an inlined load; the boot-time
+    /// helper costs ~55 ns a call here. Zero `ns_per_jiffy` (not calibrated): use the helper.
+    pub ns_per_jiffy: u64,
+    pub jiffies_offset_ns: u64,
 }
 
 /// The documented defaults (README, "Defaults and why").
@@ -103,6 +114,11 @@ impl Default for KernelConfig {
             ban_base_ns: defaults::BAN_BASE_SECS * NS_PER_SEC,
             ban_max_ns: defaults::BAN_MAX_SECS * NS_PER_SEC,
             escalation_window_ns: defaults::ESCALATION_WINDOW_SECS * NS_PER_SEC,
+            generation: 0,
+            hash_seed: 0,
+            _pad: 0,
+            ns_per_jiffy: 0,
+            jiffies_offset_ns: 0,
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod sip;
 pub use bucket::TokenBucket;
 pub use config::{ClassLimit, KernelConfig};
 pub use counters::{Counters, Outcome, Verdict};
-pub use maps::{Ban, BanEvent, ListEntry, OffenseHistory, RateState, SourceKey};
+pub use maps::{Ban, BanEvent, ClockSample, ListEntry, OffenseHistory, RateState, SourceKey};
 pub use sip::{classify, Method, RateClass};
 
 /// Nanoseconds per second, the unit of every time in the maps (CLOCK_BOOTTIME).
@@ -34,4 +34,5 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BanEvent {}
     unsafe impl aya::Pod for ListEntry {}
+    unsafe impl aya::Pod for ClockSample {}
 }

@@ -22,8 +22,14 @@ pub const FLOOR_PROGRAM: &str = "xdp_floor";
 /// Capacities. Bans are a plain hash (not LRU) so a flood of spoofed sources cannot evict
 /// real bans; when it is full new bans fail (counted) and their packets still drop.
 pub const BAN_TABLE_SIZE: u32 = 131_072;
-/// Rate state and offence history are LRU: forgetting a quiet source costs nothing.
-pub const RATE_STATE_SIZE: u32 = 262_144;
+/// Slots in the rate-state table (a power of two). The table is an array indexed by a hash
+/// of the source: the program finds a source's state with an inlined array access, not a
+/// hash-map helper call (each helper call costs ~20 ns on kernels with return-thunk
+/// mitigations). Two sources that hash to one slot take turns; the newcomer evicts the
+/// other's buckets (it starts over with full ones) but never a ban, which lives in the
+/// ban table.
+pub const RATE_STATE_SLOTS: u32 = 1 << 16;
+/// Offence history is LRU: forgetting a long-quiet offender costs nothing.
 pub const OFFENSE_HISTORY_SIZE: u32 = 131_072;
 pub const LIST_SIZE: u32 = 262_144;
 pub const BAN_EVENTS_BYTES: u32 = 256 * 1024;
@@ -59,6 +65,26 @@ impl SourceKey {
     pub fn from_words(w: [u32; 4]) -> Self {
         // SAFETY: [u32; 4] and [u8; 16] have the same size and any bit pattern is valid.
         SourceKey { addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) } }
+    }
+
+    /// The key as four words, as they lie in memory.
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 4] {
+        // SAFETY: same size, any bit pattern is valid, SourceKey is 4-aligned.
+        unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(self.addr) }
+    }
+
+    /// The rate-state slot of this source: a seeded multiplicative hash (the seed is
+    /// random per installation, so nobody can pick addresses that collide on purpose).
+    #[inline(always)]
+    pub fn slot(&self, seed: u32) -> u32 {
+        let w = self.words();
+        let mut h = seed ^ w[0];
+        h = (h ^ w[1]).wrapping_mul(0x9e37_79b1);
+        h = (h ^ w[2]).wrapping_mul(0x85eb_ca6b);
+        h = (h ^ w[3]).wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 15;
+        h & (RATE_STATE_SLOTS - 1)
     }
 
     pub fn is_v4(&self) -> bool {
@@ -106,10 +132,25 @@ pub struct OffenseHistory {
     pub _pad: u32,
 }
 
-/// Per-source rate state: a token bucket per [`crate::RateClass`] and what `top` shows.
+/// One slot of the rate-state table: the source it holds, a token bucket per
+/// [`crate::RateClass`], what `top` shows, and a cached copy of the source's ban and list
+/// status so a packet costs no map lookups beyond this slot.
+///
+/// The cached status is valid while `generation` equals the config's generation; userspace
+/// bumps that whenever it changes a ban or a list, and the program then reads the ban table
+/// and the lists again for each source's next packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateState {
+    /// The source this slot holds; all zero for an empty slot.
+    pub key: SourceKey,
+    /// Config generation the cached status was read at (0: never).
+    pub generation: u64,
+    /// Cached: end of the source's ban (0: none).
+    pub ban_until_ns: u64,
+    /// Cached (IPv4 only): end of the allowlist / denylist entry covering the source (0: none).
+    pub allow_until_ns: u64,
+    pub deny_until_ns: u64,
     pub buckets: [crate::TokenBucket; 3],
     /// SIP messages seen from this source (after allow/deny/ban checks).
     pub requests: u64,
@@ -130,3 +171,15 @@ pub struct BanEvent {
     pub monitor: u8,
     pub _pad: u8,
 }
+
+/// One reading of the kernel's two clocks at the same instant, taken by the `xdp_clock`
+/// program through BPF_PROG_TEST_RUN, to calibrate the jiffies clock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClockSample {
+    pub jiffies: u64,
+    pub boot_ns: u64,
+}
+
+pub const CLOCK_SAMPLE_MAP: &str = "clock_sample";
+pub const CLOCK_PROGRAM: &str = "xdp_clock";

@@ -42,7 +42,7 @@ pub struct FilterMaps {
     counters: PerCpuArray<MapData, Counters>,
     ban_table: HashMap<MapData, SourceKey, Ban>,
     offense_history: HashMap<MapData, SourceKey, OffenseHistory>,
-    rate_state: HashMap<MapData, SourceKey, RateState>,
+    rate_state: Array<MapData, RateState>,
     allowlist: LpmTrie<MapData, [u8; 16], ListEntry>,
     denylist: LpmTrie<MapData, [u8; 16], ListEntry>,
 }
@@ -86,8 +86,29 @@ impl FilterMaps {
         })
     }
 
+    /// Writes the thresholds and flags of `config`. What the loader owns is kept from the map
+    /// where `config` leaves it zero (the hash seed, the clock calibration), and the
+    /// generation always moves forward, so the program re-reads every source's status.
     pub fn write_config(&mut self, config: &KernelConfig) -> anyhow::Result<()> {
-        self.config.set(0, config, 0).context("cannot write the config map")
+        let current = self.read_config()?;
+        let mut next = *config;
+        next.generation = current.generation.max(config.generation) + 1;
+        if next.hash_seed == 0 {
+            next.hash_seed = current.hash_seed;
+        }
+        if next.ns_per_jiffy == 0 {
+            next.ns_per_jiffy = current.ns_per_jiffy;
+            next.jiffies_offset_ns = current.jiffies_offset_ns;
+        }
+        self.config.set(0, next, 0).context("cannot write the config map")
+    }
+
+    /// Tells the program that bans or lists changed: every source's cached status is re-read
+    /// on its next packet.
+    pub fn bump_generation(&mut self) -> anyhow::Result<()> {
+        let mut c = self.read_config()?;
+        c.generation += 1;
+        self.config.set(0, c, 0).context("cannot write the config map")
     }
 
     pub fn read_config(&self) -> anyhow::Result<KernelConfig> {
@@ -164,12 +185,16 @@ impl FilterMaps {
         if self.allowlist_match(key)?.is_some() {
             bail!("{} is allowlisted", Cidr::from_map(key.addr, 128));
         }
-        self.ban_table.insert(key, ban, 0).context("cannot write the ban table (is it full?)")
+        self.ban_table.insert(key, ban, 0).context("cannot write the ban table (is it full?)")?;
+        self.bump_generation()
     }
 
     pub fn remove_ban(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
         match self.ban_table.remove(key) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.bump_generation()?;
+                Ok(true)
+            }
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e).context("cannot remove from the ban table"),
         }
@@ -185,31 +210,37 @@ impl FilterMaps {
 
     // --- rate state ---
 
+    /// Every occupied slot of the rate-state table.
     pub fn rate_states(&self) -> anyhow::Result<Vec<(SourceKey, RateState)>> {
         let mut out = Vec::new();
-        for entry in self.rate_state.iter() {
-            out.push(entry.context("cannot read the rate state")?);
+        for slot in self.rate_state.iter() {
+            let state = slot.context("cannot read the rate state")?;
+            if state.key != SourceKey::default() {
+                out.push((state.key, state));
+            }
         }
         Ok(out)
     }
 
-    /// Forgets every bucket (used between benchmark paths and by tests).
+    /// Empties every slot (used between benchmark paths and by tests).
     pub fn clear_rate_state(&mut self) -> anyhow::Result<()> {
-        let keys: Vec<SourceKey> = self.rate_state.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = self.rate_state.remove(&k);
+        for i in 0..self.rate_state.len() {
+            if self.rate_state.get(&i, 0).is_ok_and(|s| s.key != SourceKey::default()) {
+                self.rate_state.set(i, RateState::default(), 0).context("cannot clear the rate state")?;
+            }
         }
         Ok(())
     }
 
-    /// Forgets one source's buckets, so an unbanned source starts with full buckets instead of
-    /// being banned again by its next packet. Returns whether it had any.
+    /// Forgets one source's buckets and counts (its next packet starts with full buckets).
     pub fn remove_rate_state(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
-        match self.rate_state.remove(key) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(e).context("cannot remove from the rate state"),
+        let slot = key.slot(self.read_config()?.hash_seed);
+        let state = self.rate_state.get(&slot, 0).context("cannot read the rate state")?;
+        if state.key != *key {
+            return Ok(false);
         }
+        self.rate_state.set(slot, RateState::default(), 0).context("cannot clear the rate state")?;
+        Ok(true)
     }
 
     // --- allow/deny lists ---
@@ -238,6 +269,7 @@ impl FilterMaps {
         self.list_map_mut(kind)
             .insert(&key, ListEntry { expires_ns }, 0)
             .with_context(|| format!("cannot add {cidr} to the {} (is it full?)", kind.map_name()))?;
+        self.bump_generation()?;
         if kind == ListKind::Allow {
             return self.lift_bans_within(cidr);
         }
@@ -247,7 +279,10 @@ impl FilterMaps {
     pub fn list_remove(&mut self, kind: ListKind, cidr: &Cidr) -> anyhow::Result<bool> {
         let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
         match self.list_map_mut(kind).remove(&key) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.bump_generation()?;
+                Ok(true)
+            }
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot remove {cidr} from the {}", kind.map_name())),
         }

@@ -4,16 +4,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{MapData, RingBuf},
-    programs::Xdp,
+    maps::{Array, MapData, RingBuf},
+    programs::{TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use sipfilter_common::{
-    maps::{BAN_EVENTS, FLOOR_PROGRAM, XDP_PROGRAM},
-    KernelConfig,
+    maps::{BAN_EVENTS, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, FLOOR_PROGRAM, XDP_PROGRAM},
+    ClockSample, KernelConfig,
 };
 
-use crate::{bpffs, filter_maps::FilterMaps};
+use crate::{bpffs, clock, filter_maps::FilterMaps};
 
 /// The XDP object built by build.rs from sipfilter-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipfilter-xdp"));
@@ -36,9 +36,70 @@ impl Loaded {
             .with_context(|| format!("cannot load the XDP object (maps pinned under {})", pin_dir.display()))?;
         let prog = xdp_mut(&mut ebpf, XDP_PROGRAM)?;
         prog.load().map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
-        let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
-        maps.write_config(config)?;
-        Ok(Loaded { ebpf, maps, pin_dir: pin_dir.to_owned() })
+        let maps = FilterMaps::from_ebpf(&mut ebpf)?;
+        let mut config = *config;
+        if maps.read_config()?.hash_seed == 0 {
+            // First load over these pins: pick this installation's slot-hash seed.
+            config.hash_seed = random_seed();
+        }
+        let mut loaded = Loaded { ebpf, maps, pin_dir: pin_dir.to_owned() };
+        let (ns_per_jiffy, offset) = loaded.calibrate_clock()?;
+        config.ns_per_jiffy = ns_per_jiffy;
+        config.jiffies_offset_ns = offset;
+        loaded.maps.write_config(&config)?;
+        Ok(loaded)
+    }
+
+    /// Measures how the kernel's jiffies relate to CLOCK_BOOTTIME, for the program's cheap
+    /// clock: the tick length (from the kernel's HZ, found by counting ticks over ~100 ms)
+    /// and the offset. Returns (ns per jiffy, offset ns). The agent calls it again now and
+    /// then; between calls the clock is good to about a tick (1–10 ms).
+    pub fn calibrate_clock(&mut self) -> anyhow::Result<(u64, u64)> {
+        if self.ebpf.program(CLOCK_PROGRAM).is_some_and(|p| p.fd().is_err()) {
+            xdp_mut(&mut self.ebpf, CLOCK_PROGRAM)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the clock program: {e}"))?;
+        }
+        let first = self.clock_sample()?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut samples = vec![self.clock_sample()?];
+        let last = samples[0];
+        let ticks = last.jiffies.wrapping_sub(first.jiffies).max(1);
+        let elapsed = last.boot_ns.saturating_sub(first.boot_ns);
+        let measured_hz = elapsed_hz(ticks, elapsed);
+        // CONFIG_HZ is one of these; snap to the nearest.
+        let hz = [100u64, 250, 300, 1000]
+            .into_iter()
+            .min_by_key(|h| h.abs_diff(measured_hz))
+            .unwrap_or(250);
+        let ns_per_jiffy = 1_000_000_000 / hz;
+        // jiffies lag real time by up to a tick: the smallest (boot - jiffies·tick) over a
+        // few samples is the moment of a tick; add half a tick to centre the error.
+        for _ in 0..4 {
+            std::thread::sleep(std::time::Duration::from_micros(700));
+            samples.push(self.clock_sample()?);
+        }
+        let offset = samples
+            .iter()
+            .map(|s| s.boot_ns.wrapping_sub(s.jiffies.wrapping_mul(ns_per_jiffy)))
+            .min_by_key(|o| *o as i64)
+            .unwrap_or(0)
+            .wrapping_add(ns_per_jiffy / 2);
+        Ok((ns_per_jiffy, offset))
+    }
+
+    fn clock_sample(&mut self) -> anyhow::Result<ClockSample> {
+        let prog = xdp(&self.ebpf, CLOCK_PROGRAM)?;
+        // Any frame will do: the program only reads the clocks.
+        let frame = [0u8; 64];
+        prog.test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() })
+            .context("cannot run the clock program")?;
+        let map: Array<&MapData, ClockSample> = self
+            .ebpf
+            .map(CLOCK_SAMPLE_MAP)
+            .context("the object has no clock_sample map")?
+            .try_into()?;
+        map.get(&0, 0).context("cannot read the clock sample")
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
@@ -61,6 +122,25 @@ impl Loaded {
         prog.load().map_err(|e| anyhow!("the kernel refused the floor program: {e}"))?;
         xdp(&self.ebpf, FLOOR_PROGRAM)
     }
+}
+
+fn elapsed_hz(ticks: u64, elapsed_ns: u64) -> u64 {
+    if elapsed_ns == 0 {
+        return 0;
+    }
+    (ticks as u128 * 1_000_000_000 / elapsed_ns as u128) as u64
+}
+
+/// A seed nobody outside this machine can predict (no extra crate: the kernel's random pool).
+fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        b = (clock::boot_ns() as u32).to_ne_bytes();
+    }
+    u32::from_ne_bytes(b).max(1)
 }
 
 fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {

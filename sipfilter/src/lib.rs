@@ -5,6 +5,8 @@
 pub mod addr;
 pub mod bpffs;
 pub mod clock;
+pub mod config;
+pub mod duration;
 pub mod events;
 pub mod filter_maps;
 pub mod loader;

@@ -12,8 +12,9 @@ use sipfilter::{
 };
 use sipfilter_common::{counters::ban_reason, maps::PERMANENT, Method};
 
+use sipfilter::duration::{format_ns, parse_duration};
+
 use super::{
-    duration::{format_ns, parse_duration},
     duration_ns, ipv6_prefix_len,
     lists::same_cidr,
     output::{count, human_expiry, json_remaining, print_json, Table},

@@ -16,8 +16,9 @@ use serde_json::json;
 use sipfilter::{clock::boot_ns, filter_maps::ListKind, Cidr, FilterMaps};
 use sipfilter_common::maps::PERMANENT;
 
+use sipfilter::duration::{format_ns, parse_duration};
+
 use super::{
-    duration::{format_ns, parse_duration},
     duration_ns,
     output::{grouped, print_json},
 };

@@ -7,8 +7,9 @@ use serde_json::json;
 use sipfilter::{addr::display_source, clock::boot_ns, filter_maps::ListKind, Cidr, FilterMaps};
 use sipfilter_common::maps::PERMANENT;
 
+use sipfilter::duration::{format_ns, parse_duration};
+
 use super::{
-    duration::{format_ns, parse_duration},
     duration_ns, ipv6_prefix_len,
     output::{count, human_expiry, json_remaining, print_json, Table},
     parse_cidr,

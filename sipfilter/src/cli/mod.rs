@@ -5,7 +5,6 @@
 //! adopts what it finds there when it starts.
 
 mod ban;
-mod duration;
 mod import;
 mod lists;
 mod output;

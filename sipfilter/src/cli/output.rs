@@ -5,7 +5,7 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use sipfilter_common::maps::PERMANENT;
 
-use super::duration::format_ns;
+use sipfilter::duration::format_ns;
 
 /// Columns padded to their widest cell; numeric columns are right-aligned.
 pub struct Table {

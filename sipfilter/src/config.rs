@@ -1,0 +1,497 @@
+//! The agent's configuration file (TOML). Every field has a default; a bad value is refused
+//! with the file, line, field and what is wrong, before anything is attached.
+//!
+//! See `examples/sipfilter.toml` for every field with its default and the reason for it.
+
+use std::{
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use sipfilter_common::{
+    config::{defaults, ipv6_mask, FLAG_MONITOR, FLAG_SCOPE_ALL, MAX_BURST, MAX_RATE, MAX_SIP_PORTS},
+    ClassLimit, KernelConfig, NS_PER_SEC,
+};
+use toml::Spanned;
+
+use crate::{addr::Cidr, duration::parse_duration};
+
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/sipfilter/state.json";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9460";
+
+/// A configuration error that points at its place: `FILE:LINE: FIELD: what is wrong`.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How a banned or denylisted source is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanScope {
+    /// Only its traffic to the SIP ports.
+    Sip,
+    /// All its traffic.
+    All,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    Auto,
+    /// Native mode only: fail where the driver lacks it.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub sip_ports: Vec<u16>,
+    /// Limits by class: register, invite, other.
+    pub limits: [ClassLimit; 3],
+    pub ban_duration: Duration,
+    pub ban_max: Duration,
+    pub escalation_window: Duration,
+    pub ban_scope: BanScope,
+    pub ipv6_prefix: u8,
+    pub monitor: bool,
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub interfaces: Vec<String>,
+    pub mode: AttachMode,
+    pub state_file: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip_ports: vec![defaults::SIP_PORT],
+            limits: [defaults::REGISTER, defaults::INVITE, defaults::OTHER],
+            ban_duration: Duration::from_secs(defaults::BAN_BASE_SECS),
+            ban_max: Duration::from_secs(defaults::BAN_MAX_SECS),
+            escalation_window: Duration::from_secs(defaults::ESCALATION_WINDOW_SECS),
+            ban_scope: BanScope::Sip,
+            ipv6_prefix: defaults::IPV6_PREFIX_LEN,
+            monitor: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            interfaces: Vec::new(),
+            mode: AttachMode::Auto,
+            state_file: PathBuf::from(DEFAULT_STATE_FILE),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+        }
+    }
+}
+
+impl Config {
+    /// The record the XDP program reads.
+    pub fn kernel_config(&self) -> KernelConfig {
+        let mut k = KernelConfig::default();
+        k.set_sip_ports(&self.sip_ports);
+        k.limits = self.limits;
+        k.ban_base_ns = self.ban_duration.as_secs() * NS_PER_SEC;
+        k.ban_max_ns = self.ban_max.as_secs() * NS_PER_SEC;
+        k.escalation_window_ns = self.escalation_window.as_secs() * NS_PER_SEC;
+        k.ipv6_mask_be = ipv6_mask(self.ipv6_prefix);
+        k.flags = 0;
+        if self.monitor {
+            k.flags |= FLAG_MONITOR;
+        }
+        if self.ban_scope == BanScope::All {
+            k.flags |= FLAG_SCOPE_ALL;
+        }
+        k
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` names it in errors and anchors relative list files.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, field: Option<&str>, message: String| ConfigError {
+            file: path.to_owned(),
+            line: span.map(|s| line_of(text, s.start)),
+            field: field.map(str::to_owned),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            err(e.span(), None, e.message().trim().replace('\n', " "))
+        })?;
+        let mut c = Config::default();
+
+        if let Some(sip) = raw.sip {
+            if let Some(ports) = sip.ports {
+                let span = ports.span();
+                let ports = ports.into_inner();
+                if ports.is_empty() || ports.len() > MAX_SIP_PORTS {
+                    return Err(err(Some(span), Some("sip.ports"), format!("give 1 to {MAX_SIP_PORTS} ports")));
+                }
+                let mut out = Vec::new();
+                for p in ports {
+                    let (span, v) = (p.span(), *p.get_ref());
+                    if !(1..=65535).contains(&v) {
+                        return Err(err(Some(span), Some("sip.ports"), format!("{v} is not a UDP port (1-65535)")));
+                    }
+                    out.push(v as u16);
+                }
+                c.sip_ports = out;
+            }
+        }
+
+        if let Some(limits) = raw.limits {
+            for (i, (name, class)) in
+                [("register", limits.register), ("invite", limits.invite), ("other", limits.other)]
+                    .into_iter()
+                    .enumerate()
+            {
+                let Some(class) = class else { continue };
+                if let Some(rate) = class.rate {
+                    let field = format!("limits.{name}.rate");
+                    c.limits[i].rate_per_sec = bounded(&rate, 1, MAX_RATE).map_err(|m| err(Some(rate.span()), Some(&field), m))?;
+                }
+                if let Some(burst) = class.burst {
+                    let field = format!("limits.{name}.burst");
+                    c.limits[i].burst = bounded(&burst, 1, MAX_BURST).map_err(|m| err(Some(burst.span()), Some(&field), m))?;
+                }
+            }
+        }
+
+        if let Some(ban) = raw.ban {
+            let dur = |v: &Spanned<String>, field: &str| {
+                parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), Some(field), m))
+            };
+            if let Some(v) = &ban.duration {
+                c.ban_duration = dur(v, "ban.duration")?;
+            }
+            if let Some(v) = &ban.max_duration {
+                c.ban_max = dur(v, "ban.max_duration")?;
+            }
+            if let Some(v) = &ban.escalation_window {
+                c.escalation_window = dur(v, "ban.escalation_window")?;
+            }
+            if c.ban_max < c.ban_duration {
+                let span = ban.max_duration.as_ref().or(ban.duration.as_ref()).map(Spanned::span);
+                return Err(err(span, Some("ban.max_duration"), "must not be shorter than ban.duration".into()));
+            }
+            if let Some(scope) = ban.scope {
+                c.ban_scope = match scope.get_ref().as_str() {
+                    "sip" => BanScope::Sip,
+                    "all" => BanScope::All,
+                    other => {
+                        return Err(err(Some(scope.span()), Some("ban.scope"), format!("'{other}' is not a scope; use \"sip\" or \"all\"")))
+                    }
+                };
+            }
+            if let Some(p) = ban.ipv6_prefix {
+                let v = *p.get_ref();
+                if !(1..=128).contains(&v) {
+                    return Err(err(Some(p.span()), Some("ban.ipv6_prefix"), format!("{v} is not a prefix length (1-128)")));
+                }
+                c.ipv6_prefix = v as u8;
+            }
+        }
+        if let Some(m) = raw.monitor {
+            c.monitor = m;
+        }
+
+        if let Some(lists) = raw.lists {
+            let base = path.parent().unwrap_or(Path::new("."));
+            for (kind, inline, files, out) in [
+                ("allow", lists.allow, lists.allow_files, &mut c.allow),
+                ("deny", lists.deny, lists.deny_files, &mut c.deny),
+            ] {
+                for entry in inline.unwrap_or_default() {
+                    let cidr = entry
+                        .get_ref()
+                        .parse::<Cidr>()
+                        .map_err(|e| err(Some(entry.span()), Some(&format!("lists.{kind}")), e.0))?;
+                    out.push(cidr);
+                }
+                for file in files.unwrap_or_default() {
+                    let list_path = base.join(file.get_ref());
+                    let entries = read_cidr_file(&list_path).map_err(|mut e| {
+                        if e.line.is_none() {
+                            // The file itself could not be read: point at the config line naming it.
+                            e = err(Some(file.span()), Some(&format!("lists.{kind}_files")), e.to_string());
+                        }
+                        e
+                    })?;
+                    out.extend(entries);
+                }
+            }
+        }
+
+        if let Some(agent) = raw.agent {
+            if let Some(ifaces) = agent.interfaces {
+                for i in ifaces {
+                    let name = i.get_ref();
+                    if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
+                        return Err(err(Some(i.span()), Some("agent.interfaces"), format!("'{name}' is not an interface name")));
+                    }
+                    c.interfaces.push(name.clone());
+                }
+            }
+            if let Some(mode) = agent.mode {
+                c.mode = match mode.get_ref().as_str() {
+                    "auto" => AttachMode::Auto,
+                    "native" => AttachMode::Native,
+                    "generic" => AttachMode::Generic,
+                    other => {
+                        return Err(err(Some(mode.span()), Some("agent.mode"), format!("'{other}' is not a mode; use \"auto\", \"native\" or \"generic\"")))
+                    }
+                };
+            }
+            if let Some(s) = agent.state_file {
+                c.state_file = PathBuf::from(s.into_inner());
+            }
+            if let Some(m) = agent.metrics_listen {
+                let text = m.get_ref().trim();
+                c.metrics_listen = if text.is_empty() || text == "off" {
+                    None
+                } else {
+                    Some(text.parse().map_err(|_| {
+                        err(Some(m.span()), Some("agent.metrics_listen"), format!("'{text}' is not an address:port (e.g. 127.0.0.1:9460), or \"off\""))
+                    })?)
+                };
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn bounded(v: &Spanned<i64>, min: u64, max: u64) -> Result<u32, String> {
+    let n = *v.get_ref();
+    if n < min as i64 || n > max as i64 {
+        return Err(format!("{n} is out of range ({min}-{max})"));
+    }
+    Ok(n as u32)
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Reads a file of CIDRs, one per line; `#` starts a comment; blank lines are skipped.
+pub fn read_cidr_file(path: &Path) -> Result<Vec<Cidr>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        field: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let cidr = entry.parse::<Cidr>().map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: Some(i + 1),
+            field: None,
+            message: e.0,
+        })?;
+        out.push(cidr);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sip: Option<RawSip>,
+    limits: Option<RawLimits>,
+    ban: Option<RawBan>,
+    monitor: Option<bool>,
+    lists: Option<RawLists>,
+    agent: Option<RawAgent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    ports: Option<Spanned<Vec<Spanned<i64>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    register: Option<RawClass>,
+    invite: Option<RawClass>,
+    other: Option<RawClass>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClass {
+    rate: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBan {
+    duration: Option<Spanned<String>>,
+    max_duration: Option<Spanned<String>>,
+    escalation_window: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
+    ipv6_prefix: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLists {
+    allow: Option<Vec<Spanned<String>>>,
+    allow_files: Option<Vec<Spanned<String>>>,
+    deny: Option<Vec<Spanned<String>>>,
+    deny_files: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    interfaces: Option<Vec<Spanned<String>>>,
+    mode: Option<Spanned<String>>,
+    state_file: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/sipfilter.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        let k = Config::default().kernel_config();
+        assert_eq!(k.limits, KernelConfig::default().limits);
+    }
+
+    #[test]
+    fn the_shipped_example_parses_to_the_defaults() {
+        let text = include_str!("../../examples/sipfilter.toml");
+        let c = Config::parse(text, Path::new("examples/sipfilter.toml")).unwrap();
+        let mut expected = Config::default();
+        expected.interfaces = vec!["eth0".into()];
+        expected.allow = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:5060::/48".parse().unwrap()];
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn every_field() {
+        let c = parse(
+            r#"
+monitor = true
+[sip]
+ports = [5060, 5080]
+[limits.register]
+rate = 5
+burst = 20
+[limits.other]
+burst = 10
+[ban]
+duration = "10m"
+max_duration = "1d"
+escalation_window = "12h"
+scope = "all"
+ipv6_prefix = 56
+[lists]
+allow = ["10.0.0.0/8"]
+deny = ["2001:db8:bad::/48", "198.51.100.7"]
+[agent]
+interfaces = ["eth0", "eth1"]
+mode = "generic"
+state_file = "/tmp/s.json"
+metrics_listen = "off"
+"#,
+        )
+        .unwrap();
+        assert!(c.monitor);
+        assert_eq!(c.sip_ports, vec![5060, 5080]);
+        assert_eq!(c.limits[0], ClassLimit { rate_per_sec: 5, burst: 20 });
+        assert_eq!(c.limits[1], defaults::INVITE);
+        assert_eq!(c.limits[2], ClassLimit { rate_per_sec: defaults::OTHER.rate_per_sec, burst: 10 });
+        assert_eq!(c.ban_duration, Duration::from_secs(600));
+        assert_eq!(c.ban_scope, BanScope::All);
+        assert_eq!(c.ipv6_prefix, 56);
+        assert_eq!(c.deny.len(), 2);
+        assert_eq!(c.mode, AttachMode::Generic);
+        assert_eq!(c.metrics_listen, None);
+        let k = c.kernel_config();
+        assert!(k.monitor() && k.scope_all());
+        assert!(k.is_sip_port(5080u16.to_be()));
+    }
+
+    #[test]
+    fn bad_values_name_file_line_field_and_problem() {
+        for (text, want) in [
+            ("[limits.register]\nrate = 0\n", "/etc/sipfilter.toml:2: limits.register.rate: 0 is out of range"),
+            ("[limits.invite]\n\nburst = 2000000\n", "/etc/sipfilter.toml:3: limits.invite.burst: 2000000 is out of range"),
+            ("[sip]\nports = [5060, 70000]\n", "/etc/sipfilter.toml:2: sip.ports: 70000 is not a UDP port"),
+            ("[ban]\nduration = \"5 parsecs\"\n", "/etc/sipfilter.toml:2: ban.duration: '5 parsecs' is not a duration"),
+            ("[ban]\nscope = \"everything\"\n", "/etc/sipfilter.toml:2: ban.scope: 'everything' is not a scope"),
+            ("[lists]\nallow = [\"10.0.0.0/8\",\n  \"10.1.2.300\"]\n", "/etc/sipfilter.toml:3: lists.allow: '10.1.2.300' is not an IPv4 or IPv6 address"),
+            ("[agent]\nmetrics_listen = \"localhost\"\n", "/etc/sipfilter.toml:2: agent.metrics_listen: 'localhost' is not an address:port"),
+            ("[limits.register]\nrate = \"fast\"\n", "/etc/sipfilter.toml:2: "),
+            ("[limts]\n", "/etc/sipfilter.toml:1: "),
+            ("[ban]\nduration = \"1h\"\nmax_duration = \"10m\"\n", "/etc/sipfilter.toml:3: ban.max_duration: must not be shorter"),
+        ] {
+            let got = parse(text).unwrap_err();
+            assert!(got.starts_with(want), "{text:?}\n got: {got}\nwant: {want}");
+        }
+        assert!(parse("[limts]\n").unwrap_err().contains("limts"));
+    }
+
+    #[test]
+    fn list_files_report_their_own_line() {
+        let dir = std::env::temp_dir().join(format!("sipfilter-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trunks.txt"), "# trunks\n192.0.2.0/24\n\n203.0.113.9 # pbx\n").unwrap();
+        std::fs::write(dir.join("bad.txt"), "192.0.2.0/24\nnot-an-address\n").unwrap();
+        let cfg = dir.join("c.toml");
+        let c = Config::parse("[lists]\nallow_files = [\"trunks.txt\"]\n", &cfg).unwrap();
+        assert_eq!(c.allow.len(), 2);
+        let e = Config::parse("[lists]\ndeny_files = [\"bad.txt\"]\n", &cfg).unwrap_err().to_string();
+        assert!(e.contains("bad.txt:2: 'not-an-address'"), "{e}");
+        let e = Config::parse("[lists]\ndeny_files = [\"missing.txt\"]\n", &cfg).unwrap_err().to_string();
+        assert!(e.contains("c.toml:2: lists.deny_files:") && e.contains("missing.txt"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

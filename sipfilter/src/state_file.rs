@@ -30,10 +30,17 @@ pub struct SavedBan {
     pub method: u8,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
     pub version: u32,
     pub bans: Vec<SavedBan>,
+    /// Allowlist and denylist entries the agent installed from its configuration, so a
+    /// reload or restart can remove the ones the configuration no longer has (entries added
+    /// with the CLI are not in these lists and are left alone).
+    #[serde(default)]
+    pub managed_allow: Vec<String>,
+    #[serde(default)]
+    pub managed_deny: Vec<String>,
 }
 
 pub const VERSION: u32 = 1;
@@ -68,8 +75,9 @@ pub fn snapshot(maps: &FilterMaps) -> anyhow::Result<Vec<SavedBan>> {
 }
 
 /// Writes the state file atomically: a temporary file in the same folder, synced, renamed.
-pub fn save(path: &Path, bans: &[SavedBan]) -> anyhow::Result<()> {
-    let state = StateFile { version: VERSION, bans: bans.to_vec() };
+pub fn save(path: &Path, state: &StateFile) -> anyhow::Result<()> {
+    let mut state = state.clone();
+    state.version = VERSION;
     let text = serde_json::to_string_pretty(&state)?;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
@@ -88,15 +96,13 @@ pub fn save(path: &Path, bans: &[SavedBan]) -> anyhow::Result<()> {
 }
 
 /// Reads a state file; a missing file is an empty state.
-pub fn load(path: &Path) -> anyhow::Result<Vec<SavedBan>> {
+pub fn load(path: &Path) -> anyhow::Result<StateFile> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StateFile::default()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let state: StateFile = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a sipfilter state file", path.display()))?;
-    Ok(state.bans)
+    serde_json::from_str(&text).with_context(|| format!("{} is not a sipfilter state file", path.display()))
 }
 
 /// What [`restore`] did.

@@ -1,12 +1,65 @@
-//! The agent: `sipfilter run` and `sipfilter detach`.
+//! The agent: `sipfilter run` loads and attaches the program, keeps the maps in line with the
+//! configuration, sweeps expired bans, keeps the state file, logs ban events and serves
+//! metrics; `sipfilter detach` removes the attachment it leaves behind.
 
-use std::path::Path;
+mod attach;
+mod metrics;
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use aya::maps::{MapData, RingBuf};
+use sipfilter::{
+    addr::display_source,
+    clock,
+    config::{AttachMode, Config},
+    events,
+    filter_maps::ListKind,
+    state_file::{self, StateFile},
+    Cidr, Loaded,
+};
+use sipfilter_common::{counters::ban_reason, maps::BAN_TABLE, maps::PERMANENT, Method, SourceKey};
+use tokio::{
+    io::{unix::AsyncFd, AsyncReadExt as _, AsyncWriteExt as _},
+    signal::unix::{signal, SignalKind},
+};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:\n  sipfilter run --iface eth0\n  sipfilter run --config /etc/sipfilter.toml\n  sipfilter run --config /etc/sipfilter.toml --iface eth1 --mode generic\n\nSIGHUP reloads the config file; SIGTERM stops the agent and leaves the filter attached\n(pinned) unless --detach-on-exit is given. `sipfilter detach` removes the attachment.")]
 pub struct RunArgs {
-    /// Interface to attach to (repeatable).
+    /// TOML configuration file (see examples/sipfilter.toml); every field has a default.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to (repeatable; added to the config's interfaces).
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
+    /// XDP mode: auto (native, else generic with a warning), native, or generic.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<AttachMode>,
+    /// Metrics address (ADDR:PORT), or "off". Default 127.0.0.1:9460.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<Listen>,
+    /// Where active bans are saved and restored from.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Detach from the interfaces when the agent stops (by default the filter stays).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse().map(|a| Listen(Some(a))).map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9460) or \"off\""))
 }
 
 #[derive(clap::Args)]
@@ -16,10 +69,392 @@ pub struct DetachArgs {
     pub iface: Option<String>,
 }
 
-pub fn run(_pin_dir: &Path, _args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the agent is not implemented yet")
+fn log(msg: impl AsRef<str>) {
+    eprintln!("sipfilter: {}", msg.as_ref());
 }
 
-pub fn detach(_pin_dir: &Path, _args: DetachArgs) -> anyhow::Result<()> {
-    anyhow::bail!("detach is not implemented yet")
+/// The configuration file (or defaults) with the command line's overrides.
+fn resolve_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    for i in &args.ifaces {
+        if !config.interfaces.contains(i) {
+            config.interfaces.push(i.clone());
+        }
+    }
+    if let Some(m) = args.mode {
+        config.mode = m;
+    }
+    if let Some(Listen(l)) = &args.metrics_listen {
+        config.metrics_listen = *l;
+    }
+    if let Some(s) = &args.state_file {
+        config.state_file = s.clone();
+    }
+    Ok(config)
+}
+
+pub fn run(pin_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
+    let config = resolve_config(&args)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("sipfilter run must run as root: it loads an XDP program and pins its maps");
+    }
+    if config.interfaces.is_empty() {
+        bail!("no interface to attach to: give --iface IFACE or set [agent] interfaces in the config");
+    }
+    for i in &config.interfaces {
+        if attach::if_index(i).is_none() {
+            bail!("interface {i} does not exist");
+        }
+    }
+    // Bind before attaching: a taken port is a configuration error like any other.
+    let listener = match config.metrics_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let agent = Agent::start(pin_dir, args, config)?;
+        agent.serve(listener).await
+    })
+}
+
+pub fn detach(pin_dir: &Path, args: DetachArgs) -> anyhow::Result<()> {
+    let removed = attach::detach(pin_dir, args.iface.as_deref())?;
+    if removed.is_empty() {
+        println!("sipfilter is not attached to any interface (no links pinned under {})", pin_dir.join("links").display());
+    }
+    for d in removed {
+        let ids = match (d.link_id, d.prog_id) {
+            (Some(l), Some(p)) => format!(" (link {l}, program {p})"),
+            _ => String::new(),
+        };
+        println!("detached sipfilter from {}{ids}", d.iface);
+    }
+    Ok(())
+}
+
+struct Agent {
+    pin_dir: PathBuf,
+    args: RunArgs,
+    config: Config,
+    loaded: Loaded,
+    metrics: metrics::Metrics,
+    state: StateFile,
+    /// Active bans as last saved: (source, end, strike).
+    saved_bans: Vec<(SourceKey, u64, u32)>,
+    attached: Vec<String>,
+    last_calibration: Instant,
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// How often the program's jiffies clock is re-measured against CLOCK_BOOTTIME.
+const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
+
+impl Agent {
+    fn start(pin_dir: &Path, args: RunArgs, config: Config) -> anyhow::Result<Agent> {
+        let fresh = !pin_dir.join(BAN_TABLE).exists();
+        let mut loaded = Loaded::load(pin_dir, &config.kernel_config())?;
+        if fresh {
+            log(format!("created maps under {}", pin_dir.display()));
+        } else {
+            log(format!("reusing the maps pinned under {} (bans, buckets and lists kept)", pin_dir.display()));
+        }
+
+        let mut state = match state_file::load(&config.state_file) {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep the unreadable file for a human; start without it rather than not at all.
+                let aside = config.state_file.with_extension(format!("corrupt-{}", std::process::id()));
+                let _ = std::fs::rename(&config.state_file, &aside);
+                log(format!("warning: {e:#}; moved it to {} and starting without it", aside.display()));
+                StateFile::default()
+            }
+        };
+        reconcile_lists(&mut loaded, &config, &mut state)?;
+        if fresh && !state.bans.is_empty() {
+            let r = state_file::restore(&mut loaded.maps, &state.bans)?;
+            log(format!(
+                "restored {} ban(s) from {} ({} had expired, {} are allowlisted now)",
+                r.restored,
+                config.state_file.display(),
+                r.expired,
+                r.allowlisted
+            ));
+        }
+
+        let mut attached = Vec::new();
+        for iface in &config.interfaces {
+            let a = attach::attach(loaded.program_mut()?, pin_dir, iface, config.mode)?;
+            if a.adopted {
+                log(format!("took over the attachment on {} (no gap: the new program was swapped in)", a.iface));
+            } else {
+                log(format!("attached to {} in {} mode (link pinned at {})", a.iface, a.mode, attach::link_pin(pin_dir, iface).display()));
+            }
+            attached.push(a.iface);
+        }
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        let mut agent = Agent {
+            pin_dir: pin_dir.to_owned(),
+            args,
+            config,
+            loaded,
+            metrics: metrics::Metrics::new()?,
+            state,
+            saved_bans: Vec::new(),
+            attached,
+            last_calibration: Instant::now(),
+            _stats: stats,
+        };
+        agent.save_state_if_changed(true)?;
+        Ok(agent)
+    }
+
+    async fn serve(mut self, listener: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+        let ring: RingBuf<MapData> = self.loaded.take_ban_events()?;
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("cannot watch the ban event ring buffer: {}", e.into_parts().1))?;
+        let listener = match listener {
+            Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
+            None => None,
+        };
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let metrics_at = match self.config.metrics_listen {
+            Some(a) => format!("metrics at http://{a}/metrics"),
+            None => "metrics off".to_string(),
+        };
+        log(format!("ready: filtering SIP on {} ({metrics_at})", self.attached.join(", ")));
+
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    for e in events::drain(guard.get_inner_mut()) {
+                        self.on_ban_event(&e);
+                    }
+                    guard.clear_ready();
+                }
+                accepted = async {
+                    match &listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok((stream, _)) = accepted {
+                        if let Err(e) = self.answer_scrape(stream).await {
+                            log(format!("warning: metrics request failed: {e:#}"));
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.housekeeping() {
+                        log(format!("warning: {e:#}"));
+                    }
+                }
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        self.stop()
+    }
+
+    fn on_ban_event(&mut self, e: &sipfilter_common::BanEvent) {
+        let method = Method::from_u8(e.method).map_or("unknown", Method::name);
+        log(format!(
+            "ban source={} reason={} method={} duration={}s strike={}{}",
+            display_source(&e.source, self.config.ipv6_prefix),
+            ban_reason::name(e.reason),
+            method,
+            e.duration_ns / 1_000_000_000,
+            e.strike,
+            if e.monitor != 0 { " monitor=true (not dropped)" } else { "" }
+        ));
+        self.metrics.ban_event(e.reason);
+    }
+
+    async fn answer_scrape(&mut self, mut stream: tokio::net::TcpStream) -> anyhow::Result<()> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        if !matches!(read, Ok(Ok(()))) {
+            return Ok(());
+        }
+        let request = String::from_utf8_lossy(&head).into_owned();
+        let mut body_error = None;
+        let response = metrics::respond(&request, || match self.refresh_metrics() {
+            Ok(()) => self.metrics.encode(),
+            Err(e) => {
+                body_error = Some(e);
+                self.metrics.encode()
+            }
+        });
+        if let Some(e) = body_error {
+            log(format!("warning: metrics may be stale: {e:#}"));
+        }
+        tokio::time::timeout(Duration::from_secs(2), stream.write_all(&response)).await??;
+        Ok(())
+    }
+
+    fn refresh_metrics(&mut self) -> anyhow::Result<()> {
+        let maps = &self.loaded.maps;
+        let counters = maps.counters()?;
+        let now = clock::boot_ns();
+        let active = maps.bans()?.iter().filter(|(_, b)| b.expires_ns > now).count();
+        let allow = maps.list(ListKind::Allow)?.iter().filter(|(_, e)| e.expires_ns > now).count();
+        let deny = maps.list(ListKind::Deny)?.iter().filter(|(_, e)| e.expires_ns > now).count();
+        let info = self.loaded.program()?.info()?;
+        self.metrics.update(&counters, active, allow, deny, info.run_time().as_nanos() as u64, info.run_count());
+        Ok(())
+    }
+
+    /// Every second: sweep expired bans, keep the state file current, recalibrate the clock now
+    /// and then.
+    fn housekeeping(&mut self) -> anyhow::Result<()> {
+        let now = clock::boot_ns();
+        let expired: Vec<SourceKey> =
+            self.loaded.maps.bans()?.into_iter().filter(|(_, b)| b.expires_ns <= now).map(|(k, _)| k).collect();
+        for key in expired {
+            self.loaded.maps.remove_ban(&key)?;
+        }
+        self.save_state_if_changed(false)?;
+        if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
+            self.last_calibration = Instant::now();
+            let (ns_per_jiffy, offset) = self.loaded.calibrate_clock()?;
+            let mut k = self.loaded.maps.read_config()?;
+            k.ns_per_jiffy = ns_per_jiffy;
+            k.jiffies_offset_ns = offset;
+            self.loaded.maps.write_config(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state file when the set of active bans changed (or when `force`).
+    fn save_state_if_changed(&mut self, force: bool) -> anyhow::Result<()> {
+        let now = clock::boot_ns();
+        let mut current: Vec<(SourceKey, u64, u32)> = self
+            .loaded
+            .maps
+            .bans()?
+            .into_iter()
+            .filter(|(_, b)| b.expires_ns > now)
+            .map(|(k, b)| (k, b.expires_ns, b.strike))
+            .collect();
+        current.sort();
+        if !force && current == self.saved_bans {
+            return Ok(());
+        }
+        self.state.bans = state_file::snapshot(&self.loaded.maps)?;
+        state_file::save(&self.config.state_file, &self.state)?;
+        self.saved_bans = current;
+        Ok(())
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.args.config.clone() else {
+            log("SIGHUP: no --config file to reload");
+            return;
+        };
+        let new = match resolve_config(&self.args) {
+            Ok(c) => c,
+            Err(e) => {
+                log(format!("reload failed, keeping the running configuration: {e:#}"));
+                return;
+            }
+        };
+        let applied = (|| -> anyhow::Result<()> {
+            self.loaded.maps.write_config(&new.kernel_config())?;
+            let mut state = self.state.clone();
+            reconcile_lists(&mut self.loaded, &new, &mut state)?;
+            self.state = state;
+            Ok(())
+        })();
+        if let Err(e) = applied {
+            log(format!("reload failed while applying {}: {e:#}", path.display()));
+            return;
+        }
+        for (what, changed) in [
+            ("interfaces", new.interfaces != self.config.interfaces),
+            ("agent.mode", new.mode != self.config.mode),
+            ("agent.metrics_listen", new.metrics_listen != self.config.metrics_listen),
+            ("agent.state_file", new.state_file != self.config.state_file),
+        ] {
+            if changed {
+                log(format!("note: a change to {what} takes effect when the agent restarts"));
+            }
+        }
+        let keep_state_file = self.config.state_file.clone();
+        self.config = Config { state_file: keep_state_file, ..new };
+        log(format!("reloaded {}: thresholds and lists updated, bans and buckets kept", path.display()));
+        if let Err(e) = self.save_state_if_changed(true) {
+            log(format!("warning: {e:#}"));
+        }
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.save_state_if_changed(true)?;
+        if self.args.detach_on_exit {
+            for iface in &self.attached {
+                for d in attach::detach(&self.pin_dir, Some(iface))? {
+                    log(format!("detached from {}", d.iface));
+                }
+            }
+        } else {
+            log(format!(
+                "stopping; the filter stays attached to {} (`sipfilter detach` removes it)",
+                self.attached.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Makes the maps' lists match the configuration's: adds every configured entry, removes
+/// the entries an earlier configuration installed that this one no longer has, and leaves
+/// entries added with the CLI alone.
+fn reconcile_lists(loaded: &mut Loaded, config: &Config, state: &mut StateFile) -> anyhow::Result<()> {
+    for (kind, wanted, managed) in [
+        (ListKind::Allow, &config.allow, &mut state.managed_allow),
+        (ListKind::Deny, &config.deny, &mut state.managed_deny),
+    ] {
+        let wanted_set: BTreeSet<String> = wanted.iter().map(Cidr::to_string).collect();
+        for old in managed.iter().filter(|o| !wanted_set.contains(*o)) {
+            if let Ok(cidr) = old.parse::<Cidr>() {
+                if loaded.maps.list_remove(kind, &cidr)? {
+                    log(format!("removed {old} from the {} (no longer in the config)", kind.map_name()));
+                }
+            }
+        }
+        for cidr in wanted {
+            let lifted = loaded.maps.list_add(kind, cidr, PERMANENT)?;
+            for key in lifted {
+                log(format!("lifted the ban on {} (allowlisted by {cidr})", display_source(&key, config.ipv6_prefix)));
+            }
+        }
+        *managed = wanted_set.into_iter().collect();
+    }
+    Ok(())
 }

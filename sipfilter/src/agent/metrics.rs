@@ -1,0 +1,148 @@
+//! Prometheus metrics: the kernel's counters, bans, and the program's own cost, read from
+//! the maps and BPF stats at each scrape. No per-IP labels: a botnet must not be able to
+//! blow up the time series.
+
+use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use sipfilter_common::{counters::ban_reason, Counters, Method, Outcome, RateClass, Verdict};
+
+pub struct Metrics {
+    registry: Registry,
+    packets: IntCounterVec,
+    outcomes: IntCounterVec,
+    methods: IntCounterVec,
+    bans: IntCounterVec,
+    ban_events: IntCounterVec,
+    ban_table_full: IntCounter,
+    events_lost: IntCounter,
+    active_bans: IntGauge,
+    list_entries: IntGaugeVec,
+    run_seconds: prometheus::Counter,
+    runs: IntCounter,
+    /// Kernel totals at the previous scrape: counters move by the difference.
+    last: Counters,
+    last_run_ns: u64,
+    last_runs: u64,
+}
+
+/// Moves a counter to a kernel total (counters only go up; a smaller total means the maps
+/// were recreated, and the new total is all new).
+fn sync(counter: &IntCounter, last: u64, now: u64) {
+    counter.inc_by(if now >= last { now - last } else { now });
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let cv = |name: &str, help: &str, label: &str| -> anyhow::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let packets = cv("sipfilter_packets_total", "Packets seen by the XDP program, by action taken.", "action")?;
+        let outcomes = cv("sipfilter_packet_reasons_total", "Packets seen by the XDP program, by the reason for the action.", "reason")?;
+        let methods = cv("sipfilter_sip_messages_total", "SIP messages to the SIP ports, by method (response, unknown for the rest).", "method")?;
+        let bans = cv("sipfilter_bans_total", "Bans the XDP program created, by reason.", "reason")?;
+        let ban_events = cv("sipfilter_ban_events_total", "Ban events the agent received from the kernel, by reason.", "reason")?;
+        let ban_table_full = IntCounter::new("sipfilter_ban_table_full_total", "Bans that could not be stored because the ban table was full.")?;
+        let events_lost = IntCounter::new("sipfilter_ban_events_lost_total", "Ban events lost because the ring buffer was full.")?;
+        let active_bans = IntGauge::new("sipfilter_active_bans", "Bans in force now.")?;
+        let list_entries = IntGaugeVec::new(Opts::new("sipfilter_list_entries", "Entries in force on the allowlist and denylist."), &["list"])?;
+        let run_seconds = prometheus::Counter::new("sipfilter_program_run_seconds_total", "Time the XDP program ran (kernel BPF stats).")?;
+        let runs = IntCounter::new("sipfilter_program_runs_total", "Times the XDP program ran (kernel BPF stats).")?;
+        let build_info = IntGaugeVec::new(Opts::new("sipfilter_build_info", "sipfilter build, value 1."), &["version"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [&ban_table_full, &events_lost, &runs] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(active_bans.clone()))?;
+        registry.register(Box::new(list_entries.clone()))?;
+        registry.register(Box::new(run_seconds.clone()))?;
+        registry.register(Box::new(build_info))?;
+        // Every label value exists from the start, so dashboards see zeros, not gaps.
+        for v in Verdict::ALL {
+            packets.with_label_values(&[v.name()]);
+        }
+        for o in Outcome::ALL {
+            outcomes.with_label_values(&[o.name()]);
+        }
+        for m in Method::ALL {
+            methods.with_label_values(&[m.name()]);
+        }
+        for c in RateClass::ALL {
+            bans.with_label_values(&[ban_reason::name(ban_reason::RATE + c as u8)]);
+            ban_events.with_label_values(&[ban_reason::name(ban_reason::RATE + c as u8)]);
+        }
+        Ok(Metrics {
+            registry,
+            packets,
+            outcomes,
+            methods,
+            bans,
+            ban_events,
+            ban_table_full,
+            events_lost,
+            active_bans,
+            list_entries,
+            run_seconds,
+            runs,
+            last: Counters::default(),
+            last_run_ns: 0,
+            last_runs: 0,
+        })
+    }
+
+    pub fn ban_event(&self, reason: u8) {
+        self.ban_events.with_label_values(&[ban_reason::name(reason)]).inc();
+    }
+
+    /// Brings every metric up to the kernel's numbers.
+    pub fn update(&mut self, c: &Counters, active_bans: usize, allow: usize, deny: usize, run_ns: u64, runs: u64) {
+        for v in Verdict::ALL {
+            sync(&self.packets.with_label_values(&[v.name()]), self.last.verdict(v), c.verdict(v));
+        }
+        for o in Outcome::ALL {
+            sync(&self.outcomes.with_label_values(&[o.name()]), self.last.outcome(o), c.outcome(o));
+        }
+        for m in Method::ALL {
+            sync(&self.methods.with_label_values(&[m.name()]), self.last.method(m), c.method(m));
+        }
+        for class in RateClass::ALL {
+            let i = class as usize;
+            let name = ban_reason::name(ban_reason::RATE + class as u8);
+            sync(&self.bans.with_label_values(&[name]), self.last.bans[i], c.bans[i]);
+        }
+        sync(&self.ban_table_full, self.last.ban_table_full, c.ban_table_full);
+        sync(&self.events_lost, self.last.events_lost, c.events_lost);
+        self.last = *c;
+        self.active_bans.set(active_bans as i64);
+        self.list_entries.with_label_values(&["allow"]).set(allow as i64);
+        self.list_entries.with_label_values(&["deny"]).set(deny as i64);
+        let d_ns = if run_ns >= self.last_run_ns { run_ns - self.last_run_ns } else { run_ns };
+        self.run_seconds.inc_by(d_ns as f64 / 1e9);
+        sync(&self.runs, self.last_runs, runs);
+        self.last_run_ns = run_ns;
+        self.last_runs = runs;
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// An HTTP response for a request head: the metrics for `GET /metrics`, 404 otherwise.
+pub fn respond(request_head: &str, body: impl FnOnce() -> String) -> Vec<u8> {
+    let first = request_head.lines().next().unwrap_or("");
+    let mut parts = first.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body()),
+        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", "sipfilter agent: metrics at /metrics\n".to_string()),
+        _ => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_string()),
+    };
+    format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes()
+}

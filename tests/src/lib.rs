@@ -2,6 +2,7 @@
 //! that loads the real program into a private bpffs and runs packets through it with
 //! BPF_PROG_TEST_RUN, and network-namespace helpers for end-to-end tests.
 
+pub mod agent;
 pub mod harness;
 pub mod netns;
 pub mod packet;

@@ -25,17 +25,7 @@ use sipfilter_tests::{
 
 // --- running the binary ---
 
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/cli-<hash> → target/debug/sipfilter
-    let bin = exe.parent().and_then(Path::parent).expect("target folder").join("sipfilter");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it first with `cargo build -p sipfilter` (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
+use sipfilter_tests::agent::sipfilter_bin as binary;
 
 struct Run {
     code: i32,

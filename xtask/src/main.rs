@@ -38,7 +38,7 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
         /// Measurements per path; the median is reported.
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 15)]
         runs: u32,
     },
     /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.

@@ -33,7 +33,7 @@ impl TokenBucket {
     pub fn take(&mut self, now: u64, rate_per_sec: u64, burst: u64) -> bool {
         let capacity = burst * TOKEN;
         // Clocks never go back, but two CPUs may race on one bucket; treat "earlier" as no time.
-        let elapsed = if now > self.updated_ns { now - self.updated_ns } else { 0 };
+        let elapsed = now.saturating_sub(self.updated_ns);
         let elapsed = if elapsed > MAX_REFILL_NS { MAX_REFILL_NS } else { elapsed };
         let mut tokens = self.tokens + elapsed * rate_per_sec;
         if tokens > capacity {

@@ -159,7 +159,7 @@ impl KernelConfig {
     /// repeat, capped.
     #[inline(always)]
     pub fn ban_duration(&self, strike: u32) -> u64 {
-        let doublings = if strike > 1 { strike - 1 } else { 0 };
+        let doublings = strike.saturating_sub(1);
         // 2^40 × any sane base is past every cap; stop shifting before it can overflow.
         if doublings >= 40 {
             return self.ban_max_ns;

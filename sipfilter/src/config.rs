@@ -408,9 +408,11 @@ mod tests {
     fn the_shipped_example_parses_to_the_defaults() {
         let text = include_str!("../../examples/sipfilter.toml");
         let c = Config::parse(text, Path::new("examples/sipfilter.toml")).unwrap();
-        let mut expected = Config::default();
-        expected.interfaces = vec!["eth0".into()];
-        expected.allow = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:5060::/48".parse().unwrap()];
+        let expected = Config {
+            interfaces: vec!["eth0".into()],
+            allow: vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:5060::/48".parse().unwrap()],
+            ..Config::default()
+        };
         assert_eq!(c, expected);
     }
 

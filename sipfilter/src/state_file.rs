@@ -70,7 +70,7 @@ pub fn snapshot(maps: &FilterMaps) -> anyhow::Result<Vec<SavedBan>> {
             method: b.method,
         })
         .collect();
-    out.sort_by(|a, b| a.source.cmp(&b.source));
+    out.sort_by_key(|b| b.source);
     Ok(out)
 }
 

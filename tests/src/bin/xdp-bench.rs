@@ -72,8 +72,10 @@ fn main() -> anyhow::Result<()> {
     pin_to_cpu(0);
 
     // Buckets big enough that a measurement of `repeat` packets never empties one.
-    let mut config = KernelConfig::default();
-    config.limits = [ClassLimit { rate_per_sec: MAX_RATE as u32, burst: MAX_BURST as u32 }; 3];
+    let config = KernelConfig {
+        limits: [ClassLimit { rate_per_sec: MAX_RATE as u32, burst: MAX_BURST as u32 }; 3],
+        ..KernelConfig::default()
+    };
     let mut filter = TestFilter::with_config(&config)?;
 
     let clean = Ipv4Addr::new(198, 51, 100, 20);
@@ -133,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         sip_frame.len()
     );
-    println!("{:<30} {:>8} {:>9}  {}", "path", "ns/pkt", "× floor", "target");
+    println!("{:<30} {:>8} {:>9}  target", "path", "ns/pkt", "× floor");
     let mut json_paths = serde_json::Map::new();
     for p in &paths {
         let ns = median(samples[p.name].clone());

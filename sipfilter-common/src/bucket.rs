@@ -24,7 +24,10 @@ impl TokenBucket {
     /// boot is not an attack.
     #[inline(always)]
     pub const fn full(burst: u64, now: u64) -> Self {
-        TokenBucket { tokens: burst * TOKEN, updated_ns: now }
+        TokenBucket {
+            tokens: burst * TOKEN,
+            updated_ns: now,
+        }
     }
 
     /// Refills for the time since the last update and takes one token.
@@ -34,7 +37,11 @@ impl TokenBucket {
         let capacity = burst * TOKEN;
         // Clocks never go back, but two CPUs may race on one bucket; treat "earlier" as no time.
         let elapsed = now.saturating_sub(self.updated_ns);
-        let elapsed = if elapsed > MAX_REFILL_NS { MAX_REFILL_NS } else { elapsed };
+        let elapsed = if elapsed > MAX_REFILL_NS {
+            MAX_REFILL_NS
+        } else {
+            elapsed
+        };
         let mut tokens = self.tokens + elapsed * rate_per_sec;
         if tokens > capacity {
             tokens = capacity;
@@ -67,7 +74,10 @@ mod tests {
     #[test]
     fn refill_is_exact_for_small_steps() {
         // 20 tokens/s = one token per 50 ms, delivered in 1 µs steps: no rounding loss.
-        let mut b = TokenBucket { tokens: 0, updated_ns: 0 };
+        let mut b = TokenBucket {
+            tokens: 0,
+            updated_ns: 0,
+        };
         let mut now = 0;
         let mut granted = 0;
         while now < NS_PER_SEC {
@@ -81,14 +91,20 @@ mod tests {
 
     #[test]
     fn long_idle_gaps_fill_but_do_not_overflow() {
-        let mut b = TokenBucket { tokens: 0, updated_ns: 0 };
+        let mut b = TokenBucket {
+            tokens: 0,
+            updated_ns: 0,
+        };
         assert!(b.take(u64::MAX / 2, crate::config::MAX_RATE, crate::config::MAX_BURST));
         assert_eq!(b.tokens, crate::config::MAX_BURST * TOKEN - TOKEN);
     }
 
     #[test]
     fn time_going_backwards_grants_nothing_extra() {
-        let mut b = TokenBucket { tokens: 0, updated_ns: 1_000 };
+        let mut b = TokenBucket {
+            tokens: 0,
+            updated_ns: 1_000,
+        };
         assert!(!b.take(10, 1_000_000, 10));
     }
 

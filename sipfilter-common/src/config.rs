@@ -68,13 +68,22 @@ pub mod defaults {
     /// re-registering at once after a power cut (REGISTER, 401, REGISTER with credentials =
     /// 100 messages) with 50% to spare; 20/s sustained is 1,200 re-registrations a minute.
     /// A source sending 200/s empties it after about 167 packets, 0.83 s into the flood.
-    pub const REGISTER: ClassLimit = ClassLimit { rate_per_sec: 20, burst: 150 };
+    pub const REGISTER: ClassLimit = ClassLimit {
+        rate_per_sec: 20,
+        burst: 150,
+    };
     /// INVITE: 60 back to back (every phone of that office calling at once, with the
     /// INVITE/407/INVITE retry), 10/s sustained (a busy call centre's peak).
-    pub const INVITE: ClassLimit = ClassLimit { rate_per_sec: 10, burst: 60 };
+    pub const INVITE: ClassLimit = ClassLimit {
+        rate_per_sec: 10,
+        burst: 60,
+    };
     /// Other requests and responses: phones SUBSCRIBE to many busy lamps after a reboot
     /// and answer NOTIFYs and OPTIONS pings, so this bucket is the loosest.
-    pub const OTHER: ClassLimit = ClassLimit { rate_per_sec: 100, burst: 1000 };
+    pub const OTHER: ClassLimit = ClassLimit {
+        rate_per_sec: 100,
+        burst: 1000,
+    };
     /// 300 s first ban: Kamailio's default antiflood ban.
     pub const BAN_BASE_SECS: u64 = 300;
     /// Seven days at most: fail2ban's recidive jail.

@@ -93,11 +93,7 @@ impl Outcome {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Outcome::Denylisted
-                | Outcome::Banned
-                | Outcome::RateRegister
-                | Outcome::RateInvite
-                | Outcome::RateOther
+            Outcome::Denylisted | Outcome::Banned | Outcome::RateRegister | Outcome::RateInvite | Outcome::RateOther
         )
     }
 

@@ -64,7 +64,9 @@ impl SourceKey {
     #[inline(always)]
     pub fn from_words(w: [u32; 4]) -> Self {
         // SAFETY: [u32; 4] and [u8; 16] have the same size and any bit pattern is valid.
-        SourceKey { addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) } }
+        SourceKey {
+            addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) },
+        }
     }
 
     /// The key as four words, as they lie in memory.

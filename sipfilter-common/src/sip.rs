@@ -97,8 +97,7 @@ pub enum RateClass {
 
 impl RateClass {
     pub const COUNT: usize = 3;
-    pub const ALL: [RateClass; RateClass::COUNT] =
-        [RateClass::Register, RateClass::Invite, RateClass::Other];
+    pub const ALL: [RateClass; RateClass::COUNT] = [RateClass::Register, RateClass::Invite, RateClass::Other];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -149,9 +148,7 @@ const fn mask(n: usize) -> u64 {
 /// keeps the verifier and the per-packet cost happy.
 #[inline(always)]
 pub fn classify(head: &[u8; CLASSIFY_LEN]) -> Method {
-    let w0 = u64::from_le_bytes([
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
-    ]);
+    let w0 = u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]);
     let b8 = head[8];
     let b9 = head[9];
 
@@ -160,7 +157,11 @@ pub fn classify(head: &[u8; CLASSIFY_LEN]) -> Method {
         return if b8 == b' ' { Method::Register } else { Method::Unknown };
     }
     if w0 == word(b"SUBSCRIB") {
-        return if b8 == b'E' && b9 == b' ' { Method::Subscribe } else { Method::Unknown };
+        return if b8 == b'E' && b9 == b' ' {
+            Method::Subscribe
+        } else {
+            Method::Unknown
+        };
     }
     if w0 == word(b"SIP/2.0 ") {
         return Method::Response;

@@ -13,11 +13,9 @@ use network_types::{
 };
 use sipfilter_common::{
     counters::ban_reason,
-    maps::{
-        BAN_EVENTS_BYTES, BAN_TABLE_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_STATE_SLOTS,
-    },
+    maps::{BAN_EVENTS_BYTES, BAN_TABLE_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_STATE_SLOTS},
     sip::CLASSIFY_LEN,
-    Ban, BanEvent, ClockSample, Counters, ListEntry, KernelConfig, Method, OffenseHistory, Outcome, RateState,
+    Ban, BanEvent, ClockSample, Counters, KernelConfig, ListEntry, Method, OffenseHistory, Outcome, RateState,
     SourceKey, TokenBucket, Verdict,
 };
 
@@ -31,8 +29,7 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(1, 0);
 static BAN_TABLE: HashMap<SourceKey, Ban> = HashMap::pinned(BAN_TABLE_SIZE, 0);
 
 #[map(name = "offense_history")]
-static OFFENSE_HISTORY: LruHashMap<SourceKey, OffenseHistory> =
-    LruHashMap::pinned(OFFENSE_HISTORY_SIZE, 0);
+static OFFENSE_HISTORY: LruHashMap<SourceKey, OffenseHistory> = LruHashMap::pinned(OFFENSE_HISTORY_SIZE, 0);
 
 #[map(name = "rate_state")]
 static RATE_STATE: Array<RateState> = Array::pinned(RATE_STATE_SLOTS, 0);
@@ -161,7 +158,10 @@ impl Datagram {
     /// The LPM key for this address as a full /128.
     #[inline(always)]
     fn prefix(&self) -> ListKey {
-        ListKey { prefix_len: 128, addr: self.addr }
+        ListKey {
+            prefix_len: 128,
+            addr: self.addr,
+        }
     }
 }
 
@@ -186,7 +186,12 @@ enum L3 {
 
 #[inline(always)]
 fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters) -> Outcome {
-    let mut dgram = Datagram { addr: [0; 4], l3_offset: 0, udp_offset: 0, is_v6: 0 };
+    let mut dgram = Datagram {
+        addr: [0; 4],
+        l3_offset: 0,
+        udp_offset: 0,
+        is_v6: 0,
+    };
     match parse_l3(ctx, &mut dgram) {
         L3::Udp => {}
         L3::Other(outcome) => {
@@ -306,7 +311,9 @@ fn refresh_status(state: &mut RateState, d: &Datagram, generation: u64, _now: u6
 fn now(config: &KernelConfig) -> u64 {
     if config.ns_per_jiffy != 0 {
         let jiffies = unsafe { bpf_jiffies64() };
-        jiffies.wrapping_mul(config.ns_per_jiffy).wrapping_add(config.jiffies_offset_ns)
+        jiffies
+            .wrapping_mul(config.ns_per_jiffy)
+            .wrapping_add(config.jiffies_offset_ns)
     } else {
         unsafe { bpf_ktime_get_boot_ns() }
     }
@@ -499,8 +506,7 @@ fn rate_limit(
     now: u64,
 ) -> Outcome {
     let class = method.class() as usize;
-    let (Some(limit), Some(bucket)) = (config.limits.get(class), state.buckets.get_mut(class))
-    else {
+    let (Some(limit), Some(bucket)) = (config.limits.get(class), state.buckets.get_mut(class)) else {
         return Outcome::Accepted;
     };
     state.requests += 1;
@@ -540,7 +546,11 @@ fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, method: Method,
         _pad: [0; 2],
     };
     let stored = BAN_TABLE.insert(key, &entry, 0).is_ok();
-    let history = OffenseHistory { last_ban_end_ns: expires, strikes: strike, _pad: 0 };
+    let history = OffenseHistory {
+        last_ban_end_ns: expires,
+        strikes: strike,
+        _pad: 0,
+    };
     let _ = OFFENSE_HISTORY.insert(key, &history, 0);
 
     let event = BanEvent {

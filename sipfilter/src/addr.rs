@@ -71,12 +71,8 @@ impl Cidr {
     pub fn as_source_key(&self, ipv6_prefix_len: u8) -> Option<SourceKey> {
         match self.addr {
             IpAddr::V4(_) if self.prefix_len == 32 => Some(SourceKey { addr: self.key_bytes() }),
-            IpAddr::V6(_) if self.prefix_len == ipv6_prefix_len => {
-                Some(SourceKey { addr: self.key_bytes() })
-            }
-            IpAddr::V6(a) if self.prefix_len == 128 => {
-                Some(source_key(IpAddr::V6(a), ipv6_prefix_len))
-            }
+            IpAddr::V6(_) if self.prefix_len == ipv6_prefix_len => Some(SourceKey { addr: self.key_bytes() }),
+            IpAddr::V6(a) if self.prefix_len == 128 => Some(source_key(IpAddr::V6(a), ipv6_prefix_len)),
             _ => None,
         }
     }
@@ -87,7 +83,11 @@ pub fn source_key(addr: IpAddr, ipv6_prefix_len: u8) -> SourceKey {
     match addr {
         IpAddr::V4(a) => SourceKey::from_v4(a.octets()),
         IpAddr::V6(_) => SourceKey {
-            addr: Cidr { addr, prefix_len: ipv6_prefix_len }.key_bytes(),
+            addr: Cidr {
+                addr,
+                prefix_len: ipv6_prefix_len,
+            }
+            .key_bytes(),
         },
     }
 }
@@ -214,7 +214,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_naming_it() {
-        for bad in ["300.1.1.1", "1.2.3.4/33", "2001:db8::/129", "host.example", "1.2.3.4/x", ""] {
+        for bad in [
+            "300.1.1.1",
+            "1.2.3.4/33",
+            "2001:db8::/129",
+            "host.example",
+            "1.2.3.4/x",
+            "",
+        ] {
             let err = bad.parse::<Cidr>().unwrap_err();
             assert!(err.0.contains(bad.trim()), "{err}");
         }

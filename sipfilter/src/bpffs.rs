@@ -22,16 +22,16 @@ pub fn ensure_mounted(mount_point: &Path) -> anyhow::Result<()> {
     if is_bpffs(mount_point) {
         return Ok(());
     }
-    fs::create_dir_all(mount_point)
-        .with_context(|| format!("cannot create {}", mount_point.display()))?;
+    fs::create_dir_all(mount_point).with_context(|| format!("cannot create {}", mount_point.display()))?;
     let target = CString::new(mount_point.as_os_str().as_encoded_bytes())?;
     // SAFETY: NUL-terminated strings; a null data pointer is allowed for bpffs.
-    let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        bail!("cannot mount a bpf filesystem at {}: {err} (are you root?)", mount_point.display());
+        bail!(
+            "cannot mount a bpf filesystem at {}: {err} (are you root?)",
+            mount_point.display()
+        );
     }
     Ok(())
 }

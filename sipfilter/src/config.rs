@@ -146,9 +146,8 @@ impl Config {
             field: field.map(str::to_owned),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            err(e.span(), None, e.message().trim().replace('\n', " "))
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(e.span(), None, e.message().trim().replace('\n', " ")))?;
         let mut c = Config::default();
 
         if let Some(sip) = raw.sip {
@@ -156,13 +155,21 @@ impl Config {
                 let span = ports.span();
                 let ports = ports.into_inner();
                 if ports.is_empty() || ports.len() > MAX_SIP_PORTS {
-                    return Err(err(Some(span), Some("sip.ports"), format!("give 1 to {MAX_SIP_PORTS} ports")));
+                    return Err(err(
+                        Some(span),
+                        Some("sip.ports"),
+                        format!("give 1 to {MAX_SIP_PORTS} ports"),
+                    ));
                 }
                 let mut out = Vec::new();
                 for p in ports {
                     let (span, v) = (p.span(), *p.get_ref());
                     if !(1..=65535).contains(&v) {
-                        return Err(err(Some(span), Some("sip.ports"), format!("{v} is not a UDP port (1-65535)")));
+                        return Err(err(
+                            Some(span),
+                            Some("sip.ports"),
+                            format!("{v} is not a UDP port (1-65535)"),
+                        ));
                     }
                     out.push(v as u16);
                 }
@@ -171,19 +178,24 @@ impl Config {
         }
 
         if let Some(limits) = raw.limits {
-            for (i, (name, class)) in
-                [("register", limits.register), ("invite", limits.invite), ("other", limits.other)]
-                    .into_iter()
-                    .enumerate()
+            for (i, (name, class)) in [
+                ("register", limits.register),
+                ("invite", limits.invite),
+                ("other", limits.other),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let Some(class) = class else { continue };
                 if let Some(rate) = class.rate {
                     let field = format!("limits.{name}.rate");
-                    c.limits[i].rate_per_sec = bounded(&rate, 1, MAX_RATE).map_err(|m| err(Some(rate.span()), Some(&field), m))?;
+                    c.limits[i].rate_per_sec =
+                        bounded(&rate, 1, MAX_RATE).map_err(|m| err(Some(rate.span()), Some(&field), m))?;
                 }
                 if let Some(burst) = class.burst {
                     let field = format!("limits.{name}.burst");
-                    c.limits[i].burst = bounded(&burst, 1, MAX_BURST).map_err(|m| err(Some(burst.span()), Some(&field), m))?;
+                    c.limits[i].burst =
+                        bounded(&burst, 1, MAX_BURST).map_err(|m| err(Some(burst.span()), Some(&field), m))?;
                 }
             }
         }
@@ -203,21 +215,33 @@ impl Config {
             }
             if c.ban_max < c.ban_duration {
                 let span = ban.max_duration.as_ref().or(ban.duration.as_ref()).map(Spanned::span);
-                return Err(err(span, Some("ban.max_duration"), "must not be shorter than ban.duration".into()));
+                return Err(err(
+                    span,
+                    Some("ban.max_duration"),
+                    "must not be shorter than ban.duration".into(),
+                ));
             }
             if let Some(scope) = ban.scope {
                 c.ban_scope = match scope.get_ref().as_str() {
                     "sip" => BanScope::Sip,
                     "all" => BanScope::All,
                     other => {
-                        return Err(err(Some(scope.span()), Some("ban.scope"), format!("'{other}' is not a scope; use \"sip\" or \"all\"")))
+                        return Err(err(
+                            Some(scope.span()),
+                            Some("ban.scope"),
+                            format!("'{other}' is not a scope; use \"sip\" or \"all\""),
+                        ))
                     }
                 };
             }
             if let Some(p) = ban.ipv6_prefix {
                 let v = *p.get_ref();
                 if !(1..=128).contains(&v) {
-                    return Err(err(Some(p.span()), Some("ban.ipv6_prefix"), format!("{v} is not a prefix length (1-128)")));
+                    return Err(err(
+                        Some(p.span()),
+                        Some("ban.ipv6_prefix"),
+                        format!("{v} is not a prefix length (1-128)"),
+                    ));
                 }
                 c.ipv6_prefix = v as u8;
             }
@@ -258,7 +282,11 @@ impl Config {
                 for i in ifaces {
                     let name = i.get_ref();
                     if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
-                        return Err(err(Some(i.span()), Some("agent.interfaces"), format!("'{name}' is not an interface name")));
+                        return Err(err(
+                            Some(i.span()),
+                            Some("agent.interfaces"),
+                            format!("'{name}' is not an interface name"),
+                        ));
                     }
                     c.interfaces.push(name.clone());
                 }
@@ -269,7 +297,11 @@ impl Config {
                     "native" => AttachMode::Native,
                     "generic" => AttachMode::Generic,
                     other => {
-                        return Err(err(Some(mode.span()), Some("agent.mode"), format!("'{other}' is not a mode; use \"auto\", \"native\" or \"generic\"")))
+                        return Err(err(
+                            Some(mode.span()),
+                            Some("agent.mode"),
+                            format!("'{other}' is not a mode; use \"auto\", \"native\" or \"generic\""),
+                        ))
                     }
                 };
             }
@@ -282,7 +314,11 @@ impl Config {
                     None
                 } else {
                     Some(text.parse().map_err(|_| {
-                        err(Some(m.span()), Some("agent.metrics_listen"), format!("'{text}' is not an address:port (e.g. 127.0.0.1:9460), or \"off\""))
+                        err(
+                            Some(m.span()),
+                            Some("agent.metrics_listen"),
+                            format!("'{text}' is not an address:port (e.g. 127.0.0.1:9460), or \"off\""),
+                        )
                     })?)
                 };
             }
@@ -447,9 +483,21 @@ metrics_listen = "off"
         .unwrap();
         assert!(c.monitor);
         assert_eq!(c.sip_ports, vec![5060, 5080]);
-        assert_eq!(c.limits[0], ClassLimit { rate_per_sec: 5, burst: 20 });
+        assert_eq!(
+            c.limits[0],
+            ClassLimit {
+                rate_per_sec: 5,
+                burst: 20
+            }
+        );
         assert_eq!(c.limits[1], defaults::INVITE);
-        assert_eq!(c.limits[2], ClassLimit { rate_per_sec: defaults::OTHER.rate_per_sec, burst: 10 });
+        assert_eq!(
+            c.limits[2],
+            ClassLimit {
+                rate_per_sec: defaults::OTHER.rate_per_sec,
+                burst: 10
+            }
+        );
         assert_eq!(c.ban_duration, Duration::from_secs(600));
         assert_eq!(c.ban_scope, BanScope::All);
         assert_eq!(c.ipv6_prefix, 56);
@@ -464,16 +512,40 @@ metrics_listen = "off"
     #[test]
     fn bad_values_name_file_line_field_and_problem() {
         for (text, want) in [
-            ("[limits.register]\nrate = 0\n", "/etc/sipfilter.toml:2: limits.register.rate: 0 is out of range"),
-            ("[limits.invite]\n\nburst = 2000000\n", "/etc/sipfilter.toml:3: limits.invite.burst: 2000000 is out of range"),
-            ("[sip]\nports = [5060, 70000]\n", "/etc/sipfilter.toml:2: sip.ports: 70000 is not a UDP port"),
-            ("[ban]\nduration = \"5 parsecs\"\n", "/etc/sipfilter.toml:2: ban.duration: '5 parsecs' is not a duration"),
-            ("[ban]\nscope = \"everything\"\n", "/etc/sipfilter.toml:2: ban.scope: 'everything' is not a scope"),
-            ("[lists]\nallow = [\"10.0.0.0/8\",\n  \"10.1.2.300\"]\n", "/etc/sipfilter.toml:3: lists.allow: '10.1.2.300' is not an IPv4 or IPv6 address"),
-            ("[agent]\nmetrics_listen = \"localhost\"\n", "/etc/sipfilter.toml:2: agent.metrics_listen: 'localhost' is not an address:port"),
+            (
+                "[limits.register]\nrate = 0\n",
+                "/etc/sipfilter.toml:2: limits.register.rate: 0 is out of range",
+            ),
+            (
+                "[limits.invite]\n\nburst = 2000000\n",
+                "/etc/sipfilter.toml:3: limits.invite.burst: 2000000 is out of range",
+            ),
+            (
+                "[sip]\nports = [5060, 70000]\n",
+                "/etc/sipfilter.toml:2: sip.ports: 70000 is not a UDP port",
+            ),
+            (
+                "[ban]\nduration = \"5 parsecs\"\n",
+                "/etc/sipfilter.toml:2: ban.duration: '5 parsecs' is not a duration",
+            ),
+            (
+                "[ban]\nscope = \"everything\"\n",
+                "/etc/sipfilter.toml:2: ban.scope: 'everything' is not a scope",
+            ),
+            (
+                "[lists]\nallow = [\"10.0.0.0/8\",\n  \"10.1.2.300\"]\n",
+                "/etc/sipfilter.toml:3: lists.allow: '10.1.2.300' is not an IPv4 or IPv6 address",
+            ),
+            (
+                "[agent]\nmetrics_listen = \"localhost\"\n",
+                "/etc/sipfilter.toml:2: agent.metrics_listen: 'localhost' is not an address:port",
+            ),
             ("[limits.register]\nrate = \"fast\"\n", "/etc/sipfilter.toml:2: "),
             ("[limts]\n", "/etc/sipfilter.toml:1: "),
-            ("[ban]\nduration = \"1h\"\nmax_duration = \"10m\"\n", "/etc/sipfilter.toml:3: ban.max_duration: must not be shorter"),
+            (
+                "[ban]\nduration = \"1h\"\nmax_duration = \"10m\"\n",
+                "/etc/sipfilter.toml:3: ban.max_duration: must not be shorter",
+            ),
         ] {
             let got = parse(text).unwrap_err();
             assert!(got.starts_with(want), "{text:?}\n got: {got}\nwant: {want}");
@@ -490,10 +562,17 @@ metrics_listen = "off"
         let cfg = dir.join("c.toml");
         let c = Config::parse("[lists]\nallow_files = [\"trunks.txt\"]\n", &cfg).unwrap();
         assert_eq!(c.allow.len(), 2);
-        let e = Config::parse("[lists]\ndeny_files = [\"bad.txt\"]\n", &cfg).unwrap_err().to_string();
+        let e = Config::parse("[lists]\ndeny_files = [\"bad.txt\"]\n", &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.txt:2: 'not-an-address'"), "{e}");
-        let e = Config::parse("[lists]\ndeny_files = [\"missing.txt\"]\n", &cfg).unwrap_err().to_string();
-        assert!(e.contains("c.toml:2: lists.deny_files:") && e.contains("missing.txt"), "{e}");
+        let e = Config::parse("[lists]\ndeny_files = [\"missing.txt\"]\n", &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml:2: lists.deny_files:") && e.contains("missing.txt"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -99,7 +99,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations_naming_them() {
-        for bad in ["", "0", "0s", "5x", "h", "1h30", "-5m", "1.5h", "99999999999999999999s", "11000d", "4 h"] {
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "5x",
+            "h",
+            "1h30",
+            "-5m",
+            "1.5h",
+            "99999999999999999999s",
+            "11000d",
+            "4 h",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains(&format!("'{bad}'")), "{bad}: {err}");
         }

@@ -12,10 +12,7 @@ use aya::{
 };
 use sipfilter_common::{
     counters::ban_reason,
-    maps::{
-        ALLOWLIST, BAN_TABLE, CONFIG_MAP, COUNTERS_MAP, DENYLIST, OFFENSE_HISTORY, PERMANENT,
-        RATE_STATE,
-    },
+    maps::{ALLOWLIST, BAN_TABLE, CONFIG_MAP, COUNTERS_MAP, DENYLIST, OFFENSE_HISTORY, PERMANENT, RATE_STATE},
     Ban, Counters, KernelConfig, ListEntry, OffenseHistory, RateState, SourceKey,
 };
 
@@ -48,7 +45,8 @@ pub struct FilterMaps {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
-    ebpf.take_map(name).with_context(|| format!("the XDP object has no map {name}"))
+    ebpf.take_map(name)
+        .with_context(|| format!("the XDP object has no map {name}"))
 }
 
 fn open_pin(dir: &Path, name: &str) -> anyhow::Result<Map> {
@@ -59,7 +57,8 @@ fn open_pin(dir: &Path, name: &str) -> anyhow::Result<Map> {
 
 macro_rules! typed {
     ($map:expr, $name:expr) => {
-        $map.try_into().with_context(|| format!("map {} has an unexpected layout", $name))?
+        $map.try_into()
+            .with_context(|| format!("map {} has an unexpected layout", $name))?
     };
 }
 
@@ -154,12 +153,7 @@ impl FilterMaps {
     }
 
     /// Bans a source for `duration_ns` (None: permanently), unless it is allowlisted.
-    pub fn add_ban(
-        &mut self,
-        key: &SourceKey,
-        duration_ns: Option<u64>,
-        reason: u8,
-    ) -> anyhow::Result<Ban> {
+    pub fn add_ban(&mut self, key: &SourceKey, duration_ns: Option<u64>, reason: u8) -> anyhow::Result<Ban> {
         if let Some(entry) = self.allowlist_match(key)? {
             bail!(
                 "{} is allowlisted by {}: an allowlisted source is never banned",
@@ -185,7 +179,9 @@ impl FilterMaps {
         if self.allowlist_match(key)?.is_some() {
             bail!("{} is allowlisted", Cidr::from_map(key.addr, 128));
         }
-        self.ban_table.insert(key, ban, 0).context("cannot write the ban table (is it full?)")?;
+        self.ban_table
+            .insert(key, ban, 0)
+            .context("cannot write the ban table (is it full?)")?;
         self.bump_generation()
     }
 
@@ -226,7 +222,9 @@ impl FilterMaps {
     pub fn clear_rate_state(&mut self) -> anyhow::Result<()> {
         for i in 0..self.rate_state.len() {
             if self.rate_state.get(&i, 0).is_ok_and(|s| s.key != SourceKey::default()) {
-                self.rate_state.set(i, RateState::default(), 0).context("cannot clear the rate state")?;
+                self.rate_state
+                    .set(i, RateState::default(), 0)
+                    .context("cannot clear the rate state")?;
             }
         }
         Ok(())
@@ -239,7 +237,9 @@ impl FilterMaps {
         if state.key != *key {
             return Ok(false);
         }
-        self.rate_state.set(slot, RateState::default(), 0).context("cannot clear the rate state")?;
+        self.rate_state
+            .set(slot, RateState::default(), 0)
+            .context("cannot clear the rate state")?;
         Ok(true)
     }
 
@@ -259,12 +259,7 @@ impl FilterMaps {
     /// Adds a CIDR to a list. Adding to the allowlist lifts every ban it covers, keeping
     /// the invariant the program relies on: no allowlisted source is in the ban table.
     /// Returns the sources whose bans were lifted.
-    pub fn list_add(
-        &mut self,
-        kind: ListKind,
-        cidr: &Cidr,
-        expires_ns: u64,
-    ) -> anyhow::Result<Vec<SourceKey>> {
+    pub fn list_add(&mut self, kind: ListKind, cidr: &Cidr, expires_ns: u64) -> anyhow::Result<Vec<SourceKey>> {
         let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
         self.list_map_mut(kind)
             .insert(&key, ListEntry { expires_ns }, 0)

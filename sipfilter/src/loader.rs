@@ -35,14 +35,19 @@ impl Loaded {
             .load(OBJECT)
             .with_context(|| format!("cannot load the XDP object (maps pinned under {})", pin_dir.display()))?;
         let prog = xdp_mut(&mut ebpf, XDP_PROGRAM)?;
-        prog.load().map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
+        prog.load()
+            .map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
         let maps = FilterMaps::from_ebpf(&mut ebpf)?;
         let mut config = *config;
         if maps.read_config()?.hash_seed == 0 {
             // First load over these pins: pick this installation's slot-hash seed.
             config.hash_seed = random_seed();
         }
-        let mut loaded = Loaded { ebpf, maps, pin_dir: pin_dir.to_owned() };
+        let mut loaded = Loaded {
+            ebpf,
+            maps,
+            pin_dir: pin_dir.to_owned(),
+        };
         let (ns_per_jiffy, offset) = loaded.calibrate_clock()?;
         config.ns_per_jiffy = ns_per_jiffy;
         config.jiffies_offset_ns = offset;
@@ -92,8 +97,11 @@ impl Loaded {
         let prog = xdp(&self.ebpf, CLOCK_PROGRAM)?;
         // Any frame will do: the program only reads the clocks.
         let frame = [0u8; 64];
-        prog.test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() })
-            .context("cannot run the clock program")?;
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..Default::default()
+        })
+        .context("cannot run the clock program")?;
         let map: Array<&MapData, ClockSample> = self
             .ebpf
             .map(CLOCK_SAMPLE_MAP)
@@ -112,14 +120,18 @@ impl Loaded {
 
     /// Takes the ring buffer the program reports new bans on (once).
     pub fn take_ban_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(BAN_EVENTS).context("the ban event ring buffer was already taken")?;
+        let map = self
+            .ebpf
+            .take_map(BAN_EVENTS)
+            .context("the ban event ring buffer was already taken")?;
         RingBuf::try_from(map).context("ban_events is not a ring buffer")
     }
 
     /// Loads the empty program the benchmark uses as its floor.
     pub fn load_floor(&mut self) -> anyhow::Result<&Xdp> {
         let prog = xdp_mut(&mut self.ebpf, FLOOR_PROGRAM)?;
-        prog.load().map_err(|e| anyhow!("the kernel refused the floor program: {e}"))?;
+        prog.load()
+            .map_err(|e| anyhow!("the kernel refused the floor program: {e}"))?;
         xdp(&self.ebpf, FLOOR_PROGRAM)
     }
 }

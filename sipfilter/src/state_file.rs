@@ -46,11 +46,16 @@ pub struct StateFile {
 pub const VERSION: u32 = 1;
 
 fn unix_ms_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn reason_code(name: &str) -> u8 {
-    (0..=255u8).find(|r| ban_reason::name(*r) == name).unwrap_or(ban_reason::RESTORED)
+    (0..=255u8)
+        .find(|r| ban_reason::name(*r) == name)
+        .unwrap_or(ban_reason::RESTORED)
 }
 
 /// The active bans in the maps, as the state file stores them, sorted by source.
@@ -63,8 +68,7 @@ pub fn snapshot(maps: &FilterMaps) -> anyhow::Result<Vec<SavedBan>> {
         .filter(|(_, b)| b.expires_ns > boot_now)
         .map(|(key, b)| SavedBan {
             source: Cidr::from_map(key.addr, 128).addr,
-            expires_unix_ms: (b.expires_ns != PERMANENT)
-                .then(|| unix_now + (b.expires_ns - boot_now) / 1_000_000),
+            expires_unix_ms: (b.expires_ns != PERMANENT).then(|| unix_now + (b.expires_ns - boot_now) / 1_000_000),
             strike: b.strike,
             reason: ban_reason::name(b.reason).to_string(),
             method: b.method,
@@ -121,7 +125,9 @@ pub fn restore(maps: &mut FilterMaps, bans: &[SavedBan]) -> anyhow::Result<Resto
     let unix_now = unix_ms_now();
     let mut r = Restored::default();
     for saved in bans {
-        let key = SourceKey { addr: Cidr::host(saved.source).key_bytes() };
+        let key = SourceKey {
+            addr: Cidr::host(saved.source).key_bytes(),
+        };
         let expires_ns = match saved.expires_unix_ms {
             None => PERMANENT,
             Some(ms) if ms <= unix_now => {

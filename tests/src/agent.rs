@@ -4,19 +4,23 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
 
-use crate::netns::Netns;
+use crate::netns::{Background, Netns};
 
 /// `target/<profile>/sipfilter`, next to the test executable's folder. `cargo xtask test`
 /// builds it before running the tests.
 pub fn sipfilter_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(Path::parent).expect("target folder").join("sipfilter");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target folder")
+        .join("sipfilter");
     assert!(
         bin.exists(),
         "{} does not exist: build it first with `cargo build -p sipfilter` (`cargo xtask test` does)",
@@ -40,88 +44,46 @@ pub fn sipfilter(ns: Option<&Netns>, pin_dir: &Path, args: &[&str]) -> anyhow::R
     cmd.output().context("cannot run sipfilter")
 }
 
-/// A running agent, stopped (SIGTERM, then SIGKILL) when dropped.
+/// A running agent (a [`Background`] process), stopped when dropped.
 pub struct AgentProcess {
-    child: Option<Child>,
-    pub log_path: PathBuf,
+    process: Background,
 }
 
 impl AgentProcess {
-    /// Starts `sipfilter --pin-dir PIN run ARGS…` in `ns` and waits until it says it is ready.
-    pub fn start(ns: &Netns, pin_dir: &Path, log_path: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        let log = std::fs::File::create(log_path)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(sipfilter_bin())
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            .arg("run")
-            .args(args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start the agent")?;
-        let mut agent = AgentProcess { child: Some(child), log_path: log_path.to_owned() };
-        agent.wait_for_log("ready", Duration::from_secs(20))?;
-        Ok(agent)
+    /// Starts `sipfilter --pin-dir PIN run ARGS…` in `ns`, logging to `dir/<name>.out`, and
+    /// waits until it says it is ready.
+    pub fn start(ns: &Netns, pin_dir: &Path, dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let bin = sipfilter_bin();
+        let pin = pin_dir.to_str().context("pin dir is not UTF-8")?;
+        let mut full = vec![
+            bin.to_str().context("binary path is not UTF-8")?,
+            "--pin-dir",
+            pin,
+            "run",
+        ];
+        full.extend_from_slice(args);
+        let mut process = ns.spawn(name, &full, dir)?;
+        process.wait_for_output("ready", Duration::from_secs(20))?;
+        Ok(AgentProcess { process })
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.output()
     }
 
     /// Waits until the log contains `needle`; fails early if the agent exits.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("the agent exited ({status}) before logging {needle:?}:\n{}", self.log());
-                }
-            }
-            if start.elapsed() > timeout {
-                bail!("the agent did not log {needle:?} within {timeout:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.wait_for_output(needle, timeout)
     }
 
-    pub fn signal(&self, sig: i32) {
-        if let Some(child) = &self.child {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, sig) };
-        }
+    pub fn signal(&mut self, sig: i32) {
+        self.process.signal(sig);
     }
 
-    /// SIGTERM, wait for exit, return the log.
+    /// SIGTERM, wait for exit (SIGKILL after 10 s), return the log.
     pub fn stop(mut self) -> anyhow::Result<String> {
-        self.terminate();
+        self.process.stop(libc::SIGTERM, Duration::from_secs(10));
         Ok(self.log())
-    }
-
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        self.terminate();
     }
 }
 

@@ -34,8 +34,7 @@ impl PrivateBpffs {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&mount_point)?;
-        sipfilter::bpffs::ensure_mounted(&mount_point)
-            .context("the privileged tests must run as root")?;
+        sipfilter::bpffs::ensure_mounted(&mount_point).context("the privileged tests must run as root")?;
         Ok(PrivateBpffs { mount_point })
     }
 
@@ -76,24 +75,40 @@ impl TestFilter {
         let bpffs = PrivateBpffs::new()?;
         let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
         let ban_events = loaded.take_ban_events()?;
-        Ok(TestFilter { loaded, ban_events, bpffs })
+        Ok(TestFilter {
+            loaded,
+            ban_events,
+            bpffs,
+        })
     }
 
     /// Loads the program again over the same pins, as a restarted loader would.
     pub fn reload(self, config: &KernelConfig) -> anyhow::Result<Self> {
-        let TestFilter { loaded, ban_events, bpffs } = self;
+        let TestFilter {
+            loaded,
+            ban_events,
+            bpffs,
+        } = self;
         drop(ban_events);
         drop(loaded);
         let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
         let ban_events = loaded.take_ban_events()?;
-        Ok(TestFilter { loaded, ban_events, bpffs })
+        Ok(TestFilter {
+            loaded,
+            ban_events,
+            bpffs,
+        })
     }
 
     /// Runs one frame through the program and returns its XDP action.
     pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
         let prog = self.loaded.program()?;
         let result = prog
-            .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
             .context("BPF_PROG_TEST_RUN failed")?;
         Ok(result.return_value)
     }

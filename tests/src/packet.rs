@@ -86,7 +86,13 @@ impl PacketBuilder {
     pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Self {
         PacketBuilder {
             tags: Vec::new(),
-            l3: L3::V4 { src, dst, options_len: 0, frag_offset: 0, more_fragments: false },
+            l3: L3::V4 {
+                src,
+                dst,
+                options_len: 0,
+                frag_offset: 0,
+                more_fragments: false,
+            },
             l4: L4::Udp { sport, dport },
             payload: payload.to_vec(),
         }
@@ -95,7 +101,12 @@ impl PacketBuilder {
     pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Self {
         PacketBuilder {
             tags: Vec::new(),
-            l3: L3::V6 { src, dst, ext: Vec::new(), frag_offset: 0 },
+            l3: L3::V6 {
+                src,
+                dst,
+                ext: Vec::new(),
+                frag_offset: 0,
+            },
             l4: L4::Udp { sport, dport },
             payload: payload.to_vec(),
         }
@@ -103,12 +114,24 @@ impl PacketBuilder {
 
     /// A SIP request over UDP/IPv4 to port 5060.
     pub fn sip4(src: Ipv4Addr, method: &str) -> Self {
-        Self::udp4(src, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, &sip_request(method, "200"))
+        Self::udp4(
+            src,
+            Ipv4Addr::new(192, 0, 2, 1),
+            5060,
+            5060,
+            &sip_request(method, "200"),
+        )
     }
 
     /// A SIP request over UDP/IPv6 to port 5060.
     pub fn sip6(src: Ipv6Addr, method: &str) -> Self {
-        Self::udp6(src, "2001:db8::1".parse().unwrap(), 5060, 5060, &sip_request(method, "200"))
+        Self::udp6(
+            src,
+            "2001:db8::1".parse().unwrap(),
+            5060,
+            5060,
+            &sip_request(method, "200"),
+        )
     }
 
     pub fn other_ethertype(ether_type: u16) -> Self {
@@ -146,7 +169,11 @@ impl PacketBuilder {
 
     pub fn fragment(mut self, offset_units: u16, more: bool) -> Self {
         match &mut self.l3 {
-            L3::V4 { frag_offset, more_fragments, .. } => {
+            L3::V4 {
+                frag_offset,
+                more_fragments,
+                ..
+            } => {
                 *frag_offset = offset_units;
                 *more_fragments = more;
             }
@@ -186,7 +213,13 @@ impl PacketBuilder {
 
         let l4 = self.l4_bytes();
         match &self.l3 {
-            L3::V4 { src, dst, options_len, frag_offset, more_fragments } => {
+            L3::V4 {
+                src,
+                dst,
+                options_len,
+                frag_offset,
+                more_fragments,
+            } => {
                 layers.push(("ip", b.len()));
                 let ihl = 20 + options_len;
                 let total = ihl + l4.len();
@@ -207,7 +240,12 @@ impl PacketBuilder {
                 h[10..12].copy_from_slice(&sum.to_be_bytes());
                 b.extend_from_slice(&h);
             }
-            L3::V6 { src, dst, ext, frag_offset } => {
+            L3::V6 {
+                src,
+                dst,
+                ext,
+                frag_offset,
+            } => {
                 layers.push(("ip", b.len()));
                 let ext_len: usize = ext.iter().map(|(_, l)| l).sum();
                 let mut h = vec![0u8; 40];

@@ -41,14 +41,24 @@ impl Lab {
         let pbx = Netns::new("pbx")?;
         let (_, pbx_if) = veth_pair(
             &lan,
-            &[&format!("{ATTACKER}/24"), &format!("{PHONE}/24"), &format!("{OTHER}/24")],
+            &[
+                &format!("{ATTACKER}/24"),
+                &format!("{PHONE}/24"),
+                &format!("{OTHER}/24"),
+            ],
             &pbx,
             &[&format!("{PBX}/24")],
         )?;
         let dir = std::env::temp_dir().join(format!("sipfilter-agent-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        Ok(Lab { lan, pbx, pbx_if, bpffs: PrivateBpffs::new()?, dir })
+        Ok(Lab {
+            lan,
+            pbx,
+            pbx_if,
+            bpffs: PrivateBpffs::new()?,
+            dir,
+        })
     }
 
     fn pin_dir(&self) -> PathBuf {
@@ -64,17 +74,21 @@ impl Lab {
     }
 
     /// Starts the agent on the PBX interface with this lab's state file, plus `extra` args.
-    fn agent(&self, log: &str, extra: &[&str]) -> anyhow::Result<AgentProcess> {
+    fn agent(&self, name: &str, extra: &[&str]) -> anyhow::Result<AgentProcess> {
         let state = self.state_file();
         let mut args = vec!["--iface", &self.pbx_if, "--state-file", &state];
         args.extend_from_slice(extra);
-        AgentProcess::start(&self.pbx, &self.pin_dir(), &self.path(log), &args)
+        AgentProcess::start(&self.pbx, &self.pin_dir(), &self.dir, name, &args)
     }
 
     /// `sipfilter ARGS…` against this lab's pins, from the root namespace.
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = sipfilter(None, &self.pin_dir(), args)?;
-        anyhow::ensure!(out.status.success(), "sipfilter {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "sipfilter {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -123,7 +137,11 @@ impl Receiver {
                 }
             }
         });
-        Ok(Receiver { counts, stop, thread: Some(thread) })
+        Ok(Receiver {
+            counts,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Datagrams received from `addr` (port 5060), after letting in-flight ones land.
@@ -162,13 +180,21 @@ fn ban_list(lab: &Lab) -> anyhow::Result<Vec<serde_json::Value>> {
 }
 
 fn banned_sources(lab: &Lab) -> anyhow::Result<Vec<String>> {
-    Ok(ban_list(lab)?.iter().filter_map(|b| b["source"].as_str().map(str::to_owned)).collect())
+    Ok(ban_list(lab)?
+        .iter()
+        .filter_map(|b| b["source"].as_str().map(str::to_owned))
+        .collect())
 }
 
 fn saved_sources(lab: &Lab) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(lab.state_file())?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(v["bans"].as_array().context("bans")?.iter().filter_map(|b| b["source"].as_str().map(str::to_owned)).collect())
+    Ok(v["bans"]
+        .as_array()
+        .context("bans")?
+        .iter()
+        .filter_map(|b| b["source"].as_str().map(str::to_owned))
+        .collect())
 }
 
 /// Polls until `f` holds (the agent saves the state file once a second).
@@ -187,14 +213,19 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
     let mut lab = Lab::new("restart")?;
     let rx = lab.receiver()?;
     let attacker = lab.sender(ATTACKER)?;
-    let mut agent = lab.agent("agent1.log", &[])?;
+    let mut agent = lab.agent("agent1", &[])?;
 
     send(&attacker, "REGISTER", 300)?;
-    agent.wait_for_log(&format!("ban source={ATTACKER} reason=rate_register method=REGISTER duration=300s strike=1"), Duration::from_secs(5))?;
+    agent.wait_for_log(
+        &format!("ban source={ATTACKER} reason=rate_register method=REGISTER duration=300s strike=1"),
+        Duration::from_secs(5),
+    )?;
     assert_eq!(rx.from(ATTACKER), 150, "one burst reaches the PBX");
     // A ban added with the CLI while the agent runs reaches the state file.
     lab.cli(&["ban", "add", "10.203.0.9", "--for", "1h"])?;
-    eventually("CLI ban in the state file", || Ok(saved_sources(&lab)?.contains(&"10.203.0.9".to_string())))?;
+    eventually("CLI ban in the state file", || {
+        Ok(saved_sources(&lab)?.contains(&"10.203.0.9".to_string()))
+    })?;
 
     // Stopped agent: the filter stays attached and keeps dropping the banned source.
     let log = agent.stop()?;
@@ -207,7 +238,7 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
     // when it starts again.
     lab.cli(&["ban", "del", "10.203.0.9"])?;
     lab.cli(&["ban", "add", "10.203.0.8", "--for", "2h"])?;
-    let mut agent = lab.agent("agent2.log", &[])?;
+    let mut agent = lab.agent("agent2", &[])?;
     assert!(agent.log().contains("took over the attachment"), "{}", agent.log());
     eventually("state file follows the CLI", || {
         let saved = saved_sources(&lab)?;
@@ -215,7 +246,12 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
     })?;
     let before: HashMap<String, i64> = ban_list(&lab)?
         .iter()
-        .map(|b| (b["source"].as_str().unwrap().to_owned(), b["expires_in_secs"].as_i64().unwrap_or(-1)))
+        .map(|b| {
+            (
+                b["source"].as_str().unwrap().to_owned(),
+                b["expires_in_secs"].as_i64().unwrap_or(-1),
+            )
+        })
         .collect();
     assert_eq!(before.len(), 2, "{before:?}");
     agent.wait_for_log("ready", Duration::from_secs(1))?;
@@ -232,8 +268,12 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
     std::fs::write(lab.state_file(), serde_json::to_string(&state)?)?;
     lab.bpffs = PrivateBpffs::new()?;
     std::thread::sleep(Duration::from_secs(1));
-    let agent = lab.agent("agent3.log", &[])?;
-    assert!(agent.log().contains("restored 2 ban(s)") && agent.log().contains("1 had expired"), "{}", agent.log());
+    let agent = lab.agent("agent3", &[])?;
+    assert!(
+        agent.log().contains("restored 2 ban(s)") && agent.log().contains("1 had expired"),
+        "{}",
+        agent.log()
+    );
     let after = ban_list(&lab)?;
     assert_eq!(after.len(), 2, "{after:?}");
     for b in &after {
@@ -241,7 +281,10 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
         let left = b["expires_in_secs"].as_i64().unwrap();
         let had = before[source];
         // The time it had left, less the second we waited (and rounding).
-        assert!((had - 4..=had).contains(&left), "{source}: had {had}s left, now {left}s");
+        assert!(
+            (had - 4..=had).contains(&left),
+            "{source}: had {had}s left, now {left}s"
+        );
     }
     send(&attacker, "REGISTER", 20)?;
     assert_eq!(rx.from(ATTACKER), 150, "still banned after the reboot");
@@ -254,25 +297,37 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
 fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> anyhow::Result<()> {
     let lab = Lab::new("sighup")?;
     let config = lab.path("sipfilter.toml");
-    std::fs::write(&config, "[limits.register]\nrate = 1\nburst = 10\n\n[agent]\nmetrics_listen = \"off\"\n")?;
+    std::fs::write(
+        &config,
+        "[limits.register]\nrate = 1\nburst = 10\n\n[agent]\nmetrics_listen = \"off\"\n",
+    )?;
     let rx = lab.receiver()?;
     let config_arg = config.display().to_string();
-    let mut agent = lab.agent("agent.log", &["--config", &config_arg, "--detach-on-exit"])?;
+    let mut agent = lab.agent("agent", &["--config", &config_arg, "--detach-on-exit"])?;
 
     send(&lab.sender(ATTACKER)?, "REGISTER", 30)?;
     agent.wait_for_log(&format!("ban source={ATTACKER}"), Duration::from_secs(5))?;
     assert_eq!(rx.from(ATTACKER), 10);
 
-    std::fs::write(&config, "[limits.register]\nrate = 1\nburst = 50\n\n[agent]\nmetrics_listen = \"off\"\n")?;
+    std::fs::write(
+        &config,
+        "[limits.register]\nrate = 1\nburst = 50\n\n[agent]\nmetrics_listen = \"off\"\n",
+    )?;
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("reloaded", Duration::from_secs(5))?;
     send(&lab.sender(PHONE)?, "REGISTER", 40)?;
     assert_eq!(rx.from(PHONE), 40, "the new burst of 50 applies at once");
-    assert_eq!(banned_sources(&lab)?, vec![ATTACKER.to_string()], "the ban survives the reload");
+    assert_eq!(
+        banned_sources(&lab)?,
+        vec![ATTACKER.to_string()],
+        "the ban survives the reload"
+    );
 
     std::fs::write(&config, "[limits.register]\nrate = 1\nburst = 0\n")?;
     agent.signal(libc::SIGHUP);
-    let want = format!("reload failed, keeping the running configuration: {config_arg}:3: limits.register.burst: 0 is out of range");
+    let want = format!(
+        "reload failed, keeping the running configuration: {config_arg}:3: limits.register.burst: 0 is out of range"
+    );
     agent.wait_for_log(&want, Duration::from_secs(5))?;
     send(&lab.sender(OTHER)?, "REGISTER", 45)?;
     assert_eq!(rx.from(OTHER), 45, "the running configuration (burst 50) still applies");
@@ -293,12 +348,18 @@ fn bad_input_is_refused_in_one_sentence_before_anything_is_attached() -> anyhow:
     let out = run(&["run", "--config", &config_arg, "--iface", &lab.pbx_if])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim(), format!("sipfilter: {config_arg}:4: limits.invite.burst: -5 is out of range (1-1000000)"));
+    assert_eq!(
+        err.trim(),
+        format!("sipfilter: {config_arg}:4: limits.invite.burst: -5 is out of range (1-1000000)")
+    );
     assert!(!lab.has_xdp()?, "nothing attached");
     assert!(!lab.pin_dir().exists(), "nothing pinned");
 
     let out = run(&["run", "--iface", "nope0"])?;
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "sipfilter: interface nope0 does not exist");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "sipfilter: interface nope0 does not exist"
+    );
     assert_eq!(out.status.code(), Some(1));
 
     let out = run(&["run", "--iface", &lab.pbx_if, "--metrics-listen", "everywhere"])?;
@@ -307,9 +368,23 @@ fn bad_input_is_refused_in_one_sentence_before_anything_is_attached() -> anyhow:
 
     // Without root privileges.
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.pbx.name, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "netns",
+            "exec",
+            &lab.pbx.name,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
         .arg(sipfilter_tests::agent::sipfilter_bin())
-        .args(["--pin-dir", &lab.pin_dir().display().to_string(), "run", "--iface", &lab.pbx_if])
+        .args([
+            "--pin-dir",
+            &lab.pin_dir().display().to_string(),
+            "run",
+            "--iface",
+            &lab.pbx_if,
+        ])
         .output()?;
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -323,7 +398,7 @@ fn bad_input_is_refused_in_one_sentence_before_anything_is_attached() -> anyhow:
 fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     let lab = Lab::new("metrics")?;
     let rx = lab.receiver()?;
-    let mut agent = lab.agent("agent.log", &["--detach-on-exit"])?;
+    let mut agent = lab.agent("agent", &["--detach-on-exit"])?;
     send(&lab.sender(ATTACKER)?, "REGISTER", 200)?;
     let phone = lab.sender(PHONE)?;
     send(&phone, "OPTIONS", 10)?;
@@ -333,7 +408,12 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
 
     let text = scrape(&lab.pbx, "127.0.0.1:9460")?;
     let check = sh_stdin(&["promtool", "check", "metrics"], &text)?;
-    assert!(check.status.success(), "promtool: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no sample {s} in:\n{text}"));
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="REGISTER"}"#), 200.0);
@@ -356,7 +436,10 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
         let _inside = lab.lan.enter()?;
         std::net::TcpStream::connect_timeout(&format!("{PBX}:9460").parse()?, Duration::from_secs(2)).is_err()
     };
-    assert!(refused, "the metrics endpoint must not be reachable from other hosts by default");
+    assert!(
+        refused,
+        "the metrics endpoint must not be reachable from other hosts by default"
+    );
     Ok(())
 }
 
@@ -371,4 +454,68 @@ fn sh_stdin(args: &[&str], input: &str) -> anyhow::Result<std::process::Output> 
         .with_context(|| format!("cannot run {}", args[0]))?;
     child.stdin.take().unwrap().write_all(input.as_bytes())?;
     Ok(child.wait_with_output()?)
+}
+
+#[test]
+fn without_native_xdp_it_falls_back_to_generic_mode_and_detach_says_what_it_removed() -> anyhow::Result<()> {
+    let lab = Lab::new("generic")?;
+    // Loopback has no native XDP support.
+    let state = lab.state_file();
+    let agent = AgentProcess::start(
+        &lab.pbx,
+        &lab.pin_dir(),
+        &lab.dir,
+        "agent",
+        &[
+            "--iface",
+            "lo",
+            "--iface",
+            &lab.pbx_if,
+            "--state-file",
+            &state,
+            "--metrics-listen",
+            "off",
+        ],
+    )?;
+    let log = agent.log();
+    assert!(log.contains("warning: lo has no native XDP"), "{log}");
+    assert!(log.contains("attached to lo in generic mode"), "{log}");
+    assert!(
+        log.contains(&format!("attached to {} in native mode", lab.pbx_if)),
+        "{log}"
+    );
+    assert!(lab.pbx.ip(&["link", "show", "dev", "lo"])?.contains("xdpgeneric"));
+    agent.stop()?;
+
+    let one = sipfilter(None, &lab.pin_dir(), &["detach", "--iface", "lo"])?;
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(text.starts_with("detached sipfilter from lo (link "), "{text}");
+    assert!(!lab.pbx.ip(&["link", "show", "dev", "lo"])?.contains("xdp"));
+    assert!(lab.has_xdp()?, "the other interface keeps its filter");
+
+    // --mode native refuses instead of falling back (now that no pinned link is adopted).
+    let out = std::process::Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", &lab.pbx.name])
+        .arg(sipfilter_tests::agent::sipfilter_bin())
+        .args(["--pin-dir", &lab.pin_dir().display().to_string()])
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--mode",
+            "native",
+            "--metrics-listen",
+            "off",
+            "--state-file",
+            &state,
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("lo does not support native XDP"), "{err}");
+
+    let rest = sipfilter(None, &lab.pin_dir(), &["detach"])?;
+    assert!(String::from_utf8_lossy(&rest.stdout).contains(&format!("detached sipfilter from {}", lab.pbx_if)));
+    assert!(!lab.has_xdp()?);
+    Ok(())
 }

@@ -68,7 +68,11 @@ fn ok(f: &TestFilter, args: &[&str]) -> String {
 /// Runs a command that must fail with `code` and returns its standard error.
 fn fails(f: &TestFilter, args: &[&str], code: i32) -> String {
     let r = cli(f, args);
-    assert_eq!(r.code, code, "sipfilter {args:?}: expected exit {code}:\n{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, code,
+        "sipfilter {args:?}: expected exit {code}:\n{}{}",
+        r.stdout, r.stderr
+    );
     r.stderr
 }
 
@@ -107,9 +111,23 @@ fn ban_add_drops_the_source_and_ban_del_restores_it() -> anyhow::Result<()> {
     let frame = register("203.0.113.10");
     f.expect(&frame, XDP_PASS, "before the ban")?;
 
-    let out = ok(&f, &["ban", "add", "203.0.113.10", "--for", "10m", "--reason", "scanner from the logs"]);
+    let out = ok(
+        &f,
+        &[
+            "ban",
+            "add",
+            "203.0.113.10",
+            "--for",
+            "10m",
+            "--reason",
+            "scanner from the logs",
+        ],
+    );
     assert!(out.contains("banned 203.0.113.10 for 10m"), "{out}");
-    assert!(out.contains("scanner from the logs") && out.contains("not stored"), "{out}");
+    assert!(
+        out.contains("scanner from the logs") && out.contains("not stored"),
+        "{out}"
+    );
     f.expect(&frame, XDP_DROP, "after `ban add`")?;
     f.expect(&register("203.0.113.11"), XDP_PASS, "a neighbour")?;
 
@@ -145,7 +163,9 @@ fn ban_defaults_to_one_hour_and_permanent_never_expires() -> anyhow::Result<()> 
     ok(&f, &["ban", "add", "203.0.113.20"]);
     ok(&f, &["ban", "add", "203.0.113.21", "--permanent"]);
     let list = json(&f, &["ban", "list", "--json"]);
-    let hour = entry(&list, "source", "203.0.113.20")["expires_in_secs"].as_u64().unwrap();
+    let hour = entry(&list, "source", "203.0.113.20")["expires_in_secs"]
+        .as_u64()
+        .unwrap();
     assert!((3595..=3600).contains(&hour), "{list:#}");
     let perm = entry(&list, "source", "203.0.113.21");
     assert_eq!(perm["permanent"], true);
@@ -159,8 +179,15 @@ fn ban_defaults_to_one_hour_and_permanent_never_expires() -> anyhow::Result<()> 
 fn ipv6_ban_covers_the_configured_source_prefix() -> anyhow::Result<()> {
     let f = TestFilter::new()?;
     let out = ok(&f, &["ban", "add", "2001:db8:1:2::5", "--for", "1h"]);
-    assert!(out.contains("banned 2001:db8:1:2::/64") && out.contains("/64 source prefix"), "{out}");
-    f.expect(&register6("2001:db8:1:2:ffff::1"), XDP_DROP, "another address in the /64")?;
+    assert!(
+        out.contains("banned 2001:db8:1:2::/64") && out.contains("/64 source prefix"),
+        "{out}"
+    );
+    f.expect(
+        &register6("2001:db8:1:2:ffff::1"),
+        XDP_DROP,
+        "another address in the /64",
+    )?;
     f.expect(&register6("2001:db8:1:3::1"), XDP_PASS, "the next /64")?;
     entry(&json(&f, &["ban", "list", "--json"]), "source", "2001:db8:1:2::/64");
     ok(&f, &["ban", "del", "2001:db8:1:2::/64"]);
@@ -172,22 +199,36 @@ fn ipv6_ban_covers_the_configured_source_prefix() -> anyhow::Result<()> {
 fn cidr_ban_is_a_timed_denylist_entry_that_drops_the_range() -> anyhow::Result<()> {
     let f = TestFilter::new()?;
     let out = ok(&f, &["ban", "add", "198.51.100.0/24", "--for", "30m"]);
-    assert!(out.contains("banned 198.51.100.0/24 for 30m") && out.contains("timed denylist entry"), "{out}");
+    assert!(
+        out.contains("banned 198.51.100.0/24 for 30m") && out.contains("timed denylist entry"),
+        "{out}"
+    );
     f.expect(&register("198.51.100.77"), XDP_DROP, "an address in the banned range")?;
     f.expect(&register("198.51.101.77"), XDP_PASS, "outside the range")?;
 
     let list = json(&f, &["ban", "list", "--json"]);
     let ban = entry(&list, "source", "198.51.100.0/24");
     assert_eq!(ban["kind"], "cidr");
-    assert!((1795..=1800).contains(&ban["expires_in_secs"].as_u64().unwrap()), "{ban}");
+    assert!(
+        (1795..=1800).contains(&ban["expires_in_secs"].as_u64().unwrap()),
+        "{ban}"
+    );
     let human = ok(&f, &["ban", "list"]);
-    assert!(human.lines().any(|l| l.starts_with("198.51.100.0/24") && l.contains("cidr")), "{human}");
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("198.51.100.0/24") && l.contains("cidr")),
+        "{human}"
+    );
     // The denylist shows it too, as a timed entry.
     let deny = json(&f, &["deny", "list", "--json"]);
     assert_eq!(entry(&deny, "cidr", "198.51.100.0/24")["permanent"], false);
 
     let out = ok(&f, &["ban", "del", "198.51.100.0/24"]);
-    assert!(out.contains("removed the timed denylist entry 198.51.100.0/24"), "{out}");
+    assert!(
+        out.contains("removed the timed denylist entry 198.51.100.0/24"),
+        "{out}"
+    );
     f.expect(&register("198.51.100.77"), XDP_PASS, "after ban del of the range")?;
     Ok(())
 }
@@ -236,7 +277,9 @@ fn deny_add_list_and_del() -> anyhow::Result<()> {
     let deny = json(&f, &["deny", "list", "--json"]);
     assert_eq!(deny.as_array().unwrap().len(), 2, "{deny:#}");
     assert_eq!(entry(&deny, "cidr", "203.0.113.0/24")["expires_in_secs"], Value::Null);
-    let week = entry(&deny, "cidr", "2001:db8:bad::/48")["expires_in_secs"].as_u64().unwrap();
+    let week = entry(&deny, "cidr", "2001:db8:bad::/48")["expires_in_secs"]
+        .as_u64()
+        .unwrap();
     assert!((7 * 86_400 - 5..=7 * 86_400).contains(&week), "{deny:#}");
 
     let human = ok(&f, &["deny", "list"]);
@@ -245,7 +288,10 @@ fn deny_add_list_and_del() -> anyhow::Result<()> {
     // Aligned: the EXPIRES column starts at the same position on every row.
     let col = lines[0].find("EXPIRES").unwrap();
     for l in &lines[1..3] {
-        assert!(l[..col].ends_with("  ") && !l[col..].starts_with(' '), "columns not aligned:\n{human}");
+        assert!(
+            l[..col].ends_with("  ") && !l[col..].starts_with(' '),
+            "columns not aligned:\n{human}"
+        );
     }
     assert!(human.contains("2 entries on the denylist"), "{human}");
 
@@ -319,7 +365,11 @@ fn import_of_a_10000_line_blocklist_reports_exact_counts_and_is_in_force() -> an
     assert!(took < Duration::from_secs(10), "import took {took:?}");
     let fmt = |n: usize| {
         let s = n.to_string();
-        if s.len() > 3 { format!("{},{}", &s[..s.len() - 3], &s[s.len() - 3..]) } else { s }
+        if s.len() > 3 {
+            format!("{},{}", &s[..s.len() - 3], &s[s.len() - 3..])
+        } else {
+            s
+        }
     };
     let summary = format!(
         "{} added, {} duplicates ({} repeated in the file, 1 already listed), {} rejected",
@@ -330,7 +380,10 @@ fn import_of_a_10000_line_blocklist_reports_exact_counts_and_is_in_force() -> an
     );
     assert!(out.contains(&summary), "expected «{summary}» in:\n{out}");
     for n in &rejected {
-        assert!(out.contains(&format!("rejected line {n}:")), "line {n} not reported:\n{out}");
+        assert!(
+            out.contains(&format!("rejected line {n}:")),
+            "line {n} not reported:\n{out}"
+        );
     }
     assert!(out.contains("'bogus-997' is not an IPv4 or IPv6 address"), "{out}");
 
@@ -347,8 +400,12 @@ fn import_of_a_10000_line_blocklist_reports_exact_counts_and_is_in_force() -> an
     assert_eq!(report["added"], 0);
     assert_eq!(report["already_listed"], unique.len());
     assert_eq!(report["repeated_in_file"], repeats);
-    let lines_rejected: Vec<usize> =
-        report["rejected"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap() as usize).collect();
+    let lines_rejected: Vec<usize> = report["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap() as usize)
+        .collect();
     assert_eq!(lines_rejected, rejected);
     Ok(())
 }
@@ -371,7 +428,10 @@ fn import_of_apiban_json() -> anyhow::Result<()> {
     )?;
     let out = ok(&f, &["import", file.to_str().unwrap(), "--for", "7d"]);
     assert!(out.contains("(apiban format)"), "{out}");
-    assert!(out.contains("3 added, 1 duplicates (1 repeated in the file, 0 already listed), 1 rejected"), "{out}");
+    assert!(
+        out.contains("3 added, 1 duplicates (1 repeated in the file, 0 already listed), 1 rejected"),
+        "{out}"
+    );
     assert!(out.contains("rejected index 2: 'nonsense'"), "{out}");
     f.expect(&register("198.51.100.2"), XDP_DROP, "an address from APIBAN")?;
     f.expect(&register6("2001:db8:dead:1::1"), XDP_DROP, "a range from APIBAN")?;
@@ -380,11 +440,21 @@ fn import_of_apiban_json() -> anyhow::Result<()> {
 
     // From standard input, as JSON.
     let mut child = Command::new(binary())
-        .args(["--pin-dir", f.bpffs.pin_dir().to_str().unwrap(), "import", "-", "--json"])
+        .args([
+            "--pin-dir",
+            f.bpffs.pin_dir().to_str().unwrap(),
+            "import",
+            "-",
+            "--json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    child.stdin.take().unwrap().write_all(br#"{"ipaddress":["203.0.113.99", 5], "ID": "1"}"#)?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"ipaddress":["203.0.113.99", 5], "ID": "1"}"#)?;
     let r: Run = child.wait_with_output()?.into();
     assert_eq!(r.code, 0, "{}", r.stderr);
     let report: Value = serde_json::from_str(&r.stdout)?;
@@ -406,10 +476,18 @@ fn stats_count_the_packets_that_ran() -> anyhow::Result<()> {
     for _ in 0..2 {
         f.expect(&P::sip4(v4("203.0.113.50"), "INVITE").build().bytes, XDP_PASS, "INVITE")?;
     }
-    f.expect(&P::sip4(v4("203.0.113.50"), "REGISTER").tcp().build().bytes, XDP_PASS, "TCP")?;
+    f.expect(
+        &P::sip4(v4("203.0.113.50"), "REGISTER").tcp().build().bytes,
+        XDP_PASS,
+        "TCP",
+    )?;
     ok(&f, &["ban", "add", "203.0.113.51"]);
     for _ in 0..3 {
-        f.expect(&P::sip4(v4("203.0.113.51"), "OPTIONS").build().bytes, XDP_DROP, "banned OPTIONS")?;
+        f.expect(
+            &P::sip4(v4("203.0.113.51"), "OPTIONS").build().bytes,
+            XDP_DROP,
+            "banned OPTIONS",
+        )?;
     }
 
     let s = json(&f, &["stats", "--json"]);
@@ -426,7 +504,10 @@ fn stats_count_the_packets_that_ran() -> anyhow::Result<()> {
     assert_eq!(s["bans"]["register"], 0);
     assert_eq!(s["ban_table_full"], 0);
     // The JSON agrees with the library's sum over CPUs.
-    assert_eq!(s["outcomes"]["banned"], f.counters()?.outcome(sipfilter_common::Outcome::Banned));
+    assert_eq!(
+        s["outcomes"]["banned"],
+        f.counters()?.outcome(sipfilter_common::Outcome::Banned)
+    );
 
     let human = ok(&f, &["stats"]);
     assert!(human.starts_with("10 packets seen"), "{human}");
@@ -448,24 +529,53 @@ fn top_lists_the_busiest_sources_with_their_bans() -> anyhow::Result<()> {
 
     let top = json(&f, &["top", "--json"]);
     assert_eq!(top["tracked_sources"], 4, "{top:#}");
-    let sources: Vec<&str> = top["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
-    assert_eq!(sources, ["203.0.113.60", "203.0.113.61", "203.0.113.62", "203.0.113.63"]);
+    let sources: Vec<&str> = top["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        ["203.0.113.60", "203.0.113.61", "203.0.113.62", "203.0.113.63"]
+    );
     let first = &top["sources"][0];
-    assert_eq!((first["requests"].as_u64(), first["drops"].as_u64(), first["banned"].as_bool()), (Some(160), Some(0), Some(false)));
+    assert_eq!(
+        (
+            first["requests"].as_u64(),
+            first["drops"].as_u64(),
+            first["banned"].as_bool()
+        ),
+        (Some(160), Some(0), Some(false))
+    );
     let d = &top["sources"][1];
-    assert_eq!((d["requests"].as_u64(), d["drops"].as_u64(), d["banned"].as_bool()), (Some(151), Some(1), Some(true)));
+    assert_eq!(
+        (d["requests"].as_u64(), d["drops"].as_u64(), d["banned"].as_bool()),
+        (Some(151), Some(1), Some(true))
+    );
     assert_eq!(d["ban_reason"], "rate_register");
     assert_eq!(top["sources"][3]["banned"], true);
     assert_eq!(top["sources"][3]["ban_reason"], "manual");
 
     let by_drops = json(&f, &["top", "--json", "--sort", "drops", "-n", "2"]);
-    let sources: Vec<&str> = by_drops["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
+    let sources: Vec<&str> = by_drops["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
     assert_eq!(sources, ["203.0.113.61", "203.0.113.60"]);
 
     let human = ok(&f, &["top", "--once"]);
     let lines: Vec<&str> = human.lines().collect();
-    assert!(lines[0].starts_with("SOURCE") && lines[0].contains("REQUESTS"), "{human}");
-    assert!(lines[1].starts_with("203.0.113.60") && lines[1].contains("160"), "{human}");
+    assert!(
+        lines[0].starts_with("SOURCE") && lines[0].contains("REQUESTS"),
+        "{human}"
+    );
+    assert!(
+        lines[1].starts_with("203.0.113.60") && lines[1].contains("160"),
+        "{human}"
+    );
     assert!(lines[2].contains("in 4m") || lines[2].contains("in 5m"), "{human}");
 
     // Not a terminal and no --once: prints once and exits instead of refreshing forever.
@@ -538,9 +648,22 @@ fn status_shows_attachment_program_and_counts() -> anyhow::Result<()> {
     assert_eq!(s["allowlist_entries"], 1);
     assert_eq!(s["sip_ports"], serde_json::json!([5060]));
     assert_eq!(s["ipv6_prefix_len"], 64);
-    let ids: Vec<u64> = s["programs"].as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect();
-    assert!(ids.contains(&(attached_id as u64)) && ids.contains(&(own_id as u64)), "{s:#}");
-    let own = s["programs"].as_array().unwrap().iter().find(|p| p["id"] == own_id).unwrap();
+    let ids: Vec<u64> = s["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&(attached_id as u64)) && ids.contains(&(own_id as u64)),
+        "{s:#}"
+    );
+    let own = s["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == own_id)
+        .unwrap();
     assert!(own["run_count"].as_u64().unwrap() >= 20, "{s:#}");
     assert!(s["ns_per_packet"].as_f64().unwrap() > 0.0, "{s:#}");
 
@@ -548,7 +671,10 @@ fn status_shows_attachment_program_and_counts() -> anyhow::Result<()> {
     let human = ok(&f, &["status"]);
     assert!(human.contains("mode") && human.contains("enforcing"), "{human}");
     assert!(human.contains("2 sources (1 permanent), 1 CIDR"), "{human}");
-    let row = human.lines().find(|l| l.starts_with(&ifname)).unwrap_or_else(|| panic!("{human}"));
+    let row = human
+        .lines()
+        .find(|l| l.starts_with(&ifname))
+        .unwrap_or_else(|| panic!("{human}"));
     assert!(row.contains(&attached_id.to_string()), "{row}");
     Ok(())
 }
@@ -589,7 +715,10 @@ fn bad_input_exits_2_naming_the_bad_value() -> anyhow::Result<()> {
         (&["unban", "203.0.113.7"], "unban"),
     ] {
         let err = fails(&f, args, 2);
-        assert!(err.contains(bad), "sipfilter {args:?}: stderr does not name {bad}:\n{err}");
+        assert!(
+            err.contains(bad),
+            "sipfilter {args:?}: stderr does not name {bad}:\n{err}"
+        );
     }
     // Nothing was written.
     assert_eq!(json(&f, &["ban", "list", "--json"]), Value::Array(vec![]));
@@ -608,7 +737,13 @@ fn with_nothing_loaded_it_says_so_and_names_the_command_that_loads_it() -> anyho
     std::fs::create_dir_all(&plain_dir)?;
     let _cleanup = RemoveDirOnDrop(plain_dir.clone());
     for pin_dir in [bpffs.pin_dir(), plain_dir.clone()] {
-        for args in [&["ban", "list"][..], &["ban", "add", "203.0.113.7"], &["stats", "--json"], &["status"], &["top", "--once"]] {
+        for args in [
+            &["ban", "list"][..],
+            &["ban", "add", "203.0.113.7"],
+            &["stats", "--json"],
+            &["status"],
+            &["top", "--once"],
+        ] {
             let r = cli_at(&pin_dir, args);
             assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
             assert_eq!(r.stdout, "");
@@ -633,16 +768,32 @@ impl Drop for RemoveDirOnDrop {
 #[test]
 fn completions_and_help_with_examples() {
     for shell in ["bash", "zsh", "fish"] {
-        let r: Run = Command::new(binary()).args(["completions", shell]).output().unwrap().into();
+        let r: Run = Command::new(binary())
+            .args(["completions", shell])
+            .output()
+            .unwrap()
+            .into();
         assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
         assert!(r.stdout.len() > 1000, "{shell}: script too short");
         for word in ["ban", "allow", "deny", "import", "stats", "top", "status", "permanent"] {
             assert!(r.stdout.contains(word), "{shell} completions lack {word}");
         }
     }
-    for args in [&["ban", "--help"][..], &["allow", "--help"], &["deny", "--help"], &["import", "--help"], &["stats", "--help"], &["top", "--help"], &["status", "--help"]] {
+    for args in [
+        &["ban", "--help"][..],
+        &["allow", "--help"],
+        &["deny", "--help"],
+        &["import", "--help"],
+        &["stats", "--help"],
+        &["top", "--help"],
+        &["status", "--help"],
+    ] {
         let r: Run = Command::new(binary()).args(args).output().unwrap().into();
         assert_eq!(r.code, 0, "{args:?}");
-        assert!(r.stdout.contains("Examples:\n  sipfilter "), "{args:?} has no examples:\n{}", r.stdout);
+        assert!(
+            r.stdout.contains("Examples:\n  sipfilter "),
+            "{args:?} has no examples:\n{}",
+            r.stdout
+        );
     }
 }

@@ -49,7 +49,13 @@ fn dst4() -> Ipv4Addr {
 }
 
 fn pass(what: impl Into<String>, frame: Vec<u8>, outcome: Outcome, method: Option<Method>) -> Row {
-    Row { what: what.into(), frame, action: XDP_PASS, outcome, method }
+    Row {
+        what: what.into(),
+        frame,
+        action: XDP_PASS,
+        outcome,
+        method,
+    }
 }
 
 fn table() -> Vec<Row> {
@@ -57,10 +63,25 @@ fn table() -> Vec<Row> {
 
     // Every request method, IPv4 and IPv6, plain Ethernet.
     for (name, m) in METHODS {
-        rows.push(pass(format!("IPv4 {name}"), P::sip4(src4(), name).build().bytes, Outcome::Accepted, Some(m)));
+        rows.push(pass(
+            format!("IPv4 {name}"),
+            P::sip4(src4(), name).build().bytes,
+            Outcome::Accepted,
+            Some(m),
+        ));
     }
-    for (name, m) in [("REGISTER", Method::Register), ("INVITE", Method::Invite), ("OPTIONS", Method::Options), ("BYE", Method::Bye)] {
-        rows.push(pass(format!("IPv6 {name}"), P::sip6(src6(), name).build().bytes, Outcome::Accepted, Some(m)));
+    for (name, m) in [
+        ("REGISTER", Method::Register),
+        ("INVITE", Method::Invite),
+        ("OPTIONS", Method::Options),
+        ("BYE", Method::Bye),
+    ] {
+        rows.push(pass(
+            format!("IPv6 {name}"),
+            P::sip6(src6(), name).build().bytes,
+            Outcome::Accepted,
+            Some(m),
+        ));
     }
 
     // Responses and things that are not SIP messages but arrive on the SIP port.
@@ -74,7 +95,15 @@ fn table() -> Vec<Row> {
     }
     rows.push(pass(
         "IPv6 response 200",
-        P::udp6(src6(), "2001:db8::1".parse().unwrap(), 5060, 5060, &sip_response("200 OK")).build().bytes,
+        P::udp6(
+            src6(),
+            "2001:db8::1".parse().unwrap(),
+            5060,
+            5060,
+            &sip_response("200 OK"),
+        )
+        .build()
+        .bytes,
         Outcome::Accepted,
         Some(Method::Response),
     ));
@@ -84,26 +113,70 @@ fn table() -> Vec<Row> {
         ("HTTP request on the SIP port", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
         ("lower-case method", b"register sip:200@pbx SIP/2.0\r\n\r\n"),
         ("method glued to a letter", b"REGISTERX sip:200@pbx SIP/2.0\r\n\r\n"),
-        ("random bytes", &[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]),
+        (
+            "random bytes",
+            &[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+        ),
     ] {
-        rows.push(pass(what, P::udp4(src4(), dst4(), 5060, 5060, payload).build().bytes, Outcome::Accepted, Some(Method::Unknown)));
+        rows.push(pass(
+            what,
+            P::udp4(src4(), dst4(), 5060, 5060, payload).build().bytes,
+            Outcome::Accepted,
+            Some(Method::Unknown),
+        ));
     }
 
     // Traffic that is not SIP by port or protocol.
-    for (what, dport) in [("REGISTER to 5061 (TLS port)", 5061), ("DNS query", 53), ("reply to an ephemeral port", 40000)] {
+    for (what, dport) in [
+        ("REGISTER to 5061 (TLS port)", 5061),
+        ("DNS query", 53),
+        ("reply to an ephemeral port", 40000),
+    ] {
         rows.push(pass(
             what,
-            P::udp4(src4(), dst4(), 5060, dport, &sip_request("REGISTER", "200")).build().bytes,
+            P::udp4(src4(), dst4(), 5060, dport, &sip_request("REGISTER", "200"))
+                .build()
+                .bytes,
             Outcome::NotSipPort,
             None,
         ));
     }
-    rows.push(pass("TCP to 5060", P::sip4(src4(), "REGISTER").tcp().build().bytes, Outcome::NotUdp, None));
-    rows.push(pass("ICMP echo", P::sip4(src4(), "REGISTER").icmp().build().bytes, Outcome::NotUdp, None));
-    rows.push(pass("IPv6 TCP to 5060", P::sip6(src6(), "REGISTER").tcp().build().bytes, Outcome::NotUdp, None));
-    rows.push(pass("ARP", P::other_ethertype(0x0806).build().bytes, Outcome::NotIp, None));
-    rows.push(pass("LLDP", P::other_ethertype(0x88cc).build().bytes, Outcome::NotIp, None));
-    rows.push(pass("VLAN-tagged ARP", P::other_ethertype(0x0806).vlan(TPID_8021Q, 5).build().bytes, Outcome::NotIp, None));
+    rows.push(pass(
+        "TCP to 5060",
+        P::sip4(src4(), "REGISTER").tcp().build().bytes,
+        Outcome::NotUdp,
+        None,
+    ));
+    rows.push(pass(
+        "ICMP echo",
+        P::sip4(src4(), "REGISTER").icmp().build().bytes,
+        Outcome::NotUdp,
+        None,
+    ));
+    rows.push(pass(
+        "IPv6 TCP to 5060",
+        P::sip6(src6(), "REGISTER").tcp().build().bytes,
+        Outcome::NotUdp,
+        None,
+    ));
+    rows.push(pass(
+        "ARP",
+        P::other_ethertype(0x0806).build().bytes,
+        Outcome::NotIp,
+        None,
+    ));
+    rows.push(pass(
+        "LLDP",
+        P::other_ethertype(0x88cc).build().bytes,
+        Outcome::NotIp,
+        None,
+    ));
+    rows.push(pass(
+        "VLAN-tagged ARP",
+        P::other_ethertype(0x0806).vlan(TPID_8021Q, 5).build().bytes,
+        Outcome::NotIp,
+        None,
+    ));
 
     // IPv4 header variants.
     for opts in [4, 8, 20, 40] {
@@ -119,10 +192,20 @@ fn table() -> Vec<Row> {
     rows.push(pass("IPv4 IHL below 5", bad_ihl.bytes, Outcome::Malformed, None));
     let mut bad_version = P::sip4(src4(), "REGISTER").build();
     bad_version.bytes[14] = 0x55;
-    rows.push(pass("IPv4 EtherType carrying version 5", bad_version.bytes, Outcome::Malformed, None));
+    rows.push(pass(
+        "IPv4 EtherType carrying version 5",
+        bad_version.bytes,
+        Outcome::Malformed,
+        None,
+    ));
     let mut huge_ihl = P::udp4(src4(), dst4(), 5060, 5060, b"").build();
     huge_ihl.bytes[14] = 0x4f; // 60-byte header in a frame that ends after 28 bytes of IP
-    rows.push(pass("IPv4 IHL past the end of the frame", huge_ihl.bytes, Outcome::Malformed, None));
+    rows.push(pass(
+        "IPv4 IHL past the end of the frame",
+        huge_ihl.bytes,
+        Outcome::Malformed,
+        None,
+    ));
 
     // Fragments: the first carries the UDP header and is judged, later ones cannot be.
     rows.push(pass(
@@ -131,34 +214,60 @@ fn table() -> Vec<Row> {
         Outcome::Accepted,
         Some(Method::Register),
     ));
-    rows.push(pass("IPv4 later fragment", P::sip4(src4(), "REGISTER").fragment(185, false).build().bytes, Outcome::Fragment, None));
+    rows.push(pass(
+        "IPv4 later fragment",
+        P::sip4(src4(), "REGISTER").fragment(185, false).build().bytes,
+        Outcome::Fragment,
+        None,
+    ));
     rows.push(pass(
         "IPv6 first fragment of an INVITE",
         P::sip6(src6(), "INVITE").fragment(0, true).build().bytes,
         Outcome::Accepted,
         Some(Method::Invite),
     ));
-    rows.push(pass("IPv6 later fragment", P::sip6(src6(), "INVITE").fragment(100, false).build().bytes, Outcome::Fragment, None));
+    rows.push(pass(
+        "IPv6 later fragment",
+        P::sip6(src6(), "INVITE").fragment(100, false).build().bytes,
+        Outcome::Fragment,
+        None,
+    ));
 
     // IPv6 extension headers.
     for (what, exts) in [
         ("hop-by-hop", vec![(0u8, 8usize)]),
         ("routing", vec![(43, 24)]),
         ("destination options", vec![(60, 16)]),
-        ("hop-by-hop, destination options, routing", vec![(0, 8), (60, 8), (43, 24)]),
-        ("six headers (the walk's limit)", vec![(0, 8), (60, 8), (43, 8), (60, 8), (60, 8), (60, 8)]),
+        (
+            "hop-by-hop, destination options, routing",
+            vec![(0, 8), (60, 8), (43, 24)],
+        ),
+        (
+            "six headers (the walk's limit)",
+            vec![(0, 8), (60, 8), (43, 8), (60, 8), (60, 8), (60, 8)],
+        ),
     ] {
         let mut b = P::sip6(src6(), "REGISTER");
         for (p, l) in exts {
             b = b.ext(p, l);
         }
-        rows.push(pass(format!("IPv6 REGISTER after {what}"), b.build().bytes, Outcome::Accepted, Some(Method::Register)));
+        rows.push(pass(
+            format!("IPv6 REGISTER after {what}"),
+            b.build().bytes,
+            Outcome::Accepted,
+            Some(Method::Register),
+        ));
     }
     let mut seven = P::sip6(src6(), "REGISTER");
     for _ in 0..7 {
         seven = seven.ext(60, 8);
     }
-    rows.push(pass("IPv6 with seven extension headers", seven.build().bytes, Outcome::Malformed, None));
+    rows.push(pass(
+        "IPv6 with seven extension headers",
+        seven.build().bytes,
+        Outcome::Malformed,
+        None,
+    ));
     rows.push(pass(
         "IPv6 TCP after a hop-by-hop header",
         P::sip6(src6(), "REGISTER").ext(0, 8).tcp().build().bytes,
@@ -167,35 +276,67 @@ fn table() -> Vec<Row> {
     ));
 
     // VLAN tags.
-    rows.push(pass("802.1Q IPv4 REGISTER", P::sip4(src4(), "REGISTER").vlan(TPID_8021Q, 100).build().bytes, Outcome::Accepted, Some(Method::Register)));
-    rows.push(pass("802.1Q IPv6 INVITE", P::sip6(src6(), "INVITE").vlan(TPID_8021Q, 100).build().bytes, Outcome::Accepted, Some(Method::Invite)));
+    rows.push(pass(
+        "802.1Q IPv4 REGISTER",
+        P::sip4(src4(), "REGISTER").vlan(TPID_8021Q, 100).build().bytes,
+        Outcome::Accepted,
+        Some(Method::Register),
+    ));
+    rows.push(pass(
+        "802.1Q IPv6 INVITE",
+        P::sip6(src6(), "INVITE").vlan(TPID_8021Q, 100).build().bytes,
+        Outcome::Accepted,
+        Some(Method::Invite),
+    ));
     rows.push(pass(
         "QinQ (802.1ad + 802.1Q) IPv4 INVITE",
-        P::sip4(src4(), "INVITE").vlan(TPID_8021AD, 10).vlan(TPID_8021Q, 20).build().bytes,
+        P::sip4(src4(), "INVITE")
+            .vlan(TPID_8021AD, 10)
+            .vlan(TPID_8021Q, 20)
+            .build()
+            .bytes,
         Outcome::Accepted,
         Some(Method::Invite),
     ));
     rows.push(pass(
         "QinQ IPv6 OPTIONS",
-        P::sip6(src6(), "OPTIONS").vlan(TPID_8021AD, 10).vlan(TPID_8021Q, 20).build().bytes,
+        P::sip6(src6(), "OPTIONS")
+            .vlan(TPID_8021AD, 10)
+            .vlan(TPID_8021Q, 20)
+            .build()
+            .bytes,
         Outcome::Accepted,
         Some(Method::Options),
     ));
     rows.push(pass(
         "two 802.1Q tags",
-        P::sip4(src4(), "REGISTER").vlan(TPID_8021Q, 10).vlan(TPID_8021Q, 20).build().bytes,
+        P::sip4(src4(), "REGISTER")
+            .vlan(TPID_8021Q, 10)
+            .vlan(TPID_8021Q, 20)
+            .build()
+            .bytes,
         Outcome::Accepted,
         Some(Method::Register),
     ));
     rows.push(pass(
         "three tags",
-        P::sip4(src4(), "REGISTER").vlan(TPID_8021AD, 1).vlan(TPID_8021Q, 2).vlan(TPID_8021Q, 3).build().bytes,
+        P::sip4(src4(), "REGISTER")
+            .vlan(TPID_8021AD, 1)
+            .vlan(TPID_8021Q, 2)
+            .vlan(TPID_8021Q, 3)
+            .build()
+            .bytes,
         Outcome::Malformed,
         None,
     ));
     rows.push(pass(
         "QinQ TCP",
-        P::sip4(src4(), "REGISTER").vlan(TPID_8021AD, 10).vlan(TPID_8021Q, 20).tcp().build().bytes,
+        P::sip4(src4(), "REGISTER")
+            .vlan(TPID_8021AD, 10)
+            .vlan(TPID_8021Q, 20)
+            .tcp()
+            .build()
+            .bytes,
         Outcome::NotUdp,
         None,
     ));
@@ -212,9 +353,24 @@ fn table() -> Vec<Row> {
         ("IPv4/VLAN cut inside the IP header", ip + 10, Outcome::Malformed, None),
         ("IPv4/VLAN cut after the IP header", l4, Outcome::Malformed, None),
         ("IPv4/VLAN cut inside the UDP header", l4 + 4, Outcome::Malformed, None),
-        ("IPv4/VLAN cut after the UDP header", payload, Outcome::Accepted, Some(Method::Unknown)),
-        ("IPv4/VLAN cut 8 bytes into the SIP line", payload + 8, Outcome::Accepted, Some(Method::Unknown)),
-        ("IPv4/VLAN cut 16 bytes into the SIP line", payload + 16, Outcome::Accepted, Some(Method::Register)),
+        (
+            "IPv4/VLAN cut after the UDP header",
+            payload,
+            Outcome::Accepted,
+            Some(Method::Unknown),
+        ),
+        (
+            "IPv4/VLAN cut 8 bytes into the SIP line",
+            payload + 8,
+            Outcome::Accepted,
+            Some(Method::Unknown),
+        ),
+        (
+            "IPv4/VLAN cut 16 bytes into the SIP line",
+            payload + 16,
+            Outcome::Accepted,
+            Some(Method::Register),
+        ),
     ] {
         rows.push(pass(what, v4.truncated(len), outcome, method));
     }
@@ -227,15 +383,30 @@ fn table() -> Vec<Row> {
         ("IPv6 cut after the Ethernet header", ip, Outcome::Malformed, None),
         ("IPv6 cut inside the IPv6 header", ip + 20, Outcome::Malformed, None),
         ("IPv6 cut after the IPv6 header", ext, Outcome::Malformed, None),
-        ("IPv6 cut inside the hop-by-hop header", ext + 1, Outcome::Malformed, None),
+        (
+            "IPv6 cut inside the hop-by-hop header",
+            ext + 1,
+            Outcome::Malformed,
+            None,
+        ),
         ("IPv6 cut after the hop-by-hop header", l4, Outcome::Malformed, None),
         ("IPv6 cut inside the UDP header", l4 + 6, Outcome::Malformed, None),
-        ("IPv6 cut after the UDP header", payload, Outcome::Accepted, Some(Method::Unknown)),
+        (
+            "IPv6 cut after the UDP header",
+            payload,
+            Outcome::Accepted,
+            Some(Method::Unknown),
+        ),
     ] {
         rows.push(pass(what, v6.truncated(len), outcome, method));
     }
     let plain = P::sip4(src4(), "REGISTER").build();
-    rows.push(pass("IPv4 cut after the Ethernet header", plain.truncated(14), Outcome::Malformed, None));
+    rows.push(pass(
+        "IPv4 cut after the Ethernet header",
+        plain.truncated(14),
+        Outcome::Malformed,
+        None,
+    ));
 
     rows
 }
@@ -251,23 +422,37 @@ fn fixture_table() -> anyhow::Result<()> {
         let action = filter.run(&row.frame)?;
         let after = filter.counters()?;
 
-        let verdict = if row.action == XDP_DROP { Verdict::Drop } else { Verdict::Pass };
+        let verdict = if row.action == XDP_DROP {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        };
         let mut problems = Vec::new();
         if action != row.action {
-            problems.push(format!("verdict {} (expected {})", action_name(action), action_name(row.action)));
+            problems.push(format!(
+                "verdict {} (expected {})",
+                action_name(action),
+                action_name(row.action)
+            ));
         }
         for v in Verdict::ALL {
             let moved = after.verdict(v) - before.verdict(v);
             let want = u64::from(v == verdict);
             if moved != want {
-                problems.push(format!("verdict counter {} moved by {moved}, expected {want}", v.name()));
+                problems.push(format!(
+                    "verdict counter {} moved by {moved}, expected {want}",
+                    v.name()
+                ));
             }
         }
         for o in Outcome::ALL {
             let moved = after.outcome(o) - before.outcome(o);
             let want = u64::from(o == row.outcome);
             if moved != want {
-                problems.push(format!("outcome counter {} moved by {moved}, expected {want}", o.name()));
+                problems.push(format!(
+                    "outcome counter {} moved by {moved}, expected {want}",
+                    o.name()
+                ));
             }
         }
         for m in Method::ALL {
@@ -281,7 +466,13 @@ fn fixture_table() -> anyhow::Result<()> {
             failures.push(format!("{}: {}", row.what, problems.join("; ")));
         }
     }
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
     // Nothing in the table is an attack: no row may have created a ban.
     assert!(filter.loaded.maps.bans()?.is_empty());
     Ok(())

@@ -29,9 +29,18 @@ fn register(src: Ipv4Addr) -> Vec<u8> {
 /// Limits small enough to reach in a few packets, and a ban long enough to outlast the test.
 fn small_limits() -> KernelConfig {
     let mut c = KernelConfig::default();
-    c.limits[RateClass::Register as usize] = ClassLimit { rate_per_sec: 1, burst: 10 };
-    c.limits[RateClass::Invite as usize] = ClassLimit { rate_per_sec: 1, burst: 5 };
-    c.limits[RateClass::Other as usize] = ClassLimit { rate_per_sec: 1, burst: 20 };
+    c.limits[RateClass::Register as usize] = ClassLimit {
+        rate_per_sec: 1,
+        burst: 10,
+    };
+    c.limits[RateClass::Invite as usize] = ClassLimit {
+        rate_per_sec: 1,
+        burst: 5,
+    };
+    c.limits[RateClass::Other as usize] = ClassLimit {
+        rate_per_sec: 1,
+        burst: 20,
+    };
     c
 }
 
@@ -62,11 +71,19 @@ fn burst_within_limit_passes_then_first_excess_packet_drops_and_bans() -> anyhow
     assert_eq!(ban.expires_ns - ban.banned_at_ns, 300 * NS_PER_SEC);
 
     // Later packets from the source drop as banned, whatever their method; no new events.
-    f.expect(&P::sip4(attacker, "OPTIONS").build().bytes, XDP_DROP, "OPTIONS from the banned source")?;
+    f.expect(
+        &P::sip4(attacker, "OPTIONS").build().bytes,
+        XDP_DROP,
+        "OPTIONS from the banned source",
+    )?;
     f.expect(&frame, XDP_DROP, "REGISTER from the banned source")?;
     assert!(f.ban_events().is_empty());
     // Non-SIP traffic from it still flows under the default "sip" scope.
-    f.expect(&P::sip4(attacker, "REGISTER").tcp().build().bytes, XDP_PASS, "TCP from the banned source")?;
+    f.expect(
+        &P::sip4(attacker, "REGISTER").tcp().build().bytes,
+        XDP_PASS,
+        "TCP from the banned source",
+    )?;
     // Another source is unaffected.
     f.expect(&register(v4(67)), XDP_PASS, "REGISTER from another source")?;
 
@@ -96,7 +113,10 @@ fn flood_at_200_per_second_is_banned_within_its_first_second_at_default_limits()
         }
         assert!(sent < 400, "not banned after {sent} packets");
     };
-    assert!(banned_at < Duration::from_secs(1), "banned after {banned_at:?} ({sent} packets)");
+    assert!(
+        banned_at < Duration::from_secs(1),
+        "banned after {banned_at:?} ({sent} packets)"
+    );
     assert_eq!(f.ban_events().len(), 1);
     Ok(())
 }
@@ -108,7 +128,15 @@ fn office_of_50_phones_behind_one_nat_reregistering_at_once_is_not_banned() -> a
     // Each phone: REGISTER, (401 goes out), REGISTER with credentials; plus one SUBSCRIBE.
     for phone in 0..50 {
         for _ in 0..2 {
-            let frame = P::udp4(nat, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, &sipfilter_tests::packet::sip_request("REGISTER", &format!("2{phone:02}"))).build().bytes;
+            let frame = P::udp4(
+                nat,
+                Ipv4Addr::new(192, 0, 2, 1),
+                5060,
+                5060,
+                &sipfilter_tests::packet::sip_request("REGISTER", &format!("2{phone:02}")),
+            )
+            .build()
+            .bytes;
             f.expect(&frame, XDP_PASS, "phone REGISTER")?;
         }
         f.expect(&P::sip4(nat, "SUBSCRIBE").build().bytes, XDP_PASS, "phone SUBSCRIBE")?;
@@ -140,7 +168,14 @@ fn expired_ban_no_longer_drops() -> anyhow::Result<()> {
     let other = v4(71);
     let key = source_key(other.into(), 64);
     let now = sipfilter::clock::boot_ns();
-    let ban = sipfilter_common::Ban { expires_ns: now - 50_000_000, banned_at_ns: now - NS_PER_SEC, strike: 1, reason: ban_reason::MANUAL, method: 0, _pad: [0; 2] };
+    let ban = sipfilter_common::Ban {
+        expires_ns: now - 50_000_000,
+        banned_at_ns: now - NS_PER_SEC,
+        strike: 1,
+        reason: ban_reason::MANUAL,
+        method: 0,
+        _pad: [0; 2],
+    };
     f.maps().insert_ban(&key, &ban)?;
     f.expect(&register(other), XDP_PASS, "past-expiry ban")?;
     Ok(())
@@ -161,8 +196,15 @@ fn two_ipv6_addresses_in_one_slash_64_share_a_bucket_and_a_ban() -> anyhow::Resu
     f.expect(&fa, XDP_DROP, "the other address of the banned /64")?;
     let events = f.ban_events();
     assert_eq!(events.len(), 1);
-    assert_eq!(sipfilter::addr::display_source(&events[0].source, 64), "2001:db8:aa:1::/64");
-    f.expect(&P::sip6(other, "REGISTER").build().bytes, XDP_PASS, "a neighbouring /64")?;
+    assert_eq!(
+        sipfilter::addr::display_source(&events[0].source, 64),
+        "2001:db8:aa:1::/64"
+    );
+    f.expect(
+        &P::sip6(other, "REGISTER").build().bytes,
+        XDP_PASS,
+        "a neighbouring /64",
+    )?;
 
     // A /128 source key separates the two addresses.
     let mut c = small_limits();
@@ -177,10 +219,16 @@ fn two_ipv6_addresses_in_one_slash_64_share_a_bucket_and_a_ban() -> anyhow::Resu
 fn allowlisted_source_sending_a_flood_is_never_banned() -> anyhow::Result<()> {
     let mut f = TestFilter::with_config(&small_limits())?;
     let trunk = v4(10);
-    f.maps().list_add(ListKind::Allow, &"203.0.113.0/28".parse()?, PERMANENT)?;
-    f.maps().list_add(ListKind::Allow, &"2001:db8:7::/48".parse()?, PERMANENT)?;
+    f.maps()
+        .list_add(ListKind::Allow, &"203.0.113.0/28".parse()?, PERMANENT)?;
+    f.maps()
+        .list_add(ListKind::Allow, &"2001:db8:7::/48".parse()?, PERMANENT)?;
     for method in ["REGISTER", "INVITE", "OPTIONS"] {
-        assert_eq!(f.run_n(&P::sip4(trunk, method).build().bytes, 500)?, (500, 0), "{method}");
+        assert_eq!(
+            f.run_n(&P::sip4(trunk, method).build().bytes, 500)?,
+            (500, 0),
+            "{method}"
+        );
     }
     let v6trunk: Ipv6Addr = "2001:db8:7:1::5".parse()?;
     assert_eq!(f.run_n(&P::sip6(v6trunk, "INVITE").build().bytes, 200)?, (200, 0));
@@ -193,10 +241,14 @@ fn allowlisted_source_sending_a_flood_is_never_banned() -> anyhow::Result<()> {
     assert_eq!(f.counters()?.outcome(Outcome::Allowlisted), 1700);
 
     // Userspace refuses to ban an allowlisted source, and allowlisting lifts a ban.
-    let err = f.maps().add_ban(&source_key(trunk.into(), 64), None, ban_reason::MANUAL).unwrap_err();
+    let err = f
+        .maps()
+        .add_ban(&source_key(trunk.into(), 64), None, ban_reason::MANUAL)
+        .unwrap_err();
     assert!(err.to_string().contains("allowlisted"), "{err}");
     let later = v4(100);
-    f.maps().add_ban(&source_key(later.into(), 64), None, ban_reason::MANUAL)?;
+    f.maps()
+        .add_ban(&source_key(later.into(), 64), None, ban_reason::MANUAL)?;
     f.expect(&register(later), XDP_DROP, "manually banned")?;
     let lifted = f.maps().list_add(ListKind::Allow, &Cidr::from(later), PERMANENT)?;
     assert_eq!(lifted, vec![source_key(later.into(), 64)]);
@@ -207,14 +259,38 @@ fn allowlisted_source_sending_a_flood_is_never_banned() -> anyhow::Result<()> {
 #[test]
 fn denylisted_sources_drop_and_their_neighbours_pass() -> anyhow::Result<()> {
     let mut f = TestFilter::new()?;
-    f.maps().list_add(ListKind::Deny, &"198.18.0.0/15".parse()?, PERMANENT)?;
-    f.maps().list_add(ListKind::Deny, &"2001:db8:bad::/48".parse()?, PERMANENT)?;
-    f.expect(&P::sip4(Ipv4Addr::new(198, 19, 3, 4), "OPTIONS").build().bytes, XDP_DROP, "inside the /15")?;
-    f.expect(&P::sip4(Ipv4Addr::new(198, 20, 0, 1), "OPTIONS").build().bytes, XDP_PASS, "just outside")?;
-    f.expect(&P::sip6("2001:db8:bad:1::9".parse()?, "INVITE").build().bytes, XDP_DROP, "inside the /48")?;
-    f.expect(&P::sip6("2001:db8:bae::9".parse()?, "INVITE").build().bytes, XDP_PASS, "outside the /48")?;
+    f.maps()
+        .list_add(ListKind::Deny, &"198.18.0.0/15".parse()?, PERMANENT)?;
+    f.maps()
+        .list_add(ListKind::Deny, &"2001:db8:bad::/48".parse()?, PERMANENT)?;
+    f.expect(
+        &P::sip4(Ipv4Addr::new(198, 19, 3, 4), "OPTIONS").build().bytes,
+        XDP_DROP,
+        "inside the /15",
+    )?;
+    f.expect(
+        &P::sip4(Ipv4Addr::new(198, 20, 0, 1), "OPTIONS").build().bytes,
+        XDP_PASS,
+        "just outside",
+    )?;
+    f.expect(
+        &P::sip6("2001:db8:bad:1::9".parse()?, "INVITE").build().bytes,
+        XDP_DROP,
+        "inside the /48",
+    )?;
+    f.expect(
+        &P::sip6("2001:db8:bae::9".parse()?, "INVITE").build().bytes,
+        XDP_PASS,
+        "outside the /48",
+    )?;
     // A denylisted source sending non-SIP traffic is untouched under the default scope.
-    f.expect(&P::udp4(Ipv4Addr::new(198, 19, 3, 4), v4(1), 1234, 53, b"dns").build().bytes, XDP_PASS, "DNS")?;
+    f.expect(
+        &P::udp4(Ipv4Addr::new(198, 19, 3, 4), v4(1), 1234, 53, b"dns")
+            .build()
+            .bytes,
+        XDP_PASS,
+        "DNS",
+    )?;
     // Deny does not ban: no ban entry, no event.
     assert!(f.maps().bans()?.is_empty());
     assert!(f.ban_events().is_empty());
@@ -222,7 +298,8 @@ fn denylisted_sources_drop_and_their_neighbours_pass() -> anyhow::Result<()> {
 
     // A timed entry stops applying when it expires.
     let now = sipfilter::clock::boot_ns();
-    f.maps().list_add(ListKind::Deny, &"192.0.2.128/25".parse()?, now + 200_000_000)?;
+    f.maps()
+        .list_add(ListKind::Deny, &"192.0.2.128/25".parse()?, now + 200_000_000)?;
     let frame = P::sip4(Ipv4Addr::new(192, 0, 2, 200), "OPTIONS").build().bytes;
     f.expect(&frame, XDP_DROP, "timed deny in force")?;
     std::thread::sleep(Duration::from_millis(300));
@@ -238,7 +315,11 @@ fn monitor_mode_counts_would_drop_but_passes_everything() -> anyhow::Result<()> 
     f.maps().list_add(ListKind::Deny, &"192.0.2.0/24".parse()?, PERMANENT)?;
     let frame = register(v4(80));
     assert_eq!(f.run_n(&frame, 30)?, (30, 0));
-    f.expect(&P::sip4(Ipv4Addr::new(192, 0, 2, 9), "INVITE").build().bytes, XDP_PASS, "denylisted in monitor mode")?;
+    f.expect(
+        &P::sip4(Ipv4Addr::new(192, 0, 2, 9), "INVITE").build().bytes,
+        XDP_PASS,
+        "denylisted in monitor mode",
+    )?;
     let counters = f.counters()?;
     // 10 accepted, the 11th empties the bucket and bans, 19 more hit the ban, 1 denylisted.
     assert_eq!(counters.verdict(Verdict::WouldDrop), 21);
@@ -261,7 +342,10 @@ fn monitor_mode_counts_would_drop_but_passes_everything() -> anyhow::Result<()> 
 #[test]
 fn escalation_doubles_a_repeat_offenders_ban_up_to_the_cap() -> anyhow::Result<()> {
     let mut c = small_limits();
-    c.limits[RateClass::Register as usize] = ClassLimit { rate_per_sec: 1_000, burst: 3 };
+    c.limits[RateClass::Register as usize] = ClassLimit {
+        rate_per_sec: 1_000,
+        burst: 3,
+    };
     c.ban_base_ns = 100_000_000; // 0.1 s
     c.ban_max_ns = 300_000_000; // cap 0.3 s
     let mut f = TestFilter::with_config(&c)?;
@@ -299,13 +383,34 @@ fn ban_scope_all_drops_every_packet_of_a_banned_or_denylisted_source() -> anyhow
     c.flags |= FLAG_SCOPE_ALL;
     let mut f = TestFilter::with_config(&c)?;
     let src = v4(88);
-    f.maps().add_ban(&source_key(src.into(), 64), Some(60 * NS_PER_SEC), ban_reason::MANUAL)?;
+    f.maps()
+        .add_ban(&source_key(src.into(), 64), Some(60 * NS_PER_SEC), ban_reason::MANUAL)?;
     f.maps().list_add(ListKind::Deny, &"192.0.2.0/24".parse()?, PERMANENT)?;
-    f.expect(&P::sip4(src, "REGISTER").tcp().build().bytes, XDP_DROP, "TCP from banned")?;
-    f.expect(&P::udp4(src, v4(1), 1000, 53, b"x").build().bytes, XDP_DROP, "DNS from banned")?;
-    f.expect(&P::sip4(src, "REGISTER").fragment(20, false).build().bytes, XDP_DROP, "fragment from banned")?;
-    f.expect(&P::sip4(Ipv4Addr::new(192, 0, 2, 5), "x").icmp().build().bytes, XDP_DROP, "ICMP from denylisted")?;
-    f.expect(&P::sip4(v4(89), "REGISTER").tcp().build().bytes, XDP_PASS, "TCP from a clean source")?;
+    f.expect(
+        &P::sip4(src, "REGISTER").tcp().build().bytes,
+        XDP_DROP,
+        "TCP from banned",
+    )?;
+    f.expect(
+        &P::udp4(src, v4(1), 1000, 53, b"x").build().bytes,
+        XDP_DROP,
+        "DNS from banned",
+    )?;
+    f.expect(
+        &P::sip4(src, "REGISTER").fragment(20, false).build().bytes,
+        XDP_DROP,
+        "fragment from banned",
+    )?;
+    f.expect(
+        &P::sip4(Ipv4Addr::new(192, 0, 2, 5), "x").icmp().build().bytes,
+        XDP_DROP,
+        "ICMP from denylisted",
+    )?;
+    f.expect(
+        &P::sip4(v4(89), "REGISTER").tcp().build().bytes,
+        XDP_PASS,
+        "TCP from a clean source",
+    )?;
     Ok(())
 }
 
@@ -315,9 +420,16 @@ fn thresholds_change_at_runtime_without_reload_or_losing_bans() -> anyhow::Resul
     let mut f = TestFilter::with_config(&c)?;
     let banned = v4(30);
     assert_eq!(f.run_n(&register(banned), 11)?, (10, 1));
-    c.limits[RateClass::Register as usize] = ClassLimit { rate_per_sec: 1, burst: 3 };
+    c.limits[RateClass::Register as usize] = ClassLimit {
+        rate_per_sec: 1,
+        burst: 3,
+    };
     f.set_config(&c)?;
-    assert_eq!(f.run_n(&register(v4(31)), 4)?, (3, 1), "the new burst applies to a new source");
+    assert_eq!(
+        f.run_n(&register(v4(31)), 4)?,
+        (3, 1),
+        "the new burst applies to a new source"
+    );
     f.expect(&register(banned), XDP_DROP, "the earlier ban survives the change")?;
     Ok(())
 }

@@ -28,7 +28,10 @@ pub fn run() {
             .is_some_and(|n| n.starts_with(BPFFS_PREFIX));
         if is_ours && point.starts_with(tmp.to_str().unwrap_or("/tmp")) {
             eprintln!("xtask cleanup: unmounting {point}");
-            let _ = Command::new("umount").args(["-l", point]).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .args(["-l", point])
+                .stderr(Stdio::null())
+                .status();
             let _ = std::fs::remove_dir(point);
         }
     }

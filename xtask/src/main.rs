@@ -5,6 +5,7 @@
 
 mod bench;
 mod cleanup;
+mod demo;
 mod setup;
 mod test;
 
@@ -43,6 +44,17 @@ enum Task {
     },
     /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.
     Cleanup,
+    /// Set up, build the agent, then run a lab in network namespaces: a robot probes, sweeps
+    /// extensions, brute-forces a password and floods a SIPp PBX while a SIPp phone keeps
+    /// registering, with `sipfilter run` watching the PBX (needs root).
+    Demo {
+        /// Instead: the same REGISTER flood with the agent and without it, as a table.
+        #[arg(long)]
+        compare: bool,
+        /// How long the --compare flood lasts, in seconds.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        flood_secs: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +75,11 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { repeat, runs } => {
             setup::run()?;
             bench::run(repeat, runs)
+        }
+        Task::Demo { compare, flood_secs } => {
+            setup::run()?;
+            setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
+            demo::run(compare, flood_secs)
         }
         Task::Cleanup => {
             cleanup::run();

@@ -41,12 +41,17 @@ fn say(msg: &str) {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
@@ -87,13 +92,8 @@ fn apt_packages() -> anyhow::Result<()> {
 }
 
 fn ebpf_toolchain() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        EBPF_TOOLCHAIN,
-    ]));
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN]));
     if installed.is_some_and(|c| c.lines().any(|l| l.starts_with("rust-src"))) {
         return Ok(());
     }
@@ -114,7 +114,9 @@ fn bpf_linker() -> anyhow::Result<()> {
     if version.is_some_and(|v| v.trim() == format!("bpf-linker {BPF_LINKER_VERSION}")) {
         return Ok(());
     }
-    say(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)"));
+    say(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)"
+    ));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(
         Command::new(cargo)
@@ -145,7 +147,11 @@ fn check_llvm_majors() -> anyhow::Result<()> {
     let ldd = output(Command::new("ldd").arg(linker.trim())).unwrap_or_default();
     let linker_major = ldd
         .lines()
-        .find_map(|l| l.trim().strip_prefix("libLLVM.so.").or_else(|| l.trim().strip_prefix("libLLVM-")))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("libLLVM.so.")
+                .or_else(|| l.trim().strip_prefix("libLLVM-"))
+        })
         .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok());
     match linker_major {
         Some(m) if m == rustc_major => Ok(()),

@@ -45,11 +45,18 @@ pub fn attach(prog: &mut Xdp, pin_dir: &Path, iface: &str, mode: AttachMode) -> 
     if pin.exists() {
         match adopt(prog, &pin) {
             Ok(()) => {
-                return Ok(Attachment { iface: iface.to_owned(), mode: "adopted", adopted: true });
+                return Ok(Attachment {
+                    iface: iface.to_owned(),
+                    mode: "adopted",
+                    adopted: true,
+                });
             }
             Err(e) => {
                 // The interface was deleted and re-created, say: the old link is defunct.
-                eprintln!("sipfilter: warning: cannot adopt the attachment pinned at {} ({e:#}); attaching anew", pin.display());
+                eprintln!(
+                    "sipfilter: warning: cannot adopt the attachment pinned at {} ({e:#}); attaching anew",
+                    pin.display()
+                );
                 let _ = std::fs::remove_file(&pin);
             }
         }
@@ -61,7 +68,8 @@ pub fn attach(prog: &mut Xdp, pin_dir: &Path, iface: &str, mode: AttachMode) -> 
             "native",
         ),
         AttachMode::Generic => (
-            prog.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach to {iface}"))?,
+            prog.attach(iface, XdpMode::Skb)
+                .with_context(|| format!("cannot attach to {iface}"))?,
             "generic",
         ),
         AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
@@ -70,27 +78,40 @@ pub fn attach(prog: &mut Xdp, pin_dir: &Path, iface: &str, mode: AttachMode) -> 
                 eprintln!(
                     "sipfilter: warning: {iface} has no native XDP ({native}); using generic mode, which costs more per packet"
                 );
-                (prog.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach to {iface}"))?, "generic")
+                (
+                    prog.attach(iface, XdpMode::Skb)
+                        .with_context(|| format!("cannot attach to {iface}"))?,
+                    "generic",
+                )
             }
         },
     };
     let link = prog.take_link(link_id).context("attached link vanished")?;
-    let fd_link: FdLink = link.try_into().context("the kernel did not give a bpf_link (kernel older than 5.9?)")?;
+    let fd_link: FdLink = link
+        .try_into()
+        .context("the kernel did not give a bpf_link (kernel older than 5.9?)")?;
     std::fs::create_dir_all(pin.parent().expect("pin has a parent"))
         .with_context(|| format!("cannot create {}", pin.display()))?;
-    let pinned = fd_link.pin(&pin).with_context(|| format!("cannot pin the link at {}", pin.display()))?;
+    let pinned = fd_link
+        .pin(&pin)
+        .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
     // Hand the link back to the program: it stays attached through the pin when we exit.
     let fd_link: FdLink = pinned.into();
     prog.attach_to_link(XdpLink::try_from(fd_link)?)
         .with_context(|| format!("cannot re-own the link on {iface}"))?;
-    Ok(Attachment { iface: iface.to_owned(), mode: mode_name, adopted: false })
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        mode: mode_name,
+        adopted: false,
+    })
 }
 
 fn adopt(prog: &mut Xdp, pin: &Path) -> anyhow::Result<()> {
     let pinned = PinnedLink::from_pin(pin).context("cannot open the pinned link")?;
     let fd_link: FdLink = pinned.into();
     let xdp_link = XdpLink::try_from(fd_link).context("the pin is not an XDP link")?;
-    prog.attach_to_link(xdp_link).context("cannot swap the new program into the link")?;
+    prog.attach_to_link(xdp_link)
+        .context("cannot swap the new program into the link")?;
     Ok(())
 }
 
@@ -116,7 +137,10 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> anyhow::Result<Vec<Detache
     for name in names {
         let pin = links_dir.join(&name);
         if !pin.exists() {
-            bail!("sipfilter is not attached to {name} (no link pinned at {})", pin.display());
+            bail!(
+                "sipfilter is not attached to {name} (no link pinned at {})",
+                pin.display()
+            );
         }
         let pinned = PinnedLink::from_pin(&pin).with_context(|| format!("cannot open {}", pin.display()))?;
         let info = FdLink::from(pinned).info().ok();

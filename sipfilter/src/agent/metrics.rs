@@ -38,18 +38,59 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let packets = cv("sipfilter_packets_total", "Packets seen by the XDP program, by action taken.", "action")?;
-        let outcomes = cv("sipfilter_packet_reasons_total", "Packets seen by the XDP program, by the reason for the action.", "reason")?;
-        let methods = cv("sipfilter_sip_messages_total", "SIP messages to the SIP ports, by method (response, unknown for the rest).", "method")?;
-        let bans = cv("sipfilter_bans_total", "Bans the XDP program created, by reason.", "reason")?;
-        let ban_events = cv("sipfilter_ban_events_total", "Ban events the agent received from the kernel, by reason.", "reason")?;
-        let ban_table_full = IntCounter::new("sipfilter_ban_table_full_total", "Bans that could not be stored because the ban table was full.")?;
-        let events_lost = IntCounter::new("sipfilter_ban_events_lost_total", "Ban events lost because the ring buffer was full.")?;
+        let packets = cv(
+            "sipfilter_packets_total",
+            "Packets seen by the XDP program, by action taken.",
+            "action",
+        )?;
+        let outcomes = cv(
+            "sipfilter_packet_reasons_total",
+            "Packets seen by the XDP program, by the reason for the action.",
+            "reason",
+        )?;
+        let methods = cv(
+            "sipfilter_sip_messages_total",
+            "SIP messages to the SIP ports, by method (response, unknown for the rest).",
+            "method",
+        )?;
+        let bans = cv(
+            "sipfilter_bans_total",
+            "Bans the XDP program created, by reason.",
+            "reason",
+        )?;
+        let ban_events = cv(
+            "sipfilter_ban_events_total",
+            "Ban events the agent received from the kernel, by reason.",
+            "reason",
+        )?;
+        let ban_table_full = IntCounter::new(
+            "sipfilter_ban_table_full_total",
+            "Bans that could not be stored because the ban table was full.",
+        )?;
+        let events_lost = IntCounter::new(
+            "sipfilter_ban_events_lost_total",
+            "Ban events lost because the ring buffer was full.",
+        )?;
         let active_bans = IntGauge::new("sipfilter_active_bans", "Bans in force now.")?;
-        let list_entries = IntGaugeVec::new(Opts::new("sipfilter_list_entries", "Entries in force on the allowlist and denylist."), &["list"])?;
-        let run_seconds = prometheus::Counter::new("sipfilter_program_run_seconds_total", "Time the XDP program ran (kernel BPF stats).")?;
-        let runs = IntCounter::new("sipfilter_program_runs_total", "Times the XDP program ran (kernel BPF stats).")?;
-        let build_info = IntGaugeVec::new(Opts::new("sipfilter_build_info", "sipfilter build, value 1."), &["version"])?;
+        let list_entries = IntGaugeVec::new(
+            Opts::new(
+                "sipfilter_list_entries",
+                "Entries in force on the allowlist and denylist.",
+            ),
+            &["list"],
+        )?;
+        let run_seconds = prometheus::Counter::new(
+            "sipfilter_program_run_seconds_total",
+            "Time the XDP program ran (kernel BPF stats).",
+        )?;
+        let runs = IntCounter::new(
+            "sipfilter_program_runs_total",
+            "Times the XDP program ran (kernel BPF stats).",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("sipfilter_build_info", "sipfilter build, value 1."),
+            &["version"],
+        )?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [&ban_table_full, &events_lost, &runs] {
             registry.register(Box::new(c.clone()))?;
@@ -98,13 +139,25 @@ impl Metrics {
     /// Brings every metric up to the kernel's numbers.
     pub fn update(&mut self, c: &Counters, active_bans: usize, allow: usize, deny: usize, run_ns: u64, runs: u64) {
         for v in Verdict::ALL {
-            sync(&self.packets.with_label_values(&[v.name()]), self.last.verdict(v), c.verdict(v));
+            sync(
+                &self.packets.with_label_values(&[v.name()]),
+                self.last.verdict(v),
+                c.verdict(v),
+            );
         }
         for o in Outcome::ALL {
-            sync(&self.outcomes.with_label_values(&[o.name()]), self.last.outcome(o), c.outcome(o));
+            sync(
+                &self.outcomes.with_label_values(&[o.name()]),
+                self.last.outcome(o),
+                c.outcome(o),
+            );
         }
         for m in Method::ALL {
-            sync(&self.methods.with_label_values(&[m.name()]), self.last.method(m), c.method(m));
+            sync(
+                &self.methods.with_label_values(&[m.name()]),
+                self.last.method(m),
+                c.method(m),
+            );
         }
         for class in RateClass::ALL {
             let i = class as usize;
@@ -117,7 +170,11 @@ impl Metrics {
         self.active_bans.set(active_bans as i64);
         self.list_entries.with_label_values(&["allow"]).set(allow as i64);
         self.list_entries.with_label_values(&["deny"]).set(deny as i64);
-        let d_ns = if run_ns >= self.last_run_ns { run_ns - self.last_run_ns } else { run_ns };
+        let d_ns = if run_ns >= self.last_run_ns {
+            run_ns - self.last_run_ns
+        } else {
+            run_ns
+        };
         self.run_seconds.inc_by(d_ns as f64 / 1e9);
         sync(&self.runs, self.last_runs, runs);
         self.last_run_ns = run_ns;
@@ -140,9 +197,16 @@ pub fn respond(request_head: &str, body: impl FnOnce() -> String) -> Vec<u8> {
     let path = path.split('?').next().unwrap_or("");
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body()),
-        ("GET", "/") => ("200 OK", "text/plain; charset=utf-8", "sipfilter agent: metrics at /metrics\n".to_string()),
+        ("GET", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "sipfilter agent: metrics at /metrics\n".to_string(),
+        ),
         _ => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_string()),
     };
-    format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-        .into_bytes()
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }

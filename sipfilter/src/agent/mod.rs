@@ -30,7 +30,9 @@ use tokio::{
 };
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  sipfilter run --iface eth0\n  sipfilter run --config /etc/sipfilter.toml\n  sipfilter run --config /etc/sipfilter.toml --iface eth1 --mode generic\n\nSIGHUP reloads the config file; SIGTERM stops the agent and leaves the filter attached\n(pinned) unless --detach-on-exit is given. `sipfilter detach` removes the attachment.")]
+#[command(
+    after_help = "Examples:\n  sipfilter run --iface eth0\n  sipfilter run --config /etc/sipfilter.toml\n  sipfilter run --config /etc/sipfilter.toml --iface eth1 --mode generic\n\nSIGHUP reloads the config file; SIGTERM stops the agent and leaves the filter attached\n(pinned) unless --detach-on-exit is given. `sipfilter detach` removes the attachment."
+)]
 pub struct RunArgs {
     /// TOML configuration file (see examples/sipfilter.toml); every field has a default.
     #[arg(long, value_name = "FILE")]
@@ -59,7 +61,9 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
     if s == "off" {
         return Ok(Listen(None));
     }
-    s.parse().map(|a| Listen(Some(a))).map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9460) or \"off\""))
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9460) or \"off\""))
 }
 
 #[derive(clap::Args)]
@@ -129,7 +133,10 @@ pub fn run(pin_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
 pub fn detach(pin_dir: &Path, args: DetachArgs) -> anyhow::Result<()> {
     let removed = attach::detach(pin_dir, args.iface.as_deref())?;
     if removed.is_empty() {
-        println!("sipfilter is not attached to any interface (no links pinned under {})", pin_dir.join("links").display());
+        println!(
+            "sipfilter is not attached to any interface (no links pinned under {})",
+            pin_dir.join("links").display()
+        );
     }
     for d in removed {
         let ids = match (d.link_id, d.prog_id) {
@@ -165,16 +172,24 @@ impl Agent {
         if fresh {
             log(format!("created maps under {}", pin_dir.display()));
         } else {
-            log(format!("reusing the maps pinned under {} (bans, buckets and lists kept)", pin_dir.display()));
+            log(format!(
+                "reusing the maps pinned under {} (bans, buckets and lists kept)",
+                pin_dir.display()
+            ));
         }
 
         let mut state = match state_file::load(&config.state_file) {
             Ok(s) => s,
             Err(e) => {
                 // Keep the unreadable file for a human; start without it rather than not at all.
-                let aside = config.state_file.with_extension(format!("corrupt-{}", std::process::id()));
+                let aside = config
+                    .state_file
+                    .with_extension(format!("corrupt-{}", std::process::id()));
                 let _ = std::fs::rename(&config.state_file, &aside);
-                log(format!("warning: {e:#}; moved it to {} and starting without it", aside.display()));
+                log(format!(
+                    "warning: {e:#}; moved it to {} and starting without it",
+                    aside.display()
+                ));
                 StateFile::default()
             }
         };
@@ -194,9 +209,17 @@ impl Agent {
         for iface in &config.interfaces {
             let a = attach::attach(loaded.program_mut()?, pin_dir, iface, config.mode)?;
             if a.adopted {
-                log(format!("took over the attachment on {} (no gap: the new program was swapped in)", a.iface));
+                log(format!(
+                    "took over the attachment on {} (no gap: the new program was swapped in)",
+                    a.iface
+                ));
             } else {
-                log(format!("attached to {} in {} mode (link pinned at {})", a.iface, a.mode, attach::link_pin(pin_dir, iface).display()));
+                log(format!(
+                    "attached to {} in {} mode (link pinned at {})",
+                    a.iface,
+                    a.mode,
+                    attach::link_pin(pin_dir, iface).display()
+                ));
             }
             attached.push(a.iface);
         }
@@ -236,7 +259,10 @@ impl Agent {
             Some(a) => format!("metrics at http://{a}/metrics"),
             None => "metrics off".to_string(),
         };
-        log(format!("ready: filtering SIP on {} ({metrics_at})", self.attached.join(", ")));
+        log(format!(
+            "ready: filtering SIP on {} ({metrics_at})",
+            self.attached.join(", ")
+        ));
 
         loop {
             tokio::select! {
@@ -281,7 +307,11 @@ impl Agent {
             method,
             e.duration_ns / 1_000_000_000,
             e.strike,
-            if e.monitor != 0 { " monitor=true (not dropped)" } else { "" }
+            if e.monitor != 0 {
+                " monitor=true (not dropped)"
+            } else {
+                ""
+            }
         ));
         self.metrics.ban_event(e.reason);
     }
@@ -324,10 +354,25 @@ impl Agent {
         let counters = maps.counters()?;
         let now = clock::boot_ns();
         let active = maps.bans()?.iter().filter(|(_, b)| b.expires_ns > now).count();
-        let allow = maps.list(ListKind::Allow)?.iter().filter(|(_, e)| e.expires_ns > now).count();
-        let deny = maps.list(ListKind::Deny)?.iter().filter(|(_, e)| e.expires_ns > now).count();
+        let allow = maps
+            .list(ListKind::Allow)?
+            .iter()
+            .filter(|(_, e)| e.expires_ns > now)
+            .count();
+        let deny = maps
+            .list(ListKind::Deny)?
+            .iter()
+            .filter(|(_, e)| e.expires_ns > now)
+            .count();
         let info = self.loaded.program()?.info()?;
-        self.metrics.update(&counters, active, allow, deny, info.run_time().as_nanos() as u64, info.run_count());
+        self.metrics.update(
+            &counters,
+            active,
+            allow,
+            deny,
+            info.run_time().as_nanos() as u64,
+            info.run_count(),
+        );
         Ok(())
     }
 
@@ -335,8 +380,14 @@ impl Agent {
     /// and then.
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         let now = clock::boot_ns();
-        let expired: Vec<SourceKey> =
-            self.loaded.maps.bans()?.into_iter().filter(|(_, b)| b.expires_ns <= now).map(|(k, _)| k).collect();
+        let expired: Vec<SourceKey> = self
+            .loaded
+            .maps
+            .bans()?
+            .into_iter()
+            .filter(|(_, b)| b.expires_ns <= now)
+            .map(|(k, _)| k)
+            .collect();
         for key in expired {
             self.loaded.maps.remove_ban(&key)?;
         }
@@ -407,8 +458,14 @@ impl Agent {
             }
         }
         let keep_state_file = self.config.state_file.clone();
-        self.config = Config { state_file: keep_state_file, ..new };
-        log(format!("reloaded {}: thresholds and lists updated, bans and buckets kept", path.display()));
+        self.config = Config {
+            state_file: keep_state_file,
+            ..new
+        };
+        log(format!(
+            "reloaded {}: thresholds and lists updated, bans and buckets kept",
+            path.display()
+        ));
         if let Err(e) = self.save_state_if_changed(true) {
             log(format!("warning: {e:#}"));
         }
@@ -444,14 +501,20 @@ fn reconcile_lists(loaded: &mut Loaded, config: &Config, state: &mut StateFile) 
         for old in managed.iter().filter(|o| !wanted_set.contains(*o)) {
             if let Ok(cidr) = old.parse::<Cidr>() {
                 if loaded.maps.list_remove(kind, &cidr)? {
-                    log(format!("removed {old} from the {} (no longer in the config)", kind.map_name()));
+                    log(format!(
+                        "removed {old} from the {} (no longer in the config)",
+                        kind.map_name()
+                    ));
                 }
             }
         }
         for cidr in wanted {
             let lifted = loaded.maps.list_add(kind, cidr, PERMANENT)?;
             for key in lifted {
-                log(format!("lifted the ban on {} (allowlisted by {cidr})", display_source(&key, config.ipv6_prefix)));
+                log(format!(
+                    "lifted the ban on {} (allowlisted by {cidr})",
+                    display_source(&key, config.ipv6_prefix)
+                ));
             }
         }
         *managed = wanted_set.into_iter().collect();

@@ -112,8 +112,7 @@ fn add(maps: &mut FilterMaps, args: AddArgs) -> anyhow::Result<()> {
                 "refusing to ban {target}: it is allowlisted by {by}, and an allowlisted source is never banned (remove it with `sipfilter allow del {by}` first)"
             );
         }
-        let exempt: Vec<String> =
-            in_force.filter(|c| target.contains(c)).map(|c| c.to_string()).collect();
+        let exempt: Vec<String> = in_force.filter(|c| target.contains(c)).map(|c| c.to_string()).collect();
         let previous = maps
             .list(ListKind::Deny)?
             .into_iter()
@@ -129,7 +128,10 @@ fn add(maps: &mut FilterMaps, args: AddArgs) -> anyhow::Result<()> {
         println!("banned {target} {how_long} (a CIDR is stored as {kind})");
         if let Some(p) = previous {
             if p.expires_ns > now {
-                println!("note: this replaces its denylist entry that ended {}", human_expiry(p.expires_ns, now));
+                println!(
+                    "note: this replaces its denylist entry that ended {}",
+                    human_expiry(p.expires_ns, now)
+                );
             }
         }
         if !exempt.is_empty() {
@@ -154,10 +156,17 @@ fn del(maps: &mut FilterMaps, target: &Cidr) -> anyhow::Result<()> {
             removed = true;
         }
     }
-    let exact = maps.list(ListKind::Deny)?.into_iter().find(|(c, _)| same_cidr(c, target));
+    let exact = maps
+        .list(ListKind::Deny)?
+        .into_iter()
+        .find(|(c, _)| same_cidr(c, target));
     if let Some((cidr, entry)) = exact {
         maps.list_remove(ListKind::Deny, &cidr)?;
-        let what = if entry.expires_ns == PERMANENT { "permanent" } else { "timed" };
+        let what = if entry.expires_ns == PERMANENT {
+            "permanent"
+        } else {
+            "timed"
+        };
         println!("removed the {what} denylist entry {cidr}");
         removed = true;
     }
@@ -169,7 +178,10 @@ fn del(maps: &mut FilterMaps, target: &Cidr) -> anyhow::Result<()> {
         .into_iter()
         .find(|(c, e)| e.expires_ns > now && c.contains(target));
     if let Some((c, e)) = covering {
-        println!("note: {target} is still dropped: it lies inside denylist entry {c} ({})", human_expiry(e.expires_ns, now));
+        println!(
+            "note: {target} is still dropped: it lies inside denylist entry {c} ({})",
+            human_expiry(e.expires_ns, now)
+        );
     }
     Ok(())
 }
@@ -257,7 +269,8 @@ fn list(maps: &FilterMaps, json: bool) -> anyhow::Result<()> {
             r.reason.into(),
             r.strike.map_or("-".into(), |s| s.to_string()),
             r.method.unwrap_or("-").into(),
-            r.banned_at_ns.map_or("-".into(), |t| format!("{} ago", format_ns(now.saturating_sub(t)))),
+            r.banned_at_ns
+                .map_or("-".into(), |t| format!("{} ago", format_ns(now.saturating_sub(t)))),
             human_expiry(r.expires_ns, now),
         ]);
     }

@@ -100,7 +100,11 @@ pub fn parse(text: &str) -> anyhow::Result<Parsed> {
 }
 
 fn parse_plain(text: &str) -> Parsed {
-    let mut parsed = Parsed { format: Format::Plain, entries: Vec::new(), rejected: Vec::new() };
+    let mut parsed = Parsed {
+        format: Format::Plain,
+        entries: Vec::new(),
+        rejected: Vec::new(),
+    };
     for (i, line) in text.lines().enumerate() {
         let content = line.split(['#', ';']).next().unwrap_or("").trim();
         if content.is_empty() {
@@ -119,7 +123,11 @@ fn parse_plain(text: &str) -> Parsed {
         }
         match first.parse::<Cidr>() {
             Ok(c) => parsed.entries.push((loc, c)),
-            Err(e) => parsed.rejected.push(Rejected { loc, text: first.into(), error: e.to_string() }),
+            Err(e) => parsed.rejected.push(Rejected {
+                loc,
+                text: first.into(),
+                error: e.to_string(),
+            }),
         }
     }
     parsed
@@ -133,14 +141,22 @@ fn parse_apiban(text: &str) -> anyhow::Result<Parsed> {
         .context("the JSON has no \"ipaddress\" array (APIBAN format: {\"ipaddress\": [...], \"ID\": ...})")?
         .as_array()
         .context("\"ipaddress\" is not an array")?;
-    let mut parsed = Parsed { format: Format::Apiban, entries: Vec::new(), rejected: Vec::new() };
+    let mut parsed = Parsed {
+        format: Format::Apiban,
+        entries: Vec::new(),
+        rejected: Vec::new(),
+    };
     for (i, v) in list.iter().enumerate() {
         match v.as_str() {
             // APIBAN's answer when there is nothing new since the given ID.
             Some("no new bans") => {}
             Some(s) => match s.parse::<Cidr>() {
                 Ok(c) => parsed.entries.push((i, c)),
-                Err(e) => parsed.rejected.push(Rejected { loc: i, text: s.into(), error: e.to_string() }),
+                Err(e) => parsed.rejected.push(Rejected {
+                    loc: i,
+                    text: s.into(),
+                    error: e.to_string(),
+                }),
             },
             None => parsed.rejected.push(Rejected {
                 loc: i,
@@ -163,12 +179,18 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
     let from_stdin = args.file.as_os_str() == "-";
     let text = if from_stdin {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read standard input")?;
         s
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
     };
-    let name = if from_stdin { "standard input".to_string() } else { args.file.display().to_string() };
+    let name = if from_stdin {
+        "standard input".to_string()
+    } else {
+        args.file.display().to_string()
+    };
     let parsed = parse(&text).with_context(|| format!("cannot import {name}"))?;
 
     let now = boot_ns();
@@ -194,7 +216,9 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
             "expires_in_secs": args.duration.map(|d| d.as_secs()),
         }));
     }
-    let how_long = args.duration.map_or("permanently".into(), |d| format!("for {}", format_ns(duration_ns(d))));
+    let how_long = args
+        .duration
+        .map_or("permanently".into(), |d| format!("for {}", format_ns(duration_ns(d))));
     println!(
         "imported {name} ({} format) into the denylist {how_long}: {} added, {} duplicates ({} repeated in the file, {} already listed), {} rejected",
         parsed.format.name(),
@@ -208,7 +232,10 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
         println!("  rejected {} {}: {}", parsed.format.loc_name(), r.loc, r.error);
     }
     if parsed.rejected.len() > SHOW_REJECTED {
-        println!("  ... and {} more (--json lists them all)", parsed.rejected.len() - SHOW_REJECTED);
+        println!(
+            "  ... and {} more (--json lists them all)",
+            parsed.rejected.len() - SHOW_REJECTED
+        );
     }
     Ok(())
 }
@@ -303,6 +330,13 @@ mod tests {
     #[test]
     fn empty_file_is_plain_and_empty() {
         let p = parse("").unwrap();
-        assert_eq!(p, Parsed { format: Format::Plain, entries: vec![], rejected: vec![] });
+        assert_eq!(
+            p,
+            Parsed {
+                format: Format::Plain,
+                entries: vec![],
+                rejected: vec![]
+            }
+        );
     }
 }

@@ -77,7 +77,11 @@ pub fn same_cidr(a: &Cidr, b: &Cidr) -> bool {
 
 pub fn run(maps: &mut FilterMaps, kind: ListKind, cmd: ListCommand) -> anyhow::Result<()> {
     match cmd {
-        ListCommand::Add { cidr, duration, permanent: _ } => add(maps, kind, &cidr, duration),
+        ListCommand::Add {
+            cidr,
+            duration,
+            permanent: _,
+        } => add(maps, kind, &cidr, duration),
         ListCommand::Del { cidr } => {
             if !maps.list_remove(kind, &cidr)? {
                 bail!("{cidr} is not on the {}", list_name(kind));
@@ -94,7 +98,9 @@ fn add(maps: &mut FilterMaps, kind: ListKind, cidr: &Cidr, duration: Option<Dura
     let expires = duration.map_or(PERMANENT, |d| now.saturating_add(duration_ns(d)));
     let existed = maps.list(kind)?.iter().any(|(c, _)| same_cidr(c, cidr));
     let lifted = maps.list_add(kind, cidr, expires)?;
-    let how_long = duration.map_or("permanently".to_string(), |d| format!("for {}", format_ns(duration_ns(d))));
+    let how_long = duration.map_or("permanently".to_string(), |d| {
+        format!("for {}", format_ns(duration_ns(d)))
+    });
     let verb = if existed { "updated" } else { "added" };
     println!("{verb} {cidr} on the {} {how_long}", list_name(kind));
     if !lifted.is_empty() {
@@ -116,7 +122,11 @@ fn add(maps: &mut FilterMaps, kind: ListKind, cidr: &Cidr, duration: Option<Dura
 
 fn list(maps: &FilterMaps, kind: ListKind, json: bool) -> anyhow::Result<()> {
     let now = boot_ns();
-    let entries: Vec<_> = maps.list(kind)?.into_iter().filter(|(_, e)| e.expires_ns > now).collect();
+    let entries: Vec<_> = maps
+        .list(kind)?
+        .into_iter()
+        .filter(|(_, e)| e.expires_ns > now)
+        .collect();
     if json {
         let items: Vec<_> = entries
             .iter()
@@ -140,6 +150,10 @@ fn list(maps: &FilterMaps, kind: ListKind, json: bool) -> anyhow::Result<()> {
         t.row(vec![c.to_string(), human_expiry(e.expires_ns, now)]);
     }
     print!("{}", t.render());
-    println!("{} on the {}", count(entries.len(), "entry", "entries"), list_name(kind));
+    println!(
+        "{} on the {}",
+        count(entries.len(), "entry", "entries"),
+        list_name(kind)
+    );
     Ok(())
 }

@@ -81,7 +81,10 @@ fn open_maps(pin_dir: &Path) -> anyhow::Result<FilterMaps> {
         ),
         Err(e) => {
             return Err(e).with_context(|| {
-                format!("cannot read {} (the pinned maps are readable by root only)", probe.display())
+                format!(
+                    "cannot read {} (the pinned maps are readable by root only)",
+                    probe.display()
+                )
             })
         }
     }

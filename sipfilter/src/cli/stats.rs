@@ -82,7 +82,9 @@ pub fn render(c: &Counters) -> String {
     section(&mut out, "ACTION", &Verdict::ALL, Verdict::name, |v| c.verdict(v));
     section(&mut out, "REASON", &Outcome::ALL, Outcome::name, |o| c.outcome(o));
     section(&mut out, "SIP METHOD", &Method::ALL, Method::name, |m| c.method(m));
-    section(&mut out, "BANS BY LIMIT", &RateClass::ALL, RateClass::name, |r| c.bans[r as usize]);
+    section(&mut out, "BANS BY LIMIT", &RateClass::ALL, RateClass::name, |r| {
+        c.bans[r as usize]
+    });
     let mut t = Table::new(&[("PROBLEM", false), ("COUNT", true)]);
     t.row(vec!["ban table full".into(), grouped(c.ban_table_full)]);
     t.row(vec!["ban events lost".into(), grouped(c.events_lost)]);

@@ -3,7 +3,7 @@
 use std::{
     ffi::CString,
     os::{
-        fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -56,9 +56,17 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let now = boot_ns();
     let bans: Vec<_> = maps.bans()?.into_iter().filter(|(_, b)| b.expires_ns > now).collect();
     let permanent = bans.iter().filter(|(_, b)| b.expires_ns == PERMANENT).count();
-    let deny: Vec<_> = maps.list(ListKind::Deny)?.into_iter().filter(|(_, e)| e.expires_ns > now).collect();
+    let deny: Vec<_> = maps
+        .list(ListKind::Deny)?
+        .into_iter()
+        .filter(|(_, e)| e.expires_ns > now)
+        .collect();
     let cidr_bans = deny.iter().filter(|(_, e)| e.expires_ns != PERMANENT).count();
-    let allow = maps.list(ListKind::Allow)?.into_iter().filter(|(_, e)| e.expires_ns > now).count();
+    let allow = maps
+        .list(ListKind::Allow)?
+        .into_iter()
+        .filter(|(_, e)| e.expires_ns > now)
+        .count();
     let mut ports: Vec<u16> = Vec::new();
     for p in config.sip_ports_be.iter().map(|p| u16::from_be(*p)) {
         if !ports.contains(&p) {
@@ -70,8 +78,9 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .ok()
         .map(|s| s.trim() != "0");
-    let (runs, time): (u64, u64) =
-        programs.iter().fold((0, 0), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
+    let (runs, time): (u64, u64) = programs
+        .iter()
+        .fold((0, 0), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
     let ns_per_packet = (runs > 0).then(|| time as f64 / runs as f64);
 
     if args.json {
@@ -118,31 +127,66 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     kv("pin dir", pin_dir.display().to_string());
     kv(
         "mode",
-        if config.monitor() { "monitor (counts and bans, drops nothing)" } else { "enforcing" }.into(),
+        if config.monitor() {
+            "monitor (counts and bans, drops nothing)"
+        } else {
+            "enforcing"
+        }
+        .into(),
     );
-    kv("ban scope", if config.scope_all() { "all traffic" } else { "SIP traffic" }.into());
-    kv("SIP ports", ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "));
+    kv(
+        "ban scope",
+        if config.scope_all() {
+            "all traffic"
+        } else {
+            "SIP traffic"
+        }
+        .into(),
+    );
+    kv(
+        "SIP ports",
+        ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+    );
     kv("IPv6 source", format!("/{prefix}"));
     kv(
         "bans",
-        format!("{} ({permanent} permanent), {}", count(bans.len(), "source", "sources"), count(cidr_bans, "CIDR", "CIDRs")),
+        format!(
+            "{} ({permanent} permanent), {}",
+            count(bans.len(), "source", "sources"),
+            count(cidr_bans, "CIDR", "CIDRs")
+        ),
     );
     kv("denylist", count(deny.len(), "entry", "entries"));
     kv("allowlist", count(allow, "entry", "entries"));
-    kv("programs", if ids.is_empty() { "none loaded".into() } else { ids.join(", ") });
+    kv(
+        "programs",
+        if ids.is_empty() {
+            "none loaded".into()
+        } else {
+            ids.join(", ")
+        },
+    );
     kv("cost", cost);
     // The blank header row of a key/value table is dropped.
     let rendered = t.render();
     print!("{}", rendered.split_once('\n').map_or("", |(_, rest)| rest));
     println!();
     if attachments.is_empty() {
-        println!("no interfaces attached (no links pinned under {})", pin_dir.join("links").display());
+        println!(
+            "no interfaces attached (no links pinned under {})",
+            pin_dir.join("links").display()
+        );
         return Ok(());
     }
     let mut t = Table::new(&[("INTERFACE", false), ("MODE", false), ("PROGRAM", true), ("LINK", true)]);
     for a in &attachments {
         let id = |v: Option<u32>| v.map_or("?".into(), |v| v.to_string());
-        t.row(vec![a.interface.clone(), a.mode.clone(), id(a.program_id), id(a.link_id)]);
+        t.row(vec![
+            a.interface.clone(),
+            a.mode.clone(),
+            id(a.program_id),
+            id(a.link_id),
+        ]);
     }
     print!("{}", t.render());
     Ok(())
@@ -237,7 +281,8 @@ fn link_info(path: &Path) -> anyhow::Result<LinkInfo> {
     let mut attr = [0u64; 16];
     attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).with_context(|| format!("cannot read the link pinned at {}", path.display()))?;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .with_context(|| format!("cannot read the link pinned at {}", path.display()))?;
     let word = |i: usize| -> u32 {
         let bytes: &[u8] = bytemuck_u64(&info);
         u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
@@ -245,7 +290,11 @@ fn link_info(path: &Path) -> anyhow::Result<LinkInfo> {
     if word(0) != BPF_LINK_TYPE_XDP {
         bail!("{} is not an XDP link (type {})", path.display(), word(0));
     }
-    Ok(LinkInfo { id: word(1), prog_id: word(2), ifindex: word(4) })
+    Ok(LinkInfo {
+        id: word(1),
+        prog_id: word(2),
+        ifindex: word(4),
+    })
 }
 
 fn bytemuck_u64(words: &[u64]) -> &[u8] {
@@ -256,7 +305,10 @@ fn bytemuck_u64(words: &[u64]) -> &[u8] {
 /// The XDP attach mode as `ip -d link` reports it, if the interface lives in this network
 /// namespace (the pin's name and the link's ifindex must both match).
 fn xdp_mode(ifname: &str, ifindex: u32) -> String {
-    let out = match Command::new("ip").args(["-j", "-d", "link", "show", "dev", ifname]).output() {
+    let out = match Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", ifname])
+        .output()
+    {
         Ok(o) if o.status.success() => o.stdout,
         Ok(_) => return "unknown (interface not in this network namespace)".into(),
         Err(_) => return "unknown (cannot run ip)".into(),
@@ -264,7 +316,9 @@ fn xdp_mode(ifname: &str, ifindex: u32) -> String {
     let Ok(Value::Array(links)) = serde_json::from_slice::<Value>(&out) else {
         return "unknown".into();
     };
-    let Some(link) = links.first() else { return "unknown".into() };
+    let Some(link) = links.first() else {
+        return "unknown".into();
+    };
     if link.get("ifindex").and_then(Value::as_u64) != Some(ifindex as u64) {
         return "unknown (interface not in this network namespace)".into();
     }

@@ -67,8 +67,17 @@ fn sample(maps: &FilterMaps, sort: SortBy, count: usize) -> anyhow::Result<Sampl
     });
     sources.truncate(count);
     let now_ns = boot_ns();
-    let bans = maps.bans()?.into_iter().filter(|(_, b)| b.expires_ns > now_ns).collect();
-    Ok(Sample { sources, bans, total, now_ns })
+    let bans = maps
+        .bans()?
+        .into_iter()
+        .filter(|(_, b)| b.expires_ns > now_ns)
+        .collect();
+    Ok(Sample {
+        sources,
+        bans,
+        total,
+        now_ns,
+    })
 }
 
 pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
@@ -116,7 +125,10 @@ pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
         drop(out);
-        previous = Some((taken, s.sources.iter().map(|(k, st)| (*k, (st.requests, st.drops))).collect()));
+        previous = Some((
+            taken,
+            s.sources.iter().map(|(k, st)| (*k, (st.requests, st.drops))).collect(),
+        ));
         std::thread::sleep(Duration::from_secs(1));
     }
 }
@@ -141,14 +153,19 @@ fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
         if let Some(r) = rates {
             let (req, drop) = match r.and_then(|(dt, prev)| prev.get(k).map(|p| (dt, *p))) {
                 Some((dt, (pr, pd))) if dt.as_secs_f64() > 0.0 => {
-                    let per = |now: u64, then: u64| format!("{:.1}", now.saturating_sub(then) as f64 / dt.as_secs_f64());
+                    let per =
+                        |now: u64, then: u64| format!("{:.1}", now.saturating_sub(then) as f64 / dt.as_secs_f64());
                     (per(st.requests, pr), per(st.drops, pd))
                 }
                 _ => ("-".into(), "-".into()),
             };
             row.extend([req, drop]);
         }
-        row.push(s.bans.get(k).map_or("-".into(), |b| human_expiry(b.expires_ns, s.now_ns)));
+        row.push(
+            s.bans
+                .get(k)
+                .map_or("-".into(), |b| human_expiry(b.expires_ns, s.now_ns)),
+        );
         t.row(row);
     }
     t.render()

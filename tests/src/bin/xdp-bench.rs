@@ -22,7 +22,7 @@ use sipfilter_common::{
 };
 use sipfilter_tests::{
     harness::{TestFilter, XDP_DROP, XDP_PASS},
-    packet::{PacketBuilder as P, sip_request},
+    packet::{sip_request, PacketBuilder as P},
 };
 
 struct Args {
@@ -32,7 +32,11 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { repeat: 1_000_000, runs: 15, out: PathBuf::from("target/bench/xdp.json") };
+    let mut a = Args {
+        repeat: 1_000_000,
+        runs: 15,
+        out: PathBuf::from("target/bench/xdp.json"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -73,7 +77,10 @@ fn main() -> anyhow::Result<()> {
 
     // Buckets big enough that a measurement of `repeat` packets never empties one.
     let config = KernelConfig {
-        limits: [ClassLimit { rate_per_sec: MAX_RATE as u32, burst: MAX_BURST as u32 }; 3],
+        limits: [ClassLimit {
+            rate_per_sec: MAX_RATE as u32,
+            burst: MAX_BURST as u32,
+        }; 3],
         ..KernelConfig::default()
     };
     let mut filter = TestFilter::with_config(&config)?;
@@ -82,23 +89,82 @@ fn main() -> anyhow::Result<()> {
     let banned = Ipv4Addr::new(198, 51, 100, 66);
     let trunk = Ipv4Addr::new(192, 0, 2, 10);
     for i in 0..16u8 {
-        filter.maps().list_add(ListKind::Allow, &format!("192.0.{}.0/24", 2 + i).parse()?, PERMANENT)?;
+        filter
+            .maps()
+            .list_add(ListKind::Allow, &format!("192.0.{}.0/24", 2 + i).parse()?, PERMANENT)?;
     }
     for i in 0..10_000u32 {
         let a = Ipv4Addr::from(0x0a00_0000 + i * 256); // 10.0.0.0/24, 10.0.1.0/24, ...
-        filter.maps().list_add(ListKind::Deny, &Cidr { addr: a.into(), prefix_len: 24 }, PERMANENT)?;
+        filter.maps().list_add(
+            ListKind::Deny,
+            &Cidr {
+                addr: a.into(),
+                prefix_len: 24,
+            },
+            PERMANENT,
+        )?;
     }
-    filter.maps().add_ban(&source_key(banned.into(), 64), None, ban_reason::MANUAL)?;
+    filter
+        .maps()
+        .add_ban(&source_key(banned.into(), 64), None, ban_reason::MANUAL)?;
 
-    let register = |src| P::udp4(src, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, &sip_request("REGISTER", "200")).build().bytes;
+    let register = |src| {
+        P::udp4(
+            src,
+            Ipv4Addr::new(192, 0, 2, 1),
+            5060,
+            5060,
+            &sip_request("REGISTER", "200"),
+        )
+        .build()
+        .bytes
+    };
     let sip_frame = register(clean);
     let paths = vec![
-        Path { name: "floor (empty XDP program)", frame: sip_frame.clone(), expect: XDP_PASS, floor: true },
-        Path { name: "non-SIP UDP", frame: P::udp4(clean, Ipv4Addr::new(192, 0, 2, 1), 40000, 53, &sip_request("REGISTER", "200")).build().bytes, expect: XDP_PASS, floor: false },
-        Path { name: "SIP REGISTER, clean source", frame: sip_frame.clone(), expect: XDP_PASS, floor: false },
-        Path { name: "banned source", frame: register(banned), expect: XDP_DROP, floor: false },
-        Path { name: "allowlisted source", frame: register(trunk), expect: XDP_PASS, floor: false },
-        Path { name: "IPv6 REGISTER, clean source", frame: P::sip6("2001:db8:20::20".parse()?, "REGISTER").build().bytes, expect: XDP_PASS, floor: false },
+        Path {
+            name: "floor (empty XDP program)",
+            frame: sip_frame.clone(),
+            expect: XDP_PASS,
+            floor: true,
+        },
+        Path {
+            name: "non-SIP UDP",
+            frame: P::udp4(
+                clean,
+                Ipv4Addr::new(192, 0, 2, 1),
+                40000,
+                53,
+                &sip_request("REGISTER", "200"),
+            )
+            .build()
+            .bytes,
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
+            name: "SIP REGISTER, clean source",
+            frame: sip_frame.clone(),
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
+            name: "banned source",
+            frame: register(banned),
+            expect: XDP_DROP,
+            floor: false,
+        },
+        Path {
+            name: "allowlisted source",
+            frame: register(trunk),
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
+            name: "IPv6 REGISTER, clean source",
+            frame: P::sip6("2001:db8:20::20".parse()?, "REGISTER").build().bytes,
+            expect: XDP_PASS,
+            floor: false,
+        },
     ];
 
     filter.loaded.load_floor()?;
@@ -108,13 +174,27 @@ fn main() -> anyhow::Result<()> {
         for p in &paths {
             filter.maps().clear_rate_state()?;
             let prog = if p.floor {
-                filter.loaded.ebpf.program(sipfilter_common::maps::FLOOR_PROGRAM).context("floor")?.try_into()?
+                filter
+                    .loaded
+                    .ebpf
+                    .program(sipfilter_common::maps::FLOOR_PROGRAM)
+                    .context("floor")?
+                    .try_into()?
             } else {
                 filter.loaded.program()?
             };
-            let r = prog.test_run(TestRunOptions { data_in: Some(&p.frame), repeat: args.repeat, ..Default::default() })?;
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(&p.frame),
+                repeat: args.repeat,
+                ..Default::default()
+            })?;
             if r.return_value != p.expect {
-                bail!("{} returned {} instead of {}: the path changed mid-run", p.name, r.return_value, p.expect);
+                bail!(
+                    "{} returned {} instead of {}: the path changed mid-run",
+                    p.name,
+                    r.return_value,
+                    p.expect
+                );
             }
             samples.entry(p.name).or_default().push(r.duration.as_nanos() as f64);
         }
@@ -123,12 +203,14 @@ fn main() -> anyhow::Result<()> {
     // Ratios are taken within each round (path and floor measured seconds apart), then the
     // median over rounds: a burst of load from elsewhere moves both and cancels out.
     let floor_samples = samples[paths[0].name].clone();
-    let ratio_of = |name: &str| {
-        median(samples[name].iter().zip(&floor_samples).map(|(p, f)| p / f).collect())
-    };
+    let ratio_of = |name: &str| median(samples[name].iter().zip(&floor_samples).map(|(p, f)| p / f).collect());
     let floor = median(floor_samples.clone());
-    let targets: BTreeMap<&str, f64> =
-        [("non-SIP UDP", 1.1), ("SIP REGISTER, clean source", 2.0), ("banned source", 1.3)].into();
+    let targets: BTreeMap<&str, f64> = [
+        ("non-SIP UDP", 1.1),
+        ("SIP REGISTER, clean source", 2.0),
+        ("banned source", 1.3),
+    ]
+    .into();
     println!(
         "XDP ns/packet (BPF_PROG_TEST_RUN, repeat {}, median of {} rounds; ratio = median of per-round ratios; frame {} bytes)",
         args.repeat,

@@ -222,17 +222,8 @@ impl Config {
                 ));
             }
             if let Some(scope) = ban.scope {
-                c.ban_scope = match scope.get_ref().as_str() {
-                    "sip" => BanScope::Sip,
-                    "all" => BanScope::All,
-                    other => {
-                        return Err(err(
-                            Some(scope.span()),
-                            Some("ban.scope"),
-                            format!("'{other}' is not a scope; use \"sip\" or \"all\""),
-                        ))
-                    }
-                };
+                c.ban_scope = choose(&scope, &[("sip", BanScope::Sip), ("all", BanScope::All)])
+                    .map_err(|m| err(Some(scope.span()), Some("ban.scope"), m))?;
             }
             if let Some(p) = ban.ipv6_prefix {
                 let v = *p.get_ref();
@@ -292,18 +283,12 @@ impl Config {
                 }
             }
             if let Some(mode) = agent.mode {
-                c.mode = match mode.get_ref().as_str() {
-                    "auto" => AttachMode::Auto,
-                    "native" => AttachMode::Native,
-                    "generic" => AttachMode::Generic,
-                    other => {
-                        return Err(err(
-                            Some(mode.span()),
-                            Some("agent.mode"),
-                            format!("'{other}' is not a mode; use \"auto\", \"native\" or \"generic\""),
-                        ))
-                    }
-                };
+                let modes = [
+                    ("auto", AttachMode::Auto),
+                    ("native", AttachMode::Native),
+                    ("generic", AttachMode::Generic),
+                ];
+                c.mode = choose(&mode, &modes).map_err(|m| err(Some(mode.span()), Some("agent.mode"), m))?;
             }
             if let Some(s) = agent.state_file {
                 c.state_file = PathBuf::from(s.into_inner());
@@ -325,6 +310,19 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// One of a field's named values; the error lists them.
+fn choose<T: Copy>(v: &Spanned<String>, options: &[(&str, T)]) -> Result<T, String> {
+    let text = v.get_ref().as_str();
+    options
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<String> = options.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+            format!("'{text}' is not one of {}", names.join(", "))
+        })
 }
 
 fn bounded(v: &Spanned<i64>, min: u64, max: u64) -> Result<u32, String> {
@@ -530,7 +528,7 @@ metrics_listen = "off"
             ),
             (
                 "[ban]\nscope = \"everything\"\n",
-                "/etc/sipfilter.toml:2: ban.scope: 'everything' is not a scope",
+                "/etc/sipfilter.toml:2: ban.scope: 'everything' is not one of \"sip\", \"all\"",
             ),
             (
                 "[lists]\nallow = [\"10.0.0.0/8\",\n  \"10.1.2.300\"]\n",

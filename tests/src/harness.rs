@@ -72,14 +72,7 @@ impl TestFilter {
     }
 
     pub fn with_config(config: &KernelConfig) -> anyhow::Result<Self> {
-        let bpffs = PrivateBpffs::new()?;
-        let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
-        let ban_events = loaded.take_ban_events()?;
-        Ok(TestFilter {
-            loaded,
-            ban_events,
-            bpffs,
-        })
+        Self::load_into(PrivateBpffs::new()?, config)
     }
 
     /// Loads the program again over the same pins, as a restarted loader would.
@@ -91,6 +84,10 @@ impl TestFilter {
         } = self;
         drop(ban_events);
         drop(loaded);
+        Self::load_into(bpffs, config)
+    }
+
+    fn load_into(bpffs: PrivateBpffs, config: &KernelConfig) -> anyhow::Result<Self> {
         let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
         let ban_events = loaded.take_ban_events()?;
         Ok(TestFilter {

@@ -154,9 +154,9 @@ pub struct RateState {
     pub allow_until_ns: u64,
     pub deny_until_ns: u64,
     pub buckets: [crate::TokenBucket; 3],
-    /// SIP messages seen from this source (after allow/deny/ban checks).
+    /// SIP messages seen from this source.
     pub requests: u64,
-    /// Of those, how many exceeded a limit.
+    /// Of those, how many were dropped (over a limit, banned or denylisted).
     pub drops: u64,
 }
 

@@ -246,7 +246,10 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         refresh_status(state, &dgram, config.generation, now);
     }
 
+    // What `sipfilter top` shows: every SIP message of the source, and every one dropped.
+    state.requests += 1;
     if state.ban_until_ns > now {
+        state.drops += 1;
         return Outcome::Banned;
     }
     let (allowed, denied) = if dgram.is_v6 != 0 {
@@ -261,6 +264,7 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         return Outcome::Allowlisted;
     }
     if denied {
+        state.drops += 1;
         return Outcome::Denylisted;
     }
     rate_limit(config, counters, state, &key, method, now)
@@ -509,7 +513,6 @@ fn rate_limit(
     let (Some(limit), Some(bucket)) = (config.limits.get(class), state.buckets.get_mut(class)) else {
         return Outcome::Accepted;
     };
-    state.requests += 1;
     if bucket.take(now, limit.rate_per_sec as u64, limit.burst as u64) {
         return Outcome::Accepted;
     }

@@ -87,6 +87,16 @@ fn burst_within_limit_passes_then_first_excess_packet_drops_and_bans() -> anyhow
     // Another source is unaffected.
     f.expect(&register(v4(67)), XDP_PASS, "REGISTER from another source")?;
 
+    // What `top` shows for it: every SIP message, and every one dropped (1 over the limit,
+    // 2 while banned).
+    let (_, state) = f
+        .maps()
+        .rate_states()?
+        .into_iter()
+        .find(|(k, _)| *k == e.source)
+        .expect("slot");
+    assert_eq!((state.requests, state.drops), (burst as u64 + 3, 3));
+
     let c = f.counters()?;
     assert_eq!(c.outcome(Outcome::RateRegister), 1);
     assert_eq!(c.outcome(Outcome::Banned), 2);
@@ -234,10 +244,11 @@ fn allowlisted_source_sending_a_flood_is_never_banned() -> anyhow::Result<()> {
     assert_eq!(f.run_n(&P::sip6(v6trunk, "INVITE").build().bytes, 200)?, (200, 0));
     assert!(f.maps().bans()?.is_empty());
     assert!(f.ban_events().is_empty());
-    // Allowlisted sources have a slot (caching their status) but never draw from a bucket.
-    for (_, state) in f.maps().rate_states()? {
-        assert_eq!((state.requests, state.drops), (0, 0));
-    }
+    // Allowlisted sources have a slot (caching their status and counting their messages for
+    // `top`), and nothing of theirs is ever dropped.
+    let states = f.maps().rate_states()?;
+    assert_eq!(states.iter().map(|(_, s)| s.requests).sum::<u64>(), 1700);
+    assert!(states.iter().all(|(_, s)| s.drops == 0));
     assert_eq!(f.counters()?.outcome(Outcome::Allowlisted), 1700);
 
     // Userspace refuses to ban an allowlisted source, and allowlisting lifts a ban.

@@ -793,7 +793,10 @@ fn attack_demo() -> anyhow::Result<()> {
     }
     for b in &ban_list {
         let src = b["source"].as_str().unwrap_or("?");
-        let req = requests.get(src).map_or(0, |r| r.0);
+        // Messages that passed, plus the one that got it banned.
+        let req = requests
+            .get(src)
+            .map_or(0, |(sent, dropped)| sent.saturating_sub(*dropped) + 1);
         println!(
             "  {src:<12} {:<22} banned on its SIP message #{} (a {}; the {} before it passed), reason {}, ban ends in {} s",
             role_of(src),

@@ -11,6 +11,7 @@ pub const COUNTERS_MAP: &str = "counters";
 pub const BAN_TABLE: &str = "ban_table";
 pub const OFFENSE_HISTORY: &str = "offense_history";
 pub const RATE_STATE: &str = "rate_state";
+pub const RATE_OVERFLOW: &str = "rate_overflow";
 pub const ALLOWLIST: &str = "allowlist";
 pub const DENYLIST: &str = "denylist";
 pub const BAN_EVENTS: &str = "ban_events";
@@ -25,10 +26,14 @@ pub const BAN_TABLE_SIZE: u32 = 131_072;
 /// Slots in the rate-state table (a power of two). The table is an array indexed by a hash
 /// of the source: the program finds a source's state with an inlined array access, not a
 /// hash-map helper call (each helper call costs ~20 ns on kernels with return-thunk
-/// mitigations). Two sources that hash to one slot take turns; the newcomer evicts the
-/// other's buckets (it starts over with full ones) but never a ban, which lives in the
-/// ban table.
+/// mitigations). A source whose slot is held by another source that was active within
+/// [`SLOT_IDLE_NS`] keeps its state in the overflow table (an LRU hash) instead, so two
+/// colliding sources never reset each other's buckets; a slot idle longer goes to the
+/// newcomer. Bans are never lost either way: they live in the ban table.
 pub const RATE_STATE_SLOTS: u32 = 1 << 16;
+pub const RATE_OVERFLOW_SIZE: u32 = 65_536;
+/// How long a slot's holder must have been quiet before another source may take the slot.
+pub const SLOT_IDLE_NS: u64 = 10 * crate::NS_PER_SEC;
 /// Offence history is LRU: forgetting a long-quiet offender costs nothing.
 pub const OFFENSE_HISTORY_SIZE: u32 = 131_072;
 pub const LIST_SIZE: u32 = 262_144;
@@ -154,6 +159,8 @@ pub struct RateState {
     pub allow_until_ns: u64,
     pub deny_until_ns: u64,
     pub buckets: [crate::TokenBucket; 3],
+    /// Last SIP message from this source (CLOCK_BOOTTIME ns): how long the slot has been idle.
+    pub last_seen_ns: u64,
     /// SIP messages seen from this source.
     pub requests: u64,
     /// Of those, how many were dropped (over a limit, banned or denylisted).

@@ -13,7 +13,10 @@ use network_types::{
 };
 use sipfilter_common::{
     counters::ban_reason,
-    maps::{BAN_EVENTS_BYTES, BAN_TABLE_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_STATE_SLOTS},
+    maps::{
+        BAN_EVENTS_BYTES, BAN_TABLE_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS,
+        SLOT_IDLE_NS,
+    },
     sip::CLASSIFY_LEN,
     Ban, BanEvent, ClockSample, Counters, KernelConfig, ListEntry, Method, OffenseHistory, Outcome, RateState,
     SourceKey, TokenBucket, Verdict,
@@ -33,6 +36,9 @@ static OFFENSE_HISTORY: LruHashMap<SourceKey, OffenseHistory> = LruHashMap::pinn
 
 #[map(name = "rate_state")]
 static RATE_STATE: Array<RateState> = Array::pinned(RATE_STATE_SLOTS, 0);
+
+#[map(name = "rate_overflow")]
+static RATE_OVERFLOW: LruHashMap<SourceKey, RateState> = LruHashMap::pinned(RATE_OVERFLOW_SIZE, 0);
 
 /// Written only by `xdp_clock`, which userspace runs with BPF_PROG_TEST_RUN to calibrate the
 /// jiffies clock. Not pinned: each loader calibrates for itself.
@@ -232,16 +238,14 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     }
     let now = now(config);
     let key = dgram.key(config);
-    let Some(state) = RATE_STATE.get_ptr_mut(key.slot(config.hash_seed)) else {
+    let Some(state) = source_state(config, &key, now) else {
         return Outcome::Malformed;
     };
-    // SAFETY: a slot of a shared array. Two CPUs may update one slot at once; the worst that
-    // does is lose a token's worth of accounting, never a ban (bans live in the ban table).
+    // SAFETY: a slot of a shared array (or an overflow entry). Two CPUs may update one at once;
+    // the worst that does is lose a token's worth of accounting, never a ban (bans live in the
+    // ban table).
     let state = unsafe { &mut *state };
-    if state.key.words() != key.words() {
-        // A new source, or one that evicted the slot's previous holder.
-        reset_state(state, config, key, now);
-    }
+    state.last_seen_ns = now;
     if state.generation != config.generation {
         refresh_status(state, &dgram, config.generation, now);
     }
@@ -270,6 +274,31 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     rate_limit(config, counters, state, &key, method, now)
 }
 
+/// The source's rate state: its slot, or its overflow entry when another source that is
+/// still active holds the slot.
+#[inline(always)]
+fn source_state(config: &KernelConfig, key: &SourceKey, now: u64) -> Option<*mut RateState> {
+    let slot = RATE_STATE.get_ptr_mut(key.slot(config.hash_seed))?;
+    // SAFETY: a valid slot pointer; see the caller.
+    let held = unsafe { &mut *slot };
+    if held.key.words() == key.words() {
+        return Some(slot);
+    }
+    if held.key.words() == [0; 4] || now.saturating_sub(held.last_seen_ns) > SLOT_IDLE_NS {
+        // Free, or its holder went quiet: the slot is the newcomer's.
+        reset_state(held, config, *key, now);
+        return Some(slot);
+    }
+    // A collision with an active source: neither may reset the other's buckets.
+    if let Some(entry) = RATE_OVERFLOW.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    let mut fresh = RateState::default();
+    reset_state(&mut fresh, config, *key, now);
+    let _ = RATE_OVERFLOW.insert(key, &fresh, 0);
+    RATE_OVERFLOW.get_ptr_mut(key)
+}
+
 /// Gives a slot to a new source: full buckets, nothing cached. Field by field with volatile
 /// stores, because LLVM turns a whole-struct store of zeros into a call to a byte-by-byte
 /// `memset` subprogram, and a program with subprograms costs ~15 ns more per packet here.
@@ -287,6 +316,7 @@ fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey, now
             let burst = config.limits.get(i).map_or(0, |l| l.burst as u64);
             put(bucket, TokenBucket::full(burst, now));
         }
+        put(&mut state.last_seen_ns, now);
         put(&mut state.requests, 0);
         put(&mut state.drops, 0);
     }

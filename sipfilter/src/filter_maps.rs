@@ -12,7 +12,9 @@ use aya::{
 };
 use sipfilter_common::{
     counters::ban_reason,
-    maps::{ALLOWLIST, BAN_TABLE, CONFIG_MAP, COUNTERS_MAP, DENYLIST, OFFENSE_HISTORY, PERMANENT, RATE_STATE},
+    maps::{
+        ALLOWLIST, BAN_TABLE, CONFIG_MAP, COUNTERS_MAP, DENYLIST, OFFENSE_HISTORY, PERMANENT, RATE_OVERFLOW, RATE_STATE,
+    },
     Ban, Counters, KernelConfig, ListEntry, OffenseHistory, RateState, SourceKey,
 };
 
@@ -40,6 +42,7 @@ pub struct FilterMaps {
     ban_table: HashMap<MapData, SourceKey, Ban>,
     offense_history: HashMap<MapData, SourceKey, OffenseHistory>,
     rate_state: Array<MapData, RateState>,
+    rate_overflow: HashMap<MapData, SourceKey, RateState>,
     allowlist: LpmTrie<MapData, [u8; 16], ListEntry>,
     denylist: LpmTrie<MapData, [u8; 16], ListEntry>,
 }
@@ -80,6 +83,7 @@ impl FilterMaps {
             ban_table: typed!(get(BAN_TABLE)?, BAN_TABLE),
             offense_history: typed!(get(OFFENSE_HISTORY)?, OFFENSE_HISTORY),
             rate_state: typed!(get(RATE_STATE)?, RATE_STATE),
+            rate_overflow: typed!(get(RATE_OVERFLOW)?, RATE_OVERFLOW),
             allowlist: typed!(get(ALLOWLIST)?, ALLOWLIST),
             denylist: typed!(get(DENYLIST)?, DENYLIST),
         })
@@ -206,7 +210,8 @@ impl FilterMaps {
 
     // --- rate state ---
 
-    /// Every occupied slot of the rate-state table.
+    /// The rate state of every source the program tracks: occupied slots of the table, and
+    /// the overflow entries of sources whose slot another active source holds.
     pub fn rate_states(&self) -> anyhow::Result<Vec<(SourceKey, RateState)>> {
         let mut out = Vec::new();
         for slot in self.rate_state.iter() {
@@ -215,10 +220,13 @@ impl FilterMaps {
                 out.push((state.key, state));
             }
         }
+        for entry in self.rate_overflow.iter() {
+            out.push(entry.context("cannot read the rate overflow table")?);
+        }
         Ok(out)
     }
 
-    /// Empties every slot (used between benchmark paths and by tests).
+    /// Forgets every source's buckets (used between benchmark paths and by tests).
     pub fn clear_rate_state(&mut self) -> anyhow::Result<()> {
         for i in 0..self.rate_state.len() {
             if self.rate_state.get(&i, 0).is_ok_and(|s| s.key != SourceKey::default()) {
@@ -227,6 +235,10 @@ impl FilterMaps {
                     .context("cannot clear the rate state")?;
             }
         }
+        let keys: Vec<SourceKey> = self.rate_overflow.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.rate_overflow.remove(&k);
+        }
         Ok(())
     }
 
@@ -234,13 +246,19 @@ impl FilterMaps {
     pub fn remove_rate_state(&mut self, key: &SourceKey) -> anyhow::Result<bool> {
         let slot = key.slot(self.read_config()?.hash_seed);
         let state = self.rate_state.get(&slot, 0).context("cannot read the rate state")?;
-        if state.key != *key {
-            return Ok(false);
+        let mut removed = false;
+        if state.key == *key {
+            self.rate_state
+                .set(slot, RateState::default(), 0)
+                .context("cannot clear the rate state")?;
+            removed = true;
         }
-        self.rate_state
-            .set(slot, RateState::default(), 0)
-            .context("cannot clear the rate state")?;
-        Ok(true)
+        match self.rate_overflow.remove(key) {
+            Ok(()) => removed = true,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).context("cannot remove from the rate overflow table"),
+        }
+        Ok(removed)
     }
 
     // --- allow/deny lists ---

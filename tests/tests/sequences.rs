@@ -461,3 +461,42 @@ fn state_survives_a_restart_of_the_loader() -> anyhow::Result<()> {
     assert_eq!(f.maps().bans()?.len(), 2);
     Ok(())
 }
+
+#[test]
+fn two_active_sources_sharing_a_rate_state_slot_keep_separate_buckets() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&small_limits())?;
+    // Find two addresses whose keys land in one slot under this installation's seed.
+    let seed = f.maps().read_config()?.hash_seed;
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0u32..)
+        .map(|i| Ipv4Addr::from(0xc612_0000 + i)) // 198.18.0.0/15, benchmarking space
+        .find_map(|addr| {
+            let slot = source_key(addr.into(), 64).slot(seed);
+            seen.insert(slot, addr).map(|earlier| (earlier, addr))
+        })
+        .expect("a collision");
+    // They take turns: without the overflow table each would reset the other's buckets and
+    // the REGISTER flood of `a` would never empty its bucket.
+    for i in 0..11 {
+        let want = if i < 10 { XDP_PASS } else { XDP_DROP };
+        f.expect(&register(a), want, &format!("REGISTER #{} from {a}", i + 1))?;
+        f.expect(
+            &P::sip4(b, "OPTIONS").build().bytes,
+            XDP_PASS,
+            &format!("OPTIONS #{} from {b}", i + 1),
+        )?;
+    }
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].source, source_key(a.into(), 64));
+    let states = f.maps().rate_states()?;
+    let of = |x: Ipv4Addr| {
+        states
+            .iter()
+            .find(|(k, _)| *k == source_key(x.into(), 64))
+            .map(|(_, s)| (s.requests, s.drops))
+    };
+    assert_eq!(of(a), Some((11, 1)));
+    assert_eq!(of(b), Some((11, 0)));
+    Ok(())
+}

@@ -131,7 +131,8 @@ pub mod ban_reason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
-    /// Packets by [`Verdict`].
+    /// Packets by [`Verdict`]. The program counts drops and would-drops only; userspace fills
+    /// in passes with [`Counters::derive_passed`].
     pub verdicts: [u64; Verdict::COUNT],
     /// Packets by [`Outcome`].
     pub outcomes: [u64; Outcome::COUNT],
@@ -172,6 +173,14 @@ impl Counters {
         sum(&mut self.bans, &o.bans);
         self.ban_table_full = self.ban_table_full.wrapping_add(o.ban_table_full);
         self.events_lost = self.events_lost.wrapping_add(o.events_lost);
+    }
+
+    /// Fills in the passed count, which the program does not keep: every packet gets exactly
+    /// one outcome, so passed = all outcomes − dropped − would-drop.
+    pub fn derive_passed(&mut self) {
+        let all = self.outcomes.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+        let dropped = self.verdicts[Verdict::Drop as usize].wrapping_add(self.verdicts[Verdict::WouldDrop as usize]);
+        self.verdicts[Verdict::Pass as usize] = all.wrapping_sub(dropped);
     }
 
     pub fn outcome(&self, o: Outcome) -> u64 {

@@ -105,18 +105,21 @@ pub fn sipfilter(ctx: XdpContext) -> u32 {
 /// Counts the outcome and turns it into the XDP action.
 #[inline(always)]
 fn finish(config: &KernelConfig, c: &mut Counters, outcome: Outcome) -> u32 {
-    let drop = outcome.drops();
-    let monitor = config.monitor();
-    let (verdict, action) = match (drop, monitor) {
-        (false, _) => (Verdict::Pass, XDP_PASS),
-        (true, false) => (Verdict::Drop, XDP_DROP),
-        (true, true) => (Verdict::WouldDrop, XDP_PASS),
+    if let Some(o) = c.outcomes.get_mut(outcome as usize) {
+        *o += 1;
+    }
+    if !outcome.drops() {
+        // Passed packets are not counted twice: userspace derives them as every outcome less
+        // the drops (see `Counters::derive_passed`), one store less on the common path.
+        return XDP_PASS;
+    }
+    let (verdict, action) = if config.monitor() {
+        (Verdict::WouldDrop, XDP_PASS)
+    } else {
+        (Verdict::Drop, XDP_DROP)
     };
     if let Some(v) = c.verdicts.get_mut(verdict as usize) {
         *v += 1;
-    }
-    if let Some(o) = c.outcomes.get_mut(outcome as usize) {
-        *o += 1;
     }
     action
 }
@@ -132,21 +135,21 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// Where the L3 header says the datagram's source is and where its UDP header starts.
-// Aligned and without padding, so zeroing it is a few 8-byte stores rather than a call to a
-// byte-by-byte memset.
-#[repr(C, align(8))]
+/// Where a parsed frame's IP and UDP headers start.
+#[derive(Clone, Copy)]
+struct Headers {
+    l3: usize,
+    udp: usize,
+    v6: bool,
+}
+
+/// The source of a datagram, read from the packet only once it is known to matter
+/// ([`load_source`]): non-SIP traffic never pays for it.
 struct Datagram {
     /// Full source address (IPv4-mapped for IPv4) as four words in network byte order:
     /// what allow/deny lists match. Words, not bytes, so copies are four moves.
-    /// Read from the packet only once it is known to matter ([`load_source`]): non-SIP
-    /// traffic never pays for it.
     addr: [u32; 4],
-    /// Offset of the IP header.
-    l3_offset: usize,
-    /// Offset of the UDP header.
-    udp_offset: usize,
-    is_v6: u64,
+    is_v6: bool,
 }
 
 impl Datagram {
@@ -154,7 +157,7 @@ impl Datagram {
     #[inline(always)]
     fn key(&self, config: &KernelConfig) -> SourceKey {
         let mut w = self.addr;
-        if self.is_v6 != 0 {
+        if self.is_v6 {
             let m = &config.ipv6_mask_be;
             w = [w[0] & m[0], w[1] & m[1], w[2] & m[2], w[3] & m[3]];
         }
@@ -183,49 +186,43 @@ struct ListKey {
 #[derive(Clone, Copy)]
 enum L3 {
     /// A UDP datagram (first fragment or unfragmented): judge it.
-    Udp,
-    /// The source is known, but there is no UDP header to judge.
-    Other(Outcome),
+    Udp(Headers),
+    /// An IP packet with no UDP header to judge.
+    Other(Outcome, Headers),
     /// Not judged at all (not IP, or malformed).
     Skip(Outcome),
 }
 
 #[inline(always)]
 fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters) -> Outcome {
-    let mut dgram = Datagram {
-        addr: [0; 4],
-        l3_offset: 0,
-        udp_offset: 0,
-        is_v6: 0,
-    };
-    match parse_l3(ctx, &mut dgram) {
-        L3::Udp => {}
-        L3::Other(outcome) => {
+    let h = match parse_l3(ctx) {
+        L3::Udp(h) => h,
+        L3::Other(outcome, h) => {
             // With scope "all", a banned or denylisted source loses its non-SIP traffic too.
-            if config.scope_all() && load_source(ctx, &mut dgram) {
-                if let Some(o) = source_block(&dgram, config, now(config)) {
+            if config.scope_all() {
+                if let Some(o) = load_source(ctx, &h).and_then(|d| source_block(&d, config, now(config))) {
                     return o;
                 }
             }
             return outcome;
         }
         L3::Skip(o) => return o,
-    }
+    };
 
-    let Some(udp) = ptr_at::<UdpHdr>(ctx, dgram.udp_offset) else {
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, h.udp) else {
         return Outcome::Malformed;
     };
     let dst_port_be = u16::from_ne_bytes(unsafe { (*udp).dst });
     if !config.is_sip_port(dst_port_be) {
-        if config.scope_all() && load_source(ctx, &mut dgram) {
-            if let Some(o) = source_block(&dgram, config, now(config)) {
+        if config.scope_all() {
+            if let Some(o) = load_source(ctx, &h).and_then(|d| source_block(&d, config, now(config))) {
                 return o;
             }
         }
         return Outcome::NotSipPort;
     }
 
-    let method = match ptr_at::<[u8; CLASSIFY_LEN]>(ctx, dgram.udp_offset + UdpHdr::LEN) {
+    let method = match ptr_at::<[u8; CLASSIFY_LEN]>(ctx, h.udp + UdpHdr::LEN) {
         Some(head) => sipfilter_common::classify(unsafe { &*head }),
         None => Method::Unknown,
     };
@@ -233,9 +230,9 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         *m += 1;
     }
 
-    if !load_source(ctx, &mut dgram) {
+    let Some(dgram) = load_source(ctx, &h) else {
         return Outcome::Malformed;
-    }
+    };
     let now = now(config);
     let key = dgram.key(config);
     let Some(state) = source_state(config, &key, now) else {
@@ -256,7 +253,7 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         state.drops += 1;
         return Outcome::Banned;
     }
-    let (allowed, denied) = if dgram.is_v6 != 0 {
+    let (allowed, denied) = if dgram.is_v6 {
         // List status is cached per source key, which for IPv6 is a whole prefix whose
         // addresses may be listed differently: look IPv6 addresses up every time.
         let prefix = dgram.prefix();
@@ -331,7 +328,7 @@ fn refresh_status(state: &mut RateState, d: &Datagram, generation: u64, _now: u6
         Some(ban) => ban.expires_ns,
         None => 0,
     };
-    if d.is_v6 == 0 {
+    if !d.is_v6 {
         let prefix = d.prefix();
         state.allow_until_ns = list_until(&ALLOWLIST, &prefix);
         state.deny_until_ns = list_until(&DENYLIST, &prefix);
@@ -400,7 +397,7 @@ fn source_block(d: &Datagram, config: &KernelConfig, now: u64) -> Option<Outcome
 }
 
 #[inline(always)]
-fn parse_l3(ctx: &XdpContext, d: &mut Datagram) -> L3 {
+fn parse_l3(ctx: &XdpContext) -> L3 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return L3::Skip(Outcome::Malformed);
     };
@@ -417,9 +414,9 @@ fn parse_l3(ctx: &XdpContext, d: &mut Datagram) -> L3 {
         }
     }
     if ether_type == ETH_P_IP {
-        parse_ipv4(ctx, offset, d)
+        parse_ipv4(ctx, offset)
     } else if ether_type == ETH_P_IPV6 {
-        parse_ipv6(ctx, offset, d)
+        parse_ipv6(ctx, offset)
     } else if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         // A third tag: more than this program promises to parse.
         L3::Skip(Outcome::Malformed)
@@ -430,29 +427,26 @@ fn parse_l3(ctx: &XdpContext, d: &mut Datagram) -> L3 {
 
 /// Reads the source address of a parsed datagram (IPv4-mapped for IPv4).
 #[inline(always)]
-fn load_source(ctx: &XdpContext, d: &mut Datagram) -> bool {
-    if d.is_v6 != 0 {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, d.l3_offset) else {
-            return false;
-        };
+fn load_source(ctx: &XdpContext, h: &Headers) -> Option<Datagram> {
+    if h.v6 {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, h.l3)?;
         let a = unsafe { &(*ip).src_addr };
-        d.addr = [
+        let addr = [
             u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
             u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
             u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
             u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
         ];
+        Some(Datagram { addr, is_v6: true })
     } else {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, d.l3_offset) else {
-            return false;
-        };
-        d.addr = [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(unsafe { (*ip).src_addr })];
+        let ip = ptr_at::<Ipv4Hdr>(ctx, h.l3)?;
+        let addr = [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(unsafe { (*ip).src_addr })];
+        Some(Datagram { addr, is_v6: false })
     }
-    true
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
+fn parse_ipv4(ctx: &XdpContext, offset: usize) -> L3 {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
         return L3::Skip(Outcome::Malformed);
     };
@@ -462,20 +456,23 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return L3::Skip(Outcome::Malformed);
     }
-    d.l3_offset = offset;
-    d.udp_offset = offset + ihl;
+    let h = Headers {
+        l3: offset,
+        udp: offset + ihl,
+        v6: false,
+    };
     // Fragment offset (13 bits) non-zero: a later fragment, which has no UDP header.
     if (ip.frags[0] & 0x1f) != 0 || ip.frags[1] != 0 {
-        return L3::Other(Outcome::Fragment);
+        return L3::Other(Outcome::Fragment, h);
     }
     if ip.proto != IPPROTO_UDP {
-        return L3::Other(Outcome::NotUdp);
+        return L3::Other(Outcome::NotUdp, h);
     }
-    L3::Udp
+    L3::Udp(h)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
+fn parse_ipv6(ctx: &XdpContext, offset: usize) -> L3 {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
         return L3::Skip(Outcome::Malformed);
     };
@@ -483,8 +480,6 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
     if ip.vcf[0] >> 4 != 6 {
         return L3::Skip(Outcome::Malformed);
     }
-    d.l3_offset = offset;
-    d.is_v6 = 1;
     let mut next = ip.next_hdr;
     let mut l4 = offset + Ipv6Hdr::LEN;
     let mut fragment = false;
@@ -516,17 +511,21 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, d: &mut Datagram) -> L3 {
             return L3::Skip(Outcome::Malformed);
         }
     }
-    d.udp_offset = l4;
+    let h = Headers {
+        l3: offset,
+        udp: l4,
+        v6: true,
+    };
     if fragment {
-        return L3::Other(Outcome::Fragment);
+        return L3::Other(Outcome::Fragment, h);
     }
     match next {
-        IPPROTO_UDP => L3::Udp,
+        IPPROTO_UDP => L3::Udp(h),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
             // More extension headers than the bounded walk covers.
             L3::Skip(Outcome::Malformed)
         }
-        _ => L3::Other(Outcome::NotUdp),
+        _ => L3::Other(Outcome::NotUdp, h),
     }
 }
 

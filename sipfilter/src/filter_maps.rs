@@ -125,6 +125,7 @@ impl FilterMaps {
         for c in per_cpu.iter() {
             total.add(c);
         }
+        total.derive_passed();
         Ok(total)
     }
 

@@ -17,6 +17,10 @@ pub const MAX_SIP_PORTS: usize = 8;
 pub const FLAG_MONITOR: u32 = 1;
 /// Flag: a banned or denylisted source loses all its traffic, not only its SIP traffic.
 pub const FLAG_SCOPE_ALL: u32 = 2;
+/// Set by userspace while no IPv6 allow/deny entry is longer than the IPv6 source prefix:
+/// every address of a source prefix then has the same list status, and the program may cache
+/// it per source like it does for IPv4 instead of looking the lists up on every packet.
+pub const FLAG_V6_LISTS_BY_PREFIX: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +161,16 @@ impl KernelConfig {
     #[inline(always)]
     pub fn monitor(&self) -> bool {
         self.flags & FLAG_MONITOR != 0
+    }
+
+    #[inline(always)]
+    pub fn v6_lists_by_prefix(&self) -> bool {
+        self.flags & FLAG_V6_LISTS_BY_PREFIX != 0
+    }
+
+    /// The IPv6 source prefix length, from the mask.
+    pub fn ipv6_prefix_len(&self) -> u8 {
+        self.ipv6_mask_be.iter().map(|w| w.count_ones()).sum::<u32>() as u8
     }
 
     #[inline(always)]

@@ -1,12 +1,11 @@
 //! The sipfilter XDP program: parse, classify, rate-limit, auto-ban, drop.
 //!
 //! Decision order for a SIP datagram (UDP to a configured SIP port):
-//!   active ban → drop; allowlist → pass; denylist → drop; per-class token bucket → pass,
+//!   allowlist → pass; denylist → drop; active ban → drop; per-class token bucket → pass,
 //!   or drop and ban the source.
-//! The ban table is consulted before the allowlist because a banned source is the hot path
-//! under attack; that is only equivalent to "allowlist first" because the ban table never
-//! holds an allowlisted source: this program checks the allowlist before it bans, and
-//! userspace refuses to ban allowlisted sources and lifts bans an allowlist entry covers.
+//! All four answers come from the source's rate-state slot, which caches its ban and list
+//! status (re-read whenever userspace bumps the config generation), so the common paths make
+//! no map-helper call at all.
 //!
 //! Anything this program cannot parse is passed and counted: judging garbage risks banning
 //! an innocent source, and the PBX copes with garbage anyway.

@@ -244,29 +244,32 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     let state = unsafe { &mut *state };
     state.last_seen_ns = now;
     if state.generation != config.generation {
-        refresh_status(state, &dgram, config.generation, now);
+        refresh_status(state, &dgram, config, now);
     }
 
     // What `sipfilter top` shows: every SIP message of the source, and every one dropped.
     state.requests += 1;
-    if state.ban_until_ns > now {
-        state.drops += 1;
-        return Outcome::Banned;
-    }
-    let (allowed, denied) = if dgram.is_v6 {
-        // List status is cached per source key, which for IPv6 is a whole prefix whose
-        // addresses may be listed differently: look IPv6 addresses up every time.
+    let (allowed, denied) = if dgram.is_v6 && !config.v6_lists_by_prefix() {
+        // List status is cached per source key, which for IPv6 is a whole prefix; while some
+        // list entry is longer than that prefix its addresses may be listed differently, so
+        // look them up every time.
         let prefix = dgram.prefix();
         (listed(&ALLOWLIST, &prefix, now), listed(&DENYLIST, &prefix, now))
     } else {
         (state.allow_until_ns > now, state.deny_until_ns > now)
     };
+    // The allowlist comes first, even before an active ban: an allowlisted address inside a
+    // banned IPv6 prefix (the ban is on the /64, the trunk is one /128 of it) must still pass.
     if allowed {
         return Outcome::Allowlisted;
     }
     if denied {
         state.drops += 1;
         return Outcome::Denylisted;
+    }
+    if state.ban_until_ns > now {
+        state.drops += 1;
+        return Outcome::Banned;
     }
     rate_limit(config, counters, state, &key, method, now)
 }
@@ -319,16 +322,17 @@ fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey, now
     }
 }
 
-/// Re-reads the source's ban and (for IPv4) list status into its slot. Reads the generation
+/// Re-reads the source's ban and list status (IPv4, or IPv6 while the lists allow it) into its slot. Reads the generation
 /// first (the caller did): a change made while this runs bumps it again, so the next packet
 /// re-reads rather than trusting what this one saw.
 #[inline(always)]
-fn refresh_status(state: &mut RateState, d: &Datagram, generation: u64, _now: u64) {
+fn refresh_status(state: &mut RateState, d: &Datagram, config: &KernelConfig, _now: u64) {
+    let generation = config.generation;
     state.ban_until_ns = match unsafe { BAN_TABLE.get(&state.key) } {
         Some(ban) => ban.expires_ns,
         None => 0,
     };
-    if !d.is_v6 {
+    if !d.is_v6 || config.v6_lists_by_prefix() {
         let prefix = d.prefix();
         state.allow_until_ns = list_until(&ALLOWLIST, &prefix);
         state.deny_until_ns = list_until(&DENYLIST, &prefix);

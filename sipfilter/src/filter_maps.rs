@@ -11,6 +11,7 @@ use aya::{
     Ebpf,
 };
 use sipfilter_common::{
+    config::FLAG_V6_LISTS_BY_PREFIX,
     counters::ban_reason,
     maps::{
         ALLOWLIST, BAN_TABLE, CONFIG_MAP, COUNTERS_MAP, DENYLIST, OFFENSE_HISTORY, PERMANENT, RATE_OVERFLOW, RATE_STATE,
@@ -103,7 +104,37 @@ impl FilterMaps {
             next.ns_per_jiffy = current.ns_per_jiffy;
             next.jiffies_offset_ns = current.jiffies_offset_ns;
         }
+        next.flags &= !FLAG_V6_LISTS_BY_PREFIX;
+        if self.v6_lists_by_prefix(next.ipv6_prefix_len())? {
+            next.flags |= FLAG_V6_LISTS_BY_PREFIX;
+        }
         self.config.set(0, next, 0).context("cannot write the config map")
+    }
+
+    /// Whether no IPv6 list entry is longer than the IPv6 source prefix (see
+    /// [`FLAG_V6_LISTS_BY_PREFIX`]).
+    fn v6_lists_by_prefix(&self, prefix_len: u8) -> anyhow::Result<bool> {
+        for kind in [ListKind::Allow, ListKind::Deny] {
+            for entry in self.list_map(kind).keys() {
+                let key = entry.with_context(|| format!("cannot read the {}", kind.map_name()))?;
+                let cidr = Cidr::from_map(key.data(), key.prefix_len());
+                if cidr.addr.is_ipv6() && cidr.prefix_len > prefix_len {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sets or clears [`FLAG_V6_LISTS_BY_PREFIX`], telling the program when it changes.
+    fn set_v6_lists_by_prefix(&mut self, by_prefix: bool) -> anyhow::Result<()> {
+        let mut c = self.read_config()?;
+        if c.v6_lists_by_prefix() == by_prefix {
+            return Ok(());
+        }
+        c.flags ^= FLAG_V6_LISTS_BY_PREFIX;
+        c.generation += 1;
+        self.config.set(0, c, 0).context("cannot write the config map")
     }
 
     /// Tells the program that bans or lists changed: every source's cached status is re-read
@@ -284,6 +315,9 @@ impl FilterMaps {
             .insert(&key, ListEntry { expires_ns }, 0)
             .with_context(|| format!("cannot add {cidr} to the {} (is it full?)", kind.map_name()))?;
         self.bump_generation()?;
+        if cidr.addr.is_ipv6() && cidr.prefix_len > self.read_config()?.ipv6_prefix_len() {
+            self.set_v6_lists_by_prefix(false)?;
+        }
         if kind == ListKind::Allow {
             return self.lift_bans_within(cidr);
         }
@@ -295,6 +329,11 @@ impl FilterMaps {
         match self.list_map_mut(kind).remove(&key) {
             Ok(()) => {
                 self.bump_generation()?;
+                let prefix_len = self.read_config()?.ipv6_prefix_len();
+                if cidr.addr.is_ipv6() && cidr.prefix_len > prefix_len {
+                    let by_prefix = self.v6_lists_by_prefix(prefix_len)?;
+                    self.set_v6_lists_by_prefix(by_prefix)?;
+                }
                 Ok(true)
             }
             Err(e) if is_not_found(&e) => Ok(false),

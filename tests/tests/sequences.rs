@@ -500,3 +500,48 @@ fn two_active_sources_sharing_a_rate_state_slot_keep_separate_buckets() -> anyho
     assert_eq!(of(b), Some((11, 0)));
     Ok(())
 }
+
+#[test]
+fn ipv6_list_entries_finer_than_the_source_prefix_apply_to_their_address_only() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&small_limits())?;
+    // Entries no longer than the /64 source prefix: list status is cached per /64.
+    f.maps()
+        .list_add(ListKind::Deny, &"2001:db8:bad::/48".parse()?, PERMANENT)?;
+    assert!(f.maps().read_config()?.v6_lists_by_prefix());
+    f.expect(
+        &P::sip6("2001:db8:bad:1::1".parse()?, "OPTIONS").build().bytes,
+        XDP_DROP,
+        "inside the /48",
+    )?;
+    f.expect(
+        &P::sip6("2001:db8:bae::1".parse()?, "OPTIONS").build().bytes,
+        XDP_PASS,
+        "outside the /48",
+    )?;
+
+    // One allowlisted trunk address inside a /64 shared with others.
+    let trunk: Ipv6Addr = "2001:db8:aa:1::5".parse()?;
+    let neighbour: Ipv6Addr = "2001:db8:aa:1::6".parse()?;
+    f.maps().list_add(ListKind::Allow, &Cidr::from(trunk), PERMANENT)?;
+    assert!(!f.maps().read_config()?.v6_lists_by_prefix());
+    // The neighbour empties the /64's bucket and gets the /64 banned...
+    assert_eq!(f.run_n(&P::sip6(neighbour, "REGISTER").build().bytes, 11)?, (10, 1));
+    assert_eq!(f.ban_events().len(), 1);
+    // ...yet the trunk, inside that /64, keeps passing, and the neighbour stays banned.
+    assert_eq!(f.run_n(&P::sip6(trunk, "REGISTER").build().bytes, 50)?, (50, 0));
+    f.expect(
+        &P::sip6(neighbour, "OPTIONS").build().bytes,
+        XDP_DROP,
+        "the banned neighbour",
+    )?;
+
+    // Removing the /128 lets IPv6 use the cache again; the deny still applies.
+    assert!(f.maps().list_remove(ListKind::Allow, &Cidr::from(trunk))?);
+    assert!(f.maps().read_config()?.v6_lists_by_prefix());
+    f.expect(
+        &P::sip6("2001:db8:bad:2::9".parse()?, "OPTIONS").build().bytes,
+        XDP_DROP,
+        "cached deny",
+    )?;
+    Ok(())
+}

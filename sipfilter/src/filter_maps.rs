@@ -341,34 +341,42 @@ impl FilterMaps {
         }
     }
 
-    /// The allowlist entry in force that covers a source key, if any.
+    /// The allowlist entry in force that covers a source key's whole range (an IPv4 address,
+    /// or the whole IPv6 source prefix), if any. A source only partly allowlisted (a /64 with
+    /// one trunk /128 in it) can be banned: the program lets the allowlisted addresses through
+    /// all the same, because it checks the allowlist first.
     pub fn allowlist_match(&self, key: &SourceKey) -> anyhow::Result<Option<Cidr>> {
-        // A source key is a whole IPv6 prefix; any allowlist entry that covers any address in
-        // it must keep it from being banned, so also check entries inside the prefix.
         let now = clock::boot_ns();
-        let source = Cidr::from_map(key.addr, 128);
+        let range = self.key_range(key)?;
         for (cidr, entry) in self.list(ListKind::Allow)? {
-            if entry.expires_ns <= now {
-                continue;
-            }
-            if cidr.contains(&source) || source_key_covers(key, &cidr) {
+            if entry.expires_ns > now && cidr.contains(&range) {
                 return Ok(Some(cidr));
             }
         }
         Ok(None)
     }
 
-    /// Removes bans of sources that `allowed` covers, wholly or in part.
+    /// Removes bans of sources whose whole range `allowed` covers.
     pub fn lift_bans_within(&mut self, allowed: &Cidr) -> anyhow::Result<Vec<SourceKey>> {
         let mut lifted = Vec::new();
         for (key, _) in self.bans()? {
-            let source = Cidr::from_map(key.addr, 128);
-            if allowed.contains(&source) || source_key_covers(&key, allowed) {
+            if allowed.contains(&self.key_range(&key)?) {
                 self.remove_ban(&key)?;
                 lifted.push(key);
             }
         }
         Ok(lifted)
+    }
+
+    /// The addresses a source key stands for: one IPv4 address, or an IPv6 prefix of the
+    /// configured length.
+    fn key_range(&self, key: &SourceKey) -> anyhow::Result<Cidr> {
+        let bits = if key.is_v4() {
+            128
+        } else {
+            u32::from(self.read_config()?.ipv6_prefix_len())
+        };
+        Ok(Cidr::from_map(key.addr, bits))
     }
 
     fn list_map(&self, kind: ListKind) -> &LpmTrie<MapData, [u8; 16], ListEntry> {
@@ -384,20 +392,6 @@ impl FilterMaps {
             ListKind::Deny => &mut self.denylist,
         }
     }
-}
-
-/// Whether an IPv6 source key (a masked prefix) contains part of `cidr`: the key's
-/// significant bits equal the CIDR's first bits. IPv4 keys are whole addresses, covered only
-/// by containment.
-fn source_key_covers(key: &SourceKey, cidr: &Cidr) -> bool {
-    if key.is_v4() || cidr.addr.is_ipv4() {
-        return false;
-    }
-    // The key's prefix length is not stored with it; its trailing zero bits are the mask at
-    // most. Treat the key as the network of its significant bits.
-    let bits = 128 - u128::from_be_bytes(key.addr).trailing_zeros().min(128);
-    let key_net = Cidr::from_map(key.addr, bits);
-    key_net.contains(cidr)
 }
 
 /// Whether a map operation failed because the key is absent. aya reports a missing key as

@@ -797,3 +797,26 @@ fn completions_and_help_with_examples() {
         );
     }
 }
+
+#[test]
+fn an_ipv6_prefix_with_an_allowlisted_address_in_it_can_be_banned_and_the_address_still_passes() -> anyhow::Result<()> {
+    let f = TestFilter::new()?;
+    ok(&f, &["allow", "add", "2001:db8:aa:1::5"]);
+    let out = ok(&f, &["ban", "add", "2001:db8:aa:1::6", "--for", "1h"]);
+    assert!(out.contains("banned 2001:db8:aa:1::/64"), "{out}");
+    f.expect(
+        &P::sip6("2001:db8:aa:1::6".parse()?, "REGISTER").build().bytes,
+        XDP_DROP,
+        "the banned /64",
+    )?;
+    f.expect(
+        &P::sip6("2001:db8:aa:1::5".parse()?, "REGISTER").build().bytes,
+        XDP_PASS,
+        "the allowlisted /128 in it",
+    )?;
+    // A whole allowlisted /64 is still refused.
+    ok(&f, &["allow", "add", "2001:db8:bb:1::/64"]);
+    let err = fails(&f, &["ban", "add", "2001:db8:bb:1::9"], 1);
+    assert!(err.contains("allowlisted by 2001:db8:bb:1::/64"), "{err}");
+    Ok(())
+}

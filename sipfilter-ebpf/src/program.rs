@@ -222,7 +222,16 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         return Outcome::NotSipPort;
     }
 
-    let method = match ptr_at::<[u8; CLASSIFY_LEN]>(ctx, h.udp + UdpHdr::LEN) {
+    // Receivers ignore CRLFs before the start line (RFC 3261 §7.5), so a REGISTER sent as
+    // "\r\nREGISTER …" is still a REGISTER, not a cheap way into the looser bucket.
+    let mut payload = h.udp + UdpHdr::LEN;
+    for _ in 0..2 {
+        match ptr_at::<[u8; 2]>(ctx, payload) {
+            Some(p) if unsafe { *p } == *b"\r\n" => payload += 2,
+            _ => break,
+        }
+    }
+    let method = match ptr_at::<[u8; CLASSIFY_LEN]>(ctx, payload) {
         Some(head) => sipfilter_common::classify(unsafe { &*head }),
         None => Method::Unknown,
     };
@@ -243,8 +252,13 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     // ban table).
     let state = unsafe { &mut *state };
     state.last_seen_ns = now;
-    if state.generation != config.generation {
-        refresh_status(state, &dgram, config, now);
+    // SAFETY: a field of the config map's value; volatile so the generation is read before the
+    // tables it vouches for (see refresh_status).
+    let generation = unsafe { core::ptr::read_volatile(&config.generation) };
+    // A cached list entry that has since expired may have hidden a wider one: look again.
+    let expired = |until: u64| until != 0 && until <= now;
+    if state.generation != generation || expired(state.allow_until_ns) || expired(state.deny_until_ns) {
+        refresh_status(state, &dgram, config, generation);
     }
 
     // What `sipfilter top` shows: every SIP message of the source, and every one dropped.
@@ -285,8 +299,16 @@ fn source_state(config: &KernelConfig, key: &SourceKey, now: u64) -> Option<*mut
         return Some(slot);
     }
     if held.key.words() == [0; 4] || now.saturating_sub(held.last_seen_ns) > SLOT_IDLE_NS {
-        // Free, or its holder went quiet: the slot is the newcomer's.
-        reset_state(held, config, *key, now);
+        // Free, or its holder went quiet: the slot is the newcomer's, with the state it had
+        // in the overflow table if it had one (a flooder must not win a fresh burst by moving).
+        match RATE_OVERFLOW.get_ptr_mut(key) {
+            Some(entry) => {
+                // SAFETY: a valid overflow entry pointer.
+                *held = unsafe { *entry };
+                let _ = RATE_OVERFLOW.remove(key);
+            }
+            None => reset_state(held, config, *key, now),
+        }
         return Some(slot);
     }
     // A collision with an active source: neither may reset the other's buckets.
@@ -326,8 +348,7 @@ fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey, now
 /// first (the caller did): a change made while this runs bumps it again, so the next packet
 /// re-reads rather than trusting what this one saw.
 #[inline(always)]
-fn refresh_status(state: &mut RateState, d: &Datagram, config: &KernelConfig, _now: u64) {
-    let generation = config.generation;
+fn refresh_status(state: &mut RateState, d: &Datagram, config: &KernelConfig, generation: u64) {
     state.ban_until_ns = match unsafe { BAN_TABLE.get(&state.key) } {
         Some(ban) => ban.expires_ns,
         None => 0,
@@ -362,40 +383,37 @@ fn is_banned(key: &SourceKey, now: u64) -> bool {
     }
 }
 
-/// The end of the longest-prefix entry of `list` matching the address (0: none).
+/// The end of the longest-prefix entry of `list` matching the address (0: none). An entry
+/// that has expired hides wider ones until it is removed; the agent (and every CLI command)
+/// sweeps expired entries, so that lasts a second at most while the agent runs.
 #[inline(always)]
-fn list_until(list: &LpmTrie<[u8; 16], ListEntry>, prefix: &ListKey) -> u64 {
+fn list_until(list: &LpmTrie<[u8; 16], ListEntry>, addr: &ListKey) -> u64 {
     // SAFETY: ListKey has PrefixKey<[u8; 16]>'s layout (u32 then 16 bytes, no padding).
-    let prefix = unsafe { &*(prefix as *const ListKey as *const PrefixKey<[u8; 16]>) };
-    match list.get(prefix) {
+    let lookup = unsafe { &*(addr as *const ListKey as *const PrefixKey<[u8; 16]>) };
+    match list.get(lookup) {
         Some(entry) => entry.expires_ns,
         None => 0,
     }
 }
 
-/// Whether the longest prefix of `list` matching the address is in force.
 #[inline(always)]
-fn listed(list: &LpmTrie<[u8; 16], ListEntry>, prefix: &ListKey, now: u64) -> bool {
-    // SAFETY: ListKey has PrefixKey<[u8; 16]>'s layout (u32 then 16 bytes, no padding).
-    let prefix = unsafe { &*(prefix as *const ListKey as *const PrefixKey<[u8; 16]>) };
-    match list.get(prefix) {
-        Some(entry) => entry.expires_ns > now,
-        None => false,
-    }
+fn listed(list: &LpmTrie<[u8; 16], ListEntry>, addr: &ListKey, now: u64) -> bool {
+    list_until(list, addr) > now
 }
 
-/// Ban, then allowlist, then denylist, for traffic that is not SIP (scope "all").
+/// Allowlist, denylist, then ban (the SIP path's order) for traffic that is not SIP, under
+/// scope "all".
 #[inline(always)]
 fn source_block(d: &Datagram, config: &KernelConfig, now: u64) -> Option<Outcome> {
-    if is_banned(&d.key(config), now) {
-        return Some(Outcome::Banned);
-    }
     let prefix = d.prefix();
     if listed(&ALLOWLIST, &prefix, now) {
         return None;
     }
     if listed(&DENYLIST, &prefix, now) {
         return Some(Outcome::Denylisted);
+    }
+    if is_banned(&d.key(config), now) {
+        return Some(Outcome::Banned);
     }
     None
 }

@@ -57,3 +57,27 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot restrict {} to root", pin_dir.display()))?;
     Ok(())
 }
+
+/// An fd for a pinned BPF object (BPF_OBJ_GET), for the calls aya 0.14 does not offer.
+pub fn pinned_object_fd(path: &Path) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64; // pathname
+                                 // SAFETY: attr is a zero-padded bpf_attr holding a pointer to a NUL-terminated path that
+                                 // outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot open {}", path.display()));
+    }
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
+}

@@ -1,6 +1,6 @@
 //! Every operation on the program's maps, whether they come from a fresh load or from pins.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use aya::{
@@ -38,6 +38,9 @@ impl ListKind {
 }
 
 pub struct FilterMaps {
+    /// The pin folder, locked (flock) around every read-modify-write of the config record, so
+    /// the agent and a CLI command running at the same moment cannot undo each other's change.
+    lock_dir: Option<PathBuf>,
     config: Array<MapData, KernelConfig>,
     counters: PerCpuArray<MapData, Counters>,
     ban_table: HashMap<MapData, SourceKey, Ban>,
@@ -74,11 +77,30 @@ impl FilterMaps {
 
     /// Opens the maps pinned under `dir` by a loaded program.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
-        Self::build(|name| open_pin(dir, name))
+        let mut maps = Self::build(|name| open_pin(dir, name))?;
+        maps.lock_dir = Some(dir.to_owned());
+        Ok(maps)
+    }
+
+    /// Names the pin folder to lock config updates on (maps taken from a fresh load).
+    pub fn set_lock_dir(&mut self, dir: &Path) {
+        self.lock_dir = Some(dir.to_owned());
+    }
+
+    /// An exclusive lock on the pin folder, held until the returned file is dropped.
+    fn config_lock(&self) -> anyhow::Result<Option<std::fs::File>> {
+        let Some(dir) = &self.lock_dir else { return Ok(None) };
+        let f = std::fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        // SAFETY: flock on a valid fd we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", dir.display()));
+        }
+        Ok(Some(f))
     }
 
     fn build(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(FilterMaps {
+            lock_dir: None,
             config: typed!(get(CONFIG_MAP)?, CONFIG_MAP),
             counters: typed!(get(COUNTERS_MAP)?, COUNTERS_MAP),
             ban_table: typed!(get(BAN_TABLE)?, BAN_TABLE),
@@ -94,6 +116,7 @@ impl FilterMaps {
     /// where `config` leaves it zero (the hash seed, the clock calibration), and the
     /// generation always moves forward, so the program re-reads every source's status.
     pub fn write_config(&mut self, config: &KernelConfig) -> anyhow::Result<()> {
+        let _lock = self.config_lock()?;
         let current = self.read_config()?;
         let mut next = *config;
         next.generation = current.generation.max(config.generation) + 1;
@@ -128,6 +151,7 @@ impl FilterMaps {
 
     /// Sets or clears [`FLAG_V6_LISTS_BY_PREFIX`], telling the program when it changes.
     fn set_v6_lists_by_prefix(&mut self, by_prefix: bool) -> anyhow::Result<()> {
+        let _lock = self.config_lock()?;
         let mut c = self.read_config()?;
         if c.v6_lists_by_prefix() == by_prefix {
             return Ok(());
@@ -140,6 +164,7 @@ impl FilterMaps {
     /// Tells the program that bans or lists changed: every source's cached status is re-read
     /// on its next packet.
     pub fn bump_generation(&mut self) -> anyhow::Result<()> {
+        let _lock = self.config_lock()?;
         let mut c = self.read_config()?;
         c.generation += 1;
         self.config.set(0, c, 0).context("cannot write the config map")
@@ -232,6 +257,57 @@ impl FilterMaps {
         }
     }
 
+    /// Removes expired bans and expired allow/deny entries (an expired list entry would hide
+    /// a wider one still in force from the program's longest-prefix lookup). Each entry is
+    /// read again just before it goes, so a ban the program renewed meanwhile stays; one
+    /// generation bump tells the program. Returns (bans, list entries) removed.
+    pub fn sweep_expired(&mut self) -> anyhow::Result<(usize, usize)> {
+        let now = clock::boot_ns();
+        let mut bans = 0;
+        for (key, _) in self.bans()?.into_iter().filter(|(_, b)| b.expires_ns <= now) {
+            if self.ban_table.get(&key, 0).is_ok_and(|b| b.expires_ns <= now) && self.ban_table.remove(&key).is_ok() {
+                bans += 1;
+            }
+        }
+        let mut entries = 0;
+        for kind in [ListKind::Allow, ListKind::Deny] {
+            for (cidr, _) in self.list(kind)?.into_iter().filter(|(_, e)| e.expires_ns <= now) {
+                let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
+                if self.list_map_mut(kind).remove(&key).is_ok() {
+                    entries += 1;
+                }
+            }
+        }
+        if bans + entries > 0 {
+            self.bump_generation()?;
+        }
+        Ok((bans, entries))
+    }
+
+    /// Moves every IPv6 ban to the key the program uses under a new source prefix length
+    /// (a ban of a /64 becomes a ban of the /48 around it, or of the first /80 in it).
+    /// Returns how many moved.
+    pub fn rekey_ipv6_bans(&mut self, old_prefix: u8, new_prefix: u8) -> anyhow::Result<usize> {
+        let mut moved = 0;
+        for (key, ban) in self.bans()? {
+            if key.is_v4() {
+                continue;
+            }
+            let new_key = crate::addr::source_key(Cidr::from_map(key.addr, u32::from(old_prefix)).addr, new_prefix);
+            if new_key != key {
+                self.ban_table
+                    .insert(new_key, ban, 0)
+                    .context("cannot write the ban table")?;
+                let _ = self.ban_table.remove(&key);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.bump_generation()?;
+        }
+        Ok(moved)
+    }
+
     pub fn offense_history(&self, key: &SourceKey) -> anyhow::Result<Option<OffenseHistory>> {
         match self.offense_history.get(key, 0) {
             Ok(h) => Ok(Some(h)),
@@ -311,13 +387,20 @@ impl FilterMaps {
     /// Returns the sources whose bans were lifted.
     pub fn list_add(&mut self, kind: ListKind, cidr: &Cidr, expires_ns: u64) -> anyhow::Result<Vec<SourceKey>> {
         let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
-        self.list_map_mut(kind)
-            .insert(&key, ListEntry { expires_ns }, 0)
-            .with_context(|| format!("cannot add {cidr} to the {} (is it full?)", kind.map_name()))?;
-        self.bump_generation()?;
+        // An IPv6 entry narrower than a source prefix ends per-prefix caching before it exists,
+        // so no packet can cache a prefix-wide answer that the entry contradicts.
         if cidr.addr.is_ipv6() && cidr.prefix_len > self.read_config()?.ipv6_prefix_len() {
             self.set_v6_lists_by_prefix(false)?;
         }
+        let entry = ListEntry {
+            expires_ns,
+            prefix_len: cidr.map_prefix_len(),
+            _pad: 0,
+        };
+        self.list_map_mut(kind)
+            .insert(&key, entry, 0)
+            .with_context(|| format!("cannot add {cidr} to the {} (is it full?)", kind.map_name()))?;
+        self.bump_generation()?;
         if kind == ListKind::Allow {
             return self.lift_bans_within(cidr);
         }

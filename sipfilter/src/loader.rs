@@ -37,7 +37,8 @@ impl Loaded {
         let prog = xdp_mut(&mut ebpf, XDP_PROGRAM)?;
         prog.load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
-        let maps = FilterMaps::from_ebpf(&mut ebpf)?;
+        let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
+        maps.set_lock_dir(pin_dir);
         let mut config = *config;
         if maps.read_config()?.hash_seed == 0 {
             // First load over these pins: pick this installation's slot-hash seed.

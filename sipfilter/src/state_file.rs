@@ -14,9 +14,13 @@ use std::{
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sipfilter_common::{counters::ban_reason, maps::PERMANENT, Ban, SourceKey};
+use sipfilter_common::{counters::ban_reason, maps::PERMANENT, Ban};
 
-use crate::{addr::Cidr, clock, filter_maps::FilterMaps};
+use crate::{
+    addr::Cidr,
+    clock,
+    filter_maps::{FilterMaps, ListKind},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedBan {
@@ -30,10 +34,25 @@ pub struct SavedBan {
     pub method: u8,
 }
 
+/// An allowlist or denylist entry added with the CLI (or a CIDR ban, which is a timed
+/// denylist entry), kept so it outlives a reboot like a ban does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedListEntry {
+    /// "allow" or "deny".
+    pub list: String,
+    pub cidr: String,
+    /// Unix time in ms at which the entry ends; absent for a permanent entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
     pub version: u32,
     pub bans: Vec<SavedBan>,
+    /// List entries not installed from the configuration.
+    #[serde(default)]
+    pub lists: Vec<SavedListEntry>,
     /// Allowlist and denylist entries the agent installed from its configuration, so a
     /// reload or restart can remove the ones the configuration no longer has (entries added
     /// with the CLI are not in these lists and are left alone).
@@ -52,6 +71,20 @@ fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A CLOCK_BOOTTIME end as a wall-clock end (None: permanent).
+fn to_unix_ms(expires_ns: u64, boot_now: u64, unix_now: u64) -> Option<u64> {
+    (expires_ns != PERMANENT).then(|| unix_now.saturating_add(expires_ns.saturating_sub(boot_now) / 1_000_000))
+}
+
+/// A wall-clock end back on this boot's clock; None when it has passed.
+fn to_boot_ns(expires_unix_ms: Option<u64>, boot_now: u64, unix_now: u64) -> Option<u64> {
+    match expires_unix_ms {
+        None => Some(PERMANENT),
+        Some(ms) if ms <= unix_now => None,
+        Some(ms) => Some(boot_now.saturating_add((ms - unix_now).saturating_mul(1_000_000))),
+    }
+}
+
 fn reason_code(name: &str) -> u8 {
     (0..=255u8)
         .find(|r| ban_reason::name(*r) == name)
@@ -68,7 +101,7 @@ pub fn snapshot(maps: &FilterMaps) -> anyhow::Result<Vec<SavedBan>> {
         .filter(|(_, b)| b.expires_ns > boot_now)
         .map(|(key, b)| SavedBan {
             source: Cidr::from_map(key.addr, 128).addr,
-            expires_unix_ms: (b.expires_ns != PERMANENT).then(|| unix_now + (b.expires_ns - boot_now) / 1_000_000),
+            expires_unix_ms: to_unix_ms(b.expires_ns, boot_now, unix_now),
             strike: b.strike,
             reason: ban_reason::name(b.reason).to_string(),
             method: b.method,
@@ -123,18 +156,14 @@ pub struct Restored {
 pub fn restore(maps: &mut FilterMaps, bans: &[SavedBan]) -> anyhow::Result<Restored> {
     let boot_now = clock::boot_ns();
     let unix_now = unix_ms_now();
+    let ipv6_prefix = maps.read_config()?.ipv6_prefix_len();
     let mut r = Restored::default();
     for saved in bans {
-        let key = SourceKey {
-            addr: Cidr::host(saved.source).key_bytes(),
-        };
-        let expires_ns = match saved.expires_unix_ms {
-            None => PERMANENT,
-            Some(ms) if ms <= unix_now => {
-                r.expired += 1;
-                continue;
-            }
-            Some(ms) => boot_now + (ms - unix_now) * 1_000_000,
+        // Keyed as the program keys it now (the IPv6 source prefix may have changed).
+        let key = crate::addr::source_key(saved.source, ipv6_prefix);
+        let Some(expires_ns) = to_boot_ns(saved.expires_unix_ms, boot_now, unix_now) else {
+            r.expired += 1;
+            continue;
         };
         if maps.ban(&key)?.is_some_and(|b| b.expires_ns > boot_now) {
             r.already_present += 1;
@@ -156,4 +185,57 @@ pub fn restore(maps: &mut FilterMaps, bans: &[SavedBan]) -> anyhow::Result<Resto
         r.restored += 1;
     }
     Ok(r)
+}
+
+fn list_name(kind: ListKind) -> &'static str {
+    match kind {
+        ListKind::Allow => "allow",
+        ListKind::Deny => "deny",
+    }
+}
+
+/// The list entries in force that the configuration did not install, sorted.
+pub fn snapshot_lists(
+    maps: &FilterMaps,
+    managed_allow: &[String],
+    managed_deny: &[String],
+) -> anyhow::Result<Vec<SavedListEntry>> {
+    let boot_now = clock::boot_ns();
+    let unix_now = unix_ms_now();
+    let mut out = Vec::new();
+    for (kind, managed) in [(ListKind::Allow, managed_allow), (ListKind::Deny, managed_deny)] {
+        for (cidr, entry) in maps.list(kind)? {
+            let text = cidr.to_string();
+            if entry.expires_ns <= boot_now || managed.contains(&text) {
+                continue;
+            }
+            out.push(SavedListEntry {
+                list: list_name(kind).to_string(),
+                cidr: text,
+                expires_unix_ms: to_unix_ms(entry.expires_ns, boot_now, unix_now),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Puts saved list entries with time left back, allowlist first (so no restored ban or deny
+/// can cover a trunk in between). Returns (restored, expired).
+pub fn restore_lists(maps: &mut FilterMaps, entries: &[SavedListEntry]) -> anyhow::Result<(usize, usize)> {
+    let boot_now = clock::boot_ns();
+    let unix_now = unix_ms_now();
+    let (mut restored, mut expired) = (0, 0);
+    for kind in [ListKind::Allow, ListKind::Deny] {
+        for e in entries.iter().filter(|e| e.list == list_name(kind)) {
+            let Ok(cidr) = e.cidr.parse::<Cidr>() else { continue };
+            match to_boot_ns(e.expires_unix_ms, boot_now, unix_now) {
+                Some(expires_ns) => {
+                    maps.list_add(kind, &cidr, expires_ns)?;
+                    restored += 1;
+                }
+                None => expired += 1,
+            }
+        }
+    }
+    Ok((restored, expired))
 }

@@ -238,6 +238,9 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
     // when it starts again.
     lab.cli(&["ban", "del", "10.203.0.9"])?;
     lab.cli(&["ban", "add", "10.203.0.8", "--for", "2h"])?;
+    // List entries added with the CLI outlive a reboot too.
+    lab.cli(&["deny", "add", "198.51.100.0/24", "--for", "2h"])?;
+    lab.cli(&["allow", "add", "10.203.0.50"])?;
     let mut agent = lab.agent("agent2", &[])?;
     assert!(agent.log().contains("took over the attachment"), "{}", agent.log());
     eventually("state file follows the CLI", || {
@@ -253,7 +256,8 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
             )
         })
         .collect();
-    assert_eq!(before.len(), 2, "{before:?}");
+    // Two bans of sources, and the timed deny entry, which `ban list` shows as a CIDR ban.
+    assert_eq!(before.len(), 3, "{before:?}");
     agent.wait_for_log("ready", Duration::from_secs(1))?;
     agent.stop()?;
 
@@ -274,8 +278,31 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
         "{}",
         agent.log()
     );
+    assert!(
+        agent
+            .log()
+            .contains("restored 2 allow/deny entr(ies) added with the CLI"),
+        "{}",
+        agent.log()
+    );
+    let list = |kind: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&lab.cli(&[kind, "list", "--json"])?)?)
+    };
+    let deny = list("deny")?;
+    assert_eq!(deny[0]["cidr"], "198.51.100.0/24", "{deny}");
+    let left = deny[0]["expires_in_secs"].as_i64().unwrap();
+    assert!(
+        (7190..=7200).contains(&left),
+        "the deny entry kept its time: {left}s left"
+    );
+    let allow = list("allow")?;
+    assert_eq!(
+        (allow[0]["cidr"].as_str(), allow[0]["permanent"].as_bool()),
+        (Some("10.203.0.50"), Some(true)),
+        "{allow}"
+    );
     let after = ban_list(&lab)?;
-    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after.len(), 3, "{after:?}");
     for b in &after {
         let source = b["source"].as_str().unwrap();
         let left = b["expires_in_secs"].as_i64().unwrap();
@@ -322,6 +349,14 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
         vec![ATTACKER.to_string()],
         "the ban survives the reload"
     );
+
+    // Changing the IPv6 source prefix would re-key every ban: refused on reload.
+    std::fs::write(
+        &config,
+        "[limits.register]\nrate = 1\nburst = 50\n[ban]\nipv6_prefix = 48\n[agent]\nmetrics_listen = \"off\"\n",
+    )?;
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_log("ban.ipv6_prefix changed (/64 to /48)", Duration::from_secs(5))?;
 
     std::fs::write(&config, "[limits.register]\nrate = 1\nburst = 0\n")?;
     agent.signal(libc::SIGHUP);
@@ -406,6 +441,14 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     agent.wait_for_log(&format!("ban source={ATTACKER}"), Duration::from_secs(5))?;
     assert_eq!(rx.from(PHONE), 15);
 
+    // A client that connects and says nothing does not hold the agent up: bans are still
+    // logged and other scrapes still answered while it hangs on.
+    let _silent = {
+        let _inside = lab.pbx.enter()?;
+        std::net::TcpStream::connect("127.0.0.1:9460")?
+    };
+    send(&lab.sender(OTHER)?, "REGISTER", 160)?;
+    agent.wait_for_log(&format!("ban source={OTHER}"), Duration::from_secs(2))?;
     let text = scrape(&lab.pbx, "127.0.0.1:9460")?;
     let check = sh_stdin(&["promtool", "check", "metrics"], &text)?;
     assert!(
@@ -416,17 +459,17 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     );
 
     let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no sample {s} in:\n{text}"));
-    assert_eq!(get(r#"sipfilter_sip_messages_total{method="REGISTER"}"#), 200.0);
+    assert_eq!(get(r#"sipfilter_sip_messages_total{method="REGISTER"}"#), 360.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="OPTIONS"}"#), 10.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="INVITE"}"#), 5.0);
-    assert_eq!(get(r#"sipfilter_packets_total{action="drop"}"#), 50.0);
-    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="rate_register"}"#), 1.0);
-    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="banned"}"#), 49.0);
-    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="accepted"}"#), 165.0);
-    assert_eq!(get(r#"sipfilter_bans_total{reason="rate_register"}"#), 1.0);
-    assert_eq!(get(r#"sipfilter_ban_events_total{reason="rate_register"}"#), 1.0);
-    assert_eq!(get("sipfilter_active_bans"), 1.0);
-    assert!(get("sipfilter_program_runs_total") >= 215.0);
+    assert_eq!(get(r#"sipfilter_packets_total{action="drop"}"#), 60.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="rate_register"}"#), 2.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="banned"}"#), 58.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="accepted"}"#), 315.0);
+    assert_eq!(get(r#"sipfilter_bans_total{reason="rate_register"}"#), 2.0);
+    assert_eq!(get(r#"sipfilter_ban_events_total{reason="rate_register"}"#), 2.0);
+    assert_eq!(get("sipfilter_active_bans"), 2.0);
+    assert!(get("sipfilter_program_runs_total") >= 375.0);
     assert!(get("sipfilter_program_run_seconds_total") > 0.0);
     assert_eq!(get(r#"sipfilter_build_info{version="0.1.0"}"#), 1.0);
     assert!(!text.contains(ATTACKER), "no per-IP labels");

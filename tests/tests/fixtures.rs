@@ -126,6 +126,32 @@ fn table() -> Vec<Row> {
         ));
     }
 
+    // Receivers ignore CRLFs before the start line: so does the classifier (up to two).
+    for (what, payload, method) in [
+        (
+            "CRLF then REGISTER",
+            &b"\r\nREGISTER sip:200@pbx SIP/2.0\r\n\r\n"[..],
+            Method::Register,
+        ),
+        (
+            "two CRLFs then INVITE",
+            b"\r\n\r\nINVITE sip:200@pbx SIP/2.0\r\n\r\n",
+            Method::Invite,
+        ),
+        (
+            "three CRLFs then REGISTER",
+            b"\r\n\r\n\r\nREGISTER sip:200@pbx SIP/2.0\r\n\r\n",
+            Method::Unknown,
+        ),
+    ] {
+        rows.push(pass(
+            what,
+            P::udp4(src4(), dst4(), 5060, 5060, payload).build().bytes,
+            Outcome::Accepted,
+            Some(method),
+        ));
+    }
+
     // Traffic that is not SIP by port or protocol.
     for (what, dport) in [
         ("REGISTER to 5061 (TLS port)", 5061),

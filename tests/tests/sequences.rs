@@ -545,3 +545,57 @@ fn ipv6_list_entries_finer_than_the_source_prefix_apply_to_their_address_only() 
     )?;
     Ok(())
 }
+
+#[test]
+fn an_expired_narrow_list_entry_stops_hiding_a_wider_one_once_swept() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&small_limits())?;
+    let now = sipfilter::clock::boot_ns();
+    f.maps()
+        .list_add(ListKind::Deny, &"203.0.113.0/24".parse()?, PERMANENT)?;
+    // A timed entry inside it (what `ban add 203.0.113.0/28 --for …` stores).
+    f.maps()
+        .list_add(ListKind::Deny, &"203.0.113.0/28".parse()?, now + 200_000_000)?;
+    f.maps()
+        .list_add(ListKind::Allow, &"198.51.100.0/24".parse()?, PERMANENT)?;
+    f.maps()
+        .list_add(ListKind::Allow, &"198.51.100.10/32".parse()?, now + 200_000_000)?;
+    let denied = P::sip4(v4(5), "OPTIONS").build().bytes;
+    let trunk = register(Ipv4Addr::new(198, 51, 100, 10));
+    f.expect(&denied, XDP_DROP, "inside both deny entries")?;
+    assert_eq!(f.run_n(&trunk, 20)?, (20, 0));
+    std::thread::sleep(Duration::from_millis(300));
+    // The agent (every second) and every CLI command sweep expired entries.
+    assert_eq!(f.maps().sweep_expired()?, (0, 2));
+    f.expect(&denied, XDP_DROP, "the /24 still denies once the /28 has expired")?;
+    assert_eq!(
+        f.run_n(&trunk, 20)?,
+        (20, 0),
+        "the /24 still allowlists once the /32 has expired"
+    );
+    assert!(f.maps().bans()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn scope_all_lets_an_allowlisted_address_inside_a_banned_ipv6_prefix_through() -> anyhow::Result<()> {
+    let mut c = small_limits();
+    c.flags |= FLAG_SCOPE_ALL;
+    let mut f = TestFilter::with_config(&c)?;
+    let trunk: Ipv6Addr = "2001:db8:aa:1::5".parse()?;
+    let neighbour: Ipv6Addr = "2001:db8:aa:1::6".parse()?;
+    f.maps().list_add(ListKind::Allow, &Cidr::from(trunk), PERMANENT)?;
+    assert_eq!(f.run_n(&P::sip6(neighbour, "REGISTER").build().bytes, 11)?, (10, 1));
+    // Non-SIP traffic (RTP, say) of the /64: dropped for the neighbour, passed for the trunk.
+    let rtp = |src| {
+        P::udp6(src, "2001:db8::1".parse().unwrap(), 40000, 20000, b"rtp")
+            .build()
+            .bytes
+    };
+    f.expect(&rtp(neighbour), XDP_DROP, "RTP from the banned neighbour")?;
+    f.expect(
+        &rtp(trunk),
+        XDP_PASS,
+        "RTP from the allowlisted trunk in the banned /64",
+    )?;
+    Ok(())
+}

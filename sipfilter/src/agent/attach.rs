@@ -4,7 +4,7 @@
 
 use std::{
     ffi::CString,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -145,7 +145,7 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> anyhow::Result<Vec<Detache
         let pinned = PinnedLink::from_pin(&pin).with_context(|| format!("cannot open {}", pin.display()))?;
         let info = FdLink::from(pinned).info().ok();
         // A running agent may hold the link too: detach it in the kernel, not just unpin it.
-        let fd = obj_get(&pin).with_context(|| format!("cannot open {}", pin.display()))?;
+        let fd = sipfilter::bpffs::pinned_object_fd(&pin)?;
         link_detach(fd.as_raw_fd()).with_context(|| format!("cannot detach from {name}"))?;
         std::fs::remove_file(&pin).with_context(|| format!("cannot unpin {}", pin.display()))?;
         out.push(Detached {
@@ -155,21 +155,6 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> anyhow::Result<Vec<Detache
         });
     }
     Ok(out)
-}
-
-/// BPF_OBJ_GET: an fd for a pinned object.
-fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr holds a valid pointer to a NUL-terminated path for the call's duration.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len() as u32) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: the kernel returned a new fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
 }
 
 /// BPF_LINK_DETACH: ends the attachment whoever else holds the link (aya 0.14 has no call for it).

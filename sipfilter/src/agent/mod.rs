@@ -21,9 +21,9 @@ use sipfilter::{
     events,
     filter_maps::ListKind,
     state_file::{self, StateFile},
-    Cidr, Loaded,
+    Cidr, FilterMaps, Loaded,
 };
-use sipfilter_common::{counters::ban_reason, maps::BAN_TABLE, maps::PERMANENT, Method, SourceKey};
+use sipfilter_common::{counters::ban_reason, maps::BAN_TABLE, maps::PERMANENT, Method};
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt as _, AsyncWriteExt as _},
     signal::unix::{signal, SignalKind},
@@ -125,8 +125,15 @@ pub fn run(pin_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
+        // Installed before anything else, so a SIGHUP or SIGTERM during a long start is
+        // queued for the loop instead of killing the agent half-way.
+        let signals = Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        };
         let agent = Agent::start(pin_dir, args, config)?;
-        agent.serve(listener).await
+        agent.serve(listener, signals).await
     })
 }
 
@@ -148,6 +155,12 @@ pub fn detach(pin_dir: &Path, args: DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
 struct Agent {
     pin_dir: PathBuf,
     args: RunArgs,
@@ -155,11 +168,54 @@ struct Agent {
     loaded: Loaded,
     metrics: metrics::Metrics,
     state: StateFile,
-    /// Active bans as last saved: (source, end, strike).
-    saved_bans: Vec<(SourceKey, u64, u32)>,
+    /// What was last saved: active bans and CLI list entries.
+    saved: (Vec<state_file::SavedBan>, Vec<state_file::SavedListEntry>),
     attached: Vec<String>,
     last_calibration: Instant,
     _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// Metrics requests served at once; more are closed at once.
+const MAX_SCRAPES: usize = 4;
+
+/// Reads one HTTP request (2 s at most), asks the agent's loop for the metrics text if it is
+/// `GET /metrics`, and writes the answer (2 s at most).
+async fn serve_scrape(
+    mut stream: tokio::net::TcpStream,
+    render: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<String>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let request = String::from_utf8_lossy(&head).into_owned();
+    let body = if request.starts_with("GET /metrics") {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if render.send(tx).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), rx).await {
+            Ok(Ok(body)) => body,
+            _ => return,
+        }
+    } else {
+        String::new()
+    };
+    let response = metrics::respond(&request, || body);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&response)).await;
 }
 
 /// How often the program's jiffies clock is re-measured against CLOCK_BOOTTIME.
@@ -168,7 +224,19 @@ const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
 impl Agent {
     fn start(pin_dir: &Path, args: RunArgs, config: Config) -> anyhow::Result<Agent> {
         let fresh = !pin_dir.join(BAN_TABLE).exists();
+        // The IPv6 source prefix the pinned bans are keyed by, before the new config replaces it.
+        let old_prefix = match fresh {
+            true => None,
+            false => Some(FilterMaps::open_pinned(pin_dir)?.read_config()?.ipv6_prefix_len()),
+        };
         let mut loaded = Loaded::load(pin_dir, &config.kernel_config())?;
+        if let Some(old) = old_prefix.filter(|old| *old != config.ipv6_prefix) {
+            let n = loaded.maps.rekey_ipv6_bans(old, config.ipv6_prefix)?;
+            log(format!(
+                "the IPv6 source prefix changed from /{old} to /{}: re-keyed {n} IPv6 ban(s)",
+                config.ipv6_prefix
+            ));
+        }
         if fresh {
             log(format!("created maps under {}", pin_dir.display()));
         } else {
@@ -193,6 +261,12 @@ impl Agent {
                 StateFile::default()
             }
         };
+        if fresh && !state.lists.is_empty() {
+            let (restored, expired) = state_file::restore_lists(&mut loaded.maps, &state.lists)?;
+            log(format!(
+                "restored {restored} allow/deny entr(ies) added with the CLI ({expired} had expired)"
+            ));
+        }
         reconcile_lists(&mut loaded, &config, &mut state)?;
         if fresh && !state.bans.is_empty() {
             let r = state_file::restore(&mut loaded.maps, &state.bans)?;
@@ -231,7 +305,7 @@ impl Agent {
             loaded,
             metrics: metrics::Metrics::new()?,
             state,
-            saved_bans: Vec::new(),
+            saved: (Vec::new(), Vec::new()),
             attached,
             last_calibration: Instant::now(),
             _stats: stats,
@@ -240,7 +314,7 @@ impl Agent {
         Ok(agent)
     }
 
-    async fn serve(mut self, listener: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    async fn serve(mut self, listener: Option<std::net::TcpListener>, mut signals: Signals) -> anyhow::Result<()> {
         let ring: RingBuf<MapData> = self.loaded.take_ban_events()?;
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -249,9 +323,8 @@ impl Agent {
             Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
             None => None,
         };
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let (render_tx, mut render_rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<String>>(8);
+        let scrape_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -267,7 +340,14 @@ impl Agent {
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
-                    let mut guard = guard?;
+                    let mut guard = match guard {
+                        Ok(g) => g,
+                        Err(e) => {
+                            // Stop cleanly (state saved) rather than return half-way.
+                            log(format!("error: cannot read ban events: {e}; stopping"));
+                            break;
+                        }
+                    };
                     for e in events::drain(guard.get_inner_mut()) {
                         self.on_ban_event(&e);
                     }
@@ -280,19 +360,24 @@ impl Agent {
                     }
                 } => {
                     if let Ok((stream, _)) = accepted {
-                        if let Err(e) = self.answer_scrape(stream).await {
-                            log(format!("warning: metrics request failed: {e:#}"));
+                        // Each client is served by its own task: a slow or silent one cannot
+                        // hold up ban events, sweeping or the state file. At most a few at once.
+                        if let Ok(permit) = scrape_slots.clone().try_acquire_owned() {
+                            tokio::spawn(serve_scrape(stream, render_tx.clone(), permit));
                         }
                     }
+                }
+                Some(reply) = render_rx.recv() => {
+                    let _ = reply.send(self.render_metrics());
                 }
                 _ = tick.tick() => {
                     if let Err(e) = self.housekeeping() {
                         log(format!("warning: {e:#}"));
                     }
                 }
-                _ = hup.recv() => self.reload(),
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = signals.hup.recv() => self.reload(),
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
             }
         }
         self.stop()
@@ -316,37 +401,12 @@ impl Agent {
         self.metrics.ban_event(e.reason);
     }
 
-    async fn answer_scrape(&mut self, mut stream: tokio::net::TcpStream) -> anyhow::Result<()> {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        let read = tokio::time::timeout(Duration::from_secs(2), async {
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                let n = stream.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        if !matches!(read, Ok(Ok(()))) {
-            return Ok(());
-        }
-        let request = String::from_utf8_lossy(&head).into_owned();
-        let mut body_error = None;
-        let response = metrics::respond(&request, || match self.refresh_metrics() {
-            Ok(()) => self.metrics.encode(),
-            Err(e) => {
-                body_error = Some(e);
-                self.metrics.encode()
-            }
-        });
-        if let Some(e) = body_error {
+    /// The metrics text, brought up to date with the maps.
+    fn render_metrics(&mut self) -> String {
+        if let Err(e) = self.refresh_metrics() {
             log(format!("warning: metrics may be stale: {e:#}"));
         }
-        tokio::time::timeout(Duration::from_secs(2), stream.write_all(&response)).await??;
-        Ok(())
+        self.metrics.encode()
     }
 
     fn refresh_metrics(&mut self) -> anyhow::Result<()> {
@@ -379,18 +439,7 @@ impl Agent {
     /// Every second: sweep expired bans, keep the state file current, recalibrate the clock now
     /// and then.
     fn housekeeping(&mut self) -> anyhow::Result<()> {
-        let now = clock::boot_ns();
-        let expired: Vec<SourceKey> = self
-            .loaded
-            .maps
-            .bans()?
-            .into_iter()
-            .filter(|(_, b)| b.expires_ns <= now)
-            .map(|(k, _)| k)
-            .collect();
-        for key in expired {
-            self.loaded.maps.remove_ban(&key)?;
-        }
+        self.loaded.maps.sweep_expired()?;
         self.save_state_if_changed(false)?;
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
             self.last_calibration = Instant::now();
@@ -403,24 +452,32 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes the state file when the set of active bans changed (or when `force`).
+    /// Writes the state file when the active bans or the CLI's list entries changed (or when
+    /// `force`).
     fn save_state_if_changed(&mut self, force: bool) -> anyhow::Result<()> {
-        let now = clock::boot_ns();
-        let mut current: Vec<(SourceKey, u64, u32)> = self
-            .loaded
-            .maps
-            .bans()?
-            .into_iter()
-            .filter(|(_, b)| b.expires_ns > now)
-            .map(|(k, b)| (k, b.expires_ns, b.strike))
-            .collect();
-        current.sort();
-        if !force && current == self.saved_bans {
+        let maps = &self.loaded.maps;
+        let bans = state_file::snapshot(maps)?;
+        let lists = state_file::snapshot_lists(maps, &self.state.managed_allow, &self.state.managed_deny)?;
+        // Ends are re-derived from two clocks each time and wobble by a millisecond or two;
+        // compare at whole seconds so an unchanged set is not rewritten every second.
+        let seconds = |b: &[state_file::SavedBan], l: &[state_file::SavedListEntry]| {
+            let b: Vec<_> = b
+                .iter()
+                .map(|x| (x.source, x.expires_unix_ms.map(|m| m / 1000), x.strike))
+                .collect();
+            let l: Vec<_> = l
+                .iter()
+                .map(|x| (x.list.clone(), x.cidr.clone(), x.expires_unix_ms.map(|m| m / 1000)))
+                .collect();
+            (b, l)
+        };
+        if !force && seconds(&bans, &lists) == seconds(&self.saved.0, &self.saved.1) {
             return Ok(());
         }
-        self.state.bans = state_file::snapshot(&self.loaded.maps)?;
+        self.state.bans = bans.clone();
+        self.state.lists = lists.clone();
         state_file::save(&self.config.state_file, &self.state)?;
-        self.saved_bans = current;
+        self.saved = (bans, lists);
         Ok(())
     }
 
@@ -436,6 +493,13 @@ impl Agent {
                 return;
             }
         };
+        if new.ipv6_prefix != self.config.ipv6_prefix {
+            log(format!(
+                "reload failed, keeping the running configuration: ban.ipv6_prefix changed (/{} to /{}), which re-keys every IPv6 ban and bucket; restart the agent to apply it",
+                self.config.ipv6_prefix, new.ipv6_prefix
+            ));
+            return;
+        }
         let applied = (|| -> anyhow::Result<()> {
             self.loaded.maps.write_config(&new.kernel_config())?;
             let mut state = self.state.clone();

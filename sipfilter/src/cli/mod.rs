@@ -88,13 +88,15 @@ fn open_maps(pin_dir: &Path) -> anyhow::Result<FilterMaps> {
             })
         }
     }
-    FilterMaps::open_pinned(pin_dir)
+    let mut maps = FilterMaps::open_pinned(pin_dir)?;
+    // Whether or not the agent runs, no command works on (or shows) what has expired.
+    maps.sweep_expired()?;
+    Ok(maps)
 }
 
 /// The IPv6 source-key prefix length the program is configured with.
 fn ipv6_prefix_len(maps: &FilterMaps) -> anyhow::Result<u8> {
-    let config = maps.read_config()?;
-    Ok(config.ipv6_mask_be.iter().map(|w| w.count_ones()).sum::<u32>() as u8)
+    Ok(maps.read_config()?.ipv6_prefix_len())
 }
 
 fn duration_ns(d: Duration) -> u64 {

@@ -1,14 +1,6 @@
 //! `sipfilter status`: what is loaded and attached, how it is configured, what it costs.
 
-use std::{
-    ffi::CString,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
-    path::Path,
-    process::Command,
-};
+use std::{os::fd::AsRawFd as _, path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
@@ -252,7 +244,6 @@ struct LinkInfo {
     ifindex: u32,
 }
 
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 
@@ -269,12 +260,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long>
 /// The kernel's record of a pinned XDP link: link id, program id and interface index
 /// (aya's LinkInfo does not expose the interface).
 fn link_info(path: &Path) -> anyhow::Result<LinkInfo> {
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let mut attr = [0u64; 16];
-    attr[0] = c_path.as_ptr() as u64; // pathname
-    let fd = bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: BPF_OBJ_GET returned a new file descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = sipfilter::bpffs::pinned_object_fd(path)?;
     // struct bpf_link_info: u32 type, id, prog_id; then an 8-aligned union whose xdp
     // member starts with u32 ifindex (offset 16).
     let mut info = [0u64; 32];

@@ -123,7 +123,10 @@ pub struct Ban {
     pub reason: u8,
     /// The [`crate::Method`] of the packet that caused it.
     pub method: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the program recorded it in monitor mode: nothing was dropped for it, and the
+    /// agent lifts it when monitor mode ends rather than enforcing it after the fact.
+    pub monitor: u8,
+    pub _pad: u8,
 }
 
 /// The value of an allowlist or denylist entry (keyed by prefix). An entry stops applying

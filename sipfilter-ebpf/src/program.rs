@@ -597,7 +597,8 @@ fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, method: Method,
         strike,
         reason: ban_reason::RATE + class as u8,
         method: method as u8,
-        _pad: [0; 2],
+        monitor: config.monitor() as u8,
+        _pad: 0,
     };
     let stored = BAN_TABLE.insert(key, &entry, 0).is_ok();
     let history = OffenseHistory {

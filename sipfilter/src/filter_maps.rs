@@ -229,7 +229,8 @@ impl FilterMaps {
             strike: 1,
             reason,
             method: sipfilter_common::Method::Unknown as u8,
-            _pad: [0; 2],
+            monitor: 0,
+            _pad: 0,
         };
         self.insert_ban(key, &ban)?;
         Ok(ban)
@@ -282,6 +283,25 @@ impl FilterMaps {
             self.bump_generation()?;
         }
         Ok((bans, entries))
+    }
+
+    /// Lifts the bans the program recorded in monitor mode (which dropped nothing), so ending
+    /// monitor mode does not enforce a week of escalated bans on sources nobody has looked at.
+    /// Returns how many.
+    pub fn lift_monitor_bans(&mut self) -> anyhow::Result<usize> {
+        let keys: Vec<SourceKey> = self
+            .bans()?
+            .into_iter()
+            .filter(|(_, b)| b.monitor != 0)
+            .map(|(k, _)| k)
+            .collect();
+        for key in &keys {
+            let _ = self.ban_table.remove(key);
+        }
+        if !keys.is_empty() {
+            self.bump_generation()?;
+        }
+        Ok(keys.len())
     }
 
     /// Moves every IPv6 ban to the key the program uses under a new source prefix length

@@ -179,7 +179,8 @@ pub fn restore(maps: &mut FilterMaps, bans: &[SavedBan]) -> anyhow::Result<Resto
             strike: saved.strike,
             reason: reason_code(&saved.reason),
             method: saved.method,
-            _pad: [0; 2],
+            monitor: 0,
+            _pad: 0,
         };
         maps.insert_ban(&key, &ban)?;
         r.restored += 1;

@@ -366,6 +366,13 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
     agent.wait_for_log(&want, Duration::from_secs(5))?;
     send(&lab.sender(OTHER)?, "REGISTER", 45)?;
     assert_eq!(rx.from(OTHER), 45, "the running configuration (burst 50) still applies");
+    // The reloads kept the phone's bucket: it had 10 of its 50 left (plus ~1/s of refill).
+    send(&lab.sender(PHONE)?, "REGISTER", 20)?;
+    let phone_total = rx.from(PHONE);
+    assert!(
+        (50..=54).contains(&phone_total),
+        "the phone's bucket was kept: {phone_total} of 60 passed"
+    );
     let log = agent.stop()?;
     assert!(log.contains("detached from"), "{log}");
     assert!(!lab.has_xdp()?, "--detach-on-exit detaches");
@@ -560,5 +567,35 @@ fn without_native_xdp_it_falls_back_to_generic_mode_and_detach_says_what_it_remo
     let rest = sipfilter(None, &lab.pin_dir(), &["detach"])?;
     assert!(String::from_utf8_lossy(&rest.stdout).contains(&format!("detached sipfilter from {}", lab.pbx_if)));
     assert!(!lab.has_xdp()?);
+    Ok(())
+}
+
+#[test]
+fn ending_monitor_mode_lifts_the_bans_it_recorded() -> anyhow::Result<()> {
+    let lab = Lab::new("monitor")?;
+    let config = lab.path("sipfilter.toml");
+    std::fs::write(&config, "monitor = true\n[agent]\nmetrics_listen = \"off\"\n")?;
+    let rx = lab.receiver()?;
+    let config_arg = config.display().to_string();
+    let mut agent = lab.agent("agent", &["--config", &config_arg, "--detach-on-exit"])?;
+    send(&lab.sender(ATTACKER)?, "REGISTER", 200)?;
+    agent.wait_for_log(
+        &format!("ban source={ATTACKER} reason=rate_register method=REGISTER duration=300s strike=1 monitor=true"),
+        Duration::from_secs(5),
+    )?;
+    assert_eq!(rx.from(ATTACKER), 200, "monitor mode drops nothing");
+    assert_eq!(
+        banned_sources(&lab)?,
+        vec![ATTACKER.to_string()],
+        "but records who would be banned"
+    );
+
+    std::fs::write(&config, "monitor = false\n[agent]\nmetrics_listen = \"off\"\n")?;
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_log("monitor mode is off: lifted 1 ban(s)", Duration::from_secs(5))?;
+    assert!(banned_sources(&lab)?.is_empty());
+    // From now on it enforces: the same flood is cut off after its burst.
+    send(&lab.sender(PHONE)?, "REGISTER", 200)?;
+    assert_eq!(rx.from(PHONE), 150);
     Ok(())
 }

@@ -184,7 +184,8 @@ fn expired_ban_no_longer_drops() -> anyhow::Result<()> {
         strike: 1,
         reason: ban_reason::MANUAL,
         method: 0,
-        _pad: [0; 2],
+        monitor: 0,
+        _pad: 0,
     };
     f.maps().insert_ban(&key, &ban)?;
     f.expect(&register(other), XDP_PASS, "past-expiry ban")?;
@@ -343,10 +344,31 @@ fn monitor_mode_counts_would_drop_but_passes_everything() -> anyhow::Result<()> 
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].monitor, 1);
 
-    // Turning monitor mode off at runtime enforces at once.
+    let key = source_key(v4(80).into(), 64);
+    assert_eq!(
+        f.maps().ban(&key)?.map(|b| b.monitor),
+        Some(1),
+        "the ban is marked as a monitor-mode ban"
+    );
+
+    // Turning monitor mode off at runtime enforces at once: the denylist, and the buckets.
+    // (The agent lifts the bans recorded in monitor mode when it turns it off: they never
+    // dropped anything, so nobody has checked them.)
     c.flags &= !FLAG_MONITOR;
     f.set_config(&c)?;
-    f.expect(&frame, XDP_DROP, "monitor mode off")?;
+    f.expect(
+        &P::sip4(Ipv4Addr::new(192, 0, 2, 9), "INVITE").build().bytes,
+        XDP_DROP,
+        "denylisted, monitor off",
+    )?;
+    assert_eq!(f.maps().lift_monitor_bans()?, 1);
+    assert!(f.maps().ban(&key)?.is_none());
+    let other = register(v4(81));
+    assert_eq!(f.run_n(&other, 11)?, (10, 1), "a new flood is cut off for real");
+    assert_eq!(
+        f.maps().ban(&source_key(v4(81).into(), 64))?.map(|b| b.monitor),
+        Some(0)
+    );
     Ok(())
 }
 

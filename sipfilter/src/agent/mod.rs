@@ -268,6 +268,9 @@ impl Agent {
             ));
         }
         reconcile_lists(&mut loaded, &config, &mut state)?;
+        if !config.monitor {
+            lift_monitor_bans(&mut loaded)?;
+        }
         if fresh && !state.bans.is_empty() {
             let r = state_file::restore(&mut loaded.maps, &state.bans)?;
             log(format!(
@@ -502,6 +505,9 @@ impl Agent {
         }
         let applied = (|| -> anyhow::Result<()> {
             self.loaded.maps.write_config(&new.kernel_config())?;
+            if self.config.monitor && !new.monitor {
+                lift_monitor_bans(&mut self.loaded)?;
+            }
             let mut state = self.state.clone();
             reconcile_lists(&mut self.loaded, &new, &mut state)?;
             self.state = state;
@@ -551,6 +557,17 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Monitor mode is over: its bans were never enforced, and are not now.
+fn lift_monitor_bans(loaded: &mut Loaded) -> anyhow::Result<()> {
+    let n = loaded.maps.lift_monitor_bans()?;
+    if n > 0 {
+        log(format!(
+            "monitor mode is off: lifted {n} ban(s) recorded while it was on (they dropped nothing)"
+        ));
+    }
+    Ok(())
 }
 
 /// Makes the maps' lists match the configuration's: adds every configured entry, removes

@@ -30,6 +30,7 @@ impl Loaded {
     /// survive a restart) and pinning new ones there, then writes `config`.
     pub fn load(pin_dir: &Path, config: &KernelConfig) -> anyhow::Result<Self> {
         bpffs::prepare_pin_dir(pin_dir)?;
+        check_pinned_layouts(pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
@@ -135,6 +136,61 @@ impl Loaded {
             .map_err(|e| anyhow!("the kernel refused the floor program: {e}"))?;
         xdp(&self.ebpf, FLOOR_PROGRAM)
     }
+}
+
+/// The layout each pinned map must have for this version: (name, key size, value size,
+/// max entries). The loader reuses pins by name without comparing them, so a version that
+/// changed a layout would otherwise fail in the verifier, or worse, misread the data.
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 9] {
+    use sipfilter_common::{maps::*, Ban, Counters, ListEntry, OffenseHistory, RateState, SourceKey};
+    use std::mem::size_of;
+    let lpm_key = 4 + 16;
+    [
+        (CONFIG_MAP, 4, size_of::<KernelConfig>(), 1),
+        (COUNTERS_MAP, 4, size_of::<Counters>(), 1),
+        (BAN_TABLE, size_of::<SourceKey>(), size_of::<Ban>(), BAN_TABLE_SIZE),
+        (
+            OFFENSE_HISTORY,
+            size_of::<SourceKey>(),
+            size_of::<OffenseHistory>(),
+            OFFENSE_HISTORY_SIZE,
+        ),
+        (RATE_STATE, 4, size_of::<RateState>(), RATE_STATE_SLOTS),
+        (
+            RATE_OVERFLOW,
+            size_of::<SourceKey>(),
+            size_of::<RateState>(),
+            RATE_OVERFLOW_SIZE,
+        ),
+        (ALLOWLIST, lpm_key, size_of::<ListEntry>(), LIST_SIZE),
+        (DENYLIST, lpm_key, size_of::<ListEntry>(), LIST_SIZE),
+        (BAN_EVENTS, 0, 0, BAN_EVENTS_BYTES),
+    ]
+}
+
+/// Refuses, in one sentence with what to do, maps pinned by a version with other layouts.
+fn check_pinned_layouts(pin_dir: &Path) -> anyhow::Result<()> {
+    for (name, key, value, entries) in expected_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("cannot inspect {}", path.display()))?;
+        let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if found != (key, value, entries) {
+            anyhow::bail!(
+                "the maps pinned under {dir} were made by an incompatible sipfilter version ({name}: keys of {} bytes, values of {} bytes, {} entries; this version needs {key}, {value}, {entries}); \
+                 detach and remove them (`sipfilter --pin-dir {dir} detach; rm -r {dir}`) and start again: the agent's state file restores the bans",
+                found.0,
+                found.1,
+                found.2,
+                dir = pin_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn elapsed_hz(ticks: u64, elapsed_ns: u64) -> u64 {

@@ -621,3 +621,38 @@ fn scope_all_lets_an_allowlisted_address_inside_a_banned_ipv6_prefix_through() -
     )?;
     Ok(())
 }
+
+#[test]
+fn maps_pinned_by_an_incompatible_version_are_refused_with_what_to_do() -> anyhow::Result<()> {
+    let bpffs = sipfilter_tests::harness::PrivateBpffs::new()?;
+    // A "previous version" whose ban table held 8-byte values.
+    let dir = bpffs.pin_dir();
+    std::fs::create_dir_all(&dir)?;
+    let ban_table = dir.join("ban_table");
+    sipfilter_tests::netns::sh(&[
+        "bpftool",
+        "map",
+        "create",
+        ban_table.to_str().unwrap(),
+        "type",
+        "hash",
+        "key",
+        "16",
+        "value",
+        "8",
+        "entries",
+        "16",
+        "name",
+        "ban_table",
+    ])?;
+    let err = match sipfilter::Loaded::load(&dir, &KernelConfig::default()) {
+        Ok(_) => anyhow::bail!("an incompatible pin was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("incompatible sipfilter version (ban_table: keys of 16 bytes, values of 8 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("detach; rm -r"), "{err}");
+    Ok(())
+}

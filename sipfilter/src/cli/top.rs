@@ -24,7 +24,8 @@ Examples:
 
 REQUESTS and DROPS count SIP messages since the source was first seen (the rate-state map
 forgets quiet sources when it fills); REQ/S and DROP/S, shown while refreshing, are the
-rates over the last refresh.";
+rates over the last refresh, and refreshing sorts by them: the busiest sources right now.
+--once and --json sort by the totals.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortBy {
@@ -50,21 +51,38 @@ pub struct TopArgs {
 
 struct Sample {
     sources: Vec<(SourceKey, RateState)>,
+    /// Every tracked source's totals, for the next refresh's rates.
+    all: Totals,
     bans: HashMap<SourceKey, Ban>,
     total: usize,
     now_ns: u64,
 }
 
-fn sample(maps: &FilterMaps, sort: SortBy, count: usize) -> anyhow::Result<Sample> {
+/// The busiest `count` sources. With `previous` totals (refreshing), "busiest" means most
+/// messages since the previous refresh, so a flood that started a moment ago is on top even
+/// when older sources have larger totals; otherwise, largest totals.
+fn sample(maps: &FilterMaps, sort: SortBy, count: usize, previous: Option<&Totals>) -> anyhow::Result<Sample> {
     let mut sources = maps.rate_states()?;
     let total = sources.len();
+    let since = |k: &SourceKey, s: &RateState| -> (u64, u64) {
+        let (pr, pd) = previous.and_then(|p| p.get(k)).copied().unwrap_or((0, 0));
+        (s.requests.saturating_sub(pr), s.drops.saturating_sub(pd))
+    };
     sources.sort_by(|(ka, a), (kb, b)| {
-        let key = |s: &RateState| match sort {
-            SortBy::Requests => (s.requests, s.drops),
-            SortBy::Drops => (s.drops, s.requests),
+        let key = |k: &SourceKey, s: &RateState| {
+            let (r, d) = if previous.is_some() {
+                since(k, s)
+            } else {
+                (s.requests, s.drops)
+            };
+            match sort {
+                SortBy::Requests => (r, d, s.requests),
+                SortBy::Drops => (d, r, s.drops),
+            }
         };
-        key(b).cmp(&key(a)).then(ka.cmp(kb))
+        key(kb, b).cmp(&key(ka, a)).then(ka.cmp(kb))
     });
+    let all: Totals = sources.iter().map(|(k, st)| (*k, (st.requests, st.drops))).collect();
     sources.truncate(count);
     let now_ns = boot_ns();
     let bans = maps
@@ -74,6 +92,7 @@ fn sample(maps: &FilterMaps, sort: SortBy, count: usize) -> anyhow::Result<Sampl
         .collect();
     Ok(Sample {
         sources,
+        all,
         bans,
         total,
         now_ns,
@@ -83,7 +102,7 @@ fn sample(maps: &FilterMaps, sort: SortBy, count: usize) -> anyhow::Result<Sampl
 pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
     let prefix = ipv6_prefix_len(maps)?;
     if args.json {
-        let s = sample(maps, args.sort, args.count)?;
+        let s = sample(maps, args.sort, args.count, None)?;
         let items: Vec<_> = s
             .sources
             .iter()
@@ -102,14 +121,14 @@ pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
         return print_json(&json!({ "tracked_sources": s.total, "sources": items }));
     }
     if args.once || !std::io::stdout().is_terminal() {
-        let s = sample(maps, args.sort, args.count)?;
+        let s = sample(maps, args.sort, args.count, None)?;
         print!("{}", render(&s, prefix, None));
         return Ok(());
     }
     // Like top(1): redraw every second until interrupted (Ctrl-C ends the process).
     let mut previous: Option<(Instant, Totals)> = None;
     loop {
-        let s = sample(maps, args.sort, args.count)?;
+        let s = sample(maps, args.sort, args.count, previous.as_ref().map(|(_, p)| p))?;
         let taken = Instant::now();
         let rates = previous.as_ref().map(|(at, prev)| (taken.duration_since(*at), prev));
         let body = render(&s, prefix, Some(rates));
@@ -125,10 +144,7 @@ pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
         drop(out);
-        previous = Some((
-            taken,
-            s.sources.iter().map(|(k, st)| (*k, (st.requests, st.drops))).collect(),
-        ));
+        previous = Some((taken, s.all));
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -144,37 +144,42 @@ pub struct Background {
 impl Netns {
     /// Starts `args` in this namespace with `cwd` as its folder, logging to `cwd/<name>.out`.
     pub fn spawn(&self, name: &str, args: &[&str], cwd: &std::path::Path) -> anyhow::Result<Background> {
-        use std::os::unix::process::CommandExt as _;
-        let log = cwd.join(format!("{name}.out"));
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name])
-            .args(args)
-            .current_dir(cwd)
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Its own process group: a Ctrl-C meant for the test run reaches the test, whose
-            // guards then stop it.
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({})", args[0]))?;
-        Ok(Background {
-            name: name.into(),
-            child,
-            status: None,
-            log,
-        })
+        spawn_in(&self.name, name, args, cwd)
     }
+}
+
+/// [`Netns::spawn`] for a namespace known by name (one this code did not create).
+pub fn spawn_in(ns: &str, name: &str, args: &[&str], cwd: &std::path::Path) -> anyhow::Result<Background> {
+    use std::os::unix::process::CommandExt as _;
+    let log = cwd.join(format!("{name}.out"));
+    let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: a Ctrl-C meant for the test run reaches the test, whose
+        // guards then stop it.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", args[0]))?;
+    Ok(Background {
+        name: name.into(),
+        child,
+        status: None,
+        log,
+    })
 }
 
 impl Background {

@@ -21,9 +21,9 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -91,21 +91,7 @@ fn sleep(d: Duration) -> anyhow::Result<()> {
     check_interrupted()
 }
 
-fn sh(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", args[0]))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::netns::{self, sh};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -123,64 +109,26 @@ fn sipfilter_bin() -> PathBuf {
 
 // --- processes ---
 
-/// A process started inside a namespace, in its own process group (Ctrl-C reaches only
-/// xtask, which then stops it in order), killed when dropped, and sent SIGTERM by the kernel
-/// if xtask itself dies.
-struct Proc {
-    name: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    log: PathBuf,
-}
+/// A process started inside a namespace (the tests' [`netns::Background`]: its own process
+/// group, so Ctrl-C reaches only xtask, which then stops it in order; stopped when dropped;
+/// sent SIGTERM by the kernel if xtask itself dies), with waits that notice Ctrl-C.
+struct Proc(netns::Background);
 
 impl Proc {
     fn spawn(name: &str, ns: &str, args: &[&str], cwd: &Path) -> anyhow::Result<Proc> {
-        let log = cwd.join(format!("{name}.out"));
-        let out = File::create(&log)?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new("ip");
-        // `ip netns exec` execs the command, so the child's pid is the program's pid.
-        cmd.args(["netns", "exec", ns])
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({})", args[0]))?;
-        Ok(Proc {
-            name: name.into(),
-            child,
-            status: None,
-            log,
-        })
+        Ok(Proc(netns::spawn_in(ns, name, args, cwd)?))
     }
 
     fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.output()
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
+        self.0.exited()
     }
 
     fn signal(&mut self, sig: libc::c_int) {
-        if self.exited().is_none() {
-            // SAFETY: our own child, not reaped yet, so the pid is still ours.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        }
+        self.0.signal(sig);
     }
 
     /// Waits for the process to end on its own.
@@ -194,7 +142,7 @@ impl Proc {
             if Instant::now() > end {
                 bail!(
                     "{} did not finish within {timeout:?}; its output:\n{}",
-                    self.name,
+                    self.0.name,
                     tail(&self.output(), 20)
                 );
             }
@@ -204,15 +152,7 @@ impl Proc {
 
     /// Sends `sig`, waits up to `grace`, then kills.
     fn stop(&mut self, sig: libc::c_int, grace: Duration) {
-        self.signal(sig);
-        let end = Instant::now() + grace;
-        while self.exited().is_none() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
+        self.0.stop(sig, grace);
     }
 
     /// SIPp exits 0 when every call succeeded and 1 when some failed; anything else means
@@ -223,16 +163,10 @@ impl Proc {
             Some(0 | 1) => Ok(()),
             _ => bail!(
                 "SIPp ({}) failed with {status}; its output:\n{}",
-                self.name,
+                self.0.name,
                 tail(&self.output(), 30)
             ),
         }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop(libc::SIGTERM, Duration::from_secs(3));
     }
 }
 

@@ -6,6 +6,11 @@
 mod bench;
 mod cleanup;
 mod demo;
+// The tests' namespace and process helpers, shared as source: xtask cannot depend on the
+// tests crate, which needs the eBPF toolchain that `xtask setup` installs.
+#[allow(dead_code)]
+#[path = "../../tests/src/netns.rs"]
+mod netns;
 mod setup;
 mod test;
 

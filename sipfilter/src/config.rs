@@ -129,13 +129,7 @@ impl Config {
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            line: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Config::parse(&text, path)
+        Config::parse(&read_text(path)?, path)
     }
 
     /// Validates configuration text; `path` names it in errors and anchors relative list files.
@@ -338,14 +332,19 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
-/// Reads a file of CIDRs, one per line; `#` starts a comment; blank lines are skipped.
-pub fn read_cidr_file(path: &Path) -> Result<Vec<Cidr>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+/// A file's text, or an error naming it.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         line: None,
         field: None,
         message: format!("cannot read: {e}"),
-    })?;
+    })
+}
+
+/// Reads a file of CIDRs, one per line; `#` starts a comment; blank lines are skipped.
+pub fn read_cidr_file(path: &Path) -> Result<Vec<Cidr>, ConfigError> {
+    let text = read_text(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();

@@ -6,3 +6,4 @@ pub mod agent;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod sipp;

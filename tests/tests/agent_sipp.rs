@@ -18,6 +18,7 @@ use serde_json::Value;
 use sipfilter_tests::{
     harness::PrivateBpffs,
     netns::{veth_pair, Background, Netns, ScratchDir},
+    sipp::{sipp_args, PBX_SERVER_ARGS},
 };
 
 /// The default REGISTER burst (sipfilter-common's defaults, README "Defaults and why").
@@ -104,12 +105,8 @@ impl Lab {
         let dir = self.subdir(name);
         std::fs::copy(demo_file(scenario), dir.join(scenario))?;
         let target = format!("{}:5060", self.pbx_ip);
-        let mut args = vec!["sipp", "-sf", scenario];
-        if remote {
-            args.extend([target.as_str(), "-default_behaviors", "all,-bye"]);
-        }
-        args.extend(["-i", local_ip, "-p", "5060", "-nostdin", "-trace_screen"]);
-        args.extend_from_slice(extra);
+        let args = sipp_args(scenario, remote.then_some(target.as_str()), local_ip, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ns.spawn(name, &args, &dir)
     }
 
@@ -122,7 +119,7 @@ impl Lab {
             "pbx.xml",
             &self.pbx_ip.clone(),
             false,
-            &["-deadcall_wait", "0", "-trace_logs", "-buff_size", "4194304"],
+            PBX_SERVER_ARGS,
         )?;
         std::thread::sleep(Duration::from_millis(700));
         Ok(pbx)

@@ -91,7 +91,10 @@ fn sleep(d: Duration) -> anyhow::Result<()> {
     check_interrupted()
 }
 
-use crate::netns::{self, sh};
+use crate::{
+    netns::{self, sh},
+    sipp::{sipp_args, PBX_SERVER_ARGS},
+};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -301,16 +304,8 @@ impl Lab {
         std::fs::copy(workspace().join("demo").join(scenario), dir.join(scenario))
             .with_context(|| format!("cannot copy demo/{scenario}"))?;
         let target = format!("{PBX_IP}:5060");
-        let mut args = vec!["sipp", "-sf", scenario];
-        if remote {
-            args.push(&target);
-        }
-        args.extend(["-i", local_ip, "-p", "5060", "-nostdin", "-trace_screen"]);
-        if remote {
-            // An aborted REGISTER must not turn into a BYE.
-            args.extend(["-default_behaviors", "all,-bye"]);
-        }
-        args.extend_from_slice(extra);
+        let args = sipp_args(scenario, remote.then_some(target.as_str()), local_ip, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Proc::spawn(name, &self.ns(role), &args, &dir)
     }
 
@@ -318,14 +313,7 @@ impl Lab {
     /// socket buffer (SIPp's default is 64 KiB) so that a burst of 150 back-to-back REGISTERs,
     /// which sipfilter lets through, is not lost in the PBX's own socket.
     fn start_pbx(&self) -> anyhow::Result<Proc> {
-        let pbx = self.sipp(
-            "pbx",
-            "pbx",
-            "pbx.xml",
-            PBX_IP,
-            false,
-            &["-deadcall_wait", "0", "-trace_logs", "-buff_size", "4194304"],
-        )?;
+        let pbx = self.sipp("pbx", "pbx", "pbx.xml", PBX_IP, false, PBX_SERVER_ARGS)?;
         // SIPp binds in well under a second; give it that before anyone sends.
         sleep(Duration::from_millis(700))?;
         Ok(pbx)

@@ -12,6 +12,8 @@ mod demo;
 #[path = "../../tests/src/netns.rs"]
 mod netns;
 mod setup;
+#[path = "../../tests/src/sipp.rs"]
+mod sipp;
 mod test;
 
 use clap::{Parser, Subcommand};

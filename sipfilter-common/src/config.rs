@@ -21,6 +21,75 @@ pub const FLAG_SCOPE_ALL: u32 = 2;
 /// every address of a source prefix then has the same list status, and the program may cache
 /// it per source like it does for IPv4 instead of looking the lists up on every packet.
 pub const FLAG_V6_LISTS_BY_PREFIX: u32 = 4;
+/// Stealth: OPTIONS from a source that is neither known nor allowlisted are dropped.
+pub const FLAG_STEALTH: u32 = 8;
+/// Stealth for every request but REGISTER (sites that take no calls from the internet).
+pub const FLAG_STEALTH_ALL: u32 = 16;
+/// Set by userspace while quarantine is on and some extension is on the cracked list: the
+/// program then reads the extension of REGISTERs and INVITEs from unknown sources.
+pub const FLAG_QUARANTINE: u32 = 32;
+/// Withhold the 2xx that proves a guessed password (see README, "Cracked extensions").
+pub const FLAG_WITHHOLD: u32 = 64;
+/// Trust tiers in force: the answers program runs, so sources can become known, and unknown
+/// ones get `unknown_limits`. Without it every source gets `limits` (and stealth and
+/// quarantine, which need the tiers, stay off). Not set by this version's loader: the answers
+/// program does not yet pass the verifier (README, "Status").
+pub const FLAG_TRUST: u32 = 128;
+
+/// A leaky budget of answers: `capacity` answers, one leaking away every `leak_secs`.
+/// Capacity 0: no budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Budget {
+    pub capacity: u32,
+    pub leak_secs: u32,
+}
+
+/// What a trust tier may collect from the PBX before it is banned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TierPolicy {
+    /// Credential failures (a re-challenge, or 403).
+    pub failures: Budget,
+    /// Credential failures again, over a longer time: catches a robot guessing slowly.
+    pub slow_failures: Budget,
+    /// 404, 484, 604.
+    pub not_found: Budget,
+    /// First challenges (401/407 to requests without credentials).
+    pub challenges: Budget,
+    /// A 2xx after failures on at least this many other extensions is a cracked extension
+    /// (0: never).
+    pub crack_min_extensions: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustConfig {
+    pub unknown: TierPolicy,
+    pub known: TierPolicy,
+    /// How long a source stays known after its last clean REGISTER success.
+    pub known_ttl_secs: u32,
+    /// Failures this recent make a source a suspect (for the cracked rule).
+    pub suspect_window_secs: u32,
+    /// IPv6: the whole prefix is banned once this many of its addresses were banned within
+    /// the escalation window.
+    pub prefix_ban_after: u32,
+    pub _pad: u32,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            unknown: defaults::UNKNOWN_POLICY,
+            known: defaults::KNOWN_POLICY,
+            known_ttl_secs: defaults::KNOWN_TTL_SECS,
+            suspect_window_secs: defaults::SUSPECT_WINDOW_SECS,
+            prefix_ban_after: defaults::PREFIX_BAN_AFTER,
+            _pad: 0,
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +111,11 @@ pub struct KernelConfig {
     /// IPv6 source-key mask as four 32-bit words in network byte order (a /64 keeps
     /// the first two words).
     pub ipv6_mask_be: [u32; 4],
-    /// Limits indexed by [`crate::RateClass`].
+    /// Limits of known sources, indexed by [`crate::RateClass`].
     pub limits: [ClassLimit; 3],
+    /// Limits of unknown sources (neither known nor allowlisted).
+    pub unknown_limits: [ClassLimit; 3],
+    pub trust: TrustConfig,
     /// First ban's length, ns.
     pub ban_base_ns: u64,
     /// Longest ban escalation may reach, ns.
@@ -96,6 +168,80 @@ pub mod defaults {
     pub const ESCALATION_WINDOW_SECS: u64 = 24 * 3600;
     /// Attackers rotate addresses inside their /64.
     pub const IPV6_PREFIX_LEN: u8 = 64;
+
+    /// Unknown sources: a REGISTER burst for a small office's first round (20: ten phones'
+    /// REGISTER and re-REGISTER with credentials) and the rest on retransmissions; the first
+    /// clean 2xx makes the address known and lifts it to the known limits.
+    pub const UNKNOWN_REGISTER: ClassLimit = ClassLimit {
+        rate_per_sec: 2,
+        burst: 20,
+    };
+    /// Few INVITEs: a source that never registered is a trunk (allowlist it) or a robot.
+    pub const UNKNOWN_INVITE: ClassLimit = ClassLimit {
+        rate_per_sec: 1,
+        burst: 10,
+    };
+    pub const UNKNOWN_OTHER: ClassLimit = ClassLimit {
+        rate_per_sec: 20,
+        burst: 200,
+    };
+    /// CrowdSec's asterisk_bf: 5 failures, one leaking every 10 s.
+    pub const UNKNOWN_FAILURES: Budget = Budget {
+        capacity: 5,
+        leak_secs: 10,
+    };
+    /// CrowdSec's ssh-slow-bf: 10, one leaking a minute; a guess every 20 s is banned within
+    /// ten minutes.
+    pub const UNKNOWN_SLOW_FAILURES: Budget = Budget {
+        capacity: 10,
+        leak_secs: 60,
+    };
+    /// Enumeration: CrowdSec's asterisk_user_enum counts > 5 failing users.
+    pub const UNKNOWN_NOT_FOUND: Budget = Budget {
+        capacity: 5,
+        leak_secs: 10,
+    };
+    /// First challenges without a success: an office's first round is well under 60;
+    /// enumeration against a PBX that challenges everyone is not.
+    pub const UNKNOWN_CHALLENGES: Budget = Budget {
+        capacity: 60,
+        leak_secs: 5,
+    };
+    pub const UNKNOWN_POLICY: TierPolicy = TierPolicy {
+        failures: UNKNOWN_FAILURES,
+        slow_failures: UNKNOWN_SLOW_FAILURES,
+        not_found: UNKNOWN_NOT_FOUND,
+        challenges: UNKNOWN_CHALLENGES,
+        crack_min_extensions: 2,
+        _pad: 0,
+    };
+    /// Known sources: four times the room (an office's misconfigured phone failing every
+    /// 15 s never fills it), no slow budget (that phone would fill any), no challenge budget.
+    pub const KNOWN_POLICY: TierPolicy = TierPolicy {
+        failures: Budget {
+            capacity: 20,
+            leak_secs: 10,
+        },
+        slow_failures: Budget {
+            capacity: 0,
+            leak_secs: 0,
+        },
+        not_found: Budget {
+            capacity: 20,
+            leak_secs: 10,
+        },
+        challenges: Budget {
+            capacity: 0,
+            leak_secs: 0,
+        },
+        crack_min_extensions: 4,
+        _pad: 0,
+    };
+    pub const KNOWN_TTL_SECS: u32 = 7 * 24 * 3600;
+    /// Ten minutes: a robot moves from extension to extension within seconds.
+    pub const SUSPECT_WINDOW_SECS: u32 = 600;
+    /// Three addresses of one /64 banned within the escalation window ban the /64.
+    pub const PREFIX_BAN_AFTER: u32 = 3;
 }
 
 /// The IPv6 source-key mask for a prefix length (0..=128), as KernelConfig stores it.
@@ -124,6 +270,8 @@ impl Default for KernelConfig {
             flags: 0,
             ipv6_mask_be: ipv6_mask(defaults::IPV6_PREFIX_LEN),
             limits: [defaults::REGISTER, defaults::INVITE, defaults::OTHER],
+            unknown_limits: [defaults::UNKNOWN_REGISTER, defaults::UNKNOWN_INVITE, defaults::UNKNOWN_OTHER],
+            trust: TrustConfig::default(),
             ban_base_ns: defaults::BAN_BASE_SECS * NS_PER_SEC,
             ban_max_ns: defaults::BAN_MAX_SECS * NS_PER_SEC,
             escalation_window_ns: defaults::ESCALATION_WINDOW_SECS * NS_PER_SEC,
@@ -161,6 +309,11 @@ impl KernelConfig {
     #[inline(always)]
     pub fn monitor(&self) -> bool {
         self.flags & FLAG_MONITOR != 0
+    }
+
+    #[inline(always)]
+    pub fn flag(&self, flag: u32) -> bool {
+        self.flags & flag != 0
     }
 
     #[inline(always)]

@@ -2,6 +2,7 @@
 
 use crate::sip::{Method, RateClass};
 
+
 /// What the program did with a packet.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +53,16 @@ pub enum Outcome {
     RateInvite,
     /// Emptied its bucket for other messages (and was banned).
     RateOther,
+    /// Stealth: a probe (OPTIONS, or any non-REGISTER under stealth "all") from a source that
+    /// is neither known nor allowlisted, dropped unanswered. No ban.
+    Stealth,
+    /// A REGISTER or INVITE for a cracked extension from a source that is neither known nor
+    /// allowlisted.
+    Quarantined,
 }
 
 impl Outcome {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
     pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::NotIp,
         Outcome::NotUdp,
@@ -69,6 +76,8 @@ impl Outcome {
         Outcome::RateRegister,
         Outcome::RateInvite,
         Outcome::RateOther,
+        Outcome::Stealth,
+        Outcome::Quarantined,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -85,6 +94,8 @@ impl Outcome {
             Outcome::RateRegister => "rate_register",
             Outcome::RateInvite => "rate_invite",
             Outcome::RateOther => "rate_other",
+            Outcome::Stealth => "stealth",
+            Outcome::Quarantined => "quarantined",
         }
     }
 
@@ -93,7 +104,13 @@ impl Outcome {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Outcome::Denylisted | Outcome::Banned | Outcome::RateRegister | Outcome::RateInvite | Outcome::RateOther
+            Outcome::Denylisted
+                | Outcome::Banned
+                | Outcome::RateRegister
+                | Outcome::RateInvite
+                | Outcome::RateOther
+                | Outcome::Stealth
+                | Outcome::Quarantined
         )
     }
 
@@ -111,6 +128,18 @@ impl Outcome {
 pub mod ban_reason {
     /// Emptied a token bucket; the rate class is in the low bits (`RATE + class`).
     pub const RATE: u8 = 0;
+    /// Exceeded its credential-failure budget (wrong passwords).
+    pub const AUTH_FAILURE: u8 = 3;
+    /// Exceeded its not-found budget (enumeration).
+    pub const NOT_FOUND: u8 = 4;
+    /// Guessed a password: a 2xx after failures on other extensions.
+    pub const CRACKED: u8 = 5;
+    /// Exceeded its budget of first challenges without a success.
+    pub const CHALLENGES: u8 = 6;
+    /// IPv6: several addresses of the prefix offended.
+    pub const PREFIX: u8 = 7;
+    /// Reasons the programs ban for (counter slots).
+    pub const KERNEL_REASONS: usize = 8;
     /// Added by an operator (CLI).
     pub const MANUAL: u8 = 10;
     /// Restored from the agent's state file.
@@ -121,9 +150,59 @@ pub mod ban_reason {
             0 => "rate_register",
             1 => "rate_invite",
             2 => "rate_other",
+            AUTH_FAILURE => "auth_failure",
+            NOT_FOUND => "not_found",
+            CRACKED => "cracked",
+            CHALLENGES => "challenges",
+            PREFIX => "prefix",
             MANUAL => "manual",
             RESTORED => "restored",
             _ => "unknown",
+        }
+    }
+}
+
+/// How the egress program counts SIP answers: by what they say about the source.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerKind {
+    Provisional = 0,
+    Success,
+    Challenge,
+    Forbidden,
+    NotFound,
+    OtherFailure,
+}
+
+impl AnswerKind {
+    pub const COUNT: usize = 6;
+    pub const ALL: [AnswerKind; AnswerKind::COUNT] = [
+        AnswerKind::Provisional,
+        AnswerKind::Success,
+        AnswerKind::Challenge,
+        AnswerKind::Forbidden,
+        AnswerKind::NotFound,
+        AnswerKind::OtherFailure,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            AnswerKind::Provisional => "provisional",
+            AnswerKind::Success => "success",
+            AnswerKind::Challenge => "challenge",
+            AnswerKind::Forbidden => "forbidden",
+            AnswerKind::NotFound => "not_found",
+            AnswerKind::OtherFailure => "other",
+        }
+    }
+    #[inline(always)]
+    pub const fn of(code: u16) -> AnswerKind {
+        match code {
+            100..=199 => AnswerKind::Provisional,
+            200..=299 => AnswerKind::Success,
+            401 | 407 => AnswerKind::Challenge,
+            403 => AnswerKind::Forbidden,
+            404 | 484 | 604 => AnswerKind::NotFound,
+            _ => AnswerKind::OtherFailure,
         }
     }
 }
@@ -138,8 +217,18 @@ pub struct Counters {
     pub outcomes: [u64; Outcome::COUNT],
     /// SIP messages seen on SIP ports, by [`Method`].
     pub methods: [u64; Method::COUNT],
-    /// Bans the program created, by [`RateClass`].
-    pub bans: [u64; RateClass::COUNT],
+    /// Bans the programs created, by [`ban_reason`] (0..KERNEL_REASONS).
+    pub bans: [u64; ban_reason::KERNEL_REASONS],
+    /// SIP answers seen leaving from the SIP ports, by [`AnswerKind`].
+    pub answers: [u64; AnswerKind::COUNT],
+    /// Extensions found cracked.
+    pub cracked: u64,
+    /// Sources that became (or stayed) known by a clean REGISTER success.
+    pub promoted: u64,
+    /// 2xx answers withheld from a source that guessed a password.
+    pub withheld: u64,
+    /// Answers whose headers could not be read within the scan bound (passed, not judged).
+    pub uninspected: u64,
     /// Bans that could not be stored because the ban table was full (the packet was still dropped).
     pub ban_table_full: u64,
     /// Ban events the ring buffer had no room for.
@@ -152,7 +241,12 @@ impl Default for Counters {
             verdicts: [0; Verdict::COUNT],
             outcomes: [0; Outcome::COUNT],
             methods: [0; Method::COUNT],
-            bans: [0; RateClass::COUNT],
+            bans: [0; ban_reason::KERNEL_REASONS],
+            answers: [0; AnswerKind::COUNT],
+            cracked: 0,
+            promoted: 0,
+            withheld: 0,
+            uninspected: 0,
             ban_table_full: 0,
             events_lost: 0,
         }
@@ -171,6 +265,11 @@ impl Counters {
         sum(&mut self.outcomes, &o.outcomes);
         sum(&mut self.methods, &o.methods);
         sum(&mut self.bans, &o.bans);
+        sum(&mut self.answers, &o.answers);
+        self.cracked = self.cracked.wrapping_add(o.cracked);
+        self.promoted = self.promoted.wrapping_add(o.promoted);
+        self.withheld = self.withheld.wrapping_add(o.withheld);
+        self.uninspected = self.uninspected.wrapping_add(o.uninspected);
         self.ban_table_full = self.ban_table_full.wrapping_add(o.ban_table_full);
         self.events_lost = self.events_lost.wrapping_add(o.events_lost);
     }

@@ -7,16 +7,19 @@
 //! host and are compiled, inlined, into the XDP program unchanged.
 #![no_std]
 
+pub mod answers;
 pub mod bucket;
 pub mod config;
 pub mod counters;
 pub mod maps;
+pub mod scan;
 pub mod sip;
 
 pub use bucket::TokenBucket;
-pub use config::{ClassLimit, KernelConfig};
+pub use answers::{Answer, AnswerState, Judgement};
+pub use config::{Budget, ClassLimit, KernelConfig, TierPolicy, TrustConfig};
 pub use counters::{Counters, Outcome, Verdict};
-pub use maps::{Ban, BanEvent, ClockSample, ListEntry, OffenseHistory, RateState, SourceKey};
+pub use maps::{Ban, BanEvent, ClockSample, CrackedExtension, KnownSource, ListEntry, OffenseHistory, RateState, SourceKey};
 pub use sip::{classify, Method, RateClass};
 
 /// Nanoseconds per second, the unit of every time in the maps (CLOCK_BOOTTIME).
@@ -35,4 +38,6 @@ mod pod {
     unsafe impl aya::Pod for BanEvent {}
     unsafe impl aya::Pod for ListEntry {}
     unsafe impl aya::Pod for ClockSample {}
+    unsafe impl aya::Pod for KnownSource {}
+    unsafe impl aya::Pod for CrackedExtension {}
 }

@@ -15,10 +15,18 @@ pub const RATE_OVERFLOW: &str = "rate_overflow";
 pub const ALLOWLIST: &str = "allowlist";
 pub const DENYLIST: &str = "denylist";
 pub const BAN_EVENTS: &str = "ban_events";
+pub const KNOWN_SOURCES: &str = "known_sources";
+pub const CRACKED_EXTENSIONS: &str = "cracked_extensions";
 
 /// The XDP program, and the empty program the benchmark measures as its floor.
 pub const XDP_PROGRAM: &str = "sipfilter";
 pub const FLOOR_PROGRAM: &str = "xdp_floor";
+/// The request inspection (tail-called by the XDP program) and its tail-call table.
+pub const INSPECT_PROGRAM: &str = "sipfilter_inspect";
+pub const INGRESS_PROGRAMS: &str = "ingress_programs";
+/// The egress (TC) program that reads the PBX's answers, and its empty floor.
+pub const ANSWERS_PROGRAM: &str = "sipfilter_answers";
+pub const TC_FLOOR_PROGRAM: &str = "tc_floor";
 
 /// Capacities. Bans are a plain hash (not LRU) so a flood of spoofed sources cannot evict
 /// real bans; when it is full new bans fail (counted) and their packets still drop.
@@ -38,6 +46,10 @@ pub const SLOT_IDLE_NS: u64 = 10 * crate::NS_PER_SEC;
 pub const OFFENSE_HISTORY_SIZE: u32 = 131_072;
 pub const LIST_SIZE: u32 = 262_144;
 pub const BAN_EVENTS_BYTES: u32 = 256 * 1024;
+/// Known sources: a plain hash (a flood cannot evict them; spoofed sources never become known,
+/// since only a real registration's 2xx makes one). The agent expires them.
+pub const KNOWN_SOURCES_SIZE: u32 = 65_536;
+pub const CRACKED_SIZE: u32 = 4_096;
 
 /// A traffic source: an IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`),
 /// or an IPv6 address masked to the configured prefix. One key type lets one set of maps
@@ -173,6 +185,8 @@ pub struct RateState {
     pub allow_until_ns: u64,
     pub deny_until_ns: u64,
     pub buckets: [crate::TokenBucket; 3],
+    /// What the PBX's answers have said about the source.
+    pub answers: crate::answers::AnswerState,
     /// Last SIP message from this source (CLOCK_BOOTTIME ns): how long the slot has been idle.
     pub last_seen_ns: u64,
     /// SIP messages seen from this source.
@@ -181,7 +195,7 @@ pub struct RateState {
     pub drops: u64,
 }
 
-/// Sent on the `ban_events` ring buffer whenever the program creates a ban.
+/// Sent on the `ban_events` ring buffer whenever a program creates a ban.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BanEvent {
@@ -193,6 +207,35 @@ pub struct BanEvent {
     /// 1 when the program was in monitor mode (the ban is recorded, nothing is dropped).
     pub monitor: u8,
     pub _pad: u8,
+    /// Answer-based bans: credential failures and not-found answers the source collected.
+    pub failures: u32,
+    pub not_found: u32,
+    /// Cracked: the extension; other answer-based bans: the last one answered.
+    pub extension: crate::scan::Extension,
+    /// The extensions that failed recently (as many as are remembered).
+    pub tried: [crate::scan::Extension; crate::answers::RECENT],
+}
+
+/// A source that earned trust: a clean 2xx to a REGISTER.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KnownSource {
+    /// CLOCK_BOOTTIME ns at which it stops being known (last clean success + TTL).
+    pub until_ns: u64,
+    /// Its last clean success.
+    pub last_success_ns: u64,
+    /// The extension that registered.
+    pub extension: crate::scan::Extension,
+}
+
+/// An extension whose password was guessed (keyed by the extension).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CrackedExtension {
+    pub source: SourceKey,
+    pub at_ns: u64,
+    pub failures: u32,
+    pub other_extensions: u32,
 }
 
 /// One reading of the kernel's two clocks at the same instant, taken by the `xdp_clock`

@@ -141,8 +141,11 @@ impl Loaded {
 /// The layout each pinned map must have for this version: (name, key size, value size,
 /// max entries). The loader reuses pins by name without comparing them, so a version that
 /// changed a layout would otherwise fail in the verifier, or worse, misread the data.
-fn expected_layouts() -> [(&'static str, usize, usize, u32); 9] {
-    use sipfilter_common::{maps::*, Ban, Counters, ListEntry, OffenseHistory, RateState, SourceKey};
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 11] {
+    use sipfilter_common::{
+        maps::*, scan::EXT_LEN, Ban, Counters, CrackedExtension, KnownSource, ListEntry, OffenseHistory, RateState,
+        SourceKey,
+    };
     use std::mem::size_of;
     let lpm_key = 4 + 16;
     [
@@ -165,6 +168,13 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 9] {
         (ALLOWLIST, lpm_key, size_of::<ListEntry>(), LIST_SIZE),
         (DENYLIST, lpm_key, size_of::<ListEntry>(), LIST_SIZE),
         (BAN_EVENTS, 0, 0, BAN_EVENTS_BYTES),
+        (
+            KNOWN_SOURCES,
+            size_of::<SourceKey>(),
+            size_of::<KnownSource>(),
+            KNOWN_SOURCES_SIZE,
+        ),
+        (CRACKED_EXTENSIONS, EXT_LEN, size_of::<CrackedExtension>(), CRACKED_SIZE),
     ]
 }
 
@@ -225,3 +235,4 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .try_into()
         .with_context(|| format!("{name} is not an XDP program"))
 }
+

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod harness;
+pub mod kamailio;
 pub mod netns;
 pub mod packet;
 pub mod sipp;

@@ -15,7 +15,8 @@ pub const LLVM_MAJOR: u32 = 22;
 
 /// Debian packages: LLVM 22 (and what its llvm-config asks to link) for bpf-linker;
 /// bpftool and iproute2 for inspecting and for the namespace tests; sip-tester (SIPp) and
-/// prometheus (promtool) for the agent's end-to-end tests and the demo.
+/// prometheus (promtool) for the agent's end-to-end tests and the demo; kamailio as the
+/// real registrar the answer-reading tests judge sources against.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,10 +26,15 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "sip-tester",
     "prometheus",
+    "kamailio",
 ];
+
+/// PyPI packages: SIPVicious (svmap, svwar, svcrack), the scanner the tests replay.
+const PIP_PACKAGES: &[(&str, &str)] = &[("sipvicious", "sipvicious_svmap")];
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
+    pip_packages()?;
     ebpf_toolchain()?;
     bpf_linker()?;
     check_llvm_majors()?;
@@ -89,6 +95,17 @@ fn apt_packages() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .context("apt-get install failed (are you root?)")
+}
+
+fn pip_packages() -> anyhow::Result<()> {
+    for (package, command) in PIP_PACKAGES {
+        if quiet(Command::new("which").arg(command)) {
+            continue;
+        }
+        say(&format!("installing {package} from PyPI"));
+        run_cmd(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;
+    }
+    Ok(())
 }
 
 fn ebpf_toolchain() -> anyhow::Result<()> {

@@ -1,0 +1,456 @@
+//! Judging a source by the PBX's answers to it: credential failures, not-found answers,
+//! challenges and successes, the failure budgets by trust tier, promotion to "known" and the
+//! cracked-extension rule. Plain arithmetic on the source's [`AnswerState`], run by the
+//! egress program for each answer and by the host tests and the reference model unchanged.
+//!
+//! How a re-challenge is told from a first challenge (README, "How a packet is judged"): the
+//! source keeps the extensions it has an open challenge for, with the CSeq number of the
+//! challenged request. A 401/407 for an extension with an open challenge under a *different*
+//! CSeq number answers a new request that came after the challenge, i.e. one that carried
+//! credentials and they were wrong: a credential failure. The same CSeq number is a
+//! retransmission of the first request and is ignored; a 2xx closes the challenge. This
+//! needs no request scanning on ingress, and works the same for a PBX that answers unknown
+//! users with 404 (kamailio-style: not-found) and one that challenges them (Asterisk/PJSIP:
+//! every attempt with credentials is re-challenged, a credential failure).
+
+use crate::{
+    config::{Budget, TierPolicy, TrustConfig},
+    scan::Extension,
+    sip::Method,
+    NS_PER_SEC,
+};
+
+/// Open challenges and recently failed extensions remembered per source.
+pub const RECENT: usize = 4;
+
+/// What the answers have said about one source (part of its rate-state slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AnswerState {
+    /// Cached: the end of the source's known status (0: unknown).
+    pub known_until_ns: u64,
+    /// Each budget is kept as the time its debt is paid off: an answer that charges it adds
+    /// one leak interval; the debt drains in real time; the budget is exceeded when the debt
+    /// reaches capacity × leak interval. One number per budget, no timers.
+    pub failure_debt_ns: u64,
+    pub slow_failure_debt_ns: u64,
+    pub not_found_debt_ns: u64,
+    pub challenge_debt_ns: u64,
+    /// Last credential failure or not-found answer: suspicion lasts a window after it.
+    pub last_failure_ns: u64,
+    /// Extensions with an open challenge, and the CSeq number of the challenged request.
+    pub challenged: [Extension; RECENT],
+    pub challenged_cseq: [u32; RECENT],
+    /// Distinct extensions with a credential failure or not-found answer within the window.
+    pub failed: [Extension; RECENT],
+    pub failures: u32,
+    pub not_found: u32,
+    pub challenges: u32,
+    pub successes: u32,
+    pub next_challenged: u32,
+    pub next_failed: u32,
+}
+
+/// One SIP answer sent to the source, as the egress program read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub code: u16,
+    /// The CSeq method: which request it answers.
+    pub method: Method,
+    pub cseq: u32,
+    /// The extension it concerns: the To user of a REGISTER, the From user (the caller,
+    /// whose credentials were checked) of anything else.
+    pub ext: Extension,
+}
+
+/// Why the egress program bans (see [`crate::counters::ban_reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// A first challenge, a retransmission, or an answer that says nothing about the source.
+    Nothing,
+    /// Exceeded a budget: ban with this reason.
+    Ban(u8),
+    /// A 2xx after failures on at least the tier's number of other extensions.
+    Cracked { other_extensions: u32 },
+    /// A clean 2xx to a REGISTER: the source is (again) known.
+    Promote,
+}
+
+/// What kind of answer a status code is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerClass {
+    Success,
+    Challenge,
+    Forbidden,
+    NotFound,
+    Other,
+}
+
+impl AnswerClass {
+    #[inline(always)]
+    pub fn of(code: u16) -> AnswerClass {
+        match code {
+            200..=299 => AnswerClass::Success,
+            401 | 407 => AnswerClass::Challenge,
+            403 => AnswerClass::Forbidden,
+            404 | 484 | 604 => AnswerClass::NotFound,
+            _ => AnswerClass::Other,
+        }
+    }
+
+    /// Whether the egress program needs the answer's headers (the extension and CSeq).
+    #[inline(always)]
+    pub fn needs_headers(code: u16) -> bool {
+        !matches!(AnswerClass::of(code), AnswerClass::Other)
+    }
+}
+
+#[inline(always)]
+fn halves(e: &Extension) -> (u64, u64) {
+    // SAFETY: an Extension is 16 bytes; unaligned reads of its two halves.
+    unsafe {
+        let p = e.as_ptr() as *const u64;
+        (core::ptr::read_unaligned(p), core::ptr::read_unaligned(p.add(1)))
+    }
+}
+
+#[inline(always)]
+fn same(a: &Extension, b: &Extension) -> bool {
+    // Two word compares; the extension is 16 bytes.
+    halves(a) == halves(b)
+}
+
+#[inline(always)]
+fn empty(a: &Extension) -> bool {
+    halves(a) == (0, 0)
+}
+
+#[inline(always)]
+fn clear(a: &mut Extension) {
+    // SAFETY: as in `halves`.
+    unsafe {
+        let p = a.as_mut_ptr() as *mut u64;
+        core::ptr::write_unaligned(p, 0);
+        core::ptr::write_unaligned(p.add(1), 0);
+    }
+}
+
+/// Charges one answer to a leaky budget; true when that fills it. Capacity 0: no budget.
+#[inline(always)]
+pub fn charge(debt_ns: &mut u64, budget: &Budget, now: u64) -> bool {
+    if budget.capacity == 0 {
+        return false;
+    }
+    let leak = budget.leak_secs as u64 * NS_PER_SEC;
+    let base = if *debt_ns > now { *debt_ns } else { now };
+    *debt_ns = base.saturating_add(leak);
+    // Exceeded once the debt holds more than capacity − 1 answers: the capacity-th answer
+    // within one leak interval of the others is the one that bans.
+    *debt_ns - now > (budget.capacity as u64 - 1) * leak
+}
+
+/// How many answers a budget currently holds (for `sipfilter sources`).
+pub fn level(debt_ns: u64, budget: &Budget, now: u64) -> u32 {
+    let leak = budget.leak_secs as u64 * NS_PER_SEC;
+    if leak == 0 || debt_ns <= now {
+        return 0;
+    }
+    (debt_ns - now).div_ceil(leak) as u32
+}
+
+impl AnswerState {
+    #[inline(always)]
+    fn remember_failed(&mut self, ext: &Extension) {
+        for f in self.failed.iter() {
+            if same(f, ext) {
+                return;
+            }
+        }
+        let i = (self.next_failed as usize) % RECENT;
+        if let Some(slot) = self.failed.get_mut(i) {
+            *slot = *ext;
+        }
+        self.next_failed = (i as u32 + 1) % RECENT as u32;
+    }
+
+    /// Failed extensions other than `ext` within the window.
+    #[inline(always)]
+    pub fn others_failed(&self, ext: &Extension) -> u32 {
+        let mut n = 0;
+        for f in self.failed.iter() {
+            if !empty(f) && !same(f, ext) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[inline(always)]
+    fn has_failed(&self, ext: &Extension) -> bool {
+        let mut hit = false;
+        for f in self.failed.iter() {
+            if same(f, ext) {
+                hit = true;
+            }
+        }
+        hit
+    }
+
+    /// The open challenge for `ext`: its index.
+    #[inline(always)]
+    fn challenge_of(&self, ext: &Extension) -> Option<usize> {
+        let mut at = None;
+        for (i, c) in self.challenged.iter().enumerate() {
+            if !empty(c) && same(c, ext) {
+                at = Some(i);
+            }
+        }
+        at
+    }
+
+    #[inline(always)]
+    fn credential_failure(&mut self, ext: &Extension, policy: &TierPolicy, now: u64) -> Judgement {
+        self.failures = self.failures.wrapping_add(1);
+        self.remember_failed(ext);
+        self.last_failure_ns = now;
+        let fast = charge(&mut self.failure_debt_ns, &policy.failures, now);
+        let slow = charge(&mut self.slow_failure_debt_ns, &policy.slow_failures, now);
+        if fast || slow {
+            Judgement::Ban(crate::counters::ban_reason::AUTH_FAILURE)
+        } else {
+            Judgement::Nothing
+        }
+    }
+
+    /// Takes in one answer sent to the source and says what follows from it.
+    #[inline(always)]
+    pub fn judge(&mut self, answer: &Answer, known: bool, trust: &TrustConfig, now: u64) -> Judgement {
+        let policy = if known { &trust.known } else { &trust.unknown };
+        // Suspicion fades: failures older than the window no longer make a success "cracked".
+        if self.last_failure_ns != 0 && now.saturating_sub(self.last_failure_ns) > trust.suspect_window_secs as u64 * NS_PER_SEC {
+            for f in self.failed.iter_mut() {
+                clear(f);
+            }
+            self.next_failed = 0;
+            self.last_failure_ns = 0;
+        }
+        let ext = &answer.ext;
+        match AnswerClass::of(answer.code) {
+            AnswerClass::Success => {
+                self.successes = self.successes.wrapping_add(1);
+                if let Some(i) = self.challenge_of(ext) {
+                    if let Some(c) = self.challenged.get_mut(i) {
+                        clear(c);
+                    }
+                }
+                if !matches!(answer.method, Method::Register | Method::Invite) || empty(ext) {
+                    return Judgement::Nothing;
+                }
+                let others = self.others_failed(ext);
+                if policy.crack_min_extensions != 0 && others >= policy.crack_min_extensions {
+                    return Judgement::Cracked { other_extensions: others };
+                }
+                if answer.method == Method::Register && !self.has_failed(ext) {
+                    return Judgement::Promote;
+                }
+                Judgement::Nothing
+            }
+            AnswerClass::Challenge => {
+                self.challenges = self.challenges.wrapping_add(1);
+                if empty(ext) {
+                    return Judgement::Nothing;
+                }
+                if let Some(i) = self.challenge_of(ext) {
+                    let open = self.challenged_cseq.get(i).copied().unwrap_or(0);
+                    if open == answer.cseq {
+                        // The challenged request again: a retransmission.
+                        return Judgement::Nothing;
+                    }
+                    if let Some(c) = self.challenged_cseq.get_mut(i) {
+                        *c = answer.cseq;
+                    }
+                    return self.credential_failure(ext, policy, now);
+                }
+                // A free entry (closed by a success) first, else the oldest.
+                let mut i = (self.next_challenged as usize) % RECENT;
+                let mut free = false;
+                for (j, c) in self.challenged.iter().enumerate() {
+                    if !free && empty(c) {
+                        i = j;
+                        free = true;
+                    }
+                }
+                if !free {
+                    self.next_challenged = (i as u32 + 1) % RECENT as u32;
+                }
+                if let Some(c) = self.challenged.get_mut(i) {
+                    *c = *ext;
+                }
+                if let Some(c) = self.challenged_cseq.get_mut(i) {
+                    *c = answer.cseq;
+                }
+                if charge(&mut self.challenge_debt_ns, &policy.challenges, now) {
+                    return Judgement::Ban(crate::counters::ban_reason::CHALLENGES);
+                }
+                Judgement::Nothing
+            }
+            AnswerClass::Forbidden => {
+                if empty(ext) {
+                    return Judgement::Nothing;
+                }
+                self.credential_failure(ext, policy, now)
+            }
+            AnswerClass::NotFound => {
+                self.not_found = self.not_found.wrapping_add(1);
+                if empty(ext) {
+                    return Judgement::Nothing;
+                }
+                self.remember_failed(ext);
+                self.last_failure_ns = now;
+                if charge(&mut self.not_found_debt_ns, &policy.not_found, now) {
+                    return Judgement::Ban(crate::counters::ban_reason::NOT_FOUND);
+                }
+                Judgement::Nothing
+            }
+            AnswerClass::Other => Judgement::Nothing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{counters::ban_reason, scan::ext_from};
+
+    fn ans(code: u16, method: Method, cseq: u32, ext: &str) -> Answer {
+        Answer {
+            code,
+            method,
+            cseq,
+            ext: ext_from(ext),
+        }
+    }
+
+    const S: u64 = NS_PER_SEC;
+    const T0: u64 = 1_000 * S;
+
+    #[test]
+    fn a_phone_registering_is_promoted_and_never_charged() {
+        let trust = TrustConfig::default();
+        let mut st = AnswerState::default();
+        for round in 0..100u32 {
+            let now = T0 + round as u64 * 60 * S;
+            assert_eq!(st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now), Judgement::Nothing);
+            // A retransmission of the challenged REGISTER is answered again: not a failure.
+            assert_eq!(st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now), Judgement::Nothing);
+            assert_eq!(st.judge(&ans(200, Method::Register, 2 * round + 1, "201"), false, &trust, now), Judgement::Promote);
+        }
+        assert_eq!(st.failures, 0);
+    }
+
+    #[test]
+    fn dictionary_brute_force_is_banned_at_the_fifth_failure() {
+        let trust = TrustConfig::default();
+        let mut st = AnswerState::default();
+        let now = T0;
+        st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, now);
+        for guess in 1..=5u32 {
+            let v = st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, &trust, now + guess as u64 * S / 10);
+            if guess < 5 {
+                assert_eq!(v, Judgement::Nothing, "guess {guess}");
+            } else {
+                assert_eq!(v, Judgement::Ban(ban_reason::AUTH_FAILURE));
+            }
+        }
+    }
+
+    #[test]
+    fn one_guess_every_two_seconds_is_banned_and_one_every_twenty_too() {
+        let trust = TrustConfig::default();
+        for (gap, within) in [(2u64, 30u64), (20, 600)] {
+            let mut st = AnswerState::default();
+            st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, T0);
+            let mut banned = None;
+            for guess in 1..1000u32 {
+                let now = T0 + guess as u64 * gap * S;
+                if let Judgement::Ban(r) = st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, &trust, now) {
+                    assert_eq!(r, ban_reason::AUTH_FAILURE);
+                    banned = Some(guess as u64 * gap);
+                    break;
+                }
+            }
+            let at = banned.expect("never banned");
+            assert!(at <= within, "one guess per {gap} s banned after {at} s");
+        }
+    }
+
+    #[test]
+    fn enumeration_is_banned_at_the_fifth_not_found() {
+        let trust = TrustConfig::default();
+        let mut st = AnswerState::default();
+        for (i, ext) in ["100", "101", "102", "103", "104"].iter().enumerate() {
+            let v = st.judge(&ans(404, Method::Register, 1, ext), false, &trust, T0 + i as u64 * S / 10);
+            assert_eq!(v == Judgement::Ban(ban_reason::NOT_FOUND), i == 4, "{ext}");
+        }
+    }
+
+    #[test]
+    fn success_after_failures_on_two_other_extensions_is_cracked_not_known() {
+        let trust = TrustConfig::default();
+        let mut st = AnswerState::default();
+        let now = T0;
+        // 200: not found; 201: wrong password (challenge, then re-challenge); 202: right.
+        st.judge(&ans(404, Method::Register, 1, "200"), false, &trust, now);
+        st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, now);
+        assert_eq!(st.judge(&ans(401, Method::Register, 2, "201"), false, &trust, now), Judgement::Nothing);
+        st.judge(&ans(401, Method::Register, 1, "202"), false, &trust, now);
+        assert_eq!(
+            st.judge(&ans(200, Method::Register, 2, "202"), false, &trust, now),
+            Judgement::Cracked { other_extensions: 2 }
+        );
+    }
+
+    #[test]
+    fn an_office_with_one_misconfigured_phone_is_promoted_and_stays_unbanned() {
+        // The misconfigured phone fails every 15 s for 5 minutes; the other phones register.
+        let trust = TrustConfig::default();
+        let mut st = AnswerState::default();
+        let mut known = false;
+        let mut cseq = 0;
+        for tick in 0..20u64 {
+            let now = T0 + tick * 15 * S;
+            cseq += 1;
+            let v = st.judge(&ans(401, Method::Register, cseq, "299"), known, &trust, now);
+            assert!(!matches!(v, Judgement::Ban(_)), "banned at tick {tick}");
+            for phone in 0..3 {
+                let ext = ext_from(["201", "202", "203"][phone]);
+                let a = Answer { code: 401, method: Method::Register, cseq, ext };
+                st.judge(&a, known, &trust, now);
+                let ok = Answer { code: 200, method: Method::Register, cseq: cseq + 1, ext };
+                match st.judge(&ok, known, &trust, now) {
+                    Judgement::Promote => known = true,
+                    Judgement::Nothing => {}
+                    v => panic!("tick {tick}: {v:?}"),
+                }
+            }
+        }
+        assert!(known);
+        assert!(st.failures >= 18);
+    }
+
+    #[test]
+    fn budgets_leak() {
+        let b = Budget { capacity: 5, leak_secs: 10 };
+        let mut debt = 0;
+        for _ in 0..4 {
+            assert!(!charge(&mut debt, &b, T0));
+        }
+        assert_eq!(level(debt, &b, T0), 4);
+        assert_eq!(level(debt, &b, T0 + 25 * S), 2);
+        assert!(!charge(&mut debt, &b, T0 + 25 * S));
+        assert!(!charge(&mut debt, &b, T0 + 25 * S));
+        assert!(charge(&mut debt, &b, T0 + 25 * S));
+        let off = Budget { capacity: 0, leak_secs: 10 };
+        assert!(!charge(&mut debt, &off, T0));
+    }
+}

@@ -1,0 +1,615 @@
+//! The bounded SIP header scanner, shared by the ingress (requests) and egress (answers)
+//! programs, the host tests and the fuzzer.
+//!
+//! It walks a message line by line, eight bytes at a time (a newline is found with a
+//! word-at-a-time test, not byte by byte), looks only at the first word of each line for the
+//! header names it wants, and stops as soon as it has them, at the empty line that ends the
+//! headers, or at [`SCAN_LIMIT`] bytes. Values are read afterwards, each with its own small
+//! bound. Every loop has a constant trip count so the verifier can prove it ends.
+//!
+//! What it understands: header names in any case, with whitespace before the colon, the
+//! compact forms `t`/`f` of To/From, folded (continued) lines, and `sip:`, `sips:` and `tel:`
+//! URIs with display names, parameters and ports. What it does not see (beyond the bound, or
+//! a line longer than [`MAX_LINE`]) it reports as not found; callers pass such messages on
+//! unjudged.
+
+use crate::sip::Method;
+
+/// Payload bytes the scanner reads at most. A REGISTER or a 401 from common PBXs has its To
+/// and CSeq headers within the first 400 bytes even with two Via headers; 1024 leaves room for
+/// four Vias and long display names while keeping the worst case bounded.
+pub const SCAN_LIMIT: usize = 1024;
+/// A header line longer than this (a Via with a huge branch, say) ends the scan.
+pub const MAX_LINE: usize = 256;
+/// Most lines the scan visits: a typical REGISTER or 401 has its To and CSeq within the
+/// first eight; the bound keeps the kernel verifier's walk of the loop small.
+pub const MAX_LINES: usize = 8;
+/// Bytes of an extension (URI user part) kept; longer ones are compared and shown by their
+/// first 16 bytes.
+pub const EXT_LEN: usize = 16;
+
+/// A URI user part (an extension or a dialed number), zero-padded.
+pub type Extension = [u8; EXT_LEN];
+
+/// Word access to a message: the packet in the kernel, a slice on the host. Offsets are from
+/// the start of the SIP payload.
+///
+/// Only whole words are read, bytes too (a byte is the low byte of the word at its offset):
+/// the verifier follows one bounds check per 8-byte load reliably, while byte-by-byte checks
+/// get merged by the compiler into forms it cannot follow. So the last seven bytes of a
+/// message are never read; a SIP message ends with its empty line or body, never with a
+/// header the scanner needs.
+pub trait Bytes {
+    /// The 8 bytes at `off` as a little-endian word, or None when they are not all there.
+    fn word(&self, off: usize) -> Option<u64>;
+    /// Whether the message goes on beyond the bytes `word` can read (the kernel reads a
+    /// bounded window of it).
+    #[inline(always)]
+    fn truncated(&self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn byte(&self, off: usize) -> Option<u8> {
+        self.word(off).map(|w| w as u8)
+    }
+    /// `pos` (below [`SCAN_LIMIT`]) with what the kernel verifier knows of its range erased
+    /// (see [`forget`]). The kernel's reader mixes in a zero the verifier cannot see through.
+    #[inline(always)]
+    fn forget(&self, pos: usize) -> usize {
+        pos & (SCAN_LIMIT - 1)
+    }
+}
+
+impl Bytes for [u8] {
+    #[inline(always)]
+    fn word(&self, off: usize) -> Option<u64> {
+        let b = self.get(off..off.checked_add(8)?)?;
+        Some(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOWER: u64 = 0x2020_2020_2020_2020;
+
+/// Bit 7 of each byte of `w` that equals `b` (the classic has-zero-byte test on `w ^ b…`).
+/// Only the lowest flagged byte is exact; callers use only that one.
+#[inline(always)]
+fn bytes_equal(w: u64, b: u8) -> u64 {
+    let x = w ^ (ONES.wrapping_mul(b as u64));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// Index (0..8) of the lowest flagged byte of a non-zero `bytes_equal` result. No count-
+/// trailing-zeros instruction in BPF: a multiply moves the answer into the top byte.
+#[inline(always)]
+fn first_flagged(flags: u64) -> usize {
+    let lowest = flags & flags.wrapping_neg();
+    ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
+}
+
+/// Why positions are "forgotten": the mask changes no value, but every path through the
+/// scan then reaches the next line with the same offset range [0, SCAN_LIMIT), and the kernel
+/// verifier can prune all but one of them. Without it each line found at a different word is
+/// a different state, and their number multiplies line after line.
+#[inline(always)]
+fn forget<B: Bytes + ?Sized>(b: &B, pos: usize) -> usize {
+    b.forget(pos)
+}
+
+/// The first eight bytes of `s` as the word a load of them gives.
+const fn word(s: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < s.len() && i < 8 {
+        v |= (s[i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+const fn mask(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
+/// Position of the first `needle` at or after `pos`, looking at most `words` words ahead.
+#[inline(always)]
+fn find<B: Bytes + ?Sized>(b: &B, pos: usize, needle: u8, words: usize) -> Option<usize> {
+    search(b, pos, needle, words).ok()
+}
+
+/// Why a search found nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missed {
+    /// The message ended (fewer than eight bytes left).
+    Ended,
+    /// The bound was reached with more message to read.
+    Bound,
+}
+
+#[inline(always)]
+fn search<B: Bytes + ?Sized>(b: &B, pos: usize, needle: u8, words: usize) -> Result<usize, Missed> {
+    let mut p = pos;
+    for _ in 0..words {
+        if p >= SCAN_LIMIT {
+            return Err(Missed::Bound);
+        }
+        let Some(w) = b.word(p) else {
+            return Err(Missed::Ended);
+        };
+        let hit = bytes_equal(w, needle);
+        if hit != 0 {
+            let at = p + first_flagged(hit);
+            if at >= SCAN_LIMIT {
+                return Err(Missed::Bound);
+            }
+            // Every position a search finds has the same range for the verifier.
+            return Ok(forget(b, at));
+        }
+        p += 8;
+    }
+    Err(Missed::Bound)
+}
+
+/// Which header a line starts with (by its first word, in any case).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Header {
+    To,
+    From,
+    CSeq,
+    Authorization,
+    Other,
+    /// The empty line: the headers have ended.
+    End,
+}
+
+/// Header name then optional whitespace then ':': `name_len` bytes of `lw` (lowercased) must
+/// be the name and the next be ':', ' ' or a tab (lowercasing turns a tab into ')').
+#[inline(always)]
+fn named(lw: u64, name: u64, name_len: usize) -> bool {
+    if lw & mask(name_len) != name {
+        return false;
+    }
+    let next = ((lw >> (8 * name_len)) & 0xff) as u8;
+    next == b':' || next == b' ' || next == b')'
+}
+
+#[inline(always)]
+fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
+    if w & 0xffff == word(b"\r\n") || w & 0xff == b'\n' as u64 {
+        return Header::End;
+    }
+    let lw = w | LOWER;
+    if named(lw, word(b"to"), 2) || named(lw, word(b"t"), 1) {
+        return Header::To;
+    }
+    if named(lw, word(b"from"), 4) || named(lw, word(b"f"), 1) {
+        return Header::From;
+    }
+    if named(lw, word(b"cseq"), 4) {
+        return Header::CSeq;
+    }
+    if lw == word(b"authoriz") {
+        return Header::Authorization;
+    }
+    if lw == word(b"proxy-au") {
+        // Proxy-Authorization, not Proxy-Authenticate.
+        if let Some(w2) = b.word(line + 8) {
+            if w2 | LOWER == word(b"thorizat") {
+                return Header::Authorization;
+            }
+        }
+    }
+    Header::Other
+}
+
+/// What the scan read from the headers of interest. Values, not positions: the kernel
+/// verifier then has nothing position-dependent to carry from one line to the next, which
+/// keeps its walk of the loop small.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The To and From URI users (None: header absent, or its URI has no user part).
+    pub to: Option<Extension>,
+    pub from: Option<Extension>,
+    /// The CSeq identity and method (see [`cseq`]).
+    pub cseq: Option<(u32, Method)>,
+    /// Authorization or Proxy-Authorization is present.
+    pub credentials: bool,
+    /// The scan ended before the end of the headers (bound reached, line too long): absent
+    /// headers may lie beyond.
+    pub incomplete: bool,
+}
+
+/// What a caller needs found before the scan may stop early.
+#[derive(Clone, Copy)]
+pub struct Wanted {
+    pub to: bool,
+    pub from: bool,
+    pub cseq: bool,
+    pub credentials: bool,
+}
+
+/// Walks the header lines after the start line. `start`: the offset of the start line.
+#[inline(always)]
+pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> Found {
+    let mut found = Found::default();
+    let (mut seen_to, mut seen_from, mut seen_cseq) = (false, false, false);
+    // Skip the start line.
+    let mut pos = match find(b, start, b'\n', MAX_LINE / 8) {
+        Some(nl) => nl + 1,
+        None => {
+            found.incomplete = true;
+            return found;
+        }
+    };
+    for _ in 0..MAX_LINES {
+        if pos >= SCAN_LIMIT {
+            found.incomplete = true;
+            return found;
+        }
+        pos = forget(b, pos);
+        let Some(w) = b.word(pos) else {
+            // Fewer than eight bytes left: no header of interest fits there.
+            found.incomplete = b.truncated();
+            return found;
+        };
+        match header(b, pos, w) {
+            Header::End => return found,
+            Header::To if wanted.to && !seen_to => {
+                seen_to = true;
+                found.to = uri_user(b, after_colon(b, pos));
+            }
+            Header::From if wanted.from && !seen_from => {
+                seen_from = true;
+                found.from = uri_user(b, after_colon(b, pos));
+            }
+            Header::CSeq if wanted.cseq && !seen_cseq => {
+                seen_cseq = true;
+                found.cseq = cseq(b, after_colon(b, pos));
+            }
+            Header::Authorization => found.credentials = true,
+            _ => {}
+        }
+        if (!wanted.to || seen_to)
+            && (!wanted.from || seen_from)
+            && (!wanted.cseq || seen_cseq)
+            && (!wanted.credentials || found.credentials)
+        {
+            return found;
+        }
+        pos = match search(b, pos, b'\n', MAX_LINE / 8) {
+            Ok(nl) => nl + 1,
+            Err(missed) => {
+                found.incomplete = missed == Missed::Bound || b.truncated();
+                return found;
+            }
+        };
+    }
+    found.incomplete = true;
+    found
+}
+
+/// The byte after the colon of the header line at `line` (0 when there is none nearby).
+#[inline(always)]
+fn after_colon<B: Bytes + ?Sized>(b: &B, line: usize) -> usize {
+    match find(b, line, b':', 4) {
+        Some(c) => c + 1,
+        None => 0,
+    }
+}
+
+/// The end (the '\n') of the logical header line whose value starts at `value`: one folded
+/// continuation line (starting with a space or tab) is followed.
+#[inline(always)]
+fn value_end<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<usize> {
+    let nl = find(b, value, b'\n', MAX_LINE / 8)?;
+    match b.byte(nl + 1) {
+        Some(b' ') | Some(b'\t') => find(b, nl + 1, b'\n', MAX_LINE / 8),
+        _ => Some(nl),
+    }
+}
+
+/// The user part of the first `sip:`, `sips:` or `tel:` URI in the header value at `value`
+/// (To, From), up to its `@` (SIP) or its `;`/`>`/end (tel). None when there is no URI with
+/// a user part within the header.
+// Not inlined: its unrolled loops would crowd the caller's 512-byte stack; as its own BPF
+// function it has a frame of its own, and only packets that need a user pay for the call.
+#[inline(never)]
+fn uri_user<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<Extension> {
+    if value == 0 {
+        return None;
+    }
+    if value >= SCAN_LIMIT {
+        return None;
+    }
+    let value = forget(b, value);
+    let end = value_end(b, value)?;
+    let mut pos = value;
+    // A display name may hold colons of its own: try the first few.
+    for _ in 0..4 {
+        let colon = find(b, pos, b':', 16)?;
+        if colon >= end || colon >= SCAN_LIMIT {
+            return None;
+        }
+        let colon = forget(b, colon);
+        if colon >= value + 3 {
+            let w = b.word(colon - 3)? | LOWER;
+            let (s0, s1, s2) = (w as u8, (w >> 8) as u8, (w >> 16) as u8);
+            let sip = (s0 == b's' && s1 == b'i' && s2 == b'p') || (s0 == b'i' && s1 == b'p' && s2 == b's');
+            let tel = s0 == b't' && s1 == b'e' && s2 == b'l';
+            if sip || tel {
+                return user_part(b, colon + 1, tel);
+            }
+        }
+        pos = colon + 1;
+    }
+    None
+}
+
+/// Bit 7 of each byte of `w` that ends a URI user (`@ ; > ? , :`, whitespace, line end);
+/// exact for the lowest one.
+#[inline(always)]
+fn user_delimiters(w: u64) -> u64 {
+    bytes_equal(w, b'@')
+        | bytes_equal(w, b';')
+        | bytes_equal(w, b'>')
+        | bytes_equal(w, b'?')
+        | bytes_equal(w, b',')
+        | bytes_equal(w, b':')
+        | bytes_equal(w, b' ')
+        | bytes_equal(w, b'\r')
+        | bytes_equal(w, b'\n')
+}
+
+/// The URI user that starts at `at`: bytes up to the first delimiter, at most [`EXT_LEN`]
+/// kept (a longer user is cut, not refused). The user must end within 64 bytes, and a SIP
+/// user must be followed by its `@` (after an optional password). A word at a time: the
+/// delimiters of a word are found together, no byte-by-byte branches.
+#[inline(always)]
+fn user_part<B: Bytes + ?Sized>(b: &B, at: usize, tel: bool) -> Option<Extension> {
+    let (mut lo, mut hi) = (0u64, 0u64);
+    for k in 0..8usize {
+        let w = b.word(at + 8 * k)?;
+        let d = user_delimiters(w);
+        if d == 0 {
+            if k == 0 {
+                lo = w;
+            } else if k == 1 {
+                hi = w;
+            }
+            continue;
+        }
+        let i = first_flagged(d);
+        if k == 0 && i == 0 {
+            return None;
+        }
+        let part = w & mask(i);
+        if k == 0 {
+            lo = part;
+        } else if k == 1 {
+            hi = part;
+        }
+        let c = (w >> (8 * i)) as u8;
+        let mut ext = [0u8; EXT_LEN];
+        ext[..8].copy_from_slice(&lo.to_le_bytes());
+        ext[8..].copy_from_slice(&hi.to_le_bytes());
+        if tel {
+            return if c == b'@' || c == b':' { None } else { Some(ext) };
+        }
+        return match c {
+            b'@' => Some(ext),
+            // sip:user:password@host
+            b':' => find(b, at + 8 * k + i, b'@', 8).map(|_| ext),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The CSeq header's identity and method (`CSeq: 2 REGISTER`). The identity is the first 16
+/// bytes of the value folded to 32 bits: the same for a retransmission (the header is copied
+/// verbatim into every answer), different once the number changes. No number is parsed:
+/// digit-by-digit parsing makes the kernel verifier walk every digit count separately.
+#[inline(never)]
+fn cseq<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<(u32, Method)> {
+    if value == 0 || value >= SCAN_LIMIT {
+        return None;
+    }
+    let value = forget(b, value);
+    let w0 = b.word(value)?;
+    let w1 = b.word(value + 8).unwrap_or(0);
+    let mixed = w0 ^ w1.rotate_left(29);
+    let id = (mixed as u32) ^ ((mixed >> 32) as u32);
+    // The method follows the number and whitespace, within the first 16 bytes.
+    for k in 2..16 {
+        let w = b.word(value + k - 1)?;
+        let before = w as u8;
+        if before != b' ' && before != b'\t' {
+            continue;
+        }
+        let token = (w >> 8) | ((b.byte(value + k + 7).unwrap_or(0) as u64) << 56);
+        let m = method_token(token, b.byte(value + k + 8));
+        if m != Method::Unknown {
+            return Some((id, m));
+        }
+    }
+    Some((id, Method::Unknown))
+}
+
+/// The method of a CSeq's method token (which ends at whitespace or the line end).
+#[inline(always)]
+fn method_token(w: u64, ninth: Option<u8>) -> Method {
+    let ends = |c: u8| c == b'\r' || c == b'\n' || c == b' ' || c == b'\t';
+    let ends_at = |n: usize| ends(((w >> (8 * n)) & 0xff) as u8);
+    if w == word(b"REGISTER") && ninth.is_some_and(ends) {
+        return Method::Register;
+    }
+    if w & mask(6) == word(b"INVITE") && ends_at(6) {
+        return Method::Invite;
+    }
+    if w & mask(7) == word(b"OPTIONS") && ends_at(7) {
+        return Method::Options;
+    }
+    if w & mask(7) == word(b"MESSAGE") && ends_at(7) {
+        return Method::Message;
+    }
+    if w == word(b"SUBSCRIB") {
+        return Method::Subscribe;
+    }
+    if w & mask(3) == word(b"BYE") && ends_at(3) {
+        return Method::Bye;
+    }
+    Method::Unknown
+}
+
+/// The three-digit status code of a response (`SIP/2.0 401 …`), from the payload's second
+/// word; None when those bytes are not three digits and a space.
+#[inline(always)]
+pub fn status_code(second_word: u64) -> Option<u16> {
+    let d0 = (second_word & 0xff) as u8;
+    let d1 = ((second_word >> 8) & 0xff) as u8;
+    let d2 = ((second_word >> 16) & 0xff) as u8;
+    let sp = ((second_word >> 24) & 0xff) as u8;
+    if !(b'1'..=b'6').contains(&d0) || !d1.is_ascii_digit() || !d2.is_ascii_digit() || sp != b' ' {
+        return None;
+    }
+    Some((d0 - b'0') as u16 * 100 + (d1 - b'0') as u16 * 10 + (d2 - b'0') as u16)
+}
+
+/// An extension as text (for logs and the CLI): its bytes up to the first zero.
+pub fn ext_str(ext: &Extension) -> &str {
+    let n = ext.iter().position(|&c| c == 0).unwrap_or(EXT_LEN);
+    core::str::from_utf8(&ext[..n]).unwrap_or("?")
+}
+
+/// An extension from text (cut to [`EXT_LEN`] bytes, as the scanner keeps it).
+pub fn ext_from(s: &str) -> Extension {
+    let mut e = [0u8; EXT_LEN];
+    let n = s.len().min(EXT_LEN);
+    e[..n].copy_from_slice(&s.as_bytes()[..n]);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: Wanted = Wanted {
+        to: true,
+        from: true,
+        cseq: true,
+        credentials: true,
+    };
+
+    fn user(msg: &[u8], f: impl Fn(&Found) -> Option<Extension>) -> Option<Extension> {
+        f(&scan_headers(msg, 0, ALL))
+    }
+
+    const REPLY_401: &[u8] = b"SIP/2.0 401 Unauthorized\r\n\
+Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK-1;rport=5060;received=198.51.100.7\r\n\
+From: \"Robot\" <sip:201@pbx.example>;tag=abc\r\n\
+To: <sip:201@pbx.example>;tag=xyz\r\n\
+Call-ID: 1-2@10.0.0.2\r\n\
+CSeq: 7 REGISTER\r\n\
+WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n\"\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn finds_to_and_cseq_of_a_401() {
+        let f = scan_headers(REPLY_401, 0, ALL);
+        assert!(!f.incomplete);
+        assert_eq!(f.to, Some(ext_from("201")));
+        assert_eq!(f.cseq.map(|c| c.1), Some(Method::Register));
+        assert!(!f.credentials);
+        assert_eq!(status_code(REPLY_401.word(8).unwrap()), Some(401));
+    }
+
+    #[test]
+    fn compact_lowercase_and_spaced_names() {
+        let msg = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP x\r\nf: <sip:300@h>\r\nt :  \"A: B\" <sips:4711@h:5061;transport=tls>\r\ncseq:  12   INVITE\r\n\r\n";
+        assert_eq!(user(msg, |f| f.to), Some(ext_from("4711")));
+        assert_eq!(user(msg, |f| f.from), Some(ext_from("300")));
+        let f = scan_headers(&msg[..], 0, ALL);
+        assert_eq!(f.cseq.map(|c| c.1), Some(Method::Invite));
+        // The identity changes with the number, not with a retransmission.
+        let again = scan_headers(&msg[..], 0, ALL);
+        assert_eq!(f.cseq, again.cseq);
+        let next = b"SIP/2.0 200 OK\r\nf: <sip:300@h>\r\nt: <sip:1@h>\r\ncseq:  13   INVITE\r\n\r\n";
+        assert_ne!(scan_headers(&next[..], 0, ALL).cseq.map(|c| c.0), f.cseq.map(|c| c.0));
+        let upper = b"SIP/2.0 200 OK\r\nTO: sip:55@h\r\nCSEQ: 1 REGISTER\r\n\r\n";
+        assert_eq!(user(upper, |f| f.to), Some(ext_from("55")));
+    }
+
+    #[test]
+    fn folded_header_and_tel_uri() {
+        let msg = b"INVITE tel:+232123 SIP/2.0\r\nTo:\r\n <tel:+232-76-123;phone-context=x>\r\nFrom: <sip:201@h>\r\n\r\n";
+        assert_eq!(user(msg, |f| f.to), Some(ext_from("+232-76-123")));
+    }
+
+    #[test]
+    fn credentials_are_seen_in_either_header_and_not_confused_with_challenges() {
+        let with = b"REGISTER sip:h SIP/2.0\r\nTo: <sip:1@h>\r\nAuthorization: Digest username=\"1\"\r\n\r\n";
+        assert!(scan_headers(&with[..], 0, ALL).credentials);
+        let proxy = b"INVITE sip:2@h SIP/2.0\r\nproxy-authorization: Digest x\r\n\r\n";
+        assert!(scan_headers(&proxy[..], 0, ALL).credentials);
+        let challenge = b"SIP/2.0 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest x\r\n\r\n";
+        assert!(!scan_headers(&challenge[..], 0, ALL).credentials);
+    }
+
+    #[test]
+    fn uri_without_user_or_outside_the_header_is_none() {
+        let msg = b"SIP/2.0 200 OK\r\nTo: <sip:pbx.example>\r\nContact: <sip:201@h>\r\n\r\n";
+        assert_eq!(user(msg, |f| f.to), None);
+        let msg = b"SIP/2.0 200 OK\r\nTo: nobody\r\nContact: <sip:201@h>\r\n\r\n";
+        assert_eq!(user(msg, |f| f.to), None);
+    }
+
+    #[test]
+    fn headers_beyond_the_bound_are_not_seen_and_the_scan_says_so() {
+        let mut msg = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+        while msg.len() < SCAN_LIMIT + 10 {
+            msg.extend_from_slice(b"Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK-xxxxxxxxxxxxxxxxxxxxxxxx\r\n");
+        }
+        msg.extend_from_slice(b"To: <sip:201@h>\r\nCSeq: 1 REGISTER\r\n\r\n");
+        let f = scan_headers(&msg[..], 0, ALL);
+        assert!(f.incomplete);
+        assert_eq!(f.to, None);
+    }
+
+    #[test]
+    fn truncated_messages_never_panic_and_never_invent_a_user() {
+        for n in 0..REPLY_401.len() {
+            let m = &REPLY_401[..n];
+            let f = scan_headers(m, 0, ALL);
+            if let Some(u) = f.to {
+                assert_eq!(u, ext_from("201"), "cut at {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_users_are_cut_to_sixteen_bytes() {
+        let msg = b"SIP/2.0 200 OK\r\nTo: <sip:12345678901234567890@h>\r\n\r\n";
+        assert_eq!(user(msg, |f| f.to), Some(ext_from("1234567890123456")));
+    }
+
+    #[test]
+    fn word_helpers() {
+        for i in 0..8 {
+            let mut bytes = [b'x'; 8];
+            bytes[i] = b'\n';
+            if i < 7 {
+                bytes[7] = b'\n';
+            }
+            let w = u64::from_le_bytes(bytes);
+            assert_eq!(first_flagged(bytes_equal(w, b'\n')), i);
+        }
+        assert_eq!(status_code(u64::from_le_bytes(*b"404 Not ")), Some(404));
+        assert_eq!(status_code(u64::from_le_bytes(*b"4x4 Not ")), None);
+        assert_eq!(status_code(u64::from_le_bytes(*b"7004 Not")), None);
+    }
+}

@@ -39,5 +39,6 @@ mod pod {
     unsafe impl aya::Pod for ListEntry {}
     unsafe impl aya::Pod for ClockSample {}
     unsafe impl aya::Pod for KnownSource {}
+    unsafe impl aya::Pod for AnswerState {}
     unsafe impl aya::Pod for CrackedExtension {}
 }

@@ -27,6 +27,10 @@ pub const INGRESS_PROGRAMS: &str = "ingress_programs";
 /// The egress (TC) program that reads the PBX's answers, and its empty floor.
 pub const ANSWERS_PROGRAM: &str = "sipfilter_answers";
 pub const TC_FLOOR_PROGRAM: &str = "tc_floor";
+/// The answers' judge (tail-called by the answers program) and its tail-call table.
+pub const JUDGE_PROGRAM: &str = "sipfilter_judge";
+pub const CALLER_PROGRAM: &str = "sipfilter_caller";
+pub const EGRESS_PROGRAMS: &str = "egress_programs";
 
 /// Capacities. Bans are a plain hash (not LRU) so a flood of spoofed sources cannot evict
 /// real bans; when it is full new bans fail (counted) and their packets still drop.

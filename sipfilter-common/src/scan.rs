@@ -207,16 +207,14 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
     Header::Other
 }
 
-/// What the scan read from the headers of interest. Values, not positions: the kernel
-/// verifier then has nothing position-dependent to carry from one line to the next, which
-/// keeps its walk of the loop small.
+/// Where the values of the headers of interest start (0: absent), as the scan found them.
+/// Read them with [`uri_user`] and [`cseq`]: only the ones the caller needs, once each (in
+/// the kernel each read is a large piece of code for the verifier to walk).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Found {
-    /// The To and From URI users (None: header absent, or its URI has no user part).
-    pub to: Option<Extension>,
-    pub from: Option<Extension>,
-    /// The CSeq identity and method (see [`cseq`]).
-    pub cseq: Option<(u32, Method)>,
+    pub to_at: usize,
+    pub from_at: usize,
+    pub cseq_at: usize,
     /// Authorization or Proxy-Authorization is present.
     pub credentials: bool,
     /// The scan ended before the end of the headers (bound reached, line too long): absent
@@ -234,42 +232,48 @@ pub struct Wanted {
 }
 
 /// Walks the header lines after the start line. `start`: the offset of the start line.
+///
+/// It only notes where the wanted headers' values start; callers read the values they need.
+/// (Reading them inside the loop would make the kernel verifier walk the URI reader once for
+/// every line at which a header can be found.)
 #[inline(always)]
 pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> Found {
     let mut found = Found::default();
+    // Value positions of the wanted headers, 0 while not seen.
+    let (mut to_at, mut from_at, mut cseq_at) = (0usize, 0usize, 0usize);
     let (mut seen_to, mut seen_from, mut seen_cseq) = (false, false, false);
     // Skip the start line.
-    let mut pos = match find(b, start, b'\n', MAX_LINE / 8) {
-        Some(nl) => nl + 1,
-        None => {
+    let mut next = find(b, start, b'\n', MAX_LINE / 8).map(|nl| nl + 1);
+    if next.is_none() {
+        found.incomplete = true;
+    }
+    let mut lines = 0;
+    while let Some(at) = next {
+        next = None;
+        if lines == MAX_LINES || at >= SCAN_LIMIT {
             found.incomplete = true;
-            return found;
+            break;
         }
-    };
-    for _ in 0..MAX_LINES {
-        if pos >= SCAN_LIMIT {
-            found.incomplete = true;
-            return found;
-        }
-        pos = forget(b, pos);
+        lines += 1;
+        let pos = forget(b, at);
         let Some(w) = b.word(pos) else {
             // Fewer than eight bytes left: no header of interest fits there.
             found.incomplete = b.truncated();
-            return found;
+            break;
         };
         match header(b, pos, w) {
-            Header::End => return found,
+            Header::End => break,
             Header::To if wanted.to && !seen_to => {
                 seen_to = true;
-                found.to = uri_user(b, after_colon(b, pos));
+                to_at = after_colon(b, pos);
             }
             Header::From if wanted.from && !seen_from => {
                 seen_from = true;
-                found.from = uri_user(b, after_colon(b, pos));
+                from_at = after_colon(b, pos);
             }
             Header::CSeq if wanted.cseq && !seen_cseq => {
                 seen_cseq = true;
-                found.cseq = cseq(b, after_colon(b, pos));
+                cseq_at = after_colon(b, pos);
             }
             Header::Authorization => found.credentials = true,
             _ => {}
@@ -279,17 +283,16 @@ pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> F
             && (!wanted.cseq || seen_cseq)
             && (!wanted.credentials || found.credentials)
         {
-            return found;
+            break;
         }
-        pos = match search(b, pos, b'\n', MAX_LINE / 8) {
-            Ok(nl) => nl + 1,
-            Err(missed) => {
-                found.incomplete = missed == Missed::Bound || b.truncated();
-                return found;
-            }
-        };
+        match search(b, pos, b'\n', MAX_LINE / 8) {
+            Ok(nl) => next = Some(nl + 1),
+            Err(missed) => found.incomplete = missed == Missed::Bound || b.truncated(),
+        }
     }
-    found.incomplete = true;
+    found.to_at = to_at;
+    found.from_at = from_at;
+    found.cseq_at = cseq_at;
     found
 }
 
@@ -297,8 +300,8 @@ pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> F
 #[inline(always)]
 fn after_colon<B: Bytes + ?Sized>(b: &B, line: usize) -> usize {
     match find(b, line, b':', 4) {
-        Some(c) => c + 1,
-        None => 0,
+        Some(c) if c + 1 < SCAN_LIMIT => forget(b, c + 1),
+        _ => 0,
     }
 }
 
@@ -319,7 +322,7 @@ fn value_end<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<usize> {
 // Not inlined: its unrolled loops would crowd the caller's 512-byte stack; as its own BPF
 // function it has a frame of its own, and only packets that need a user pay for the call.
 #[inline(never)]
-fn uri_user<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<Extension> {
+pub fn uri_user<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<Extension> {
     if value == 0 {
         return None;
     }
@@ -415,7 +418,7 @@ fn user_part<B: Bytes + ?Sized>(b: &B, at: usize, tel: bool) -> Option<Extension
 /// verbatim into every answer), different once the number changes. No number is parsed:
 /// digit-by-digit parsing makes the kernel verifier walk every digit count separately.
 #[inline(never)]
-fn cseq<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<(u32, Method)> {
+pub fn cseq<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<(u32, Method)> {
     if value == 0 || value >= SCAN_LIMIT {
         return None;
     }
@@ -505,8 +508,13 @@ mod tests {
         credentials: true,
     };
 
-    fn user(msg: &[u8], f: impl Fn(&Found) -> Option<Extension>) -> Option<Extension> {
-        f(&scan_headers(msg, 0, ALL))
+    /// The To or From user of a message, as callers read it.
+    fn user(msg: &[u8], f: impl Fn(&Found) -> usize) -> Option<Extension> {
+        uri_user(msg, f(&scan_headers(msg, 0, ALL)))
+    }
+
+    fn cseq_of(msg: &[u8]) -> Option<(u32, Method)> {
+        cseq(msg, scan_headers(msg, 0, ALL).cseq_at)
     }
 
     const REPLY_401: &[u8] = b"SIP/2.0 401 Unauthorized\r\n\
@@ -522,8 +530,8 @@ Content-Length: 0\r\n\r\n";
     fn finds_to_and_cseq_of_a_401() {
         let f = scan_headers(REPLY_401, 0, ALL);
         assert!(!f.incomplete);
-        assert_eq!(f.to, Some(ext_from("201")));
-        assert_eq!(f.cseq.map(|c| c.1), Some(Method::Register));
+        assert_eq!(uri_user(REPLY_401, f.to_at), Some(ext_from("201")));
+        assert_eq!(cseq_of(REPLY_401).map(|c| c.1), Some(Method::Register));
         assert!(!f.credentials);
         assert_eq!(status_code(REPLY_401.word(8).unwrap()), Some(401));
     }
@@ -531,23 +539,22 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn compact_lowercase_and_spaced_names() {
         let msg = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP x\r\nf: <sip:300@h>\r\nt :  \"A: B\" <sips:4711@h:5061;transport=tls>\r\ncseq:  12   INVITE\r\n\r\n";
-        assert_eq!(user(msg, |f| f.to), Some(ext_from("4711")));
-        assert_eq!(user(msg, |f| f.from), Some(ext_from("300")));
-        let f = scan_headers(&msg[..], 0, ALL);
-        assert_eq!(f.cseq.map(|c| c.1), Some(Method::Invite));
+        assert_eq!(user(msg, |f| f.to_at), Some(ext_from("4711")));
+        assert_eq!(user(msg, |f| f.from_at), Some(ext_from("300")));
+        let c = cseq_of(&msg[..]);
+        assert_eq!(c.map(|c| c.1), Some(Method::Invite));
         // The identity changes with the number, not with a retransmission.
-        let again = scan_headers(&msg[..], 0, ALL);
-        assert_eq!(f.cseq, again.cseq);
+        assert_eq!(c, cseq_of(&msg[..]));
         let next = b"SIP/2.0 200 OK\r\nf: <sip:300@h>\r\nt: <sip:1@h>\r\ncseq:  13   INVITE\r\n\r\n";
-        assert_ne!(scan_headers(&next[..], 0, ALL).cseq.map(|c| c.0), f.cseq.map(|c| c.0));
+        assert_ne!(cseq_of(&next[..]).map(|c| c.0), c.map(|c| c.0));
         let upper = b"SIP/2.0 200 OK\r\nTO: sip:55@h\r\nCSEQ: 1 REGISTER\r\n\r\n";
-        assert_eq!(user(upper, |f| f.to), Some(ext_from("55")));
+        assert_eq!(user(upper, |f| f.to_at), Some(ext_from("55")));
     }
 
     #[test]
     fn folded_header_and_tel_uri() {
         let msg = b"INVITE tel:+232123 SIP/2.0\r\nTo:\r\n <tel:+232-76-123;phone-context=x>\r\nFrom: <sip:201@h>\r\n\r\n";
-        assert_eq!(user(msg, |f| f.to), Some(ext_from("+232-76-123")));
+        assert_eq!(user(msg, |f| f.to_at), Some(ext_from("+232-76-123")));
     }
 
     #[test]
@@ -563,9 +570,9 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn uri_without_user_or_outside_the_header_is_none() {
         let msg = b"SIP/2.0 200 OK\r\nTo: <sip:pbx.example>\r\nContact: <sip:201@h>\r\n\r\n";
-        assert_eq!(user(msg, |f| f.to), None);
+        assert_eq!(user(msg, |f| f.to_at), None);
         let msg = b"SIP/2.0 200 OK\r\nTo: nobody\r\nContact: <sip:201@h>\r\n\r\n";
-        assert_eq!(user(msg, |f| f.to), None);
+        assert_eq!(user(msg, |f| f.to_at), None);
     }
 
     #[test]
@@ -577,7 +584,7 @@ Content-Length: 0\r\n\r\n";
         msg.extend_from_slice(b"To: <sip:201@h>\r\nCSeq: 1 REGISTER\r\n\r\n");
         let f = scan_headers(&msg[..], 0, ALL);
         assert!(f.incomplete);
-        assert_eq!(f.to, None);
+        assert_eq!(f.to_at, 0);
     }
 
     #[test]
@@ -585,7 +592,8 @@ Content-Length: 0\r\n\r\n";
         for n in 0..REPLY_401.len() {
             let m = &REPLY_401[..n];
             let f = scan_headers(m, 0, ALL);
-            if let Some(u) = f.to {
+            let _ = cseq(m, f.cseq_at);
+            if let Some(u) = uri_user(m, f.to_at) {
                 assert_eq!(u, ext_from("201"), "cut at {n}");
             }
         }
@@ -594,7 +602,7 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn long_users_are_cut_to_sixteen_bytes() {
         let msg = b"SIP/2.0 200 OK\r\nTo: <sip:12345678901234567890@h>\r\n\r\n";
-        assert_eq!(user(msg, |f| f.to), Some(ext_from("1234567890123456")));
+        assert_eq!(user(msg, |f| f.to_at), Some(ext_from("1234567890123456")));
     }
 
     #[test]

@@ -12,15 +12,18 @@ use sipfilter_common::{
     answers::{Answer, AnswerClass, Judgement},
     config::FLAG_WITHHOLD,
     counters::{ban_reason, AnswerKind},
-    scan::{scan_headers, status_code, Bytes, Wanted},
+    scan::{cseq, scan_headers, status_code, uri_user, Bytes, Wanted},
     Counters, CrackedExtension, KernelConfig, KnownSource, Method, NS_PER_SEC,
 };
 
 use crate::{
     bans::{ban, Cause},
     clock::now,
-    maps::{CONFIG, COUNTERS, CRACKED_EXTENSIONS, KNOWN_SOURCES},
-    parse::{load_address, parse_l3, udp_ports, ScanWindow, L3},
+    maps::{
+        PendingAnswer, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, JUDGE_ANSWER_SLOT, KNOWN_SOURCES,
+        PENDING_ANSWER, READ_CALLER_SLOT,
+    },
+    parse::{load_address, parse_l3, udp_ports, Datagram, ScanWindow, L3},
     source_state::{existing_state, ensure_fresh, top_up},
 };
 
@@ -33,6 +36,11 @@ pub fn tc_floor(_ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
+/// Reads an answer leaving from a SIP port; if it is one that says something about the source
+/// it goes to, notes what it says in this CPU's [`PENDING_ANSWER`] and hands the packet to
+/// [`sipfilter_judge`] by tail call. Two programs, because the verifier walks the header scan
+/// once for every distinct state that reaches it: scanning first, from a clean start, and
+/// judging (with its map lookups and branches) after, keeps each walk small.
 #[classifier]
 pub fn sipfilter_answers(ctx: TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
@@ -43,43 +51,156 @@ pub fn sipfilter_answers(ctx: TcContext) -> i32 {
     };
     // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
     let counters = unsafe { &mut *counters };
-    if try_answers(&ctx, config, counters) && !config.monitor() {
+    if let Some(next) = read_answer(&ctx, config, counters) {
+        // SAFETY: a tail call does not return unless it fails (nothing loaded there): then
+        // the answer passes unjudged.
+        unsafe { EGRESS_PROGRAMS.tail_call(&ctx, next) };
+    }
+    TC_ACT_OK as i32
+}
+
+/// Judges the answer [`sipfilter_answers`] read; drops it only to withhold a cracked guess's
+/// proof.
+#[classifier]
+pub fn sipfilter_judge(ctx: TcContext) -> i32 {
+    let Some(config) = CONFIG.get(0) else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(counters) = COUNTERS.get_ptr_mut(0) else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: per-CPU values: only this CPU touches them while the program runs.
+    let (counters, pending) = unsafe { (&mut *counters, &mut *pending) };
+    if pending.ready == 0 {
+        return TC_ACT_OK as i32;
+    }
+    pending.ready = 0;
+    if judge(pending, config, counters) && !config.monitor() {
         return TC_ACT_SHOT as i32;
     }
     TC_ACT_OK as i32
 }
 
-/// Judges one outgoing packet; true when it is a 2xx to withhold.
+/// Reads one outgoing packet: for an answer worth judging, notes it in [`PENDING_ANSWER`] and
+/// says which program goes on with it.
 #[inline(always)]
-fn try_answers(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) -> bool {
+fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) -> Option<u32> {
     let L3::Udp(h) = parse_l3(ctx) else {
-        return false;
+        return None;
     };
     let Some((src_port_be, _)) = udp_ports(ctx, &h) else {
-        return false;
+        return None;
     };
     if !config.is_sip_port(src_port_be) {
-        return false;
+        return None;
     }
     // The copy reads past the linear area of a socket buffer too.
     let Some(bytes) = ScanWindow::of_skb(ctx, h.udp + UdpHdr::LEN) else {
-        return false;
+        return None;
     };
     if bytes.word(0) != Some(SIP_STATUS_LINE) {
         // A request the PBX sends (an OPTIONS ping to a phone): not an answer.
-        return false;
+        return None;
     }
     let Some(code) = bytes.word(8).and_then(status_code) else {
-        return false;
+        return None;
     };
     if let Some(n) = counters.answers.get_mut(AnswerKind::of(code) as usize) {
         *n += 1;
     }
     if !AnswerClass::needs_headers(code) {
-        return false;
+        return None;
     }
     let Some(peer) = load_address(ctx, &h, true) else {
-        return false;
+        return None;
+    };
+    // To and CSeq here; the From (the caller) of an answer to anything but a REGISTER is
+    // read by `sipfilter_caller`: three headers in one scan are more paths than the
+    // verifier walks.
+    let wanted = Wanted {
+        to: true,
+        from: false,
+        cseq: true,
+        credentials: false,
+    };
+    let found = scan_headers(&bytes, 0, wanted);
+    let Some((cseq_id, method)) = cseq(&bytes, found.cseq_at) else {
+        counters.uninspected += 1;
+        return None;
+    };
+    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+        return None;
+    };
+    // SAFETY: this CPU's record.
+    let pending = unsafe { &mut *pending };
+    pending.peer = peer.addr;
+    pending.peer_v6 = peer.is_v6 as u32;
+    pending.code = code as u32;
+    pending.method = method as u32;
+    pending.cseq = cseq_id;
+    pending.window_len = bytes.len() as u32;
+    pending.window_cut = bytes.truncated() as u32;
+    if method != Method::Register {
+        pending.ready = 1;
+        return Some(READ_CALLER_SLOT);
+    }
+    // The extension at stake in a REGISTER's answer: the registering user.
+    let Some(ext) = uri_user(&bytes, found.to_at) else {
+        counters.uninspected += 1;
+        return None;
+    };
+    pending.ext = ext;
+    pending.ready = 1;
+    Some(JUDGE_ANSWER_SLOT)
+}
+
+/// Reads the caller (From user) of an answer to anything but a REGISTER: whose credentials
+/// the answer is about. Then hands the packet to the judge.
+#[classifier]
+pub fn sipfilter_caller(ctx: TcContext) -> i32 {
+    let Some(counters) = COUNTERS.get_ptr_mut(0) else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: per-CPU values: only this CPU touches them while the program runs.
+    let (counters, pending) = unsafe { (&mut *counters, &mut *pending) };
+    if pending.ready == 0 {
+        return TC_ACT_OK as i32;
+    }
+    let Some(bytes) = ScanWindow::resume(pending.window_len as usize, pending.window_cut != 0) else {
+        pending.ready = 0;
+        return TC_ACT_OK as i32;
+    };
+    let wanted = Wanted {
+        to: false,
+        from: true,
+        cseq: false,
+        credentials: false,
+    };
+    let found = scan_headers(&bytes, 0, wanted);
+    match uri_user(&bytes, found.from_at) {
+        Some(ext) => {
+            pending.ext = ext;
+            // SAFETY: see `sipfilter_answers`.
+            unsafe { EGRESS_PROGRAMS.tail_call(&ctx, JUDGE_ANSWER_SLOT) };
+        }
+        None => counters.uninspected += 1,
+    }
+    pending.ready = 0;
+    TC_ACT_OK as i32
+}
+
+/// Judges a read answer; true when it is a 2xx to withhold.
+#[inline(always)]
+fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters) -> bool {
+    let peer = Datagram {
+        addr: pending.peer,
+        is_v6: pending.peer_v6 != 0,
     };
     let key = peer.key(config);
     let Some(state) = existing_state(config, &key) else {
@@ -94,28 +215,12 @@ fn try_answers(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
         // Allowlisted: trusted as configured, never judged.
         return false;
     }
-
-    let wanted = Wanted {
-        to: true,
-        from: true,
-        cseq: true,
-        credentials: false,
-    };
-    let found = scan_headers(&bytes, 0, wanted);
-    let Some((cseq_id, method)) = found.cseq else {
-        counters.uninspected += 1;
-        return false;
-    };
-    // The extension at stake: the registering user, or the caller whose credentials count.
-    let user = if method == Method::Register { found.to } else { found.from };
-    let Some(ext) = user else {
-        counters.uninspected += 1;
-        return false;
-    };
+    let method = Method::from_u8(pending.method as u8).unwrap_or(Method::Unknown);
+    let ext = pending.ext;
     let answer = Answer {
-        code,
+        code: pending.code as u16,
         method,
-        cseq: cseq_id,
+        cseq: pending.cseq,
         ext,
     };
     let known = state.answers.known_until_ns > now;

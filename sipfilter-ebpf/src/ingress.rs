@@ -10,7 +10,7 @@ use network_types::udp::UdpHdr;
 use sipfilter_common::{
     config::{FLAG_QUARANTINE, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST},
     counters::ban_reason,
-    scan::{scan_headers, Wanted},
+    scan::{scan_headers, uri_user, Wanted},
     sip::CLASSIFY_LEN,
     ClockSample, Counters, KernelConfig, Method, Outcome, RateState, SourceKey, Verdict,
 };
@@ -257,8 +257,8 @@ fn try_inspect(ctx: &XdpContext) -> bool {
         credentials: false,
     };
     let found = scan_headers(&bytes, 0, wanted);
-    let user = if register { found.to } else { found.from };
-    match user {
+    let at = if register { found.to_at } else { found.from_at };
+    match uri_user(&bytes, at) {
         Some(ext) => unsafe { CRACKED_EXTENSIONS.get(&ext) }.is_some(),
         None => false,
     }

@@ -80,3 +80,34 @@ pub static INSPECTION: PerCpuArray<Inspection> = PerCpuArray::with_max_entries(1
 #[map(name = "scan_buffer")]
 pub static SCAN_BUFFER: PerCpuArray<[u8; 2 * sipfilter_common::scan::SCAN_LIMIT]> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// The egress programs reached by tail call: [`JUDGE_ANSWER_SLOT`] judges what the answers
+/// program read, [`READ_CALLER_SLOT`] reads the caller first where the answer needs it. Not pinned: each loader fills its own.
+#[map(name = "egress_programs")]
+pub static EGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub const JUDGE_ANSWER_SLOT: u32 = 0;
+/// Reads the caller of an answer to anything but a REGISTER.
+pub const READ_CALLER_SLOT: u32 = 1;
+
+/// An answer read by the answers program, waiting for the judge (one per CPU: a TC program
+/// runs to completion on its CPU, tail call included).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingAnswer {
+    /// The peer (the source the answer goes to), as `parse::Datagram` holds it.
+    pub peer: [u32; 4],
+    pub peer_v6: u32,
+    pub code: u32,
+    pub method: u32,
+    pub cseq: u32,
+    pub ext: sipfilter_common::scan::Extension,
+    /// 1 from the read to the judgement.
+    pub ready: u32,
+    /// The scan window the answer was read from (still in this CPU's scan buffer).
+    pub window_len: u32,
+    pub window_cut: u32,
+    pub _pad: u32,
+}
+
+#[map(name = "pending_answer")]
+pub static PENDING_ANSWER: PerCpuArray<PendingAnswer> = PerCpuArray::with_max_entries(1, 0);

@@ -86,8 +86,6 @@ pub struct ScanWindow {
     len: usize,
     /// The payload is longer than the copy.
     cut: bool,
-    /// Always zero, read from the buffer's never-written tail: the verifier cannot know it.
-    zero: usize,
 }
 
 impl ScanWindow {
@@ -111,16 +109,25 @@ impl ScanWindow {
         (rc == 0).then(|| ScanWindow::new(buf, n, cut))
     }
 
+    /// The window an earlier program of this packet (before a tail call) copied.
+    #[inline(always)]
+    pub fn resume(len: usize, cut: bool) -> Option<ScanWindow> {
+        if len > SCAN_LIMIT {
+            return None;
+        }
+        let buf = SCAN_BUFFER.get_ptr_mut(0)? as *mut u8;
+        Some(ScanWindow::new(buf, len, cut))
+    }
+
+    /// Bytes copied.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     #[inline(always)]
     fn new(buf: *mut u8, len: usize, cut: bool) -> ScanWindow {
-        // SAFETY: the last word of the 2 × SCAN_LIMIT buffer, which no copy reaches.
-        let zero = unsafe { core::ptr::read_volatile(buf.add(2 * SCAN_LIMIT - 8) as *const u64) } as usize;
-        ScanWindow {
-            buf,
-            len,
-            cut,
-            zero,
-        }
+        ScanWindow { buf, len, cut }
     }
 
     #[inline(always)]
@@ -138,7 +145,12 @@ impl ScanWindow {
 impl Bytes for ScanWindow {
     #[inline(always)]
     fn word(&self, off: usize) -> Option<u64> {
-        if off + 8 > self.len {
+        // Compared with a fresh copy of the length each time (xor with a zero reloaded from the
+        // buffer, which the compiler cannot reuse): a comparison with `self.len` itself would
+        // narrow its range in the verifier, differently on every path, and no state would prune.
+        // SAFETY: the last word of the 2 × SCAN_LIMIT buffer, which no copy reaches: always zero.
+        let zero = unsafe { core::ptr::read_volatile(self.buf.add(2 * SCAN_LIMIT - 8) as *const u64) } as usize;
+        if off + 8 > self.len ^ zero {
             return None;
         }
         // The mask changes nothing (off < len ≤ SCAN_LIMIT); it tells the verifier the
@@ -156,7 +168,15 @@ impl Bytes for ScanWindow {
 
     #[inline(always)]
     fn forget(&self, pos: usize) -> usize {
-        (pos ^ self.zero) & (SCAN_LIMIT - 1)
+        // Through memory the verifier does not track (the buffer's tail): what comes back is a
+        // scalar with no range and no link to `pos`, so neither the range nor the precision
+        // marks of the path that computed `pos` reach the states after this point.
+        // SAFETY: a slot in the buffer's tail that no copy reaches.
+        unsafe {
+            let slot = self.buf.add(2 * SCAN_LIMIT - 16) as *mut u64;
+            core::ptr::write_volatile(slot, pos as u64);
+            core::ptr::read_volatile(slot) as usize & (SCAN_LIMIT - 1)
+        }
     }
 }
 

@@ -12,7 +12,10 @@ use std::{
 
 use serde::Deserialize;
 use sipfilter_common::{
-    config::{defaults, ipv6_mask, FLAG_MONITOR, FLAG_SCOPE_ALL, MAX_BURST, MAX_RATE, MAX_SIP_PORTS},
+    config::{
+        defaults, ipv6_mask, FLAG_MONITOR, FLAG_SCOPE_ALL, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST, FLAG_WITHHOLD,
+        MAX_BURST, MAX_RATE, MAX_SIP_PORTS,
+    },
     ClassLimit, KernelConfig, NS_PER_SEC,
 };
 use toml::Spanned;
@@ -84,6 +87,40 @@ pub struct Config {
     pub mode: AttachMode,
     pub state_file: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    pub trust: TrustSettings,
+}
+
+/// `[trust]`: judging sources by the PBX's answers (README, "How a packet is judged").
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrustSettings {
+    /// Read the PBX's answers (egress program) and give unknown sources the tight limits.
+    pub enabled: bool,
+    /// Drop OPTIONS from sources that are neither known nor allowlisted.
+    pub stealth: bool,
+    /// Stealth for every request but REGISTER (sites that take no calls from the internet).
+    pub stealth_all: bool,
+    /// Drop REGISTER/INVITE for a cracked extension from sources neither known nor allowlisted.
+    pub quarantine: bool,
+    /// Drop the 2xx that proves a guessed password.
+    pub withhold_cracked: bool,
+    /// How long a source stays known after its last clean REGISTER success.
+    pub known_for: Duration,
+    /// Limits of unknown sources by class: register, invite, other.
+    pub unknown_limits: [ClassLimit; 3],
+}
+
+impl Default for TrustSettings {
+    fn default() -> Self {
+        TrustSettings {
+            enabled: true,
+            stealth: true,
+            stealth_all: false,
+            quarantine: true,
+            withhold_cracked: true,
+            known_for: Duration::from_secs(defaults::KNOWN_TTL_SECS as u64),
+            unknown_limits: [defaults::UNKNOWN_REGISTER, defaults::UNKNOWN_INVITE, defaults::UNKNOWN_OTHER],
+        }
+    }
 }
 
 impl Default for Config {
@@ -103,6 +140,7 @@ impl Default for Config {
             mode: AttachMode::Auto,
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+            trust: TrustSettings::default(),
         }
     }
 }
@@ -123,6 +161,22 @@ impl Config {
         }
         if self.ban_scope == BanScope::All {
             k.flags |= FLAG_SCOPE_ALL;
+        }
+        let t = &self.trust;
+        k.unknown_limits = t.unknown_limits;
+        k.trust.known_ttl_secs = u32::try_from(t.known_for.as_secs()).unwrap_or(u32::MAX);
+        if t.enabled && trust_in_force() {
+            k.flags |= FLAG_TRUST;
+            if t.stealth {
+                k.flags |= FLAG_STEALTH;
+            }
+            if t.stealth_all {
+                k.flags |= FLAG_STEALTH | FLAG_STEALTH_ALL;
+            }
+            if t.withhold_cracked {
+                k.flags |= FLAG_WITHHOLD;
+            }
+            // FLAG_QUARANTINE is the agent's to set: only while some extension is cracked.
         }
         k
     }
@@ -172,26 +226,7 @@ impl Config {
         }
 
         if let Some(limits) = raw.limits {
-            for (i, (name, class)) in [
-                ("register", limits.register),
-                ("invite", limits.invite),
-                ("other", limits.other),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let Some(class) = class else { continue };
-                if let Some(rate) = class.rate {
-                    let field = format!("limits.{name}.rate");
-                    c.limits[i].rate_per_sec =
-                        bounded(&rate, 1, MAX_RATE).map_err(|m| err(Some(rate.span()), Some(&field), m))?;
-                }
-                if let Some(burst) = class.burst {
-                    let field = format!("limits.{name}.burst");
-                    c.limits[i].burst =
-                        bounded(&burst, 1, MAX_BURST).map_err(|m| err(Some(burst.span()), Some(&field), m))?;
-                }
-            }
+            apply_limits(limits, &mut c.limits, "limits", &err)?;
         }
 
         if let Some(ban) = raw.ban {
@@ -233,6 +268,21 @@ impl Config {
         }
         if let Some(m) = raw.monitor {
             c.monitor = m;
+        }
+        if let Some(t) = raw.trust {
+            let flag = |v: Option<bool>, d: bool| v.unwrap_or(d);
+            c.trust.enabled = flag(t.enabled, c.trust.enabled);
+            c.trust.stealth = flag(t.stealth, c.trust.stealth);
+            c.trust.stealth_all = flag(t.stealth_all, c.trust.stealth_all);
+            c.trust.quarantine = flag(t.quarantine, c.trust.quarantine);
+            c.trust.withhold_cracked = flag(t.withhold_cracked, c.trust.withhold_cracked);
+            if let Some(v) = &t.known_for {
+                c.trust.known_for =
+                    parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), Some("trust.known_for"), m))?;
+            }
+            if let Some(limits) = t.unknown_limits {
+                apply_limits(limits, &mut c.trust.unknown_limits, "trust.unknown_limits", &err)?;
+            }
         }
 
         if let Some(lists) = raw.lists {
@@ -371,6 +421,47 @@ struct RawConfig {
     monitor: Option<bool>,
     lists: Option<RawLists>,
     agent: Option<RawAgent>,
+    trust: Option<RawTrust>,
+}
+
+/// `[limits]`-shaped tables: a rate and a burst per class, each bounded.
+fn apply_limits(
+    limits: RawLimits,
+    out: &mut [ClassLimit; 3],
+    section: &str,
+    err: &dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for (i, (name, class)) in [
+        ("register", limits.register),
+        ("invite", limits.invite),
+        ("other", limits.other),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(class) = class else { continue };
+        if let Some(rate) = class.rate {
+            let field = format!("{section}.{name}.rate");
+            out[i].rate_per_sec = bounded(&rate, 1, MAX_RATE).map_err(|m| err(Some(rate.span()), Some(&field), m))?;
+        }
+        if let Some(burst) = class.burst {
+            let field = format!("{section}.{name}.burst");
+            out[i].burst = bounded(&burst, 1, MAX_BURST).map_err(|m| err(Some(burst.span()), Some(&field), m))?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    enabled: Option<bool>,
+    stealth: Option<bool>,
+    stealth_all: Option<bool>,
+    quarantine: Option<bool>,
+    withhold_cracked: Option<bool>,
+    known_for: Option<Spanned<String>>,
+    unknown_limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -572,4 +663,10 @@ metrics_listen = "off"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Whether this build can put the trust tiers in force: only once the answers program loads
+/// (see README, "Status"). Until then `[trust]` is validated but changes nothing.
+pub fn trust_in_force() -> bool {
+    crate::loader::ANSWERS_LOADED
 }

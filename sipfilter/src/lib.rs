@@ -11,7 +11,9 @@ pub mod events;
 pub mod filter_maps;
 pub mod loader;
 pub mod state_file;
+pub mod trust;
 
 pub use addr::Cidr;
 pub use filter_maps::FilterMaps;
 pub use loader::Loaded;
+pub use trust::TrustMaps;

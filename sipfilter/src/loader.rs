@@ -5,23 +5,32 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{Array, MapData, RingBuf},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use sipfilter_common::{
-    maps::{BAN_EVENTS, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, FLOOR_PROGRAM, XDP_PROGRAM},
+    maps::{
+        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, EGRESS_PROGRAMS, JUDGE_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, FLOOR_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM,
+        TC_FLOOR_PROGRAM, XDP_PROGRAM,
+    },
     ClockSample, KernelConfig,
 };
 
-use crate::{bpffs, clock, filter_maps::FilterMaps};
+use crate::{bpffs, clock, filter_maps::FilterMaps, trust::TrustMaps};
 
 /// The XDP object built by build.rs from sipfilter-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipfilter-xdp"));
+
+/// Whether this version loads the answers (egress) program. Until it passes the verifier
+/// (README, "Status") the trust tiers stay off whatever the configuration says.
+pub const ANSWERS_LOADED: bool = true;
 
 /// The program loaded into the kernel (not attached), and its maps.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps: FilterMaps,
+    /// Known sources and cracked extensions.
+    pub trust: TrustMaps,
     pub pin_dir: PathBuf,
 }
 
@@ -38,7 +47,31 @@ impl Loaded {
         let prog = xdp_mut(&mut ebpf, XDP_PROGRAM)?;
         prog.load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
+        if ANSWERS_LOADED {
+            xdp_mut(&mut ebpf, INSPECT_PROGRAM)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the request inspection program: {e}"))?;
+            link_ingress_programs(&mut ebpf)?;
+            tc_mut(&mut ebpf, ANSWERS_PROGRAM)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the answers program: {e}"))?;
+            tc_mut(&mut ebpf, JUDGE_PROGRAM)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the answers' judge program: {e}"))?;
+            tc_mut(&mut ebpf, CALLER_PROGRAM)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the answers' caller program: {e}"))?;
+            let judge = tc(&ebpf, JUDGE_PROGRAM)?.fd()?.try_clone()?;
+            let caller = tc(&ebpf, CALLER_PROGRAM)?.fd()?.try_clone()?;
+            let map = ebpf
+                .map_mut(EGRESS_PROGRAMS)
+                .context("the object has no egress_programs map")?;
+            let mut table = aya::maps::ProgramArray::try_from(map)?;
+            table.set(0, &judge, 0)?;
+            table.set(1, &caller, 0)?;
+        }
         let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
+        let trust = TrustMaps::from_ebpf(&mut ebpf)?;
         maps.set_lock_dir(pin_dir);
         let mut config = *config;
         if maps.read_config()?.hash_seed == 0 {
@@ -48,6 +81,7 @@ impl Loaded {
         let mut loaded = Loaded {
             ebpf,
             maps,
+            trust,
             pin_dir: pin_dir.to_owned(),
         };
         let (ns_per_jiffy, offset) = loaded.calibrate_clock()?;
@@ -118,6 +152,26 @@ impl Loaded {
 
     pub fn program_mut(&mut self) -> anyhow::Result<&mut Xdp> {
         xdp_mut(&mut self.ebpf, XDP_PROGRAM)
+    }
+
+    /// The egress program that reads the PBX's answers (None: not loaded by this version).
+    pub fn answers_program_mut(&mut self) -> anyhow::Result<Option<&mut SchedClassifier>> {
+        if !ANSWERS_LOADED {
+            return Ok(None);
+        }
+        tc_mut(&mut self.ebpf, ANSWERS_PROGRAM).map(Some)
+    }
+
+    pub fn answers_program(&self) -> anyhow::Result<&SchedClassifier> {
+        tc(&self.ebpf, ANSWERS_PROGRAM)
+    }
+
+    /// Loads the empty TC program the benchmark measures the answers program against.
+    pub fn load_tc_floor(&mut self) -> anyhow::Result<&SchedClassifier> {
+        tc_mut(&mut self.ebpf, TC_FLOOR_PROGRAM)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the TC floor program: {e}"))?;
+        tc(&self.ebpf, TC_FLOOR_PROGRAM)
     }
 
     /// Takes the ring buffer the program reports new bans on (once).
@@ -236,3 +290,31 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .with_context(|| format!("{name} is not an XDP program"))
 }
 
+
+/// Fills the ingress program's tail-call table: the inspection, and the ingress program
+/// itself for the inspection to hand the packet back to.
+fn link_ingress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let inspect = xdp(ebpf, INSPECT_PROGRAM)?.fd()?.try_clone()?;
+    let judge = xdp(ebpf, XDP_PROGRAM)?.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(INGRESS_PROGRAMS)
+        .context("the object has no ingress_programs map")?;
+    let mut table = aya::maps::ProgramArray::try_from(map)?;
+    table.set(0, &inspect, 0)?;
+    table.set(1, &judge, 0)?;
+    Ok(())
+}
+
+fn tc<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a SchedClassifier> {
+    ebpf.program(name)
+        .with_context(|| format!("the object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a TC program"))
+}
+
+fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a TC program"))
+}

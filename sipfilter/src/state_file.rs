@@ -14,12 +14,18 @@ use std::{
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sipfilter_common::{counters::ban_reason, maps::PERMANENT, Ban};
+use sipfilter_common::{
+    counters::ban_reason,
+    maps::PERMANENT,
+    scan::{ext_from, ext_str},
+    Ban, CrackedExtension, KnownSource,
+};
 
 use crate::{
     addr::Cidr,
     clock,
     filter_maps::{FilterMaps, ListKind},
+    trust::TrustMaps,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +66,29 @@ pub struct StateFile {
     pub managed_allow: Vec<String>,
     #[serde(default)]
     pub managed_deny: Vec<String>,
+    /// Sources that earned trust by registering cleanly, with when that ends.
+    #[serde(default)]
+    pub known: Vec<SavedKnown>,
+    /// Extensions found cracked, until an operator clears them.
+    #[serde(default)]
+    pub cracked: Vec<SavedCracked>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedKnown {
+    pub source: IpAddr,
+    pub until_unix_ms: u64,
+    pub last_success_unix_ms: u64,
+    pub extension: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedCracked {
+    pub extension: String,
+    pub source: IpAddr,
+    pub at_unix_ms: u64,
+    pub failures: u32,
+    pub other_extensions: u32,
 }
 
 pub const VERSION: u32 = 1;
@@ -239,4 +268,90 @@ pub fn restore_lists(maps: &mut FilterMaps, entries: &[SavedListEntry]) -> anyho
         }
     }
     Ok((restored, expired))
+}
+
+/// A past CLOCK_BOOTTIME instant as wall-clock ms.
+fn past_to_unix_ms(at_ns: u64, boot_now: u64, unix_now: u64) -> u64 {
+    unix_now.saturating_sub(boot_now.saturating_sub(at_ns) / 1_000_000)
+}
+
+/// A past wall-clock instant on this boot's clock (0 if it lies before this boot).
+fn past_to_boot_ns(at_ms: u64, boot_now: u64, unix_now: u64) -> u64 {
+    boot_now.saturating_sub(unix_now.saturating_sub(at_ms).saturating_mul(1_000_000))
+}
+
+/// Known sources still known, and the cracked list, as the state file stores them.
+pub fn snapshot_trust(trust: &TrustMaps) -> anyhow::Result<(Vec<SavedKnown>, Vec<SavedCracked>)> {
+    let boot_now = clock::boot_ns();
+    let unix_now = unix_ms_now();
+    let mut known: Vec<SavedKnown> = trust
+        .known_sources()?
+        .into_iter()
+        .filter(|(_, k)| k.until_ns > boot_now)
+        .map(|(key, k)| SavedKnown {
+            source: Cidr::from_map(key.addr, 128).addr,
+            until_unix_ms: to_unix_ms(k.until_ns, boot_now, unix_now).unwrap_or(u64::MAX),
+            last_success_unix_ms: past_to_unix_ms(k.last_success_ns, boot_now, unix_now),
+            extension: ext_str(&k.extension).to_string(),
+        })
+        .collect();
+    known.sort_by_key(|k| k.source);
+    let mut cracked: Vec<SavedCracked> = trust
+        .cracked()?
+        .into_iter()
+        .map(|(ext, c)| SavedCracked {
+            extension: ext_str(&ext).to_string(),
+            source: Cidr::from_map(c.source.addr, 128).addr,
+            at_unix_ms: past_to_unix_ms(c.at_ns, boot_now, unix_now),
+            failures: c.failures,
+            other_extensions: c.other_extensions,
+        })
+        .collect();
+    cracked.sort_by(|a, b| a.extension.cmp(&b.extension));
+    Ok((known, cracked))
+}
+
+/// Puts saved known sources (with time left) and the cracked list back. An entry already in
+/// the maps (pins survived) is left as it is. Returns (known restored, cracked restored).
+pub fn restore_trust(
+    trust: &mut TrustMaps,
+    ipv6_prefix: u8,
+    known: &[SavedKnown],
+    cracked: &[SavedCracked],
+) -> anyhow::Result<(usize, usize)> {
+    let boot_now = clock::boot_ns();
+    let unix_now = unix_ms_now();
+    let mut restored_known = 0;
+    for k in known {
+        let key = crate::addr::source_key(k.source, ipv6_prefix);
+        let Some(until_ns) = to_boot_ns(Some(k.until_unix_ms), boot_now, unix_now) else {
+            continue;
+        };
+        if trust.known(&key)?.is_some() {
+            continue;
+        }
+        let entry = KnownSource {
+            until_ns,
+            last_success_ns: past_to_boot_ns(k.last_success_unix_ms, boot_now, unix_now),
+            extension: ext_from(&k.extension),
+        };
+        trust.insert_known(&key, &entry)?;
+        restored_known += 1;
+    }
+    let present: Vec<String> = trust.cracked()?.iter().map(|(e, _)| ext_str(e).to_string()).collect();
+    let mut restored_cracked = 0;
+    for c in cracked {
+        if present.contains(&c.extension) {
+            continue;
+        }
+        let entry = CrackedExtension {
+            source: crate::addr::source_key(c.source, ipv6_prefix),
+            at_ns: past_to_boot_ns(c.at_unix_ms, boot_now, unix_now),
+            failures: c.failures,
+            other_extensions: c.other_extensions,
+        };
+        trust.insert_cracked(&ext_from(&c.extension), &entry)?;
+        restored_cracked += 1;
+    }
+    Ok((restored_known, restored_cracked))
 }

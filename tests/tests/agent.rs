@@ -24,6 +24,9 @@ const PBX: &str = "10.203.0.1";
 const ATTACKER: &str = "10.203.0.2";
 const PHONE: &str = "10.203.0.3";
 const OTHER: &str = "10.203.0.4";
+/// The REGISTER burst of a source that never registered (an unknown source; the senders in
+/// these tests get no answers, so none becomes known).
+const UNKNOWN_BURST: usize = sipfilter_common::config::defaults::UNKNOWN_REGISTER.burst as usize;
 
 /// Two namespaces: "lan" (attacker, phone and another host) and "pbx" (the agent and a UDP
 /// listener on 5060), a private bpffs for the pins, and a folder for state, logs and configs.
@@ -220,7 +223,7 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
         &format!("ban source={ATTACKER} reason=rate_register method=REGISTER duration=300s strike=1"),
         Duration::from_secs(5),
     )?;
-    assert_eq!(rx.from(ATTACKER), 150, "one burst reaches the PBX");
+    assert_eq!(rx.from(ATTACKER), UNKNOWN_BURST, "one burst reaches the PBX");
     // A ban added with the CLI while the agent runs reaches the state file.
     lab.cli(&["ban", "add", "10.203.0.9", "--for", "1h"])?;
     eventually("CLI ban in the state file", || {
@@ -232,7 +235,7 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
     assert!(log.contains("the filter stays attached"), "{log}");
     assert!(lab.has_xdp()?, "XDP program still attached after the agent stopped");
     send(&attacker, "REGISTER", 20)?;
-    assert_eq!(rx.from(ATTACKER), 150, "no gap while the agent is stopped");
+    assert_eq!(rx.from(ATTACKER), UNKNOWN_BURST, "no gap while the agent is stopped");
 
     // CLI edits while the agent is stopped are in force at once and reach the state file
     // when it starts again.
@@ -314,7 +317,7 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
         );
     }
     send(&attacker, "REGISTER", 20)?;
-    assert_eq!(rx.from(ATTACKER), 150, "still banned after the reboot");
+    assert_eq!(rx.from(ATTACKER), UNKNOWN_BURST, "still banned after the reboot");
     drop(agent);
     sipfilter(None, &lab.pin_dir(), &["detach"])?;
     Ok(())
@@ -326,7 +329,7 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
     let config = lab.path("sipfilter.toml");
     std::fs::write(
         &config,
-        "[limits.register]\nrate = 1\nburst = 10\n\n[agent]\nmetrics_listen = \"off\"\n",
+        "[trust.unknown_limits.register]\nrate = 1\nburst = 10\n\n[agent]\nmetrics_listen = \"off\"\n",
     )?;
     let rx = lab.receiver()?;
     let config_arg = config.display().to_string();
@@ -338,7 +341,7 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
 
     std::fs::write(
         &config,
-        "[limits.register]\nrate = 1\nburst = 50\n\n[agent]\nmetrics_listen = \"off\"\n",
+        "[trust.unknown_limits.register]\nrate = 1\nburst = 50\n\n[agent]\nmetrics_listen = \"off\"\n",
     )?;
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("reloaded", Duration::from_secs(5))?;
@@ -353,15 +356,15 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
     // Changing the IPv6 source prefix would re-key every ban: refused on reload.
     std::fs::write(
         &config,
-        "[limits.register]\nrate = 1\nburst = 50\n[ban]\nipv6_prefix = 48\n[agent]\nmetrics_listen = \"off\"\n",
+        "[trust.unknown_limits.register]\nrate = 1\nburst = 50\n[ban]\nipv6_prefix = 48\n[agent]\nmetrics_listen = \"off\"\n",
     )?;
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("ban.ipv6_prefix changed (/64 to /48)", Duration::from_secs(5))?;
 
-    std::fs::write(&config, "[limits.register]\nrate = 1\nburst = 0\n")?;
+    std::fs::write(&config, "[trust.unknown_limits.register]\nrate = 1\nburst = 0\n")?;
     agent.signal(libc::SIGHUP);
     let want = format!(
-        "reload failed, keeping the running configuration: {config_arg}:3: limits.register.burst: 0 is out of range"
+        "reload failed, keeping the running configuration: {config_arg}:3: trust.unknown_limits.register.burst: 0 is out of range"
     );
     agent.wait_for_log(&want, Duration::from_secs(5))?;
     send(&lab.sender(OTHER)?, "REGISTER", 45)?;
@@ -446,7 +449,9 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     send(&phone, "OPTIONS", 10)?;
     send(&phone, "INVITE", 5)?;
     agent.wait_for_log(&format!("ban source={ATTACKER}"), Duration::from_secs(5))?;
-    assert_eq!(rx.from(PHONE), 15);
+    // The phone never registered, so it is unknown: stealth keeps its OPTIONS from the PBX
+    // (a scanner's probe looks the same), its INVITEs fit the unknown burst.
+    assert_eq!(rx.from(PHONE), 5);
 
     // A client that connects and says nothing does not hold the agent up: bans are still
     // logged and other scrapes still answered while it hangs on.
@@ -469,10 +474,13 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="REGISTER"}"#), 360.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="OPTIONS"}"#), 10.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="INVITE"}"#), 5.0);
-    assert_eq!(get(r#"sipfilter_packets_total{action="drop"}"#), 60.0);
+    // Two unknown flooders: 20 pass each, the 21st bans, the rest drop as banned; the
+    // phone's 10 OPTIONS drop for stealth.
+    assert_eq!(get(r#"sipfilter_packets_total{action="drop"}"#), 330.0);
     assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="rate_register"}"#), 2.0);
-    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="banned"}"#), 58.0);
-    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="accepted"}"#), 315.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="banned"}"#), 318.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="stealth"}"#), 10.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="accepted"}"#), 45.0);
     assert_eq!(get(r#"sipfilter_bans_total{reason="rate_register"}"#), 2.0);
     assert_eq!(get(r#"sipfilter_ban_events_total{reason="rate_register"}"#), 2.0);
     assert_eq!(get("sipfilter_active_bans"), 2.0);
@@ -596,6 +604,6 @@ fn ending_monitor_mode_lifts_the_bans_it_recorded() -> anyhow::Result<()> {
     assert!(banned_sources(&lab)?.is_empty());
     // From now on it enforces: the same flood is cut off after its burst.
     send(&lab.sender(PHONE)?, "REGISTER", 200)?;
-    assert_eq!(rx.from(PHONE), 150);
+    assert_eq!(rx.from(PHONE), UNKNOWN_BURST);
     Ok(())
 }

@@ -128,7 +128,12 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> anyhow::Result<Vec<Detache
     let names: Vec<String> = match iface {
         Some(i) => vec![i.to_owned()],
         None => match std::fs::read_dir(&links_dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+            // The `egress` folder holds the answers program's links (see answers_attach).
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot list {}", links_dir.display())),
         },
@@ -158,7 +163,7 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> anyhow::Result<Vec<Detache
 }
 
 /// BPF_LINK_DETACH: ends the attachment whoever else holds the link (aya 0.14 has no call for it).
-fn link_detach(link_fd: i32) -> anyhow::Result<()> {
+pub(super) fn link_detach(link_fd: i32) -> anyhow::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
     let mut attr = [0u8; 128];
     attr[..4].copy_from_slice(&(link_fd as u32).to_ne_bytes());

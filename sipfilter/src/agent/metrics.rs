@@ -3,7 +3,21 @@
 //! blow up the time series.
 
 use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use sipfilter_common::{counters::ban_reason, Counters, Method, Outcome, RateClass, Verdict};
+use sipfilter_common::{
+    counters::{ban_reason, AnswerKind},
+    Counters, Method, Outcome, Verdict,
+};
+
+/// The reasons the programs ban for, by their counter slot.
+const KERNEL_REASONS: [u8; 7] = [
+    ban_reason::RATE,
+    ban_reason::RATE + 1,
+    ban_reason::RATE + 2,
+    ban_reason::AUTH_FAILURE,
+    ban_reason::NOT_FOUND,
+    ban_reason::CRACKED,
+    ban_reason::CHALLENGES,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -18,6 +32,13 @@ pub struct Metrics {
     list_entries: IntGaugeVec,
     run_seconds: prometheus::Counter,
     runs: IntCounter,
+    answers: IntCounterVec,
+    cracked: IntCounter,
+    promoted: IntCounter,
+    withheld: IntCounter,
+    uninspected: IntCounter,
+    known_sources: IntGauge,
+    cracked_extensions: IntGauge,
     /// Kernel totals at the previous scrape: counters move by the difference.
     last: Counters,
     last_run_ns: u64,
@@ -55,7 +76,7 @@ impl Metrics {
         )?;
         let bans = cv(
             "sipfilter_bans_total",
-            "Bans the XDP program created, by reason.",
+            "Bans the programs created, by reason.",
             "reason",
         )?;
         let ban_events = cv(
@@ -87,6 +108,40 @@ impl Metrics {
             "sipfilter_program_runs_total",
             "Times the XDP program ran (kernel BPF stats).",
         )?;
+        let answers = cv(
+            "sipfilter_sip_answers_total",
+            "SIP answers leaving from the SIP ports (read by the answers program), by what they say.",
+            "kind",
+        )?;
+        let cracked = IntCounter::new(
+            "sipfilter_cracked_total",
+            "Extensions found cracked: a 2xx after failures on other extensions.",
+        )?;
+        let promoted = IntCounter::new(
+            "sipfilter_trust_promotions_total",
+            "Clean REGISTER successes that made (or kept) a source known.",
+        )?;
+        let withheld = IntCounter::new(
+            "sipfilter_withheld_answers_total",
+            "2xx answers withheld from a source that guessed a password.",
+        )?;
+        let uninspected = IntCounter::new(
+            "sipfilter_uninspected_total",
+            "SIP messages whose headers lay beyond the scan bound (passed, not judged).",
+        )?;
+        let known_sources = IntGauge::new("sipfilter_known_sources", "Sources known now (earned by registering).")?;
+        let cracked_extensions = IntGauge::new(
+            "sipfilter_cracked_extensions",
+            "Extensions on the cracked list now (until an operator clears them).",
+        )?;
+        for c in [&cracked, &promoted, &withheld, &uninspected] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(known_sources.clone()))?;
+        registry.register(Box::new(cracked_extensions.clone()))?;
+        for k in AnswerKind::ALL {
+            answers.with_label_values(&[k.name()]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("sipfilter_build_info", "sipfilter build, value 1."),
             &["version"],
@@ -109,9 +164,9 @@ impl Metrics {
         for m in Method::ALL {
             methods.with_label_values(&[m.name()]);
         }
-        for c in RateClass::ALL {
-            bans.with_label_values(&[ban_reason::name(ban_reason::RATE + c as u8)]);
-            ban_events.with_label_values(&[ban_reason::name(ban_reason::RATE + c as u8)]);
+        for r in KERNEL_REASONS {
+            bans.with_label_values(&[ban_reason::name(r)]);
+            ban_events.with_label_values(&[ban_reason::name(r)]);
         }
         Ok(Metrics {
             registry,
@@ -126,10 +181,23 @@ impl Metrics {
             list_entries,
             run_seconds,
             runs,
+            answers,
+            cracked,
+            promoted,
+            withheld,
+            uninspected,
+            known_sources,
+            cracked_extensions,
             last: Counters::default(),
             last_run_ns: 0,
             last_runs: 0,
         })
+    }
+
+    /// The trust tables' sizes now.
+    pub fn trust(&self, known: usize, cracked: usize) {
+        self.known_sources.set(known as i64);
+        self.cracked_extensions.set(cracked as i64);
     }
 
     pub fn ban_event(&self, reason: u8) {
@@ -159,11 +227,22 @@ impl Metrics {
                 c.method(m),
             );
         }
-        for class in RateClass::ALL {
-            let i = class as usize;
-            let name = ban_reason::name(ban_reason::RATE + class as u8);
-            sync(&self.bans.with_label_values(&[name]), self.last.bans[i], c.bans[i]);
+        for r in KERNEL_REASONS {
+            let i = r as usize;
+            sync(
+                &self.bans.with_label_values(&[ban_reason::name(r)]),
+                self.last.bans[i],
+                c.bans[i],
+            );
         }
+        for k in AnswerKind::ALL {
+            let i = k as usize;
+            sync(&self.answers.with_label_values(&[k.name()]), self.last.answers[i], c.answers[i]);
+        }
+        sync(&self.cracked, self.last.cracked, c.cracked);
+        sync(&self.promoted, self.last.promoted, c.promoted);
+        sync(&self.withheld, self.last.withheld, c.withheld);
+        sync(&self.uninspected, self.last.uninspected, c.uninspected);
         sync(&self.ban_table_full, self.last.ban_table_full, c.ban_table_full);
         sync(&self.events_lost, self.last.events_lost, c.events_lost);
         self.last = *c;

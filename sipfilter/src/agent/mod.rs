@@ -2,8 +2,11 @@
 //! configuration, sweeps expired bans, keeps the state file, logs ban events and serves
 //! metrics; `sipfilter detach` removes the attachment it leaves behind.
 
+mod answers_attach;
 mod attach;
+mod ban_log;
 mod metrics;
+mod trust;
 
 use std::{
     collections::BTreeSet,
@@ -23,7 +26,7 @@ use sipfilter::{
     state_file::{self, StateFile},
     Cidr, FilterMaps, Loaded,
 };
-use sipfilter_common::{counters::ban_reason, maps::BAN_TABLE, maps::PERMANENT, Method};
+use sipfilter_common::{maps::BAN_TABLE, maps::PERMANENT};
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt as _, AsyncWriteExt as _},
     signal::unix::{signal, SignalKind},
@@ -139,6 +142,9 @@ pub fn run(pin_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
 
 pub fn detach(pin_dir: &Path, args: DetachArgs) -> anyhow::Result<()> {
     let removed = attach::detach(pin_dir, args.iface.as_deref())?;
+    for d in &removed {
+        answers_attach::detach(pin_dir, &d.iface)?;
+    }
     if removed.is_empty() {
         println!(
             "sipfilter is not attached to any interface (no links pinned under {})",
@@ -170,6 +176,8 @@ struct Agent {
     state: StateFile,
     /// What was last saved: active bans and CLI list entries.
     saved: (Vec<state_file::SavedBan>, Vec<state_file::SavedListEntry>),
+    /// ... and known sources and cracked extensions.
+    saved_trust: (Vec<state_file::SavedKnown>, Vec<state_file::SavedCracked>),
     attached: Vec<String>,
     last_calibration: Instant,
     _stats: Option<std::os::fd::OwnedFd>,
@@ -271,6 +279,11 @@ impl Agent {
         if !config.monitor {
             lift_monitor_bans(&mut loaded)?;
         }
+        if fresh {
+            trust::restore(&mut loaded, &config, &state)?;
+        }
+        // Quarantine back on (if anything is cracked) before the program is attached.
+        trust::upkeep(&mut loaded, &config)?;
         if fresh && !state.bans.is_empty() {
             let r = state_file::restore(&mut loaded.maps, &state.bans)?;
             log(format!(
@@ -298,6 +311,14 @@ impl Agent {
                     attach::link_pin(pin_dir, iface).display()
                 ));
             }
+            if let Some(answers) = loaded.answers_program_mut()? {
+                let e = answers_attach::attach(answers, pin_dir, iface)?;
+                log(format!(
+                    "{} the answers program on the egress of {iface} ({})",
+                    if e.adopted { "took over" } else { "attached" },
+                    e.path
+                ));
+            }
             attached.push(a.iface);
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -309,6 +330,7 @@ impl Agent {
             metrics: metrics::Metrics::new()?,
             state,
             saved: (Vec::new(), Vec::new()),
+            saved_trust: (Vec::new(), Vec::new()),
             attached,
             last_calibration: Instant::now(),
             _stats: stats,
@@ -387,20 +409,10 @@ impl Agent {
     }
 
     fn on_ban_event(&mut self, e: &sipfilter_common::BanEvent) {
-        let method = Method::from_u8(e.method).map_or("unknown", Method::name);
-        log(format!(
-            "ban source={} reason={} method={} duration={}s strike={}{}",
-            display_source(&e.source, self.config.ipv6_prefix),
-            ban_reason::name(e.reason),
-            method,
-            e.duration_ns / 1_000_000_000,
-            e.strike,
-            if e.monitor != 0 {
-                " monitor=true (not dropped)"
-            } else {
-                ""
-            }
-        ));
+        log(ban_log::ban_line(e, self.config.ipv6_prefix));
+        if let Some(alert) = ban_log::cracked_line(e, self.config.ipv6_prefix) {
+            log(alert);
+        }
         self.metrics.ban_event(e.reason);
     }
 
@@ -427,6 +439,14 @@ impl Agent {
             .iter()
             .filter(|(_, e)| e.expires_ns > now)
             .count();
+        let known = self
+            .loaded
+            .trust
+            .known_sources()?
+            .iter()
+            .filter(|(_, k)| k.until_ns > now)
+            .count();
+        self.metrics.trust(known, self.loaded.trust.cracked()?.len());
         let info = self.loaded.program()?.info()?;
         self.metrics.update(
             &counters,
@@ -443,6 +463,7 @@ impl Agent {
     /// and then.
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         self.loaded.maps.sweep_expired()?;
+        trust::upkeep(&mut self.loaded, &self.config)?;
         self.save_state_if_changed(false)?;
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
             self.last_calibration = Instant::now();
@@ -474,13 +495,25 @@ impl Agent {
                 .collect();
             (b, l)
         };
-        if !force && seconds(&bans, &lists) == seconds(&self.saved.0, &self.saved.1) {
+        let (known, cracked) = state_file::snapshot_trust(&self.loaded.trust)?;
+        let trust_seconds = |k: &[state_file::SavedKnown], c: &[state_file::SavedCracked]| {
+            let k: Vec<_> = k.iter().map(|x| (x.source, x.until_unix_ms / 1000)).collect();
+            let c: Vec<_> = c.iter().map(|x| x.extension.clone()).collect();
+            (k, c)
+        };
+        if !force
+            && seconds(&bans, &lists) == seconds(&self.saved.0, &self.saved.1)
+            && trust_seconds(&known, &cracked) == trust_seconds(&self.saved_trust.0, &self.saved_trust.1)
+        {
             return Ok(());
         }
         self.state.bans = bans.clone();
         self.state.lists = lists.clone();
+        self.state.known = known.clone();
+        self.state.cracked = cracked.clone();
         state_file::save(&self.config.state_file, &self.state)?;
         self.saved = (bans, lists);
+        self.saved_trust = (known, cracked);
         Ok(())
     }
 
@@ -504,7 +537,8 @@ impl Agent {
             return;
         }
         let applied = (|| -> anyhow::Result<()> {
-            self.loaded.maps.write_config(&new.kernel_config())?;
+            let k = trust::carry_quarantine(&self.loaded, new.kernel_config())?;
+            self.loaded.maps.write_config(&k)?;
             if self.config.monitor && !new.monitor {
                 lift_monitor_bans(&mut self.loaded)?;
             }
@@ -548,6 +582,7 @@ impl Agent {
                 for d in attach::detach(&self.pin_dir, Some(iface))? {
                     log(format!("detached from {}", d.iface));
                 }
+                answers_attach::detach(&self.pin_dir, iface)?;
             }
         } else {
             log(format!(

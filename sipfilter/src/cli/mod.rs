@@ -11,11 +11,12 @@ mod output;
 mod stats;
 mod status;
 mod top;
+mod trust;
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
-use sipfilter::{Cidr, FilterMaps};
+use sipfilter::{Cidr, FilterMaps, TrustMaps};
 use sipfilter_common::maps::BAN_TABLE;
 
 /// Clap value parser for addresses and CIDRs: a bad one exits 2 naming the value.
@@ -55,6 +56,21 @@ pub enum ManageCommand {
     /// Show interfaces, attach mode, program ids, monitor mode, bans and cost per packet.
     #[command(after_help = status::EXAMPLES)]
     Status(status::StatusArgs),
+    /// Every tracked source with its trust tier and what the PBX's answers said.
+    #[command(after_help = trust::SOURCES_EXAMPLES)]
+    Sources(trust::SourcesArgs),
+    /// Sources that earned trust by registering cleanly.
+    #[command(after_help = trust::KNOWN_EXAMPLES)]
+    Known {
+        #[command(subcommand)]
+        cmd: trust::KnownCommand,
+    },
+    /// Extensions whose password was guessed.
+    #[command(after_help = trust::CRACKED_EXAMPLES)]
+    Cracked {
+        #[command(subcommand)]
+        cmd: trust::CrackedCommand,
+    },
 }
 
 pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
@@ -67,6 +83,9 @@ pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
         ManageCommand::Stats(args) => stats::run(&maps, args),
         ManageCommand::Top(args) => top::run(&maps, args),
         ManageCommand::Status(args) => status::run(&maps, pin_dir, args),
+        ManageCommand::Sources(args) => trust::sources(&maps, &TrustMaps::open_pinned(pin_dir)?, args),
+        ManageCommand::Known { cmd } => trust::known(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, cmd),
+        ManageCommand::Cracked { cmd } => trust::cracked(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, cmd),
     }
 }
 

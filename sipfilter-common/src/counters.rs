@@ -59,10 +59,12 @@ pub enum Outcome {
     /// A REGISTER or INVITE for a cracked extension from a source that is neither known nor
     /// allowlisted.
     Quarantined,
+    /// An unknown source over its tight limit: dropped, not banned.
+    Throttled,
 }
 
 impl Outcome {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::NotIp,
         Outcome::NotUdp,
@@ -78,6 +80,7 @@ impl Outcome {
         Outcome::RateOther,
         Outcome::Stealth,
         Outcome::Quarantined,
+        Outcome::Throttled,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -96,6 +99,7 @@ impl Outcome {
             Outcome::RateOther => "rate_other",
             Outcome::Stealth => "stealth",
             Outcome::Quarantined => "quarantined",
+            Outcome::Throttled => "throttled",
         }
     }
 
@@ -111,6 +115,7 @@ impl Outcome {
                 | Outcome::RateOther
                 | Outcome::Stealth
                 | Outcome::Quarantined
+                | Outcome::Throttled
         )
     }
 

@@ -188,7 +188,12 @@ pub struct RateState {
     /// Cached (IPv4 only): end of the allowlist / denylist entry covering the source (0: none).
     pub allow_until_ns: u64,
     pub deny_until_ns: u64,
+    /// The flood buckets, at the known limits for every source: emptying one bans.
     pub buckets: [crate::TokenBucket; 3],
+    /// The tight buckets of an unknown source, at the unknown limits: emptying one drops
+    /// (throttles) without banning, so an office's first round after a power cut is slowed,
+    /// not banned; a flood still empties the flood bucket and is banned as before.
+    pub tight: [crate::TokenBucket; 3],
     /// What the PBX's answers have said about the source.
     pub answers: crate::answers::AnswerState,
     /// Last SIP message from this source (CLOCK_BOOTTIME ns): how long the slot has been idle.

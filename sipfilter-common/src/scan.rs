@@ -48,9 +48,25 @@ pub trait Bytes {
     fn truncated(&self) -> bool {
         false
     }
+    /// Bytes readable: `word(off)` succeeds while `off + 8 <= len()`.
+    fn len(&self) -> usize;
+    /// The 8 bytes at `off`, zero-padded past the end of the message (a message's last
+    /// seven bytes are read through its last whole word); None at or past the end.
+    #[inline(always)]
+    fn word_or_tail(&self, off: usize) -> Option<u64> {
+        if let Some(w) = self.word(off) {
+            return Some(w);
+        }
+        let len = self.len();
+        if len < 8 || off >= len || off + 8 <= len {
+            return None;
+        }
+        let last = self.word(len - 8)?;
+        Some(last >> (8 * (off + 8 - len)))
+    }
     #[inline(always)]
     fn byte(&self, off: usize) -> Option<u8> {
-        self.word(off).map(|w| w as u8)
+        self.word_or_tail(off).map(|w| w as u8)
     }
     /// `pos` (below [`SCAN_LIMIT`]) with what the kernel verifier knows of its range erased
     /// (see [`forget`]). The kernel's reader mixes in a zero the verifier cannot see through.
@@ -61,6 +77,10 @@ pub trait Bytes {
 }
 
 impl Bytes for [u8] {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
     #[inline(always)]
     fn word(&self, off: usize) -> Option<u64> {
         let b = self.get(off..off.checked_add(8)?)?;
@@ -423,19 +443,23 @@ pub fn cseq<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<(u32, Method)> {
         return None;
     }
     let value = forget(b, value);
-    let w0 = b.word(value)?;
-    let w1 = b.word(value + 8).unwrap_or(0);
+    let w0 = b.word_or_tail(value)?;
+    let w1 = b.word_or_tail(value + 8).unwrap_or(0);
     let mixed = w0 ^ w1.rotate_left(29);
     let id = (mixed as u32) ^ ((mixed >> 32) as u32);
     // The method follows the number and whitespace, within the first 16 bytes.
     for k in 2..16 {
-        let w = b.word(value + k - 1)?;
-        let before = w as u8;
+        let Some(before) = b.byte(value + k - 1) else {
+            break;
+        };
         if before != b' ' && before != b'\t' {
             continue;
         }
-        let token = (w >> 8) | ((b.byte(value + k + 7).unwrap_or(0) as u64) << 56);
-        let m = method_token(token, b.byte(value + k + 8));
+        let Some(token) = b.word_or_tail(value + k) else {
+            break;
+        };
+        // The byte after an 8-letter token (REGISTER); past the end reads as the line end.
+        let m = method_token(token, Some(b.byte(value + k + 8).unwrap_or(b'\n')));
         if m != Method::Unknown {
             return Some((id, m));
         }
@@ -446,7 +470,8 @@ pub fn cseq<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<(u32, Method)> {
 /// The method of a CSeq's method token (which ends at whitespace or the line end).
 #[inline(always)]
 fn method_token(w: u64, ninth: Option<u8>) -> Method {
-    let ends = |c: u8| c == b'\r' || c == b'\n' || c == b' ' || c == b'\t';
+    // A zero byte is the padding past the end of the message: the token ends there too.
+    let ends = |c: u8| c == b'\r' || c == b'\n' || c == b' ' || c == b'\t' || c == 0;
     let ends_at = |n: usize| ends(((w >> (8 * n)) & 0xff) as u8);
     if w == word(b"REGISTER") && ninth.is_some_and(ends) {
         return Method::Register;
@@ -603,6 +628,21 @@ Content-Length: 0\r\n\r\n";
     fn long_users_are_cut_to_sixteen_bytes() {
         let msg = b"SIP/2.0 200 OK\r\nTo: <sip:12345678901234567890@h>\r\n\r\n";
         assert_eq!(user(msg, |f| f.to_at), Some(ext_from("1234567890123456")));
+    }
+
+    #[test]
+    fn short_answers_with_odd_header_forms_are_read() {
+        for (text, user) in [
+            (&b"SIP/2.0 401 Unauthorized\r\nv: SIP/2.0/UDP x\r\nf: <sip:201@h>;tag=1\r\nt: <sip:201@h>\r\ni: c@x\r\nCSeq: 2 REGISTER\r\n\r\n"[..], "201"),
+            (b"SIP/2.0 404 Not Found\r\nvia: SIP/2.0/UDP x\r\nfrom: <sip:7@h>;tag=1\r\nto: <sip:7@h>\r\ncseq: 1 REGISTER\r\n\r\n", "7"),
+            (b"SIP/2.0 403 Forbidden\r\nFrom  : <sip:7@h>;tag=1\r\nTo  :  <sip:7@h>\r\nCSeq :  9   REGISTER\r\n\r\n", "7"),
+            (b"SIP/2.0 401 Unauthorized\r\nFrom: <sip:7@h>;tag=1\r\nTo:\r\n  \"Desk: 7\" <sip:7@h>\r\nCSeq: 3 REGISTER\r\n\r\n", "7"),
+        ] {
+            let w = Wanted { to: true, from: false, cseq: true, credentials: false };
+            let f = scan_headers(text, 0, w);
+            assert_eq!(cseq(text, f.cseq_at).map(|c| c.1), Some(Method::Register), "{}", core::str::from_utf8(text).unwrap());
+            assert_eq!(uri_user(text, f.to_at), Some(ext_from(user)), "{}", core::str::from_utf8(text).unwrap());
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use network_types::udp::UdpHdr;
 use sipfilter_common::{
     answers::{Answer, AnswerClass, Judgement},
-    config::FLAG_WITHHOLD,
+    config::{FLAG_TRUST, FLAG_WITHHOLD},
     counters::{ban_reason, AnswerKind},
     scan::{cseq, scan_headers, status_code, uri_user, Bytes, Wanted},
     Counters, CrackedExtension, KernelConfig, KnownSource, Method, NS_PER_SEC,
@@ -141,7 +141,7 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     pending.code = code as u32;
     pending.method = method as u32;
     pending.cseq = cseq_id;
-    pending.window_len = bytes.len() as u32;
+    pending.window_len = Bytes::len(&bytes) as u32;
     pending.window_cut = bytes.truncated() as u32;
     if method != Method::Register {
         pending.ready = 1;
@@ -198,6 +198,10 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
 /// Judges a read answer; true when it is a 2xx to withhold.
 #[inline(always)]
 fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters) -> bool {
+    if !config.flag(FLAG_TRUST) {
+        // `[trust] enabled = false`: answers are counted, nobody is judged by them.
+        return false;
+    }
     let peer = Datagram {
         addr: pending.peer,
         is_v6: pending.peer_v6 != 0,

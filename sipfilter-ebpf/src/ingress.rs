@@ -289,8 +289,10 @@ fn is_banned(key: &SourceKey, now: u64) -> bool {
     }
 }
 
-/// The token bucket of the source's tier: known sources get the NAT-office limits, unknown
-/// ones the tight limits.
+/// The token buckets: every source draws from its flood bucket at the known (NAT-office)
+/// limits, and emptying it bans, as always; an unknown source also draws from its tight
+/// bucket, and over that it is dropped without a ban (throttled): an office behind a new
+/// address gets in on retransmissions once its first phone registers.
 #[inline(always)]
 fn rate_limit(
     config: &KernelConfig,
@@ -302,19 +304,28 @@ fn rate_limit(
     now: u64,
 ) -> Outcome {
     let class = method.class() as usize;
-    let limits = if known { &config.limits } else { &config.unknown_limits };
-    let (Some(limit), Some(bucket)) = (limits.get(class), state.buckets.get_mut(class)) else {
+    let (Some(limit), Some(bucket)) = (config.limits.get(class), state.buckets.get_mut(class)) else {
         return Outcome::Accepted;
     };
-    if bucket.take(now, limit.rate_per_sec as u64, limit.burst as u64) {
+    if !bucket.take(now, limit.rate_per_sec as u64, limit.burst as u64) {
+        state.drops += 1;
+        let cause = Cause {
+            reason: ban_reason::RATE + method.class() as u8,
+            method,
+            answers: None,
+        };
+        state.ban_until_ns = ban(config, counters, key, &cause, now);
+        return Outcome::rate_limited(method.class());
+    }
+    if known {
+        return Outcome::Accepted;
+    }
+    let (Some(limit), Some(tight)) = (config.unknown_limits.get(class), state.tight.get_mut(class)) else {
+        return Outcome::Accepted;
+    };
+    if tight.take(now, limit.rate_per_sec as u64, limit.burst as u64) {
         return Outcome::Accepted;
     }
     state.drops += 1;
-    let cause = Cause {
-        reason: ban_reason::RATE + method.class() as u8,
-        method,
-        answers: None,
-    };
-    state.ban_until_ns = ban(config, counters, key, &cause, now);
-    Outcome::rate_limited(method.class())
+    Outcome::Throttled
 }

@@ -111,3 +111,7 @@ pub struct PendingAnswer {
 
 #[map(name = "pending_answer")]
 pub static PENDING_ANSWER: PerCpuArray<PendingAnswer> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch for a new source's state on its way into the overflow table (per CPU).
+#[map(name = "new_state")]
+pub static NEW_STATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);

@@ -119,11 +119,6 @@ impl ScanWindow {
         Some(ScanWindow::new(buf, len, cut))
     }
 
-    /// Bytes copied.
-    #[inline(always)]
-    pub fn len(&self) -> usize {
-        self.len
-    }
 
     #[inline(always)]
     fn new(buf: *mut u8, len: usize, cut: bool) -> ScanWindow {
@@ -143,6 +138,11 @@ impl ScanWindow {
 }
 
 impl Bytes for ScanWindow {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
     #[inline(always)]
     fn word(&self, off: usize) -> Option<u64> {
         // Compared with a fresh copy of the length each time (xor with a zero reloaded from the

@@ -2,12 +2,12 @@
 //! slot caches of the source's ban, list and trust status, and how that cache is refreshed.
 
 use sipfilter_common::{
-    answers::RECENT, config::FLAG_TRUST, maps::SLOT_IDLE_NS, scan::EXT_LEN, KernelConfig, RateState, SourceKey, TokenBucket,
+    answers::RECENT, maps::SLOT_IDLE_NS, scan::EXT_LEN, KernelConfig, RateState, SourceKey, TokenBucket,
 };
 
 use crate::{
     lists::list_until,
-    maps::{ALLOWLIST, BAN_TABLE, DENYLIST, KNOWN_SOURCES, RATE_OVERFLOW, RATE_STATE},
+    maps::{ALLOWLIST, BAN_TABLE, DENYLIST, KNOWN_SOURCES, NEW_STATE, RATE_OVERFLOW, RATE_STATE},
     parse::Datagram,
 };
 
@@ -38,9 +38,13 @@ pub fn source_state(config: &KernelConfig, key: &SourceKey, now: u64) -> Option<
     if let Some(entry) = RATE_OVERFLOW.get_ptr_mut(key) {
         return Some(entry);
     }
-    let mut fresh = RateState::default();
-    reset_state(&mut fresh, config, *key, now);
-    let _ = RATE_OVERFLOW.insert(key, &fresh, 0);
+    // The fresh state is built in this CPU's scratch record: a slot's state is too large
+    // for the program's 512-byte stack.
+    let fresh = NEW_STATE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch record.
+    let fresh = unsafe { &mut *fresh };
+    reset_state(fresh, config, *key, now);
+    let _ = RATE_OVERFLOW.insert(key, fresh, 0);
     RATE_OVERFLOW.get_ptr_mut(key)
 }
 
@@ -69,14 +73,12 @@ pub fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey,
         put(&mut state.ban_until_ns, 0);
         put(&mut state.allow_until_ns, 0);
         put(&mut state.deny_until_ns, 0);
-        // A newcomer starts at its tier's burst: unknown while the tiers are in force.
-        let limits = if config.flag(FLAG_TRUST) {
-            &config.unknown_limits
-        } else {
-            &config.limits
-        };
         for (i, bucket) in state.buckets.iter_mut().enumerate() {
-            let burst = limits.get(i).map_or(0, |l| l.burst as u64);
+            let burst = config.limits.get(i).map_or(0, |l| l.burst as u64);
+            put(bucket, TokenBucket::full(burst, now));
+        }
+        for (i, bucket) in state.tight.iter_mut().enumerate() {
+            let burst = config.unknown_limits.get(i).map_or(0, |l| l.burst as u64);
             put(bucket, TokenBucket::full(burst, now));
         }
         put(&mut state.last_seen_ns, now);

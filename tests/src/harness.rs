@@ -17,6 +17,9 @@ use sipfilter_common::{BanEvent, Counters, KernelConfig};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+/// The answers (TC) program's actions.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
 
 /// A bpffs mounted on a fresh folder under /tmp for one test, unmounted (taking every pin
 /// with it) when dropped, also when the test fails.
@@ -108,6 +111,28 @@ impl TestFilter {
             })
             .context("BPF_PROG_TEST_RUN failed")?;
         Ok(result.return_value)
+    }
+
+    /// Runs one outgoing frame through the answers program (and the programs it tail-calls)
+    /// and returns its TC action.
+    pub fn run_answer(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        let prog = self.loaded.answers_program()?;
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN of the answers program failed")?;
+        Ok(result.return_value)
+    }
+
+    /// Moves the programs' clock ahead (the jiffies clock's offset), as if that much time had
+    /// passed: for sequences that span minutes.
+    pub fn advance_clock(&mut self, by: std::time::Duration) -> anyhow::Result<()> {
+        let mut k = self.loaded.maps.read_config()?;
+        k.jiffies_offset_ns = k.jiffies_offset_ns.wrapping_add(by.as_nanos() as u64);
+        self.loaded.maps.write_config(&k)
     }
 
     /// Runs a frame and insists on the action (a readable failure beats a bare number).

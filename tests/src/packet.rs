@@ -82,7 +82,55 @@ pub fn sip_response(status: &str) -> Vec<u8> {
     format!("SIP/2.0 {status}\r\nVia: SIP/2.0/UDP 192.0.2.10\r\nContent-Length: 0\r\n\r\n").into_bytes()
 }
 
+/// A SIP answer as a registrar sends it (kamailio's header order): `status` (e.g. "401
+/// Unauthorized") to the request `CSeq: {cseq} {method}` of `from_user` concerning `to_user`.
+pub fn sip_answer(status: &str, method: &str, cseq: u32, from_user: &str, to_user: &str) -> Vec<u8> {
+    let challenge = if status.starts_with("401") {
+        "WWW-Authenticate: Digest realm=\"pbx.example\", nonce=\"5f1f0c0ffee\", qop=\"auth\"\r\n"
+    } else if status.starts_with("407") {
+        "Proxy-Authenticate: Digest realm=\"pbx.example\", nonce=\"5f1f0c0ffee\", qop=\"auth\"\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "SIP/2.0 {status}\r\n\
+         Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-{cseq};rport=5060;received=198.51.100.7\r\n\
+         From: <sip:{from_user}@pbx.example>;tag=1\r\n\
+         To: <sip:{to_user}@pbx.example>;tag=srv{cseq}\r\n\
+         Call-ID: {from_user}-{method}@198.51.100.7\r\n\
+         CSeq: {cseq} {method}\r\n\
+         {challenge}\
+         Server: kamailio (5.6.3 (x86_64/linux))\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A SIP request from `from_user` to `to_user` (REGISTER: both the same), with CSeq `cseq`.
+pub fn sip_request_from(method: &str, from_user: &str, to_user: &str, cseq: u32) -> Vec<u8> {
+    format!(
+        "{method} sip:{to_user}@pbx.example SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-{cseq}\r\n\
+         From: <sip:{from_user}@pbx.example>;tag=1\r\n\
+         To: <sip:{to_user}@pbx.example>\r\n\
+         Call-ID: {from_user}-{method}@198.51.100.7\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 impl PacketBuilder {
+    /// An answer from the PBX (192.0.2.1:5060) to `peer`:5060.
+    pub fn answer4(peer: Ipv4Addr, payload: &[u8]) -> Self {
+        Self::udp4(Ipv4Addr::new(192, 0, 2, 1), peer, 5060, 5060, payload)
+    }
+
+    /// A request from `src`:5060 to the PBX.
+    pub fn request4(src: Ipv4Addr, payload: &[u8]) -> Self {
+        Self::udp4(src, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, payload)
+    }
+
     pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Self {
         PacketBuilder {
             tags: Vec::new(),

@@ -325,11 +325,12 @@ fn restart_and_reboot_keep_every_ban_with_its_time_left() -> anyhow::Result<()> 
 
 #[test]
 fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> anyhow::Result<()> {
+    // The rate limits alone (trust tiers off, as `[trust] enabled = false` leaves them).
     let lab = Lab::new("sighup")?;
     let config = lab.path("sipfilter.toml");
     std::fs::write(
         &config,
-        "[trust.unknown_limits.register]\nrate = 1\nburst = 10\n\n[agent]\nmetrics_listen = \"off\"\n",
+        "[limits.register]\nrate = 1\nburst = 10\n\n[agent]\nmetrics_listen = \"off\"\n[trust]\nenabled = false\n",
     )?;
     let rx = lab.receiver()?;
     let config_arg = config.display().to_string();
@@ -341,7 +342,7 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
 
     std::fs::write(
         &config,
-        "[trust.unknown_limits.register]\nrate = 1\nburst = 50\n\n[agent]\nmetrics_listen = \"off\"\n",
+        "[limits.register]\nrate = 1\nburst = 50\n\n[agent]\nmetrics_listen = \"off\"\n[trust]\nenabled = false\n",
     )?;
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("reloaded", Duration::from_secs(5))?;
@@ -356,15 +357,15 @@ fn sighup_changes_the_rate_in_place_and_a_bad_file_keeps_the_old_config() -> any
     // Changing the IPv6 source prefix would re-key every ban: refused on reload.
     std::fs::write(
         &config,
-        "[trust.unknown_limits.register]\nrate = 1\nburst = 50\n[ban]\nipv6_prefix = 48\n[agent]\nmetrics_listen = \"off\"\n",
+        "[limits.register]\nrate = 1\nburst = 50\n[ban]\nipv6_prefix = 48\n[agent]\nmetrics_listen = \"off\"\n[trust]\nenabled = false\n",
     )?;
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("ban.ipv6_prefix changed (/64 to /48)", Duration::from_secs(5))?;
 
-    std::fs::write(&config, "[trust.unknown_limits.register]\nrate = 1\nburst = 0\n")?;
+    std::fs::write(&config, "[limits.register]\nrate = 1\nburst = 0\n")?;
     agent.signal(libc::SIGHUP);
     let want = format!(
-        "reload failed, keeping the running configuration: {config_arg}:3: trust.unknown_limits.register.burst: 0 is out of range"
+        "reload failed, keeping the running configuration: {config_arg}:3: limits.register.burst: 0 is out of range"
     );
     agent.wait_for_log(&want, Duration::from_secs(5))?;
     send(&lab.sender(OTHER)?, "REGISTER", 45)?;
@@ -474,11 +475,13 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="REGISTER"}"#), 360.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="OPTIONS"}"#), 10.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="INVITE"}"#), 5.0);
-    // Two unknown flooders: 20 pass each, the 21st bans, the rest drop as banned; the
-    // phone's 10 OPTIONS drop for stealth.
+    // Two unknown flooders: 20 pass each (the unknown burst), the next 130 are throttled
+    // (dropped, no ban), the 151st empties the flood bucket and bans, the rest drop as
+    // banned; the phone's 10 OPTIONS drop for stealth.
     assert_eq!(get(r#"sipfilter_packets_total{action="drop"}"#), 330.0);
     assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="rate_register"}"#), 2.0);
-    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="banned"}"#), 318.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="throttled"}"#), 260.0);
+    assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="banned"}"#), 58.0);
     assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="stealth"}"#), 10.0);
     assert_eq!(get(r#"sipfilter_packet_reasons_total{reason="accepted"}"#), 45.0);
     assert_eq!(get(r#"sipfilter_bans_total{reason="rate_register"}"#), 2.0);

@@ -7,10 +7,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use sipfilter_common::{Method, Outcome, Verdict};
+use sipfilter_common::{counters::AnswerKind, Method, Outcome, Verdict};
 use sipfilter_tests::{
-    harness::{action_name, TestFilter, XDP_DROP, XDP_PASS},
-    packet::{sip_request, sip_response, PacketBuilder as P, TPID_8021AD, TPID_8021Q},
+    harness::{action_name, TestFilter, TC_ACT_OK, XDP_DROP, XDP_PASS},
+    packet::{sip_answer, sip_request, sip_response, PacketBuilder as P, TPID_8021AD, TPID_8021Q},
 };
 
 struct Row {
@@ -501,5 +501,165 @@ fn fixture_table() -> anyhow::Result<()> {
     );
     // Nothing in the table is an attack: no row may have created a ban.
     assert!(filter.loaded.maps.bans()?.is_empty());
+    Ok(())
+}
+
+/// A row of the answers (egress) program's table: what it must count for an outgoing frame.
+struct AnswerRow {
+    what: String,
+    frame: Vec<u8>,
+    /// The answer kind counted (None: not an answer from a SIP port, nothing counted).
+    kind: Option<AnswerKind>,
+    /// Counted as uninspected: an answer worth judging whose headers could not be read.
+    uninspected: bool,
+}
+
+fn answer(what: impl Into<String>, payload: &[u8], kind: Option<AnswerKind>, uninspected: bool) -> AnswerRow {
+    AnswerRow {
+        what: what.into(),
+        frame: P::answer4(src4(), payload).build().bytes,
+        kind,
+        uninspected,
+    }
+}
+
+fn answer_table() -> Vec<AnswerRow> {
+    use AnswerKind::*;
+    let mut rows = Vec::new();
+    for (status, method, kind) in [
+        ("100 Trying", "INVITE", Provisional),
+        ("180 Ringing", "INVITE", Provisional),
+        ("200 OK", "REGISTER", Success),
+        ("200 OK", "INVITE", Success),
+        ("202 Accepted", "REFER", Success),
+        ("401 Unauthorized", "REGISTER", Challenge),
+        ("407 Proxy Authentication Required", "INVITE", Challenge),
+        ("403 Forbidden", "REGISTER", Forbidden),
+        ("404 Not Found", "REGISTER", NotFound),
+        ("484 Address Incomplete", "INVITE", NotFound),
+        ("604 Does Not Exist Anywhere", "INVITE", NotFound),
+        ("486 Busy Here", "INVITE", OtherFailure),
+        ("503 Service Unavailable", "REGISTER", OtherFailure),
+    ] {
+        rows.push(answer(
+            format!("{status} to {method}"),
+            &sip_answer(status, method, 2, "201", "201"),
+            Some(kind),
+            false,
+        ));
+    }
+    // Header forms the scanner must read: compact, lower case, spaces before the colon,
+    // a folded To, a display name with a colon, a tel: URI.
+    for (what, text) in [
+        ("compact t/f headers", "SIP/2.0 401 Unauthorized\r\nv: SIP/2.0/UDP x\r\nf: <sip:201@h>;tag=1\r\nt: <sip:201@h>\r\ni: c@x\r\nCSeq: 2 REGISTER\r\n\r\n"),
+        ("lower-case names", "SIP/2.0 404 Not Found\r\nvia: SIP/2.0/UDP x\r\nfrom: <sip:7@h>;tag=1\r\nto: <sip:7@h>\r\ncseq: 1 REGISTER\r\n\r\n"),
+        ("spaces before colons", "SIP/2.0 403 Forbidden\r\nFrom  : <sip:7@h>;tag=1\r\nTo  :  <sip:7@h>\r\nCSeq :  9   REGISTER\r\n\r\n"),
+        ("folded To header", "SIP/2.0 401 Unauthorized\r\nFrom: <sip:7@h>;tag=1\r\nTo:\r\n  \"Desk: 7\" <sip:7@h>\r\nCSeq: 3 REGISTER\r\n\r\n"),
+        ("tel: caller of an INVITE", "SIP/2.0 407 Proxy Authentication Required\r\nFrom: <tel:+4930123;phone-context=x>;tag=1\r\nTo: <sip:900@h>\r\nCSeq: 1 INVITE\r\n\r\n"),
+    ] {
+        let kind = match &text[8..11] {
+            "401" | "407" => Challenge,
+            "403" => Forbidden,
+            _ => NotFound,
+        };
+        rows.push(answer(what, text.as_bytes(), Some(kind), false));
+    }
+    // Answers worth judging whose headers cannot be read: counted, passed, not judged.
+    rows.push(answer(
+        "401 with no headers",
+        b"SIP/2.0 401 Unauthorized\r\n\r\n",
+        Some(Challenge),
+        true,
+    ));
+    rows.push(answer(
+        "404 without a CSeq",
+        b"SIP/2.0 404 Not Found\r\nTo: <sip:7@h>\r\nFrom: <sip:7@h>\r\n\r\n",
+        Some(NotFound),
+        true,
+    ));
+    rows.push(answer(
+        "401 whose To has no user",
+        b"SIP/2.0 401 Unauthorized\r\nTo: <sip:pbx.example>\r\nCSeq: 1 REGISTER\r\n\r\n",
+        Some(Challenge),
+        true,
+    ));
+    let mut long = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+    for i in 0..12 {
+        long.extend_from_slice(format!("Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK-{i}\r\n").as_bytes());
+    }
+    long.extend_from_slice(b"To: <sip:201@h>\r\nCSeq: 1 REGISTER\r\n\r\n");
+    rows.push(answer("To and CSeq beyond the line bound", &long, Some(Challenge), true));
+    let full = sip_answer("401 Unauthorized", "REGISTER", 2, "201", "201");
+    for cut in [40, 120, 160] {
+        rows.push(answer(
+            format!("401 cut at {cut} payload bytes"),
+            &full[..cut],
+            Some(Challenge),
+            true,
+        ));
+    }
+    // Not answers from a SIP port: nothing counted.
+    rows.push(answer("a request the PBX sends", &sip_request("OPTIONS", "201"), None, false));
+    rows.push(answer("not SIP from the SIP port", b"HTTP/1.1 200 OK\r\n\r\n", None, false));
+    rows.push(answer("a bad status code", b"SIP/2.0 2x0 OK\r\nCSeq: 1 REGISTER\r\n\r\n", None, false));
+    rows.push(AnswerRow {
+        what: "an answer from another port".into(),
+        frame: P::udp4(dst4(), src4(), 5070, 5060, &full).build().bytes,
+        kind: None,
+        uninspected: false,
+    });
+    rows.push(AnswerRow {
+        what: "TCP from the SIP port".into(),
+        frame: P::udp4(dst4(), src4(), 5060, 5060, &full).tcp().build().bytes,
+        kind: None,
+        uninspected: false,
+    });
+    rows.push(AnswerRow {
+        what: "IPv6 401 in a VLAN".into(),
+        frame: P::udp6("2001:db8::1".parse().unwrap(), src6(), 5060, 5060, &full)
+            .vlan(TPID_8021Q, 7)
+            .build()
+            .bytes,
+        kind: Some(Challenge),
+        uninspected: false,
+    });
+    rows
+}
+
+#[test]
+fn answer_table_through_the_answers_program() -> anyhow::Result<()> {
+    let rows = answer_table();
+    let filter = TestFilter::new()?;
+    let mut failures = Vec::new();
+    for row in &rows {
+        let before = filter.counters()?;
+        let action = filter.run_answer(&row.frame)?;
+        let after = filter.counters()?;
+        let mut problems = Vec::new();
+        if action != TC_ACT_OK {
+            problems.push(format!("action {action}: the answers program must never drop these"));
+        }
+        for k in AnswerKind::ALL {
+            let moved = after.answers[k as usize] - before.answers[k as usize];
+            let want = u64::from(Some(k) == row.kind);
+            if moved != want {
+                problems.push(format!("answer counter {} moved by {moved}, expected {want}", k.name()));
+            }
+        }
+        let moved = after.uninspected - before.uninspected;
+        if moved != u64::from(row.uninspected) {
+            problems.push(format!("uninspected moved by {moved}, expected {}", u64::from(row.uninspected)));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", row.what, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
     Ok(())
 }

@@ -1,0 +1,330 @@
+//! Sources judged by the PBX's answers, through the real programs: requests through the XDP
+//! program, the PBX's answers through the answers (TC) program, in the order a registrar
+//! would see and send them. Minutes-long cases move the programs' clock instead of waiting.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use sipfilter::addr::source_key;
+use sipfilter_common::{
+    config::{defaults, FLAG_QUARANTINE, FLAG_STEALTH, FLAG_TRUST, FLAG_WITHHOLD},
+    counters::ban_reason,
+    scan::{ext_from, ext_str},
+    KernelConfig, Outcome,
+};
+use sipfilter_tests::{
+    harness::{TestFilter, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    packet::{sip_answer, sip_request_from, PacketBuilder as P},
+};
+
+fn trusted_config() -> KernelConfig {
+    let mut c = KernelConfig::default();
+    c.flags |= FLAG_TRUST | FLAG_STEALTH | FLAG_WITHHOLD;
+    c
+}
+
+fn addr(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, last)
+}
+
+/// A source talking to the PBX through both programs.
+struct Peer<'a> {
+    f: &'a TestFilter,
+    ip: Ipv4Addr,
+    cseq: u32,
+}
+
+impl<'a> Peer<'a> {
+    fn new(f: &'a TestFilter, ip: Ipv4Addr) -> Self {
+        Peer { f, ip, cseq: 0 }
+    }
+
+    /// Sends a request (a new CSeq); the XDP action.
+    fn send(&mut self, method: &str, from: &str, to: &str) -> u32 {
+        self.cseq += 1;
+        self.f
+            .run(&P::request4(self.ip, &sip_request_from(method, from, to, self.cseq)).build().bytes)
+            .expect("XDP run")
+    }
+
+    fn register(&mut self, ext: &str) -> u32 {
+        self.send("REGISTER", ext, ext)
+    }
+
+    /// The PBX answers the last request: the TC action.
+    fn answer(&self, status: &str, method: &str, from: &str, to: &str) -> u32 {
+        self.f
+            .run_answer(&P::answer4(self.ip, &sip_answer(status, method, self.cseq, from, to)).build().bytes)
+            .expect("TC run")
+    }
+
+    /// REGISTER, 401, REGISTER with credentials, `final_status`: the answer's TC action, or
+    /// None if a REGISTER was dropped.
+    fn login(&mut self, ext: &str, final_status: &str) -> Option<u32> {
+        if self.register(ext) != XDP_PASS {
+            return None;
+        }
+        self.answer("401 Unauthorized", "REGISTER", ext, ext);
+        if self.register(ext) != XDP_PASS {
+            return None;
+        }
+        Some(self.answer(final_status, "REGISTER", ext, ext))
+    }
+}
+
+#[test]
+fn a_phone_that_registers_cleanly_becomes_known_and_gets_the_office_limits() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut phone = Peer::new(&f, addr(20));
+    assert_eq!(phone.login("201", "200 OK"), Some(TC_ACT_OK));
+    let key = source_key(addr(20).into(), 64);
+    let known = f.loaded.trust.known(&key)?.expect("the phone's address is known");
+    assert_eq!(ext_str(&known.extension), "201");
+    assert_eq!(f.counters()?.promoted, 1);
+    // Known: the NAT-office burst (150) applies, where an unknown source gets 20.
+    let burst = defaults::REGISTER.burst as usize;
+    let (passed, _) = f.run_n(&P::request4(addr(20), &sip_request_from("REGISTER", "202", "202", 9)).build().bytes, burst)?;
+    assert_eq!(passed, burst);
+    let unknown_burst = defaults::UNKNOWN_REGISTER.burst as usize;
+    let stranger = P::request4(addr(21), &sip_request_from("REGISTER", "203", "203", 1)).build().bytes;
+    assert_eq!(f.run_n(&stranger, unknown_burst + 1)?, (unknown_burst, 1));
+    assert!(f.ban_events().iter().all(|e| e.source != key));
+    Ok(())
+}
+
+#[test]
+fn dictionary_brute_force_is_banned_at_the_fifth_wrong_password() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut robot = Peer::new(&f, addr(66));
+    assert_eq!(robot.register("201"), XDP_PASS);
+    robot.answer("401 Unauthorized", "REGISTER", "201", "201");
+    // svcrack style: one REGISTER with credentials per guess, each re-challenged.
+    let mut guesses = 0;
+    while robot.register("201") == XDP_PASS {
+        guesses += 1;
+        robot.answer("401 Unauthorized", "REGISTER", "201", "201");
+        assert!(guesses < 50, "never banned");
+    }
+    assert_eq!(guesses, 5, "the fifth failure bans; the sixth guess is dropped");
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.reason, ban_reason::AUTH_FAILURE);
+    assert_eq!(e.failures, 5);
+    assert_eq!(ext_str(&e.extension), "201");
+    Ok(())
+}
+
+#[test]
+fn a_retransmitted_challenge_is_not_a_failure() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut phone = Peer::new(&f, addr(30));
+    assert_eq!(phone.register("201"), XDP_PASS);
+    for _ in 0..10 {
+        // The PBX answers each retransmission of the same REGISTER (same CSeq) again.
+        phone.answer("401 Unauthorized", "REGISTER", "201", "201");
+    }
+    assert!(f.loaded.maps.bans()?.is_empty());
+    assert_eq!(phone.login("201", "200 OK"), Some(TC_ACT_OK));
+    Ok(())
+}
+
+#[test]
+fn enumeration_is_banned_at_the_fifth_not_found() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut robot = Peer::new(&f, addr(67));
+    let mut probed = 0;
+    for ext in 100..200 {
+        let ext = ext.to_string();
+        if robot.register(&ext) != XDP_PASS {
+            break;
+        }
+        probed += 1;
+        robot.answer("404 Not Found", "REGISTER", &ext, &ext);
+    }
+    assert_eq!(probed, 5);
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason, ban_reason::NOT_FOUND);
+    assert_eq!(events[0].not_found, 5);
+    Ok(())
+}
+
+#[test]
+fn the_password_equals_extension_robot_cracks_202_and_is_caught_with_its_proof_withheld() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut robot = Peer::new(&f, addr(68));
+    // 200 does not exist, 201 has another password, 202's password is "202".
+    assert_eq!(robot.register("200"), XDP_PASS);
+    robot.answer("404 Not Found", "REGISTER", "200", "200");
+    assert_eq!(robot.login("201", "401 Unauthorized"), Some(TC_ACT_OK));
+    assert_eq!(
+        robot.login("202", "200 OK"),
+        Some(TC_ACT_SHOT),
+        "the 200 OK that proves the guess is withheld"
+    );
+    assert_eq!(robot.register("203"), XDP_DROP, "banned");
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason, ban_reason::CRACKED);
+    assert_eq!(ext_str(&events[0].extension), "202");
+    let cracked = f.loaded.trust.cracked()?;
+    assert_eq!(cracked.len(), 1);
+    assert_eq!(cracked[0].0, ext_from("202"));
+    assert_eq!(cracked[0].1.source, source_key(addr(68).into(), 64));
+    assert_eq!(cracked[0].1.other_extensions, 2);
+    assert!(f.loaded.trust.known(&source_key(addr(68).into(), 64))?.is_none());
+    assert_eq!(f.counters()?.cracked, 1);
+    assert_eq!(f.counters()?.withheld, 1);
+
+    // Quarantine (the agent switches it on while an extension is cracked): the robot's next
+    // step from a second address fails; the real phone of 202, known, keeps working.
+    let mut k = f.maps().read_config()?;
+    k.flags |= FLAG_QUARANTINE;
+    f.set_config(&k)?;
+    let mut phone = Peer::new(&f, addr(20));
+    assert_eq!(phone.login("210", "200 OK"), Some(TC_ACT_OK), "the office becomes known");
+    let mut second = Peer::new(&f, addr(69));
+    let before = f.counters()?.outcome(Outcome::Quarantined);
+    assert_eq!(second.register("202"), XDP_DROP, "REGISTER for 202 from a new address");
+    assert_eq!(second.send("INVITE", "202", "0023276123456"), XDP_DROP, "the test call from 202");
+    assert_eq!(f.counters()?.outcome(Outcome::Quarantined) - before, 2);
+    assert_eq!(second.register("204"), XDP_PASS, "other extensions are not quarantined");
+    assert_eq!(phone.register("202"), XDP_PASS, "202's own phone, from its known address");
+    assert_eq!(phone.send("INVITE", "202", "030123456"), XDP_PASS);
+    assert!(f.ban_events().is_empty(), "quarantine drops, it does not ban");
+    Ok(())
+}
+
+#[test]
+fn stealth_silences_probes_from_unknown_sources_only() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut scanner = Peer::new(&f, addr(70));
+    assert_eq!(scanner.send("OPTIONS", "100", "100"), XDP_DROP);
+    assert_eq!(f.counters()?.outcome(Outcome::Stealth), 1);
+    let mut phone = Peer::new(&f, addr(20));
+    phone.login("201", "200 OK");
+    assert_eq!(phone.send("OPTIONS", "201", "201"), XDP_PASS, "a known phone's keep-alive");
+    assert!(f.ban_events().is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_office_with_a_misconfigured_phone_is_never_banned_in_five_minutes() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let office = addr(40);
+    let mut peer = Peer::new(&f, office);
+    for ext in ["201", "202", "203"] {
+        assert_eq!(peer.login(ext, "200 OK"), Some(TC_ACT_OK));
+    }
+    drop(peer);
+    // Extension 299 has a wrong password: it fails every 15 s for five minutes, while the
+    // others keep refreshing their registrations.
+    for tick in 0..20 {
+        f.advance_clock(Duration::from_secs(15))?;
+        let mut peer = Peer::new(&f, office);
+        peer.cseq = 1000 + tick * 10;
+        let got = peer.login("299", "401 Unauthorized");
+        assert_eq!(got, Some(TC_ACT_OK), "tick {tick}: the office was cut off");
+        for ext in ["201", "202", "203"] {
+            assert_eq!(peer.login(ext, "200 OK"), Some(TC_ACT_OK), "tick {tick}, {ext}");
+        }
+    }
+    assert!(f.ban_events().is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_known_source_that_starts_guessing_is_banned_later() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let mut src = Peer::new(&f, addr(50));
+    assert_eq!(src.login("201", "200 OK"), Some(TC_ACT_OK));
+    let mut guesses = 0;
+    while src.register("205") == XDP_PASS {
+        src.answer("401 Unauthorized", "REGISTER", "205", "205");
+        guesses += 1;
+        assert!(guesses < 100, "never banned");
+    }
+    // The first answer is a first challenge; then the known budget's 20 failures.
+    assert_eq!(guesses, 21);
+    assert_eq!(f.ban_events()[0].reason, ban_reason::AUTH_FAILURE);
+    Ok(())
+}
+
+#[test]
+fn one_guess_every_two_seconds_is_banned_within_half_a_minute() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let robot = addr(71);
+    let mut cseq = 1;
+    let mut elapsed = 0;
+    loop {
+        let mut p = Peer::new(&f, robot);
+        p.cseq = cseq;
+        if p.register("201") != XDP_PASS {
+            break;
+        }
+        p.answer("401 Unauthorized", "REGISTER", "201", "201");
+        cseq = p.cseq;
+        f.advance_clock(Duration::from_secs(2))?;
+        elapsed += 2;
+        assert!(elapsed <= 30, "not banned after {elapsed} s");
+    }
+    assert_eq!(f.ban_events()[0].reason, ban_reason::AUTH_FAILURE);
+    Ok(())
+}
+
+#[test]
+fn fifty_phones_behind_an_unknown_nat_address_all_register_after_a_power_cut() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let nat = addr(90);
+    // Each phone: REGISTER until answered (SIP timer A: retransmit after 0.5 s, doubling),
+    // then the REGISTER with credentials the same way, until its 200 OK.
+    struct Phone {
+        ext: String,
+        cseq: u32,
+        authenticated: bool,
+        registered: bool,
+        next_ms: u64,
+        interval_ms: u64,
+    }
+    let mut phones: Vec<Phone> = (0..50)
+        .map(|i| Phone {
+            ext: format!("{}", 300 + i),
+            cseq: 1,
+            authenticated: false,
+            registered: false,
+            next_ms: 0,
+            interval_ms: 500,
+        })
+        .collect();
+    let mut now_ms = 0;
+    while phones.iter().any(|p| !p.registered) {
+        for p in phones.iter_mut().filter(|p| !p.registered && p.next_ms <= now_ms) {
+            let req = P::request4(nat, &sip_request_from("REGISTER", &p.ext, &p.ext, p.cseq)).build().bytes;
+            if f.run(&req)? == XDP_PASS {
+                let status = if p.authenticated { "200 OK" } else { "401 Unauthorized" };
+                let ans = P::answer4(nat, &sip_answer(status, "REGISTER", p.cseq, &p.ext, &p.ext)).build().bytes;
+                f.run_answer(&ans)?;
+                if p.authenticated {
+                    p.registered = true;
+                } else {
+                    p.authenticated = true;
+                    p.cseq += 1;
+                    p.next_ms = now_ms;
+                    p.interval_ms = 500;
+                    continue;
+                }
+            } else {
+                p.next_ms = now_ms + p.interval_ms;
+                p.interval_ms = (p.interval_ms * 2).min(4_000);
+            }
+        }
+        f.advance_clock(Duration::from_millis(100))?;
+        now_ms += 100;
+        assert!(now_ms < 60_000, "not all registered after a minute");
+    }
+    eprintln!("50 phones behind one unknown address registered within {now_ms} ms");
+    assert!(f.ban_events().is_empty(), "the office was banned");
+    assert!(f.loaded.trust.known(&source_key(nat.into(), 64))?.is_some());
+    assert!(now_ms <= 5_000, "took {now_ms} ms");
+    Ok(())
+}

@@ -4,11 +4,11 @@
 //! egress program for each answer and by the host tests and the reference model unchanged.
 //!
 //! How a re-challenge is told from a first challenge (README, "How a packet is judged"): the
-//! source keeps the extensions it has an open challenge for, with the CSeq number of the
-//! challenged request. A 401/407 for an extension with an open challenge under a *different*
-//! CSeq number answers a new request that came after the challenge, i.e. one that carried
-//! credentials and they were wrong: a credential failure. The same CSeq number is a
-//! retransmission of the first request and is ignored; a 2xx closes the challenge. This
+//! source keeps the extensions it has an open challenge for, with the identity of the
+//! challenged request (its top Via branch and CSeq). A 401/407 for an extension with an open
+//! challenge that answers a *different* request is an answer to a request that came after the
+//! challenge, i.e. one that carried credentials and they were wrong: a credential failure.
+//! The same request again is a retransmission and is ignored; a 2xx closes the challenge. This
 //! needs no request scanning on ingress, and works the same for a PBX that answers unknown
 //! users with 404 (kamailio-style: not-found) and one that challenges them (Asterisk/PJSIP:
 //! every attempt with credentials is re-challenged, a credential failure).
@@ -49,7 +49,28 @@ pub struct AnswerState {
     pub successes: u32,
     pub next_challenged: u32,
     pub next_failed: u32,
+    /// First challenges (to requests without credentials), and when the first came.
+    pub first_challenges: u32,
+    pub first_challenge_ns: u64,
+    /// Requests with credentials the source sent (seen by the ingress program).
+    pub credentialed: u32,
+    /// First challenges in a row answered to one source port of the source, and that port.
+    pub port_challenges: u32,
+    pub last_port: u32,
+    pub _pad: u32,
 }
+
+/// First challenges for this many extensions in a row to one source port, with no credentials
+/// ever sent, is a scanner: every phone behind a NAT has a port of its own, and even a
+/// multi-line desk phone registers fewer lines than this from its one port before it answers
+/// its first challenge.
+pub const PORT_ENUMERATION: u32 = 8;
+
+/// How long a challenged source has to answer a challenge with credentials before a run of
+/// challenges on many extensions counts as enumeration. A phone answers within a round trip;
+/// an office behind one address is challenged on many extensions at once after a power cut,
+/// and its phones send credentials at once.
+pub const ENUMERATION_GRACE_NS: u64 = 2 * NS_PER_SEC;
 
 /// One SIP answer sent to the source, as the egress program read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +78,14 @@ pub struct Answer {
     pub code: u16,
     /// The CSeq method: which request it answers.
     pub method: Method,
+    /// Which request it answers (`scan::request_identity`: top Via branch and CSeq): the
+    /// same for a retransmission, new for every new request.
     pub cseq: u32,
     /// The extension it concerns: the To user of a REGISTER, the From user (the caller,
     /// whose credentials were checked) of anything else.
     pub ext: Extension,
+    /// The source port the answer goes to.
+    pub port: u16,
 }
 
 /// Why the egress program bans (see [`crate::counters::ban_reason`]).
@@ -171,6 +196,19 @@ impl AnswerState {
             *slot = *ext;
         }
         self.next_failed = (i as u32 + 1) % RECENT as u32;
+    }
+
+    /// Enumeration: challenged on at least `min` extensions, never sent credentials in the
+    /// grace time since the first challenge, never succeeded (what `svwar` does against a PBX
+    /// that challenges real extensions; 0: never).
+    #[inline(always)]
+    pub fn enumerating(&self, now: u64, min: u32) -> bool {
+        min != 0
+            && self.first_challenges >= min
+            && self.credentialed == 0
+            && self.successes == 0
+            && self.first_challenge_ns != 0
+            && now.saturating_sub(self.first_challenge_ns) >= ENUMERATION_GRACE_NS
     }
 
     /// Failed extensions other than `ext` within the window.
@@ -289,8 +327,25 @@ impl AnswerState {
                 if let Some(c) = self.challenged_cseq.get_mut(i) {
                     *c = answer.cseq;
                 }
-                if charge(&mut self.challenge_debt_ns, &policy.challenges, now) {
-                    return Judgement::Ban(crate::counters::ban_reason::CHALLENGES);
+                self.first_challenges = self.first_challenges.wrapping_add(1);
+                if self.first_challenge_ns == 0 {
+                    self.first_challenge_ns = now;
+                }
+                if self.last_port == answer.port as u32 {
+                    self.port_challenges = self.port_challenges.wrapping_add(1);
+                } else {
+                    self.last_port = answer.port as u32;
+                    self.port_challenges = 1;
+                }
+                let port_scan = policy.enumeration_challenges != 0
+                    && self.port_challenges >= PORT_ENUMERATION
+                    && self.credentialed == 0
+                    && self.successes == 0;
+                if charge(&mut self.challenge_debt_ns, &policy.challenges, now)
+                    || port_scan
+                    || self.enumerating(now, policy.enumeration_challenges)
+                {
+                    return Judgement::Ban(crate::counters::ban_reason::ENUMERATION);
                 }
                 Judgement::Nothing
             }
@@ -319,7 +374,9 @@ impl AnswerState {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::format;
     use crate::{counters::ban_reason, scan::ext_from};
 
     fn ans(code: u16, method: Method, cseq: u32, ext: &str) -> Answer {
@@ -328,6 +385,7 @@ mod tests {
             method,
             cseq,
             ext: ext_from(ext),
+            port: 5060,
         }
     }
 
@@ -424,9 +482,9 @@ mod tests {
             assert!(!matches!(v, Judgement::Ban(_)), "banned at tick {tick}");
             for phone in 0..3 {
                 let ext = ext_from(["201", "202", "203"][phone]);
-                let a = Answer { code: 401, method: Method::Register, cseq, ext };
+                let a = Answer { code: 401, method: Method::Register, cseq, ext, port: 5060 };
                 st.judge(&a, known, &trust, now);
-                let ok = Answer { code: 200, method: Method::Register, cseq: cseq + 1, ext };
+                let ok = Answer { code: 200, method: Method::Register, cseq: cseq + 1, ext, port: 5060 };
                 match st.judge(&ok, known, &trust, now) {
                     Judgement::Promote => known = true,
                     Judgement::Nothing => {}
@@ -436,6 +494,62 @@ mod tests {
         }
         assert!(known);
         assert!(st.failures >= 18);
+    }
+
+    #[test]
+    fn challenges_on_many_extensions_without_credentials_are_enumeration_an_office_is_not() {
+        let trust = TrustConfig::default();
+        let min = trust.unknown.enumeration_challenges;
+        // svwar: a first challenge for each real extension, no credentials ever.
+        let mut robot = AnswerState::default();
+        let mut banned = None;
+        for i in 0..40u32 {
+            let now = T0 + i as u64 * S / 4;
+            let ext = ext_from(&format!("{}", 201 + i));
+            // A slow scanner (one probe every 250 ms) changing its source port each time: the
+            // grace-time rule catches it.
+            let port = 40000 + i as u16;
+            if let Judgement::Ban(r) = robot.judge(&Answer { code: 401, method: Method::Register, cseq: i, ext, port }, false, &trust, now) {
+                banned = Some((i, r));
+                break;
+            }
+        }
+        let (at, reason) = banned.expect("svwar never banned");
+        assert_eq!(reason, ban_reason::ENUMERATION);
+        assert!(at + 1 >= min && at + 1 <= 12, "banned at challenge {}", at + 1);
+        // svwar: all from one port, as fast as it can: the 8th challenge in a row bans.
+        let mut svwar = AnswerState::default();
+        let mut at = None;
+        for i in 0..40u32 {
+            let ext = ext_from(&format!("{}", 201 + i));
+            let a = Answer { code: 401, method: Method::Register, cseq: i, ext, port: 5060 };
+            if svwar.judge(&a, false, &trust, T0) != Judgement::Nothing {
+                at = Some(i + 1);
+                break;
+            }
+        }
+        assert_eq!(at, Some(PORT_ENUMERATION));
+        // An office behind one address: 50 phones, each its own NAT port, challenged at once
+        // after a power cut; a multi-line phone registers 6 lines from its one port.
+        let mut office = AnswerState::default();
+        for i in 0..50u32 {
+            let ext = ext_from(&format!("{}", 201 + i));
+            let a = Answer { code: 401, method: Method::Register, cseq: i, ext, port: 20000 + i as u16 };
+            assert_eq!(office.judge(&a, false, &trust, T0), Judgement::Nothing, "phone {i}");
+        }
+        for line in 0..6u32 {
+            let ext = ext_from(&format!("{}", 301 + line));
+            let a = Answer { code: 401, method: Method::Register, cseq: line, ext, port: 5062 };
+            assert_eq!(office.judge(&a, false, &trust, T0), Judgement::Nothing, "line {line}");
+        }
+        // Its phones send credentials at once: later challenges on one port never count as
+        // enumeration (what remains is the challenge budget until its first success).
+        office.credentialed = 1;
+        for i in 0..3u32 {
+            let ext = ext_from(&format!("{}", 401 + i));
+            let a = Answer { code: 401, method: Method::Register, cseq: i, ext, port: 5062 };
+            assert_eq!(office.judge(&a, false, &trust, T0 + 10 * S), Judgement::Nothing);
+        }
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub struct TierPolicy {
     /// A 2xx after failures on at least this many other extensions is a cracked extension
     /// (0: never).
     pub crack_min_extensions: u32,
-    pub _pad: u32,
+    /// First challenges on this many extensions without credentials is enumeration (see
+    /// `AnswerState::enumerating`; 0: never).
+    pub enumeration_challenges: u32,
 }
 
 #[repr(C)]
@@ -108,9 +110,12 @@ pub struct KernelConfig {
     pub sip_ports_be: [u16; MAX_SIP_PORTS],
     /// FLAG_* bits.
     pub flags: u32,
-    /// IPv6 source-key mask as four 32-bit words in network byte order (a /64 keeps
-    /// the first two words).
+    /// IPv6 source-key mask as four 32-bit words in network byte order: /128 (each address
+    /// its own state and bans) unless a test sets another.
     pub ipv6_mask_be: [u32; 4],
+    /// The IPv6 prefix banned as a whole on evidence (several of its addresses banned, or its
+    /// aggregate budget exhausted by rotation): /64 by default.
+    pub ipv6_group_mask_be: [u32; 4],
     /// Limits of known sources, indexed by [`crate::RateClass`].
     pub limits: [ClassLimit; 3],
     /// Limits of unknown sources (neither known nor allowlisted).
@@ -166,8 +171,11 @@ pub mod defaults {
     pub const BAN_MAX_SECS: u64 = 7 * 24 * 3600;
     /// Repeat within a day of the previous ban's end doubles the ban (recidive's window).
     pub const ESCALATION_WINDOW_SECS: u64 = 24 * 3600;
-    /// Attackers rotate addresses inside their /64.
+    /// Attackers rotate addresses inside their /64: the prefix banned on evidence.
     pub const IPV6_PREFIX_LEN: u8 = 64;
+    /// The aggregate budget of an IPv6 prefix: this many times the known limits, shared by
+    /// all its addresses (an office of phones each on its own address stays far below it).
+    pub const PREFIX_BUDGET_FACTOR: u64 = 4;
 
     /// Unknown sources: a REGISTER burst for a small office's first round (20: ten phones'
     /// REGISTER and re-REGISTER with credentials) and the rest on retransmissions; the first
@@ -213,7 +221,7 @@ pub mod defaults {
         not_found: UNKNOWN_NOT_FOUND,
         challenges: UNKNOWN_CHALLENGES,
         crack_min_extensions: 2,
-        _pad: 0,
+        enumeration_challenges: 10,
     };
     /// Known sources: four times the room (an office's misconfigured phone failing every
     /// 15 s never fills it), no slow budget (that phone would fill any), no challenge budget.
@@ -235,7 +243,7 @@ pub mod defaults {
             leak_secs: 0,
         },
         crack_min_extensions: 4,
-        _pad: 0,
+        enumeration_challenges: 0,
     };
     pub const KNOWN_TTL_SECS: u32 = 7 * 24 * 3600;
     /// Ten minutes: a robot moves from extension to extension within seconds.
@@ -268,7 +276,8 @@ impl Default for KernelConfig {
         KernelConfig {
             sip_ports_be: [defaults::SIP_PORT.to_be(); MAX_SIP_PORTS],
             flags: 0,
-            ipv6_mask_be: ipv6_mask(defaults::IPV6_PREFIX_LEN),
+            ipv6_mask_be: ipv6_mask(128),
+            ipv6_group_mask_be: ipv6_mask(defaults::IPV6_PREFIX_LEN),
             limits: [defaults::REGISTER, defaults::INVITE, defaults::OTHER],
             unknown_limits: [defaults::UNKNOWN_REGISTER, defaults::UNKNOWN_INVITE, defaults::UNKNOWN_OTHER],
             trust: TrustConfig::default(),
@@ -324,6 +333,18 @@ impl KernelConfig {
     /// The IPv6 source prefix length, from the mask.
     pub fn ipv6_prefix_len(&self) -> u8 {
         self.ipv6_mask_be.iter().map(|w| w.count_ones()).sum::<u32>() as u8
+    }
+
+    /// The IPv6 prefix banned on evidence, from its mask.
+    pub fn ipv6_group_len(&self) -> u8 {
+        self.ipv6_group_len_bits() as u8
+    }
+
+    /// The same, as the kernel computes it (no iterator).
+    #[inline(always)]
+    pub fn ipv6_group_len_bits(&self) -> u32 {
+        let m = &self.ipv6_group_mask_be;
+        m[0].count_ones() + m[1].count_ones() + m[2].count_ones() + m[3].count_ones()
     }
 
     #[inline(always)]

@@ -139,8 +139,9 @@ pub mod ban_reason {
     pub const NOT_FOUND: u8 = 4;
     /// Guessed a password: a 2xx after failures on other extensions.
     pub const CRACKED: u8 = 5;
-    /// Exceeded its budget of first challenges without a success.
-    pub const CHALLENGES: u8 = 6;
+    /// Enumeration: challenged on many extensions without ever sending credentials, or more
+    /// first challenges than its budget without a success.
+    pub const ENUMERATION: u8 = 6;
     /// IPv6: several addresses of the prefix offended.
     pub const PREFIX: u8 = 7;
     /// Reasons the programs ban for (counter slots).
@@ -158,7 +159,7 @@ pub mod ban_reason {
             AUTH_FAILURE => "auth_failure",
             NOT_FOUND => "not_found",
             CRACKED => "cracked",
-            CHALLENGES => "challenges",
+            ENUMERATION => "enumeration",
             PREFIX => "prefix",
             MANUAL => "manual",
             RESTORED => "restored",

@@ -30,6 +30,7 @@ pub const TC_FLOOR_PROGRAM: &str = "tc_floor";
 /// The answers' judge (tail-called by the answers program) and its tail-call table.
 pub const JUDGE_PROGRAM: &str = "sipfilter_judge";
 pub const CALLER_PROGRAM: &str = "sipfilter_caller";
+pub const IDENTIFY_PROGRAM: &str = "sipfilter_identify";
 pub const EGRESS_PROGRAMS: &str = "egress_programs";
 
 /// Capacities. Bans are a plain hash (not LRU) so a flood of spoofed sources cannot evict

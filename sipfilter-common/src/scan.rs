@@ -178,6 +178,7 @@ fn search<B: Bytes + ?Sized>(b: &B, pos: usize, needle: u8, words: usize) -> Res
 /// Which header a line starts with (by its first word, in any case).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Header {
+    Via,
     To,
     From,
     CSeq,
@@ -207,6 +208,9 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
     if named(lw, word(b"to"), 2) || named(lw, word(b"t"), 1) {
         return Header::To;
     }
+    if named(lw, word(b"via"), 3) || named(lw, word(b"v"), 1) {
+        return Header::Via;
+    }
     if named(lw, word(b"from"), 4) || named(lw, word(b"f"), 1) {
         return Header::From;
     }
@@ -232,6 +236,8 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
 /// the kernel each read is a large piece of code for the verifier to walk).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Found {
+    /// The first (topmost) Via: in an answer, the request's own, with its branch.
+    pub via_at: usize,
     pub to_at: usize,
     pub from_at: usize,
     pub cseq_at: usize,
@@ -245,6 +251,8 @@ pub struct Found {
 /// What a caller needs found before the scan may stop early.
 #[derive(Clone, Copy)]
 pub struct Wanted {
+    /// The top Via (its position, for [`request_identity`]).
+    pub via: bool,
     pub to: bool,
     pub from: bool,
     pub cseq: bool,
@@ -260,7 +268,7 @@ pub struct Wanted {
 pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> Found {
     let mut found = Found::default();
     // Value positions of the wanted headers, 0 while not seen.
-    let (mut to_at, mut from_at, mut cseq_at) = (0usize, 0usize, 0usize);
+    let (mut to_at, mut from_at, mut cseq_at, mut via_at) = (0usize, 0usize, 0usize, 0usize);
     let (mut seen_to, mut seen_from, mut seen_cseq) = (false, false, false);
     // Skip the start line.
     let mut next = find(b, start, b'\n', MAX_LINE / 8).map(|nl| nl + 1);
@@ -283,6 +291,7 @@ pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> F
         };
         match header(b, pos, w) {
             Header::End => break,
+            Header::Via if wanted.via && via_at == 0 => via_at = after_colon(b, pos),
             Header::To if wanted.to && !seen_to => {
                 seen_to = true;
                 to_at = after_colon(b, pos);
@@ -298,7 +307,8 @@ pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> F
             Header::Authorization => found.credentials = true,
             _ => {}
         }
-        if (!wanted.to || seen_to)
+        if (!wanted.via || via_at != 0)
+            && (!wanted.to || seen_to)
             && (!wanted.from || seen_from)
             && (!wanted.cseq || seen_cseq)
             && (!wanted.credentials || found.credentials)
@@ -310,6 +320,7 @@ pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> F
             Err(missed) => found.incomplete = missed == Missed::Bound || b.truncated(),
         }
     }
+    found.via_at = via_at;
     found.to_at = to_at;
     found.from_at = from_at;
     found.cseq_at = cseq_at;
@@ -467,6 +478,24 @@ pub fn cseq<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<(u32, Method)> {
     Some((id, Method::Unknown))
 }
 
+/// What tells one request from another for the answers' bookkeeping: the top Via (whose
+/// branch is new for every request and the same for its retransmissions, RFC 3261 §8.1.1.7)
+/// folded with the CSeq identity. Robots such as svcrack keep Call-ID and CSeq for every
+/// guess; only the branch changes. The first 96 bytes of the Via value are folded, enough to
+/// reach the branch after an IPv6 sent-by.
+#[inline(always)]
+pub fn request_identity<B: Bytes + ?Sized>(b: &B, via_at: usize, cseq_id: u32) -> u32 {
+    let mut h: u64 = cseq_id as u64;
+    if via_at != 0 && via_at < SCAN_LIMIT {
+        let at = forget(b, via_at);
+        for k in 0..12 {
+            let w = b.word_or_tail(at + 8 * k).unwrap_or(0);
+            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17);
+        }
+    }
+    (h as u32) ^ ((h >> 32) as u32)
+}
+
 /// The method of a CSeq's method token (which ends at whitespace or the line end).
 #[inline(always)]
 fn method_token(w: u64, ninth: Option<u8>) -> Method {
@@ -524,9 +553,12 @@ pub fn ext_from(s: &str) -> Extension {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::format;
 
     const ALL: Wanted = Wanted {
+        via: true,
         to: true,
         from: true,
         cseq: true,
@@ -638,11 +670,25 @@ Content-Length: 0\r\n\r\n";
             (b"SIP/2.0 403 Forbidden\r\nFrom  : <sip:7@h>;tag=1\r\nTo  :  <sip:7@h>\r\nCSeq :  9   REGISTER\r\n\r\n", "7"),
             (b"SIP/2.0 401 Unauthorized\r\nFrom: <sip:7@h>;tag=1\r\nTo:\r\n  \"Desk: 7\" <sip:7@h>\r\nCSeq: 3 REGISTER\r\n\r\n", "7"),
         ] {
-            let w = Wanted { to: true, from: false, cseq: true, credentials: false };
+            let w = Wanted { via: false, to: true, from: false, cseq: true, credentials: false };
             let f = scan_headers(text, 0, w);
             assert_eq!(cseq(text, f.cseq_at).map(|c| c.1), Some(Method::Register), "{}", core::str::from_utf8(text).unwrap());
             assert_eq!(uri_user(text, f.to_at), Some(ext_from(user)), "{}", core::str::from_utf8(text).unwrap());
         }
+    }
+
+    #[test]
+    fn the_request_identity_follows_the_via_branch_not_only_the_cseq() {
+        let answer = |branch: &str, cseq: u32| {
+            format!("SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP [2001:db8:1234:5678:9abc:def0:1234:5678]:5060;rport;branch=z9hG4bK-{branch}\r\nTo: <sip:201@h>\r\nCSeq: {cseq} REGISTER\r\n\r\n").into_bytes()
+        };
+        let id = |m: &[u8]| {
+            let f = scan_headers(m, 0, ALL);
+            request_identity(m, f.via_at, cseq(m, f.cseq_at).unwrap().0)
+        };
+        assert_eq!(id(&answer("a1", 2)), id(&answer("a1", 2)), "a retransmission");
+        assert_ne!(id(&answer("a1", 2)), id(&answer("a2", 2)), "svcrack: same CSeq, new branch");
+        assert_ne!(id(&answer("a1", 2)), id(&answer("a1", 3)), "a new CSeq");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sipfilter_common::{
     answers::{Answer, AnswerClass, Judgement},
     config::{FLAG_TRUST, FLAG_WITHHOLD},
     counters::{ban_reason, AnswerKind},
-    scan::{cseq, scan_headers, status_code, uri_user, Bytes, Wanted},
+    scan::{cseq, request_identity, scan_headers, status_code, uri_user, Bytes, Wanted},
     Counters, CrackedExtension, KernelConfig, KnownSource, Method, NS_PER_SEC,
 };
 
@@ -21,7 +21,7 @@ use crate::{
     clock::now,
     maps::{
         PendingAnswer, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, JUDGE_ANSWER_SLOT, KNOWN_SOURCES,
-        PENDING_ANSWER, READ_CALLER_SLOT,
+        PENDING_ANSWER, IDENTIFY_SLOT, READ_CALLER_SLOT,
     },
     parse::{load_address, parse_l3, udp_ports, Datagram, ScanWindow, L3},
     source_state::{existing_state, ensure_fresh, top_up},
@@ -62,7 +62,7 @@ pub fn sipfilter_answers(ctx: TcContext) -> i32 {
 /// Judges the answer [`sipfilter_answers`] read; drops it only to withhold a cracked guess's
 /// proof.
 #[classifier]
-pub fn sipfilter_judge(ctx: TcContext) -> i32 {
+pub fn sipfilter_judge(_ctx: TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return TC_ACT_OK as i32;
     };
@@ -91,7 +91,7 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     let L3::Udp(h) = parse_l3(ctx) else {
         return None;
     };
-    let Some((src_port_be, _)) = udp_ports(ctx, &h) else {
+    let Some((src_port_be, dst_port_be)) = udp_ports(ctx, &h) else {
         return None;
     };
     if !config.is_sip_port(src_port_be) {
@@ -121,6 +121,7 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     // read by `sipfilter_caller`: three headers in one scan are more paths than the
     // verifier walks.
     let wanted = Wanted {
+        via: false,
         to: true,
         from: false,
         cseq: true,
@@ -141,20 +142,56 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     pending.code = code as u32;
     pending.method = method as u32;
     pending.cseq = cseq_id;
+    pending.peer_port = u16::from_be(dst_port_be) as u32;
     pending.window_len = Bytes::len(&bytes) as u32;
     pending.window_cut = bytes.truncated() as u32;
-    if method != Method::Register {
-        pending.ready = 1;
-        return Some(READ_CALLER_SLOT);
+    if method == Method::Register {
+        // The extension at stake in a REGISTER's answer: the registering user.
+        let Some(ext) = uri_user(&bytes, found.to_at) else {
+            counters.uninspected += 1;
+            return None;
+        };
+        pending.ext = ext;
     }
-    // The extension at stake in a REGISTER's answer: the registering user.
-    let Some(ext) = uri_user(&bytes, found.to_at) else {
-        counters.uninspected += 1;
-        return None;
-    };
-    pending.ext = ext;
     pending.ready = 1;
-    Some(JUDGE_ANSWER_SLOT)
+    Some(IDENTIFY_SLOT)
+}
+
+/// Tells which request the answer is for (`scan::request_identity`: its top Via and CSeq),
+/// then hands the packet on: to the judge for a REGISTER's answer, to `sipfilter_caller`
+/// for the rest. A program of its own, like each header read, for the verifier.
+#[classifier]
+pub fn sipfilter_identify(ctx: TcContext) -> i32 {
+    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: this CPU's record.
+    let pending = unsafe { &mut *pending };
+    if pending.ready == 0 {
+        return TC_ACT_OK as i32;
+    }
+    let Some(bytes) = ScanWindow::resume(pending.window_len as usize, pending.window_cut != 0) else {
+        pending.ready = 0;
+        return TC_ACT_OK as i32;
+    };
+    let wanted = Wanted {
+        via: true,
+        to: false,
+        from: false,
+        cseq: false,
+        credentials: false,
+    };
+    let found = scan_headers(&bytes, 0, wanted);
+    pending.cseq = request_identity(&bytes, found.via_at, pending.cseq);
+    let next = if pending.method == Method::Register as u32 {
+        JUDGE_ANSWER_SLOT
+    } else {
+        READ_CALLER_SLOT
+    };
+    // SAFETY: see `sipfilter_answers`.
+    unsafe { EGRESS_PROGRAMS.tail_call(&ctx, next) };
+    pending.ready = 0;
+    TC_ACT_OK as i32
 }
 
 /// Reads the caller (From user) of an answer to anything but a REGISTER: whose credentials
@@ -177,6 +214,7 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let wanted = Wanted {
+        via: false,
         to: false,
         from: true,
         cseq: false,
@@ -226,6 +264,7 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
         method,
         cseq: pending.cseq,
         ext,
+        port: pending.peer_port as u16,
     };
     let known = state.answers.known_until_ns > now;
     match state.answers.judge(&answer, known, &config.trust, now) {

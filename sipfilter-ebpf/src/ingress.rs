@@ -167,17 +167,36 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     // Without the answers program nobody can earn trust: everyone is judged as known was.
     let known = !config.flag(FLAG_TRUST) || state.answers.known_until_ns > now;
     if !known {
-        if let Some(o) = untrusted_request(ctx, config, method) {
+        if let Some(o) = untrusted_request(ctx, config, counters, state, method) {
             state.drops += 1;
             return o;
+        }
+        // A source that was challenged on many extensions and never sent credentials is
+        // enumerating: banned on its next request (the PBX sees no more of it).
+        if state.answers.enumerating(now, config.trust.unknown.enumeration_challenges) {
+            let cause = Cause {
+                reason: ban_reason::ENUMERATION,
+                method,
+                answers: None,
+            };
+            state.ban_until_ns = ban(config, counters, &key, &cause, now);
+            state.drops += 1;
+            return Outcome::Banned;
         }
     }
     rate_limit(config, counters, state, &key, method, known, now)
 }
 
-/// Stealth and quarantine, for a source that is neither known nor allowlisted.
+/// Stealth, and what the inspection reads of a REGISTER or INVITE (credentials, and the
+/// extension for quarantine), for a source that is neither known nor allowlisted.
 #[inline(always)]
-fn untrusted_request(ctx: &XdpContext, config: &KernelConfig, method: Method) -> Option<Outcome> {
+fn untrusted_request(
+    ctx: &XdpContext,
+    config: &KernelConfig,
+    counters: &mut Counters,
+    state: &mut RateState,
+    method: Method,
+) -> Option<Outcome> {
     if config.flag(FLAG_STEALTH) {
         let silent = match method {
             Method::Options => true,
@@ -189,22 +208,35 @@ fn untrusted_request(ctx: &XdpContext, config: &KernelConfig, method: Method) ->
             return Some(Outcome::Stealth);
         }
     }
-    if config.flag(FLAG_QUARANTINE) && matches!(method, Method::Register | Method::Invite) {
+    if matches!(method, Method::Register | Method::Invite) {
         // The headers are read by a program of their own (reached by tail call, handing the
-        // packet back with its answer): scanning inline would double this program's size
-        // and its verification, for a check that only runs while an extension is cracked.
+        // packet back with its answer): scanning inline would push this program past the
+        // verifier's budget, and known sources never pay for it.
         let Some(inspection) = INSPECTION.get_ptr_mut(0) else {
             return None;
         };
         // SAFETY: a per-CPU record; see `Inspection`.
         let inspection = unsafe { &mut *inspection };
         if inspection.done == 0 {
+            // The inspection hands the packet back to this program, which counts it again:
+            // uncount it here, and count it back if the tail call fails.
+            let uncount = |c: &mut Counters, s: &mut RateState, by: i64| {
+                if let Some(m) = c.methods.get_mut(method as usize) {
+                    *m = m.wrapping_add(by as u64);
+                }
+                s.requests = s.requests.wrapping_add(by as u64);
+            };
+            uncount(counters, state, -1);
             // SAFETY: a tail call either does not return or fails (no program loaded there),
             // and then the request is judged without inspection.
             unsafe { INGRESS_PROGRAMS.tail_call(ctx, INSPECT_SLOT) };
+            uncount(counters, state, 1);
             return None;
         }
         inspection.done = 0;
+        if inspection.credentials != 0 {
+            state.answers.credentialed = state.answers.credentialed.wrapping_add(1);
+        }
         if inspection.quarantined != 0 {
             return Some(Outcome::Quarantined);
         }
@@ -216,12 +248,13 @@ fn untrusted_request(ctx: &XdpContext, config: &KernelConfig, method: Method) ->
 /// through `INSPECTION`, whether it is quarantined; then hands the packet back to it.
 #[xdp]
 pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
-    let quarantined = try_inspect(&ctx);
+    let (quarantined, credentials) = try_inspect(&ctx);
     if let Some(inspection) = INSPECTION.get_ptr_mut(0) {
         // SAFETY: a per-CPU record; see `Inspection`.
         unsafe {
             (*inspection).done = 1;
             (*inspection).quarantined = quarantined as u32;
+            (*inspection).credentials = credentials as u32;
         }
     }
     // SAFETY: see above; if it fails the packet passes, as it would without inspection.
@@ -229,10 +262,14 @@ pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// (quarantined, carries credentials)
 #[inline(always)]
-fn try_inspect(ctx: &XdpContext) -> bool {
+fn try_inspect(ctx: &XdpContext) -> (bool, bool) {
+    let Some(config) = CONFIG.get(0) else {
+        return (false, false);
+    };
     let L3::Udp(h) = parse_l3(ctx) else {
-        return false;
+        return (false, false);
     };
     let mut payload = h.udp + UdpHdr::LEN;
     for _ in 0..2 {
@@ -248,20 +285,26 @@ fn try_inspect(ctx: &XdpContext) -> bool {
     // The extension at stake: the To user of a REGISTER, the caller (From) of an INVITE.
     let register = method == Method::Register;
     let Some(bytes) = ScanWindow::of_xdp(ctx, payload) else {
-        return false;
+        return (false, false);
     };
+    let quarantine = config.flag(FLAG_QUARANTINE);
     let wanted = Wanted {
-        to: register,
-        from: !register,
+        via: false,
+        to: register && quarantine,
+        from: !register && quarantine,
         cseq: false,
-        credentials: false,
+        credentials: true,
     };
     let found = scan_headers(&bytes, 0, wanted);
+    if !quarantine {
+        return (false, found.credentials);
+    }
     let at = if register { found.to_at } else { found.from_at };
-    match uri_user(&bytes, at) {
+    let quarantined = match uri_user(&bytes, at) {
         Some(ext) => unsafe { CRACKED_EXTENSIONS.get(&ext) }.is_some(),
         None => false,
-    }
+    };
+    (quarantined, found.credentials)
 }
 
 /// Allowlist, denylist, then ban (the SIP path's order) for traffic that is not SIP, under

@@ -71,6 +71,9 @@ pub struct Inspection {
     pub done: u32,
     /// 1: quarantined.
     pub quarantined: u32,
+    /// 1: the request carried credentials (Authorization or Proxy-Authorization).
+    pub credentials: u32,
+    pub _pad: u32,
 }
 
 #[map(name = "inspection")]
@@ -84,10 +87,12 @@ pub static SCAN_BUFFER: PerCpuArray<[u8; 2 * sipfilter_common::scan::SCAN_LIMIT]
 /// The egress programs reached by tail call: [`JUDGE_ANSWER_SLOT`] judges what the answers
 /// program read, [`READ_CALLER_SLOT`] reads the caller first where the answer needs it. Not pinned: each loader fills its own.
 #[map(name = "egress_programs")]
-pub static EGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static EGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 pub const JUDGE_ANSWER_SLOT: u32 = 0;
 /// Reads the caller of an answer to anything but a REGISTER.
 pub const READ_CALLER_SLOT: u32 = 1;
+/// Tells which request an answer is for.
+pub const IDENTIFY_SLOT: u32 = 2;
 
 /// An answer read by the answers program, waiting for the judge (one per CPU: a TC program
 /// runs to completion on its CPU, tail call included).
@@ -106,7 +111,8 @@ pub struct PendingAnswer {
     /// The scan window the answer was read from (still in this CPU's scan buffer).
     pub window_len: u32,
     pub window_cut: u32,
-    pub _pad: u32,
+    /// The peer's port (the answer's destination port), host order.
+    pub peer_port: u32,
 }
 
 #[map(name = "pending_answer")]

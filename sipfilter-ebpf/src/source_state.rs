@@ -108,6 +108,11 @@ pub fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey,
         put(&mut a.successes, 0);
         put(&mut a.next_challenged, 0);
         put(&mut a.next_failed, 0);
+        put(&mut a.first_challenges, 0);
+        put(&mut a.first_challenge_ns, 0);
+        put(&mut a.credentialed, 0);
+        put(&mut a.port_challenges, 0);
+        put(&mut a.last_port, 0);
     }
 }
 

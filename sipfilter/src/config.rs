@@ -154,7 +154,10 @@ impl Config {
         k.ban_base_ns = self.ban_duration.as_secs() * NS_PER_SEC;
         k.ban_max_ns = self.ban_max.as_secs() * NS_PER_SEC;
         k.escalation_window_ns = self.escalation_window.as_secs() * NS_PER_SEC;
-        k.ipv6_mask_be = ipv6_mask(self.ipv6_prefix);
+        // Each IPv6 address is its own source; `ban.ipv6_prefix` is the prefix banned as a
+        // whole on evidence.
+        k.ipv6_mask_be = ipv6_mask(128);
+        k.ipv6_group_mask_be = ipv6_mask(self.ipv6_prefix);
         k.flags = 0;
         if self.monitor {
             k.flags |= FLAG_MONITOR;

@@ -10,7 +10,7 @@ use aya::{
 };
 use sipfilter_common::{
     maps::{
-        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, EGRESS_PROGRAMS, JUDGE_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, FLOOR_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM,
+        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, EGRESS_PROGRAMS, IDENTIFY_PROGRAM, JUDGE_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, FLOOR_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM,
         TC_FLOOR_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
@@ -61,14 +61,19 @@ impl Loaded {
             tc_mut(&mut ebpf, CALLER_PROGRAM)?
                 .load()
                 .map_err(|e| anyhow!("the kernel refused the answers' caller program: {e}"))?;
+            tc_mut(&mut ebpf, IDENTIFY_PROGRAM)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the answers' identify program: {e}"))?;
             let judge = tc(&ebpf, JUDGE_PROGRAM)?.fd()?.try_clone()?;
             let caller = tc(&ebpf, CALLER_PROGRAM)?.fd()?.try_clone()?;
+            let identify = tc(&ebpf, IDENTIFY_PROGRAM)?.fd()?.try_clone()?;
             let map = ebpf
                 .map_mut(EGRESS_PROGRAMS)
                 .context("the object has no egress_programs map")?;
             let mut table = aya::maps::ProgramArray::try_from(map)?;
             table.set(0, &judge, 0)?;
             table.set(1, &caller, 0)?;
+            table.set(2, &identify, 0)?;
         }
         let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
         let trust = TrustMaps::from_ebpf(&mut ebpf)?;

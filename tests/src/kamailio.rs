@@ -3,9 +3,9 @@
 //! script itself: no database, no usrloc), so a test can tell from kamailio's own log what
 //! reached the PBX and what it answered.
 //!
-//! The log has one `SFK REQ` line per request received (retransmissions included; ACKs to
-//! its own replies, which the sl module absorbs before the script, from
-//! `event_route[sl:filtered-ack]`), one `SFK REPLY` line per reply decided (challenges
+//! The log has one `SFK REQ` line per request received, with its CSeq number and Call-ID
+//! (retransmissions included; ACKs to its own replies, which the sl module absorbs before the
+//! script, from `event_route[sl:filtered-ack]`), one `SFK REPLY` line per reply decided (challenges
 //! included; not the copies tm resends to retransmitted REGISTERs) and one `SFK CALL` line
 //! per authenticated INVITE/MESSAGE. Two workers write it, so lines of one dialog may come
 //! slightly out of causal order (an ACK logged before the 200 it answers).
@@ -60,6 +60,9 @@ pub struct Request {
     pub source: String,
     /// Whether it carried an Authorization or Proxy-Authorization header.
     pub credentials: bool,
+    /// The CSeq number and the Call-ID.
+    pub cseq: u32,
+    pub call_id: String,
 }
 
 /// A reply kamailio sent (one `SFK REPLY` log line).
@@ -131,7 +134,7 @@ route[LOG] {
     } else {
         $var(cred) = 0;
     }
-    xlog("L_NOTICE", "SFK REQ method=$rm from=$fU to=$tU ruri=$rU src=$si cred=$var(cred)\n");
+    xlog("L_NOTICE", "SFK REQ method=$rm from=$fU to=$tU ruri=$rU src=$si cred=$var(cred) cseq=$cs callid=$ci\n");
 }
 
 request_route {
@@ -328,6 +331,8 @@ impl Registrar {
                 ruri_user: f.get("ruri"),
                 source: f.get("src"),
                 credentials: f.get("cred") == "1",
+                cseq: f.get("cseq").parse().unwrap_or(0),
+                call_id: f.get("callid"),
             })
             .collect()
     }
@@ -420,7 +425,7 @@ mod tests {
     #[test]
     fn parses_log_lines() {
         let log = concat!(
-            " 2(7320) NOTICE: <script>: SFK REQ method=REGISTER from=201 to=201 ruri=<null> src=10.99.0.2 cred=1\n",
+            " 2(7320) NOTICE: <script>: SFK REQ method=REGISTER from=201 to=201 ruri=<null> src=10.99.0.2 cred=1 cseq=2 callid=a1@h\n",
             "junk\n",
             " 1(7319) NOTICE: <script>: SFK REPLY code=401 method=REGISTER to=201 dst=10.99.0.2\n",
         );
@@ -428,6 +433,10 @@ mod tests {
         assert_eq!(req.len(), 1);
         assert_eq!(req[0].get("ruri"), "");
         assert_eq!(req[0].get("cred"), "1");
+        assert_eq!(
+            (req[0].get("cseq").as_str(), req[0].get("callid").as_str()),
+            ("2", "a1@h")
+        );
         let rep: Vec<_> = lines(log, "SFK REPLY ").collect();
         assert_eq!(rep[0].get("code"), "401");
         assert_eq!(rep[0].get("dst"), "10.99.0.2");

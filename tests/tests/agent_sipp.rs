@@ -268,9 +268,12 @@ fn sipp_register_flood_is_banned_while_a_phone_keeps_registering() -> anyhow::Re
     // What passes is the burst plus the refill (2/s) during the few ms the burst takes at
     // 5,000/s: 20. The slack covers SIPp sending late on a loaded machine; the lower bound
     // allows a few datagrams lost in the PBX's socket, never in the filter.
+    // The flood's REGISTERs are each for a new user, without credentials, from one port: the
+    // PBX's challenges show a scanner after 8 (reason enumeration), before the unknown
+    // burst (20) is used up; at most that burst reaches the PBX either way.
     assert!(
-        (BURST - 5..=BURST + 10).contains(&from_attacker),
-        "the PBX received {from_attacker} of the {sent} flood REGISTERs: expected about one burst ({BURST})"
+        (5..=BURST + 10).contains(&from_attacker),
+        "the PBX received {from_attacker} of the {sent} flood REGISTERs: expected at most about one burst ({BURST})"
     );
 
     let ban = bans
@@ -279,7 +282,10 @@ fn sipp_register_flood_is_banned_while_a_phone_keeps_registering() -> anyhow::Re
         .iter()
         .find(|b| b["source"] == attacker)
         .unwrap_or_else(|| panic!("{attacker} is not in `ban list`: {bans:#}"));
-    assert_eq!(ban["reason"], "rate_register", "{ban:#}");
+    assert!(
+        ["enumeration", "rate_register"].contains(&ban["reason"].as_str().unwrap_or("")),
+        "{ban:#}"
+    );
     assert!(
         bans.as_array().unwrap().iter().all(|b| b["source"] != phone_ip),
         "the phone is banned: {bans:#}"
@@ -313,7 +319,7 @@ fn sipp_register_flood_is_banned_while_a_phone_keeps_registering() -> anyhow::Re
 
     let log = agent.output();
     assert!(
-        log.contains(&format!("ban source={attacker} reason=rate_register method=REGISTER")),
+        log.contains(&format!("ban source={attacker} reason={} method=REGISTER", ban["reason"].as_str().unwrap())),
         "the agent logs the ban:\n{log}"
     );
     assert_eq!(

@@ -299,10 +299,17 @@ fn fifty_phones_behind_an_unknown_nat_address_all_register_after_a_power_cut() -
     let mut now_ms = 0;
     while phones.iter().any(|p| !p.registered) {
         for p in phones.iter_mut().filter(|p| !p.registered && p.next_ms <= now_ms) {
-            let req = P::request4(nat, &sip_request_from("REGISTER", &p.ext, &p.ext, p.cseq)).build().bytes;
+            // Behind the NAT each phone has a port of its own.
+            let port = 20000 + p.ext.parse::<u16>()?;
+            let pbx = Ipv4Addr::new(192, 0, 2, 1);
+            let req = P::udp4(nat, pbx, port, 5060, &sip_request_from("REGISTER", &p.ext, &p.ext, p.cseq))
+                .build()
+                .bytes;
             if f.run(&req)? == XDP_PASS {
                 let status = if p.authenticated { "200 OK" } else { "401 Unauthorized" };
-                let ans = P::answer4(nat, &sip_answer(status, "REGISTER", p.cseq, &p.ext, &p.ext)).build().bytes;
+                let ans = P::udp4(pbx, nat, 5060, port, &sip_answer(status, "REGISTER", p.cseq, &p.ext, &p.ext))
+                    .build()
+                    .bytes;
                 f.run_answer(&ans)?;
                 if p.authenticated {
                     p.registered = true;

@@ -176,22 +176,23 @@ fn ban_defaults_to_one_hour_and_permanent_never_expires() -> anyhow::Result<()> 
 }
 
 #[test]
-fn ipv6_ban_covers_the_configured_source_prefix() -> anyhow::Result<()> {
+fn an_ipv6_address_ban_covers_that_address_and_a_prefix_ban_its_prefix() -> anyhow::Result<()> {
     let f = TestFilter::new()?;
     let out = ok(&f, &["ban", "add", "2001:db8:1:2::5", "--for", "1h"]);
-    assert!(
-        out.contains("banned 2001:db8:1:2::/64") && out.contains("/64 source prefix"),
-        "{out}"
-    );
+    assert!(out.contains("banned 2001:db8:1:2::5 "), "{out}");
+    f.expect(&register6("2001:db8:1:2::5"), XDP_DROP, "the banned address")?;
     f.expect(
         &register6("2001:db8:1:2:ffff::1"),
-        XDP_DROP,
-        "another address in the /64",
+        XDP_PASS,
+        "its neighbour in the /64",
     )?;
-    f.expect(&register6("2001:db8:1:3::1"), XDP_PASS, "the next /64")?;
-    entry(&json(&f, &["ban", "list", "--json"]), "source", "2001:db8:1:2::/64");
-    ok(&f, &["ban", "del", "2001:db8:1:2::/64"]);
+    entry(&json(&f, &["ban", "list", "--json"]), "source", "2001:db8:1:2::5");
+    ok(&f, &["ban", "del", "2001:db8:1:2::5"]);
     f.expect(&register6("2001:db8:1:2::5"), XDP_PASS, "after ban del")?;
+    // The whole prefix: a timed denylist entry.
+    ok(&f, &["ban", "add", "2001:db8:1:2::/64", "--for", "1h"]);
+    f.expect(&register6("2001:db8:1:2:ffff::1"), XDP_DROP, "inside the banned /64")?;
+    f.expect(&register6("2001:db8:1:3::1"), XDP_PASS, "the next /64")?;
     Ok(())
 }
 
@@ -647,7 +648,7 @@ fn status_shows_attachment_program_and_counts() -> anyhow::Result<()> {
     assert_eq!(s["denylist_entries"], 2);
     assert_eq!(s["allowlist_entries"], 1);
     assert_eq!(s["sip_ports"], serde_json::json!([5060]));
-    assert_eq!(s["ipv6_prefix_len"], 64);
+    assert_eq!(s["ipv6_prefix_len"], 128, "each IPv6 address is its own source");
     let ids: Vec<u64> = s["programs"]
         .as_array()
         .unwrap()
@@ -802,7 +803,7 @@ fn completions_and_help_with_examples() {
 fn an_ipv6_prefix_with_an_allowlisted_address_in_it_can_be_banned_and_the_address_still_passes() -> anyhow::Result<()> {
     let f = TestFilter::new()?;
     ok(&f, &["allow", "add", "2001:db8:aa:1::5"]);
-    let out = ok(&f, &["ban", "add", "2001:db8:aa:1::6", "--for", "1h"]);
+    let out = ok(&f, &["ban", "add", "2001:db8:aa:1::/64", "--for", "1h"]);
     assert!(out.contains("banned 2001:db8:aa:1::/64"), "{out}");
     f.expect(
         &P::sip6("2001:db8:aa:1::6".parse()?, "REGISTER").build().bytes,
@@ -814,7 +815,7 @@ fn an_ipv6_prefix_with_an_allowlisted_address_in_it_can_be_banned_and_the_addres
         XDP_PASS,
         "the allowlisted /128 in it",
     )?;
-    // A whole allowlisted /64 is still refused.
+    // An address inside a whole allowlisted /64 is still refused.
     ok(&f, &["allow", "add", "2001:db8:bb:1::/64"]);
     let err = fails(&f, &["ban", "add", "2001:db8:bb:1::9"], 1);
     assert!(err.contains("allowlisted by 2001:db8:bb:1::/64"), "{err}");

@@ -22,7 +22,7 @@ pub fn extensions(e: &BanEvent) -> Vec<String> {
 fn answer_based(reason: u8) -> bool {
     matches!(
         reason,
-        ban_reason::AUTH_FAILURE | ban_reason::NOT_FOUND | ban_reason::CRACKED | ban_reason::CHALLENGES
+        ban_reason::AUTH_FAILURE | ban_reason::NOT_FOUND | ban_reason::CRACKED | ban_reason::ENUMERATION
     )
 }
 
@@ -30,9 +30,15 @@ fn answer_based(reason: u8) -> bool {
 /// figures and the extensions tried for bans made by reading the PBX's answers.
 pub fn ban_line(e: &BanEvent, ipv6_prefix: u8) -> String {
     let method = Method::from_u8(e.method).map_or("unknown", Method::name);
+    // A prefix ban's source is the prefix itself.
+    let source = if e.reason == ban_reason::PREFIX {
+        format!("{}/{ipv6_prefix}", display_source(&e.source, 128))
+    } else {
+        display_source(&e.source, 128)
+    };
     let mut line = format!(
         "ban source={} reason={} method={} duration={}s strike={}",
-        display_source(&e.source, ipv6_prefix),
+        source,
         ban_reason::name(e.reason),
         method,
         e.duration_ns / 1_000_000_000,
@@ -53,7 +59,7 @@ pub fn ban_line(e: &BanEvent, ipv6_prefix: u8) -> String {
 }
 
 /// The alert for a cracked extension (None for other bans).
-pub fn cracked_line(e: &BanEvent, ipv6_prefix: u8) -> Option<String> {
+pub fn cracked_line(e: &BanEvent) -> Option<String> {
     if e.reason != ban_reason::CRACKED {
         return None;
     }
@@ -65,7 +71,7 @@ pub fn cracked_line(e: &BanEvent, ipv6_prefix: u8) -> Option<String> {
     Some(format!(
         "CRACKED extension={} source={} after {} failures on {} extensions — change its password{}",
         ext_str(&e.extension as &Extension),
-        display_source(&e.source, ipv6_prefix),
+        display_source(&e.source, 128),
         e.failures + e.not_found,
         others,
         if e.monitor != 0 { " (monitor mode: nothing dropped)" } else { "" }
@@ -93,7 +99,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            cracked_line(&e, 64).unwrap(),
+            cracked_line(&e).unwrap(),
             "CRACKED extension=202 source=203.0.113.9 after 2 failures on 2 extensions — change its password"
         );
         assert!(ban_line(&e, 64).contains("reason=cracked"));

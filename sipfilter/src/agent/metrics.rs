@@ -9,14 +9,15 @@ use sipfilter_common::{
 };
 
 /// The reasons the programs ban for, by their counter slot.
-const KERNEL_REASONS: [u8; 7] = [
+const KERNEL_REASONS: [u8; 8] = [
     ban_reason::RATE,
     ban_reason::RATE + 1,
     ban_reason::RATE + 2,
     ban_reason::AUTH_FAILURE,
     ban_reason::NOT_FOUND,
     ban_reason::CRACKED,
-    ban_reason::CHALLENGES,
+    ban_reason::ENUMERATION,
+    ban_reason::PREFIX,
 ];
 
 pub struct Metrics {

@@ -6,6 +6,7 @@ mod answers_attach;
 mod attach;
 mod ban_log;
 mod metrics;
+mod prefix_evidence;
 mod trust;
 
 use std::{
@@ -179,6 +180,8 @@ struct Agent {
     /// ... and known sources and cracked extensions.
     saved_trust: (Vec<state_file::SavedKnown>, Vec<state_file::SavedCracked>),
     attached: Vec<String>,
+    prefix_evidence: prefix_evidence::PrefixEvidence,
+    last_aggregate_check: Instant,
     last_calibration: Instant,
     _stats: Option<std::os::fd::OwnedFd>,
 }
@@ -226,6 +229,9 @@ async fn serve_scrape(
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&response)).await;
 }
 
+/// How often the IPv6 prefixes' aggregate budgets are checked.
+const AGGREGATE_INTERVAL: Duration = Duration::from_secs(3);
+
 /// How often the program's jiffies clock is re-measured against CLOCK_BOOTTIME.
 const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -238,12 +244,12 @@ impl Agent {
             false => Some(FilterMaps::open_pinned(pin_dir)?.read_config()?.ipv6_prefix_len()),
         };
         let mut loaded = Loaded::load(pin_dir, &config.kernel_config())?;
-        if let Some(old) = old_prefix.filter(|old| *old != config.ipv6_prefix) {
-            let n = loaded.maps.rekey_ipv6_bans(old, config.ipv6_prefix)?;
-            log(format!(
-                "the IPv6 source prefix changed from /{old} to /{}: re-keyed {n} IPv6 ban(s)",
-                config.ipv6_prefix
-            ));
+        // Sources are keyed by the full IPv6 address since the answers/trust version; maps
+        // pinned by an older one keyed by prefix are refused by the loader.
+        let key_prefix = config.kernel_config().ipv6_prefix_len();
+        if let Some(old) = old_prefix.filter(|old| *old != key_prefix) {
+            let n = loaded.maps.rekey_ipv6_bans(old, key_prefix)?;
+            log(format!("re-keyed {n} IPv6 ban(s) from /{old} to /{key_prefix}"));
         }
         if fresh {
             log(format!("created maps under {}", pin_dir.display()));
@@ -332,6 +338,8 @@ impl Agent {
             saved: (Vec::new(), Vec::new()),
             saved_trust: (Vec::new(), Vec::new()),
             attached,
+            prefix_evidence: Default::default(),
+            last_aggregate_check: Instant::now(),
             last_calibration: Instant::now(),
             _stats: stats,
         };
@@ -410,10 +418,46 @@ impl Agent {
 
     fn on_ban_event(&mut self, e: &sipfilter_common::BanEvent) {
         log(ban_log::ban_line(e, self.config.ipv6_prefix));
-        if let Some(alert) = ban_log::cracked_line(e, self.config.ipv6_prefix) {
+        if let Some(alert) = ban_log::cracked_line(e) {
             log(alert);
         }
         self.metrics.ban_event(e.reason);
+        if e.monitor == 0 {
+            let policy = self.prefix_policy();
+            if let Some(prefix) = self.prefix_evidence.on_ban(&e.source, e.reason, &policy, Instant::now()) {
+                self.ban_prefix(&prefix, "several of its addresses were banned");
+            }
+        }
+    }
+
+    fn prefix_policy(&self) -> prefix_evidence::Policy {
+        let k = self.config.kernel_config();
+        prefix_evidence::Policy {
+            prefix_len: self.config.ipv6_prefix,
+            ban_after: k.trust.prefix_ban_after,
+            window: self.config.escalation_window,
+            limits: self.config.limits,
+        }
+    }
+
+    /// Bans a whole IPv6 prefix: a timed denylist entry (an allowlisted address inside it
+    /// still passes: the allowlist comes first).
+    fn ban_prefix(&mut self, prefix: &Cidr, why: &str) {
+        if self.config.monitor {
+            log(format!("would ban source={prefix} reason=prefix ({why}; monitor mode)"));
+            return;
+        }
+        let until = clock::boot_ns().saturating_add(self.config.ban_duration.as_nanos() as u64);
+        match self.loaded.maps.list_add(ListKind::Deny, prefix, until) {
+            Ok(_) => {
+                log(format!(
+                    "ban source={prefix} reason=prefix duration={}s ({why})",
+                    self.config.ban_duration.as_secs()
+                ));
+                self.metrics.ban_event(sipfilter_common::counters::ban_reason::PREFIX);
+            }
+            Err(e) => log(format!("warning: cannot ban {prefix}: {e:#}")),
+        }
     }
 
     /// The metrics text, brought up to date with the maps.
@@ -463,6 +507,18 @@ impl Agent {
     /// and then.
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         self.loaded.maps.sweep_expired()?;
+        // Reading every rate-state slot is a syscall each: the prefixes' aggregate budgets are
+        // checked every few seconds, not every second.
+        if self.last_aggregate_check.elapsed() >= AGGREGATE_INTERVAL {
+            self.last_aggregate_check = Instant::now();
+            let policy = self.prefix_policy();
+            let states = self.loaded.maps.rate_states()?;
+            for prefix in self.prefix_evidence.on_tick(&states, &policy, Instant::now()) {
+                if self.loaded.maps.allowlist_match(&sipfilter::addr::source_key(prefix.addr, 128))?.is_none() {
+                    self.ban_prefix(&prefix, "its addresses together exceeded its aggregate budget");
+                }
+            }
+        }
         trust::upkeep(&mut self.loaded, &self.config)?;
         self.save_state_if_changed(false)?;
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {

@@ -29,20 +29,21 @@ pub const EXAMPLES: &str = "\
 Examples:
   sipfilter ban add 203.0.113.7                  ban one address for 1 hour (the default)
   sipfilter ban add 203.0.113.7 --for 4h         ban it for four hours
-  sipfilter ban add 2001:db8:1:2::5 --for 7d     ban its /64 (the configured IPv6 source prefix)
+  sipfilter ban add 2001:db8:1:2::5 --for 7d     ban one IPv6 address for a week
+  sipfilter ban add 2001:db8:1:2::/64 --for 7d   ban its whole /64
   sipfilter ban add 198.51.100.0/24 --for 30m    ban a range (kept as a timed denylist entry)
   sipfilter ban add 203.0.113.9 --permanent      ban until `sipfilter ban del 203.0.113.9`
   sipfilter ban del 203.0.113.7                  lift a ban
   sipfilter ban list --json                      active bans, for scripts
 
-An address is banned in the kernel's ban table (an IPv6 address bans its whole source prefix,
-/64 by default). A wider CIDR cannot be one ban-table entry; it becomes a denylist entry that
-expires, shown by `ban list` with kind \"cidr\". Allowlisted sources are never banned.
+An address is banned in the kernel's ban table (IPv6 too: one address, not its prefix). A
+CIDR cannot be one ban-table entry; it becomes a denylist entry that expires, shown by `ban
+list` with kind \"cidr\". Allowlisted sources are never banned.
 Durations: 30s, 10m, 4h, 7d, 2w, combinations such as 1h30m, or plain seconds.";
 
 #[derive(clap::Subcommand)]
 pub enum BanCommand {
-    /// Ban an address (IPv6: its source prefix) or a CIDR.
+    /// Ban an address or a CIDR.
     Add(AddArgs),
     /// Lift the ban of an address, or the ban (denylist entry) of exactly this CIDR.
     Del {

@@ -1,0 +1,636 @@
+//! Sources judged by the PBX's answers, end to end: a real registrar (kamailio, configured
+//! by each test, `tests/src/kamailio.rs`) in a PBX namespace, the agent (`sipfilter run`:
+//! XDP on ingress, the answers program on the egress of the same veth end) and real clients
+//! in a LAN namespace: SIPVicious (`svcrack`, `svwar`) and SIPp (`tests/scenarios/`).
+//! Each test asserts what reached the registrar (kamailio's own log) and who was banned,
+//! with which reason.
+//!
+//! Needs root, kamailio, SIPp, SIPVicious and `target/<profile>/sipfilter`
+//! (`cargo build -p sipfilter`). Every test has its own /24 (10.23x.0.0), namespaces,
+//! bpffs and folder, so they run in parallel.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sipfilter_tests::{
+    agent::{sipfilter, AgentProcess},
+    harness::PrivateBpffs,
+    kamailio::{Registrar, UnknownUsers},
+    netns::{veth_pair, Background, Netns, ScratchDir},
+    sipp::sipp_args,
+};
+
+/// A PBX namespace (`NET.1`) and a LAN namespace (`NET.2`, `NET.3`: two client addresses)
+/// joined by a veth pair whose PBX end the agent watches, the agent's private bpffs and a
+/// folder. Field order is drop order; processes are owned by the test, declared after the
+/// lab, so they stop first.
+struct Lab {
+    pbx: Netns,
+    lan: Netns,
+    pbx_if: String,
+    net: String,
+    bpffs: PrivateBpffs,
+    dir: ScratchDir,
+}
+
+impl Lab {
+    fn new(net: &str) -> anyhow::Result<Lab> {
+        let pbx = Netns::new("pbx")?;
+        let lan = Netns::new("lan")?;
+        let (a, b, p) = (format!("{net}.2/24"), format!("{net}.3/24"), format!("{net}.1/24"));
+        let (_lan_if, pbx_if) = veth_pair(&lan, &[&a, &b], &pbx, &[&p])?;
+        Ok(Lab {
+            pbx,
+            lan,
+            pbx_if,
+            net: net.to_owned(),
+            bpffs: PrivateBpffs::new()?,
+            dir: ScratchDir::new("registrar")?,
+        })
+    }
+
+    /// `NET.last`
+    fn ip(&self, last: u8) -> String {
+        format!("{}.{last}", self.net)
+    }
+
+    fn subdir(&self, name: &str) -> PathBuf {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("scratch subfolder");
+        d
+    }
+
+    /// `sipfilter run` (default configuration: trust tiers on) on the PBX's veth end.
+    fn agent(&self) -> anyhow::Result<AgentProcess> {
+        let dir = self.subdir("agent");
+        let state = dir.join("state.json");
+        AgentProcess::start(
+            &self.pbx,
+            &self.bpffs.pin_dir(),
+            &dir,
+            "agent",
+            &[
+                "--iface",
+                &self.pbx_if,
+                "--state-file",
+                state.to_str().unwrap(),
+                "--metrics-listen",
+                "off",
+                "--detach-on-exit",
+            ],
+        )
+    }
+
+    fn registrar(&self, unknown: UnknownUsers, users: &[(&str, &str)]) -> anyhow::Result<Registrar> {
+        Registrar::start(&self.pbx, &self.ip(1), &self.subdir("kamailio"), unknown, users)
+    }
+
+    /// A SIPp client of `tests/scenarios/<scenario>` from `local_ip` towards the registrar,
+    /// in its own folder, with `csv` as its injection file (SEQUENTIAL).
+    fn sipp(
+        &self,
+        name: &str,
+        scenario: &str,
+        local_ip: &str,
+        csv: &[String],
+        extra: &[&str],
+    ) -> anyhow::Result<Background> {
+        let dir = self.subdir(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(scenario);
+        std::fs::copy(src, dir.join(scenario))?;
+        std::fs::write(dir.join("accounts.csv"), format!("SEQUENTIAL\n{}\n", csv.join("\n")))?;
+        let target = format!("{}:5060", self.ip(1));
+        let mut more = vec!["-inf", "accounts.csv"];
+        more.extend_from_slice(extra);
+        let args = sipp_args(scenario, Some(&target), local_ip, &more);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lan.spawn(name, &args, &dir)
+    }
+
+    /// A SIPVicious tool (`svcrack`, `svwar`) in the LAN namespace, bound to `local_ip`,
+    /// against the registrar.
+    fn sipvicious(&self, name: &str, tool: &str, local_ip: &str, args: &[&str]) -> anyhow::Result<Background> {
+        let dir = self.subdir(name);
+        let target = self.ip(1);
+        let mut full = vec![tool, "-b", local_ip];
+        full.extend_from_slice(args);
+        full.push(&target);
+        self.lan.spawn(name, &full, &dir)
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let out = sipfilter(None, &self.bpffs.pin_dir(), args).expect("sipfilter CLI");
+        assert!(
+            out.status.success(),
+            "sipfilter {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// The ban of `ip` in `ban list --json`, if any.
+    fn ban_of(&self, ip: &str) -> Option<Value> {
+        let bans = self.cli_json(&["ban", "list", "--json"]);
+        bans.as_array()?.iter().find(|b| b["source"] == ip).cloned()
+    }
+
+    /// Polls `ban list` until `ip` is banned; the ban, or None after `timeout`.
+    fn wait_for_ban(&self, ip: &str, timeout: Duration) -> Option<Value> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(b) = self.ban_of(ip) {
+                return Some(b);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the filter knows, for the test's output: the agent's log, `sources`, `stats`.
+    fn dump(&self, agent: &AgentProcess) {
+        eprintln!(
+            "agent log:\n{}\nsources: {}\nstats: {}",
+            agent.log(),
+            self.cli_json(&["sources", "--json"]),
+            self.cli_json(&["stats", "--json"])
+        );
+    }
+
+    fn is_known(&self, ip: &str) -> bool {
+        let known = self.cli_json(&["known", "list", "--json"]);
+        known.as_array().unwrap().iter().any(|k| k["source"] == ip)
+    }
+}
+
+/// REGISTERs kamailio received from `ip` (for `to`, if given), and how many carried credentials.
+fn registers(reg: &Registrar, ip: &str, to: Option<&str>) -> (usize, usize) {
+    let r: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "REGISTER" && r.source == ip && to.is_none_or(|t| r.to_user == t))
+        .collect();
+    (r.len(), r.iter().filter(|r| r.credentials).count())
+}
+
+/// How the credentialed REGISTERs from `ip` were numbered: their distinct CSeq numbers and
+/// how many Call-IDs they used (svcrack sends every guess as CSeq 2 of one Call-ID).
+fn numbering(reg: &Registrar, ip: &str) -> String {
+    let creds: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "REGISTER" && r.source == ip && r.credentials)
+        .collect();
+    let mut cseqs: Vec<u32> = creds.iter().map(|r| r.cseq).collect();
+    cseqs.sort_unstable();
+    cseqs.dedup();
+    let mut ids: Vec<&str> = creds.iter().map(|r| r.call_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    format!("CSeq numbers {cseqs:?} on {} Call-ID(s)", ids.len())
+}
+
+/// kamailio's replies to `ip` with `code`.
+fn replies(reg: &Registrar, ip: &str, code: u16) -> Vec<String> {
+    reg.replies()
+        .into_iter()
+        .filter(|r| r.destination == ip && r.code == code)
+        .map(|r| r.to_user)
+        .collect()
+}
+
+/// A SIPp counter's cumulative value ("Successful call", "Failed call") from its final
+/// screen (`-trace_screen`, written when it exits).
+fn sipp_stat(p: &Background, label: &str) -> u64 {
+    let dir = p.log.parent().unwrap();
+    let screen = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_str().is_some_and(|n| n.ends_with("_screen.log")))
+        .unwrap_or_else(|| panic!("no SIPp screen log for {}: {}", p.name, p.output()));
+    let text = std::fs::read_to_string(screen).unwrap();
+    text.lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .and_then(|l| l.split('|').nth(2))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in SIPp's screen:\n{text}"))
+}
+
+/// SIPp exits 0 when all calls succeeded, 1 when some failed; other codes mean it did not run.
+fn sipp_done(p: &mut Background, timeout: Duration) -> anyhow::Result<()> {
+    let status = p.wait(timeout)?;
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "SIPp {} failed with {status}:\n{}",
+        p.name,
+        p.output()
+    );
+    Ok(())
+}
+
+/// A dictionary of `len` wrong passwords, with `right` at 1-based position `at` if given.
+fn dictionary(lab: &Lab, len: usize, right: Option<(usize, &str)>) -> PathBuf {
+    let words: Vec<String> = (1..=len)
+        .map(|i| match right {
+            Some((at, pw)) if at == i => pw.to_owned(),
+            _ => format!("guess{i:03}"),
+        })
+        .collect();
+    let path = lab.dir.path().join(format!("dict-{len}.txt"));
+    std::fs::write(&path, words.join("\n") + "\n").unwrap();
+    path
+}
+
+const STRONG: &str = "Xk4-q9Lm-Tz27";
+
+/// svcrack's dictionary brute force on 201 (the right password 30th in the dictionary).
+/// svcrack sends its first REGISTER without credentials (CSeq 1), then each guess as CSeq 2
+/// of that same Call-ID, with a new Via branch and the nonce of the last challenge; while it
+/// waits for an answer it sends more REGISTERs without credentials (CSeq 1, new Call-IDs).
+/// Every guess is answered 401: the failure budget of an unknown source (5) must stop it.
+fn dictionary_brute_force(net: &str, unknown: UnknownUsers) -> anyhow::Result<()> {
+    let lab = Lab::new(net)?;
+    let robot = lab.ip(2);
+    let agent = lab.agent()?;
+    let reg = lab.registrar(unknown, &[("201", STRONG), ("202", "Pw-202-xyz")])?;
+    let dict = dictionary(&lab, 40, Some((30, STRONG)));
+    let mut svcrack = lab.sipvicious(
+        "svcrack",
+        "sipvicious_svcrack",
+        &robot,
+        &["-u", "201", "-d", dict.to_str().unwrap(), "--maximumtime", "3"],
+    )?;
+    let banned = lab.wait_for_ban(&robot, Duration::from_secs(20));
+    svcrack.wait(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (all, credentialed) = registers(&reg, &robot, None);
+    let ok = replies(&reg, &robot, 200);
+    let challenges = replies(&reg, &robot, 401).len();
+    let log = agent.log();
+    lab.dump(&agent);
+    eprintln!(
+        "svcrack ({unknown:?}): kamailio received {all} REGISTERs from the robot, {credentialed} with credentials; \
+         answered {challenges} 401, {} 200; guesses: {}; ban {banned:?}\nsvcrack said:\n{}",
+        ok.len(),
+        numbering(&reg, &robot),
+        svcrack.output()
+    );
+    assert!(
+        ok.is_empty(),
+        "kamailio accepted the robot's guess: {ok:?}\n{}",
+        reg.log()
+    );
+    assert!(!log.contains("CRACKED"), "nothing was cracked:\n{log}");
+    assert!(
+        !svcrack.output().contains("The password for"),
+        "svcrack found the password:\n{}",
+        svcrack.output()
+    );
+    let ban = banned.unwrap_or_else(|| panic!("the robot {robot} was not banned:\n{log}"));
+    assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
+    assert!(
+        log.contains(&format!("ban source={robot} reason=auth_failure method=REGISTER")),
+        "the agent logs the ban:\n{log}"
+    );
+    assert!(
+        (1..=7).contains(&credentialed),
+        "{credentialed} guesses reached kamailio (expected the 5 of the failure budget, a few in flight)"
+    );
+    Ok(())
+}
+
+#[test]
+fn svcrack_dictionary_is_banned_before_the_right_password_404_registrar() -> anyhow::Result<()> {
+    dictionary_brute_force("10.231.0", UnknownUsers::NotFound)
+}
+
+#[test]
+fn svcrack_dictionary_is_banned_before_the_right_password_asterisk_like_registrar() -> anyhow::Result<()> {
+    dictionary_brute_force("10.232.0", UnknownUsers::Challenge)
+}
+
+/// svwar probes a random extension first (404: it learns what "no such user" looks like),
+/// then REGISTERs 200..299 as fast as it can; 201..220 exist (401), the rest are 404.
+#[test]
+fn svwar_enumeration_is_banned_before_it_learns_the_extensions() -> anyhow::Result<()> {
+    let lab = Lab::new("10.233.0")?;
+    let robot = lab.ip(2);
+    let agent = lab.agent()?;
+    let accounts: Vec<(String, String)> = (201..=220).map(|e| (e.to_string(), format!("Pw-{e}-secret"))).collect();
+    let users: Vec<(&str, &str)> = accounts.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let reg = lab.registrar(UnknownUsers::NotFound, &users)?;
+    let mut svwar = lab.sipvicious(
+        "svwar",
+        "sipvicious_svwar",
+        &robot,
+        &["-e200-299", "-m", "REGISTER", "--maximumtime", "3"],
+    )?;
+    let banned = lab.wait_for_ban(&robot, Duration::from_secs(20));
+    svwar.wait(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (all, _) = registers(&reg, &robot, None);
+    let not_found = replies(&reg, &robot, 404);
+    let challenged = replies(&reg, &robot, 401);
+    let log = agent.log();
+    lab.dump(&agent);
+    eprintln!(
+        "svwar: kamailio received {all} REGISTERs; answered 404 {} times ({not_found:?}), 401 {} times ({challenged:?}); \
+         ban {banned:?}\nsvwar said:\n{}",
+        not_found.len(),
+        challenged.len(),
+        svwar.output()
+    );
+    let ban = banned.unwrap_or_else(|| panic!("svwar {robot} was not banned:\n{log}"));
+    // The real extensions come first in this range, so svwar is caught by its challenges
+    // (eight extensions in a row from one port, no credentials) before five not-founds.
+    assert_eq!(ban["reason"], "enumeration", "{ban:#}");
+    assert!(
+        log.contains(&format!("ban source={robot} reason=enumeration method=REGISTER")),
+        "the agent logs the ban:\n{log}"
+    );
+    assert!(
+        challenged.len() <= 9 && not_found.len() <= 5,
+        "kamailio answered 401 {} and 404 {} times to svwar: it learned too much",
+        challenged.len(),
+        not_found.len()
+    );
+    // The scan stopped: nothing past the first not-found extensions after the accounts.
+    let reached: Vec<u32> = reg
+        .requests()
+        .iter()
+        .filter(|r| r.source == robot)
+        .filter_map(|r| r.to_user.parse().ok())
+        .filter(|e| (200..300).contains(e))
+        .collect();
+    assert!(
+        reached.iter().all(|&e| e < 230),
+        "svwar's scan went on after the ban: {reached:?}"
+    );
+    Ok(())
+}
+
+/// svwar over a range with no extension in it: every answer is a 404, and the fifth bans.
+#[test]
+fn svwar_over_an_empty_range_is_banned_at_the_fifth_not_found() -> anyhow::Result<()> {
+    let lab = Lab::new("10.238.0")?;
+    let robot = lab.ip(2);
+    let agent = lab.agent()?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", STRONG)])?;
+    let mut svwar = lab.sipvicious(
+        "svwar",
+        "sipvicious_svwar",
+        &robot,
+        &["-e100-160", "-m", "REGISTER", "--maximumtime", "3"],
+    )?;
+    let banned = lab.wait_for_ban(&robot, Duration::from_secs(20));
+    svwar.wait(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let not_found = replies(&reg, &robot, 404);
+    let log = agent.log();
+    eprintln!("svwar (empty range): kamailio answered 404 {} times; ban {banned:?}", not_found.len());
+    let ban = banned.unwrap_or_else(|| panic!("svwar {robot} was not banned:\n{log}"));
+    assert_eq!(ban["reason"], "not_found", "{ban:#}");
+    // svwar's own probe of a random user first, then the range: five not-founds ban.
+    assert!(
+        (5..=6).contains(&not_found.len()),
+        "kamailio answered 404 {} times to svwar (expected the 5 of the not-found budget)",
+        not_found.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn password_equals_extension_robot_cracks_202_which_is_then_quarantined() -> anyhow::Result<()> {
+    let lab = Lab::new("10.234.0")?;
+    let (robot, second) = (lab.ip(2), lab.ip(3));
+    let mut agent = lab.agent()?;
+    let reg = lab.registrar(
+        UnknownUsers::NotFound,
+        &[("201", STRONG), ("202", "202"), ("203", "Pw-203-good")],
+    )?;
+    // 200 does not exist, 201 has a strong password, 202's is "202".
+    let csv: Vec<String> = (200..=203).map(|e| format!("{e};{e}")).collect();
+    let mut sipp = lab.sipp(
+        "robot",
+        "register_auth.xml",
+        &robot,
+        &csv,
+        &["-r", "2", "-rp", "1000", "-m", "4", "-recv_timeout", "3000"],
+    )?;
+    agent.wait_for_log("CRACKED extension=202", Duration::from_secs(15))?;
+    sipp_done(&mut sipp, Duration::from_secs(30))?;
+    let log = agent.log();
+    lab.dump(&agent);
+    let line = log.lines().find(|l| l.contains("CRACKED")).unwrap();
+    eprintln!("agent: {line}");
+    assert!(line.contains(&format!("source={robot}")), "{line}");
+    assert!(line.contains("change its password"), "{line}");
+    let ban = lab
+        .ban_of(&robot)
+        .unwrap_or_else(|| panic!("the robot is not banned:\n{log}"));
+    assert_eq!(ban["reason"], "cracked", "{ban:#}");
+    assert!(log.contains(&format!("ban source={robot} reason=cracked")), "{log}");
+    let cracked = lab.cli_json(&["cracked", "list", "--json"]);
+    let entry = cracked.as_array().unwrap().iter().find(|c| c["extension"] == "202");
+    let entry = entry.unwrap_or_else(|| panic!("202 is not on the cracked list: {cracked:#}"));
+    assert_eq!(entry["source"], robot.as_str(), "{entry:#}");
+    // kamailio accepted the guess, the filter withheld its 200 OK: SIPp never saw it.
+    assert_eq!(
+        replies(&reg, &robot, 200),
+        vec!["202".to_owned()],
+        "kamailio's 200s to the robot"
+    );
+    assert_eq!(sipp_stat(&sipp, "Successful call"), 0, "the robot saw a 200 OK");
+    let robot_203 = registers(&reg, &robot, Some("203")).0;
+    assert_eq!(robot_203, 0, "the banned robot's REGISTER for 203 reached kamailio");
+
+    // Quarantine is switched on by the agent within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let csv = ["202;202;0023276123456".to_owned()];
+    let mut call = lab.sipp(
+        "call202",
+        "invite_auth.xml",
+        &second,
+        &csv,
+        &["-m", "1", "-recv_timeout", "2000"],
+    )?;
+    sipp_done(&mut call, Duration::from_secs(20))?;
+    let mut reg202 = lab.sipp(
+        "reg202",
+        "register_auth.xml",
+        &second,
+        &["202;202".to_owned()],
+        &["-m", "1", "-recv_timeout", "2000"],
+    )?;
+    sipp_done(&mut reg202, Duration::from_secs(20))?;
+    let mut reg203 = lab.sipp(
+        "reg203",
+        "register_auth.xml",
+        &second,
+        &["203;Pw-203-good".to_owned()],
+        &["-m", "1", "-recv_timeout", "3000"],
+    )?;
+    sipp_done(&mut reg203, Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let from_second: Vec<_> = reg.requests().into_iter().filter(|r| r.source == second).collect();
+    eprintln!("from the second address kamailio received: {from_second:?}");
+    assert!(
+        from_second.iter().all(|r| r.from_user != "202" && r.to_user != "202"),
+        "a request for the cracked 202 reached kamailio from {second}: {from_second:?}"
+    );
+    assert_eq!(sipp_stat(&call, "Successful call"), 0);
+    assert_eq!(sipp_stat(&reg202, "Successful call"), 0);
+    assert_eq!(
+        registers(&reg, &second, Some("203")).1,
+        1,
+        "203's REGISTER with credentials"
+    );
+    assert_eq!(replies(&reg, &second, 200), vec!["203".to_owned()]);
+    assert_eq!(sipp_stat(&reg203, "Successful call"), 1, "203 registered from {second}");
+    assert!(lab.ban_of(&second).is_none(), "quarantine drops, it does not ban");
+    let stats = lab.cli_json(&["stats", "--json"]);
+    let quarantined = stats["outcomes"]["quarantined"].as_u64().unwrap();
+    eprintln!("quarantined: {quarantined} requests (with SIPp's retransmissions)");
+    assert!(
+        quarantined >= 2,
+        "the INVITE and REGISTER for 202 were quarantined: {stats:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn fifty_phones_behind_one_new_address_all_register() -> anyhow::Result<()> {
+    let lab = Lab::new("10.235.0")?;
+    let office = lab.ip(2);
+    let agent = lab.agent()?;
+    let accounts: Vec<(String, String)> = (300..350).map(|e| (e.to_string(), format!("Pw-{e}-phone"))).collect();
+    let users: Vec<(&str, &str)> = accounts.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let reg = lab.registrar(UnknownUsers::NotFound, &users)?;
+    let csv: Vec<String> = accounts.iter().map(|(u, p)| format!("{u};{p}")).collect();
+    let start = Instant::now();
+    let mut phones = lab.sipp(
+        "phones",
+        "register_auth.xml",
+        &office,
+        &csv,
+        &[
+            "-r",
+            "200",
+            "-rp",
+            "1000",
+            "-m",
+            "50",
+            "-l",
+            "50",
+            "-recv_timeout",
+            "20000",
+        ],
+    )?;
+    let all = reg.wait_until(Duration::from_secs(30), |_, rep| {
+        rep.iter().filter(|r| r.destination == office && r.code == 200).count() >= 50
+    });
+    let to_50th = start.elapsed();
+    sipp_done(&mut phones, Duration::from_secs(40))?;
+    let sipp_time = start.elapsed();
+    let (requests, _) = registers(&reg, &office, None);
+    eprintln!(
+        "50 phones behind {office}: kamailio sent its 50th 200 OK {:.0} ms after SIPp started (SIPp done after {:.0} ms); \
+         kamailio received {requests} REGISTERs",
+        to_50th.as_secs_f64() * 1000.0,
+        sipp_time.as_secs_f64() * 1000.0
+    );
+    assert!(
+        all,
+        "kamailio did not accept 50 registrations: {:?}",
+        replies(&reg, &office, 200).len()
+    );
+    assert_eq!(
+        (sipp_stat(&phones, "Successful call"), sipp_stat(&phones, "Failed call")),
+        (50, 0),
+        "the phones' registrations (successful, failed)"
+    );
+    assert!(lab.ban_of(&office).is_none(), "the office was banned:\n{}", agent.log());
+    assert!(!agent.log().contains("sipfilter: ban "), "{}", agent.log());
+    assert!(lab.is_known(&office), "the office became known");
+    Ok(())
+}
+
+#[test]
+fn a_known_source_that_starts_guessing_is_banned_later() -> anyhow::Result<()> {
+    let lab = Lab::new("10.236.0")?;
+    let office = lab.ip(2);
+    let agent = lab.agent()?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", "Pw-201-phone"), ("205", STRONG)])?;
+    let mut phone = lab.sipp(
+        "phone",
+        "register_auth.xml",
+        &office,
+        &["201;Pw-201-phone".to_owned()],
+        &["-m", "1", "-recv_timeout", "3000"],
+    )?;
+    sipp_done(&mut phone, Duration::from_secs(20))?;
+    assert_eq!(sipp_stat(&phone, "Successful call"), 1, "the office's phone registered");
+    assert!(lab.is_known(&office), "the office became known");
+
+    let dict = dictionary(&lab, 80, None);
+    let mut svcrack = lab.sipvicious(
+        "svcrack",
+        "sipvicious_svcrack",
+        &office,
+        &["-u", "205", "-d", dict.to_str().unwrap(), "--maximumtime", "3"],
+    )?;
+    let banned = lab.wait_for_ban(&office, Duration::from_secs(20));
+    svcrack.wait(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (all, credentialed) = registers(&reg, &office, Some("205"));
+    let log = agent.log();
+    lab.dump(&agent);
+    eprintln!(
+        "known source guessing 205: kamailio received {all} REGISTERs for 205, {credentialed} with credentials \
+         ({}); ban {banned:?}",
+        numbering(&reg, &office)
+    );
+    let ban = banned.unwrap_or_else(|| panic!("the known source {office} was not banned:\n{log}"));
+    assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
+    assert!(
+        (15..=25).contains(&credentialed),
+        "{credentialed} guesses reached kamailio: a known source gets 20 failures (an unknown one 5)"
+    );
+    Ok(())
+}
+
+#[test]
+fn one_guess_every_two_seconds_is_banned_within_thirty_seconds() -> anyhow::Result<()> {
+    let lab = Lab::new("10.237.0")?;
+    let robot = lab.ip(2);
+    let agent = lab.agent()?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", STRONG)])?;
+    let csv: Vec<String> = (1..=20).map(|i| format!("201;slow{i:02}")).collect();
+    let start = Instant::now();
+    let _robot = lab.sipp(
+        "slow",
+        "register_auth.xml",
+        &robot,
+        &csv,
+        &["-r", "1", "-rp", "2000", "-m", "20", "-recv_timeout", "2000"],
+    )?;
+    let banned = lab.wait_for_ban(&robot, Duration::from_secs(36));
+    let after = start.elapsed();
+    let (all, credentialed) = registers(&reg, &robot, None);
+    let log = agent.log();
+    lab.dump(&agent);
+    eprintln!(
+        "one guess every 2 s: banned after {:.1} s; kamailio received {all} REGISTERs, {credentialed} with credentials \
+         ({}); ban {banned:?}",
+        after.as_secs_f64(),
+        numbering(&reg, &robot)
+    );
+    let ban = banned.unwrap_or_else(|| panic!("not banned within 36 s:\n{log}"));
+    assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
+    assert!(after <= Duration::from_secs(30), "banned only after {after:?}");
+    Ok(())
+}

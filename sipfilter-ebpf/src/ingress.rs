@@ -208,7 +208,11 @@ fn untrusted_request(
             return Some(Outcome::Stealth);
         }
     }
-    if matches!(method, Method::Register | Method::Invite) {
+    // The headers are read only while they can matter: an extension is quarantined, or the
+    // source was challenged and has not yet shown it answers challenges with credentials
+    // (what tells a phone from a scanner). A flood that no PBX answered is not read at all.
+    let wanted = config.flag(FLAG_QUARANTINE) || (state.answers.first_challenges != 0 && state.answers.credentialed == 0);
+    if wanted && matches!(method, Method::Register | Method::Invite) {
         // The headers are read by a program of their own (reached by tail call, handing the
         // packet back with its answer): scanning inline would push this program past the
         // verifier's budget, and known sources never pay for it.

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -33,24 +33,28 @@ const UNKNOWN_BURST: usize = sipfilter_common::config::defaults::UNKNOWN_REGISTE
 struct Lab {
     lan: Netns,
     pbx: Netns,
+    lan_if: String,
     pbx_if: String,
+    /// The lab's IPv4 /24 (first three octets): the PBX is .1, the LAN hosts .2 to .4.
+    net: String,
     bpffs: PrivateBpffs,
     dir: PathBuf,
 }
 
 impl Lab {
     fn new(name: &str) -> anyhow::Result<Lab> {
+        Lab::with_net(name, "10.203.0")
+    }
+
+    /// A lab on the /24 `net` (e.g. "10.204.0"): tests that run at the same time keep apart.
+    fn with_net(name: &str, net: &str) -> anyhow::Result<Lab> {
         let lan = Netns::new("lan")?;
         let pbx = Netns::new("pbx")?;
-        let (_, pbx_if) = veth_pair(
+        let (lan_if, pbx_if) = veth_pair(
             &lan,
-            &[
-                &format!("{ATTACKER}/24"),
-                &format!("{PHONE}/24"),
-                &format!("{OTHER}/24"),
-            ],
+            &[&format!("{net}.2/24"), &format!("{net}.3/24"), &format!("{net}.4/24")],
             &pbx,
-            &[&format!("{PBX}/24")],
+            &[&format!("{net}.1/24")],
         )?;
         let dir = std::env::temp_dir().join(format!("sipfilter-agent-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -58,7 +62,9 @@ impl Lab {
         Ok(Lab {
             lan,
             pbx,
+            lan_if,
             pbx_if,
+            net: net.to_string(),
             bpffs: PrivateBpffs::new()?,
             dir,
         })
@@ -95,17 +101,53 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn sender(&self, addr: &str) -> anyhow::Result<UdpSocket> {
-        let _inside = self.lan.enter()?;
-        Ok(UdpSocket::bind(format!("{addr}:5060"))?)
+    /// An IPv4 address of this lab's /24.
+    fn v4(&self, last: u8) -> String {
+        format!("{}.{last}", self.net)
     }
 
+    /// A UDP socket on port 5060 of a LAN address (IPv4 or IPv6).
+    fn sender(&self, addr: &str) -> anyhow::Result<UdpSocket> {
+        let _inside = self.lan.enter()?;
+        Ok(UdpSocket::bind(sip_addr(addr))?)
+    }
+
+    /// Counts what reaches the PBX's IPv4 address.
     fn receiver(&self) -> anyhow::Result<Receiver> {
+        self.receiver_at(&self.v4(1))
+    }
+
+    /// Counts what reaches `addr` (an address of the PBX end), port 5060.
+    fn receiver_at(&self, addr: &str) -> anyhow::Result<Receiver> {
         let socket = {
             let _inside = self.pbx.enter()?;
-            UdpSocket::bind(format!("{PBX}:5060"))?
+            UdpSocket::bind(sip_addr(addr))?
         };
         Receiver::spawn(socket)
+    }
+
+    /// IPv6: `pbx` on the PBX end and `lan` on the LAN end, all on-link in one /48 (so an
+    /// address of another /64 of the lab reaches the PBX too), usable at once (`nodad`). The
+    /// LAN end knows the PBX's link address from the start: no neighbour discovery holds up
+    /// (or drops) the first packets of a flood.
+    fn add_ipv6(&self, pbx: &str, lan: &[String]) -> anyhow::Result<()> {
+        self.pbx
+            .ip(&["-6", "addr", "add", &format!("{pbx}/48"), "dev", &self.pbx_if, "nodad"])?;
+        for addr in lan {
+            self.lan
+                .ip(&["-6", "addr", "add", &format!("{addr}/48"), "dev", &self.lan_if, "nodad"])?;
+        }
+        let link = self.pbx.ip(&["link", "show", "dev", &self.pbx_if])?;
+        let mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .context("PBX end has no link address")?
+            .to_string();
+        self.lan.ip(&[
+            "-6", "neigh", "replace", pbx, "lladdr", &mac, "dev", &self.lan_if, "nud", "permanent",
+        ])?;
+        Ok(())
     }
 
     fn has_xdp(&self) -> anyhow::Result<bool> {
@@ -150,8 +192,13 @@ impl Receiver {
     /// Datagrams received from `addr` (port 5060), after letting in-flight ones land.
     fn from(&self, addr: &str) -> usize {
         std::thread::sleep(Duration::from_millis(200));
-        let key: SocketAddr = format!("{addr}:5060").parse().unwrap();
-        self.counts.lock().unwrap().get(&key).copied().unwrap_or(0)
+        self.counts.lock().unwrap().get(&sip_addr(addr)).copied().unwrap_or(0)
+    }
+
+    /// Datagrams received from all sources.
+    fn total(&self) -> usize {
+        std::thread::sleep(Duration::from_millis(200));
+        self.counts.lock().unwrap().values().sum()
     }
 }
 
@@ -164,10 +211,21 @@ impl Drop for Receiver {
     }
 }
 
+/// Port 5060 of an IPv4 or IPv6 address.
+fn sip_addr(addr: &str) -> SocketAddr {
+    let ip: IpAddr = addr.parse().unwrap_or_else(|_| panic!("{addr} is not an IP address"));
+    SocketAddr::new(ip, 5060)
+}
+
 /// Sends `n` copies of a SIP request, paced so the veth ring never overflows.
 fn send(socket: &UdpSocket, method: &str, n: usize) -> anyhow::Result<()> {
+    send_to(socket, PBX, method, n)
+}
+
+/// [`send`] to the PBX address `pbx`.
+fn send_to(socket: &UdpSocket, pbx: &str, method: &str, n: usize) -> anyhow::Result<()> {
     let msg = sip_request(method, "1000");
-    let pbx: SocketAddr = format!("{PBX}:5060").parse()?;
+    let pbx = sip_addr(pbx);
     for i in 0..n {
         if i % 20 == 19 {
             std::thread::sleep(Duration::from_millis(1));

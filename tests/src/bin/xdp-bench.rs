@@ -2,12 +2,17 @@
 //! program, measured by the kernel with BPF_PROG_TEST_RUN, as a ratio to an empty XDP
 //! program measured in the same run on the same CPU with the same frame size.
 //!
-//! Paths: the floor (empty program), non-SIP UDP, a SIP REGISTER from a clean source (the
-//! full path: ban, allowlist, denylist, bucket), a banned source, an allowlisted source, an
-//! IPv6 REGISTER. The maps hold a realistic load: 16 allowlisted trunk networks and a
+//! Paths: the floor (empty program), non-SIP UDP, a SIP REGISTER from a known source (the
+//! full path: ban, allowlist, denylist, tier, bucket), from an unknown source (plus the
+//! header inspection, by tail call), a banned source, an allowlisted source, an IPv6
+//! REGISTER. The maps hold a realistic load: 16 allowlisted trunk networks and a
 //! 10,000-entry denylist (an imported blocklist). Rate state is cleared before every
 //! measurement and the buckets are sized so a measurement never empties one, so every
 //! repeat takes the path being measured.
+//!
+//! The answers (TC egress) program against an empty TC program: non-SIP egress, a 100
+//! Trying (counted, not read), and a 401 to a REGISTER (read, identified and judged: three
+//! tail calls), all to a source the ingress program knows.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
@@ -15,14 +20,14 @@ use anyhow::{bail, Context as _};
 use aya::programs::{TestRun as _, TestRunOptions};
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
 use sipfilter_common::{
-    config::{MAX_BURST, MAX_RATE},
+    config::{FLAG_STEALTH, FLAG_TRUST, FLAG_WITHHOLD, MAX_BURST, MAX_RATE},
     counters::ban_reason,
     maps::PERMANENT,
-    ClassLimit, KernelConfig,
+    ClassLimit, KernelConfig, KnownSource,
 };
 use sipfilter_tests::{
     harness::{TestFilter, XDP_DROP, XDP_PASS},
-    packet::{sip_request, PacketBuilder as P},
+    packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
 
 struct Args {
@@ -76,16 +81,31 @@ fn main() -> anyhow::Result<()> {
     pin_to_cpu(0);
 
     // Buckets big enough that a measurement of `repeat` packets never empties one.
-    let config = KernelConfig {
-        limits: [ClassLimit {
-            rate_per_sec: MAX_RATE as u32,
-            burst: MAX_BURST as u32,
-        }; 3],
+    let big = ClassLimit {
+        rate_per_sec: MAX_RATE as u32,
+        burst: MAX_BURST as u32,
+    };
+    let mut config = KernelConfig {
+        limits: [big; 3],
+        unknown_limits: [big; 3],
         ..KernelConfig::default()
     };
+    // The product's defaults: trust tiers and stealth on.
+    config.flags |= FLAG_TRUST | FLAG_STEALTH | FLAG_WITHHOLD;
     let mut filter = TestFilter::with_config(&config)?;
 
     let clean = Ipv4Addr::new(198, 51, 100, 20);
+    let stranger = Ipv4Addr::new(198, 51, 100, 21);
+    // The clean source is a known one (a phone that registered), as most traffic is.
+    let now = sipfilter::clock::boot_ns();
+    filter.loaded.trust.insert_known(
+        &source_key(clean.into(), 128),
+        &KnownSource {
+            until_ns: now + 3600 * 1_000_000_000,
+            last_success_ns: now,
+            extension: sipfilter_common::scan::ext_from("200"),
+        },
+    )?;
     let banned = Ipv4Addr::new(198, 51, 100, 66);
     let trunk = Ipv4Addr::new(192, 0, 2, 10);
     for i in 0..16u8 {
@@ -106,7 +126,7 @@ fn main() -> anyhow::Result<()> {
     }
     filter
         .maps()
-        .add_ban(&source_key(banned.into(), 64), None, ban_reason::MANUAL)?;
+        .add_ban(&source_key(banned.into(), 128), None, ban_reason::MANUAL)?;
 
     let register = |src| {
         P::udp4(
@@ -142,8 +162,14 @@ fn main() -> anyhow::Result<()> {
             floor: false,
         },
         Path {
-            name: "SIP REGISTER, clean source",
+            name: "SIP REGISTER, known source",
             frame: sip_frame.clone(),
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
+            name: "SIP REGISTER, unknown source",
+            frame: register(stranger),
             expect: XDP_PASS,
             floor: false,
         },
@@ -207,7 +233,8 @@ fn main() -> anyhow::Result<()> {
     let floor = median(floor_samples.clone());
     let targets: BTreeMap<&str, f64> = [
         ("non-SIP UDP", 1.1),
-        ("SIP REGISTER, clean source", 2.0),
+        ("SIP REGISTER, known source", 2.0),
+        ("SIP REGISTER, unknown source", 2.0),
         ("banned source", 1.3),
     ]
     .into();
@@ -233,11 +260,83 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let json = serde_json::json!({ "floor_ns": floor, "repeat": args.repeat, "runs": args.runs, "paths": json_paths });
+    let egress = bench_egress(&mut filter, &args, clean)?;
+    let json = serde_json::json!({ "floor_ns": floor, "repeat": args.repeat, "runs": args.runs, "paths": json_paths, "egress": egress });
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&json)? + "\n")?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The answers program against an empty TC program, in rounds like the XDP paths.
+fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow::Result<serde_json::Value> {
+    let pbx = Ipv4Addr::new(192, 0, 2, 1);
+    let answer = |status: &str| {
+        P::udp4(pbx, peer, 5060, 5060, &sip_answer(status, "REGISTER", 7, "200", "200"))
+            .build()
+            .bytes
+    };
+    let paths: Vec<(&str, Vec<u8>)> = vec![
+        ("floor (empty TC program)", answer("401 Unauthorized")),
+        (
+            "non-SIP egress",
+            P::udp4(pbx, peer, 40000, 53, &sip_answer("401 Unauthorized", "REGISTER", 7, "200", "200"))
+                .build()
+                .bytes,
+        ),
+        ("SIP answer 100 Trying", answer("100 Trying")),
+        ("SIP answer 401 to REGISTER", answer("401 Unauthorized")),
+    ];
+    filter.loaded.load_tc_floor()?;
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..args.runs {
+        for (name, frame) in &paths {
+            // The peer has state (its REGISTER came in), so the 401 is judged: the same
+            // request's answer again each repeat, a retransmission, which changes nothing.
+            filter.maps().clear_rate_state()?;
+            filter.run(&P::udp4(peer, pbx, 5060, 5060, &sip_request_from("REGISTER", "200", "200", 7)).build().bytes)?;
+            let prog: &aya::programs::SchedClassifier = if name.starts_with("floor") {
+                filter
+                    .loaded
+                    .ebpf
+                    .program(sipfilter_common::maps::TC_FLOOR_PROGRAM)
+                    .context("tc floor")?
+                    .try_into()?
+            } else {
+                filter.loaded.answers_program()?
+            };
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: args.repeat,
+                ..Default::default()
+            })?;
+            if r.return_value != 0 {
+                bail!("{name} returned {} instead of TC_ACT_OK", r.return_value);
+            }
+            samples.entry(name).or_default().push(r.duration.as_nanos() as f64);
+        }
+    }
+    if filter.loaded.maps.bans()?.iter().any(|(k, _)| *k == source_key(peer.into(), 128)) {
+        bail!("the benchmark's answers banned their peer: the path changed mid-run");
+    }
+    let floor_samples = samples[paths[0].0].clone();
+    let targets: BTreeMap<&str, f64> = [("non-SIP egress", 1.2), ("SIP answer 401 to REGISTER", 2.0)].into();
+    println!("\nTC egress ns/packet (answers program; ratio to an empty TC program, same rounds)");
+    println!("{:<30} {:>8} {:>9}  target", "path", "ns/pkt", "× floor");
+    let mut out = serde_json::Map::new();
+    for (name, _) in &paths {
+        let ns = median(samples[name].clone());
+        let ratio = median(samples[name].iter().zip(&floor_samples).map(|(p, f)| p / f).collect());
+        let target = targets.get(name).map_or(String::new(), |t| {
+            format!("≤ {t:.1}× {}", if ratio <= *t { "met" } else { "MISSED" })
+        });
+        println!("{:<30} {:>8.1} {:>8.2}×  {}", name, ns, ratio, target);
+        out.insert(
+            name.to_string(),
+            serde_json::json!({ "ns_per_packet": ns, "ratio_to_floor": ratio }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
 }

@@ -668,3 +668,407 @@ fn ending_monitor_mode_lifts_the_bans_it_recorded() -> anyhow::Result<()> {
     assert_eq!(rx.from(PHONE), UNKNOWN_BURST);
     Ok(())
 }
+
+// IPv6: each address is its own source; the agent bans the whole /64 only on evidence.
+
+/// The addresses of an IPv6 /64 of a lab: `prefix` is its first four groups.
+fn v6(prefix: &str, host: u32) -> String {
+    format!("{prefix}::{host:x}")
+}
+
+fn deny_cidrs(lab: &Lab) -> anyhow::Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(&lab.cli(&["deny", "list", "--json"])?)?;
+    Ok(v.as_array()
+        .context("deny list --json is an array")?
+        .iter()
+        .filter_map(|e| e["cidr"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn ipv6_a_flood_bans_its_address_and_a_phone_in_the_same_64_keeps_registering() -> anyhow::Result<()> {
+    let lab = Lab::with_net("v6-address", "10.204.0")?;
+    let pbx6 = "2001:db8:204::1";
+    let attacker = v6("2001:db8:204:1", 0xa);
+    let phone = v6("2001:db8:204:1", 0xb);
+    lab.add_ipv6(pbx6, &[attacker.clone(), phone.clone()])?;
+    let rx = lab.receiver_at(pbx6)?;
+    let mut agent = lab.agent("agent", &["--detach-on-exit", "--metrics-listen", "off"])?;
+    let phone_socket = lab.sender(&phone)?;
+
+    send_to(&phone_socket, pbx6, "REGISTER", 5)?;
+    send_to(&lab.sender(&attacker)?, pbx6, "REGISTER", 300)?;
+    agent.wait_for_log(
+        &format!("ban source={attacker} reason=rate_register method=REGISTER duration=300s strike=1"),
+        Duration::from_secs(5),
+    )?;
+    send_to(&phone_socket, pbx6, "REGISTER", 10)?;
+    assert_eq!(rx.from(&attacker), UNKNOWN_BURST, "the attacker's burst, then nothing");
+    assert_eq!(rx.from(&phone), 15, "every REGISTER of the phone next door reached the PBX");
+
+    let bans = ban_list(&lab)?;
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0]["source"], attacker.as_str(), "the address is banned, not its /64: {bans:?}");
+    assert_eq!(bans[0]["reason"], "rate_register", "{bans:?}");
+    assert!(deny_cidrs(&lab)?.is_empty(), "one banned address does not ban its /64");
+    let log = agent.stop()?;
+    assert!(!log.contains("reason=prefix"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_three_banned_addresses_ban_their_64() -> anyhow::Result<()> {
+    let lab = Lab::with_net("v6-evidence", "10.205.0")?;
+    let pbx6 = "2001:db8:205::1";
+    let flooders: Vec<String> = (0xa..=0xc).map(|h| v6("2001:db8:205:1", h)).collect();
+    let fresh = v6("2001:db8:205:1", 0xd);
+    let elsewhere = v6("2001:db8:205:2", 0x9);
+    let mut all = flooders.clone();
+    all.extend([fresh.clone(), elsewhere.clone()]);
+    lab.add_ipv6(pbx6, &all)?;
+    let rx = lab.receiver_at(pbx6)?;
+    let mut agent = lab.agent("agent", &["--detach-on-exit", "--metrics-listen", "off"])?;
+
+    let mut started = std::time::Instant::now();
+    for (i, addr) in flooders.iter().enumerate() {
+        started = std::time::Instant::now();
+        send_to(&lab.sender(addr)?, pbx6, "REGISTER", 200)?;
+        agent.wait_for_log(&format!("ban source={addr} reason=rate_register"), Duration::from_secs(5))?;
+        if i < 2 {
+            assert!(!agent.log().contains("reason=prefix"), "banned the /64 after {} address(es)", i + 1);
+        }
+    }
+    agent.wait_for_log(
+        "ban source=2001:db8:205:1::/64 reason=prefix duration=300s (several of its addresses were banned)",
+        Duration::from_secs(5),
+    )?;
+    eprintln!("ipv6 evidence: prefix ban logged {:?} after the third address began its flood", started.elapsed());
+    assert_eq!(deny_cidrs(&lab)?, vec!["2001:db8:205:1::/64".to_string()]);
+    for addr in &flooders {
+        assert_eq!(rx.from(addr), UNKNOWN_BURST, "{addr}");
+    }
+
+    send_to(&lab.sender(&fresh)?, pbx6, "REGISTER", 10)?;
+    assert_eq!(rx.from(&fresh), 0, "a fresh address of the banned /64 gets nothing through");
+    send_to(&lab.sender(&elsewhere)?, pbx6, "REGISTER", 10)?;
+    assert_eq!(rx.from(&elsewhere), 10, "another /64 is not affected");
+    Ok(())
+}
+
+#[test]
+fn ipv6_rotation_under_every_address_limit_exhausts_the_prefix_budget() -> anyhow::Result<()> {
+    // 60 addresses × 140 REGISTERs: each stays under its own flood bucket (150), so no address
+    // is banned; together 8,400 messages against the /64's budget of 4 × (150 + 60 + 1000) =
+    // 4,840 (refilling 520/s). Checked every 3 s: even when a check falls in the middle of the
+    // rotation, the next one finds the budget exhausted (40 × 140 = 5,600 would not be: half
+    // before a check, half after, the 3 s of refill cover it).
+    let lab = Lab::with_net("v6-rotation", "10.206.0")?;
+    let pbx6 = "2001:db8:206::1";
+    let rotating: Vec<String> = (0..60).map(|h| v6("2001:db8:206:1", 0x100 + h)).collect();
+    let fresh = v6("2001:db8:206:1", 0xffff);
+    let elsewhere = v6("2001:db8:206:2", 0x9);
+    let mut all = rotating.clone();
+    all.extend([fresh.clone(), elsewhere.clone()]);
+    lab.add_ipv6(pbx6, &all)?;
+    let rx = lab.receiver_at(pbx6)?;
+    let mut agent = lab.agent("agent", &["--detach-on-exit", "--metrics-listen", "off"])?;
+    let sockets = rotating.iter().map(|a| lab.sender(a)).collect::<anyhow::Result<Vec<_>>>()?;
+
+    let started = std::time::Instant::now();
+    for s in &sockets {
+        send_to(s, pbx6, "REGISTER", 140)?;
+    }
+    let sent_in = started.elapsed();
+    agent.wait_for_log(
+        "ban source=2001:db8:206:1::/64 reason=prefix duration=300s (its addresses together exceeded its aggregate budget)",
+        Duration::from_secs(10),
+    )?;
+    let banned_after = started.elapsed();
+    eprintln!("ipv6 rotation: 8400 REGISTERs sent in {sent_in:?}, prefix ban logged {banned_after:?} after the first");
+    assert!(banned_after < Duration::from_secs(8), "prefix ban after {banned_after:?}");
+    let through = rx.total();
+    assert_eq!(through, 60 * UNKNOWN_BURST, "each address: its unknown burst, the rest throttled");
+    let log = agent.log();
+    assert!(!log.contains("reason=rate_register"), "no address reached its own limit:\n{log}");
+    assert_eq!(deny_cidrs(&lab)?, vec!["2001:db8:206:1::/64".to_string()]);
+
+    send_to(&lab.sender(&fresh)?, pbx6, "REGISTER", 10)?;
+    assert_eq!(rx.from(&fresh), 0, "a fresh address of the rotating /64 gets nothing through");
+    send_to(&lab.sender(&elsewhere)?, pbx6, "REGISTER", 10)?;
+    assert_eq!(rx.from(&elsewhere), 10, "another /64 is not affected");
+    Ok(())
+}
+
+// Earned trust: known sources and cracked extensions, learnt from a registrar's answers,
+// survive a restart and a reboot.
+
+/// What a registrar answers, without a registrar: every REGISTER (from any source) to
+/// `users` (extension → password) gets 401 without credentials, 200 with the right password
+/// (this "digest" carries it in clear: `response="PASSWORD"`), 401 with a wrong one; a
+/// REGISTER for another extension gets 404. Headers copied from the request, as RFC 3261
+/// §8.2.6 asks; the answers leave through the PBX end, where the agent's answers program
+/// reads them. Other requests are counted, not answered.
+struct Responder {
+    /// Every request received: its source, its To user, and the answer sent (0: none).
+    seen: Arc<Mutex<Vec<(SocketAddr, String, u16)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The value of the first header `name` (case-insensitive), without the name.
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n").skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The user of the first `sip:` URI in a header value.
+fn uri_user(value: &str) -> String {
+    let rest = value.split_once("sip:").map_or("", |(_, r)| r);
+    rest.split(['@', '>', ';']).next().unwrap_or("").to_string()
+}
+
+fn registrar_answer(msg: &str, users: &HashMap<String, String>) -> Option<(u16, String)> {
+    if !msg.starts_with("REGISTER ") {
+        return None;
+    }
+    let ext = uri_user(header(msg, "To")?);
+    let status = match (users.get(&ext), header(msg, "Authorization")) {
+        (None, _) => "404 Not Found",
+        (Some(_), None) => "401 Unauthorized",
+        (Some(pw), Some(auth)) if auth.contains(&format!("response=\"{pw}\"")) => "200 OK",
+        (Some(_), Some(_)) => "401 Unauthorized",
+    };
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        let v = header(msg, h)?;
+        let v = if h == "To" { format!("{v};tag=srv") } else { v.to_string() };
+        out.push_str(&format!("{h}: {v}\r\n"));
+    }
+    if status.starts_with("401") {
+        out.push_str("WWW-Authenticate: Digest realm=\"pbx.example\", nonce=\"5f1f0c0ffee\"\r\n");
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    Some((status[..3].parse().unwrap(), out))
+}
+
+impl Responder {
+    fn spawn(lab: &Lab, users: &[(&str, &str)]) -> anyhow::Result<Responder> {
+        let socket = {
+            let _inside = lab.pbx.enter()?;
+            UdpSocket::bind(sip_addr(&lab.v4(1)))?
+        };
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let users: HashMap<String, String> = users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let to = header(&msg, "To").map(uri_user).unwrap_or_default();
+                let mut code = 0;
+                if let Some((status, answer)) = registrar_answer(&msg, &users) {
+                    if socket.send_to(answer.as_bytes(), from).is_ok() {
+                        code = status;
+                    }
+                }
+                c.lock().unwrap().push((from, to, code));
+            }
+        });
+        Ok(Responder {
+            seen,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Requests received from `addr` (port 5060) for extension `ext` (any: None).
+    fn from(&self, addr: &str, ext: Option<&str>) -> usize {
+        std::thread::sleep(Duration::from_millis(200));
+        let key = sip_addr(addr);
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(from, to, _)| *from == key && ext.is_none_or(|e| e == to))
+            .count()
+    }
+
+    /// The answers sent to `addr`, in order.
+    fn answers_to(&self, addr: &str) -> Vec<u16> {
+        let key = sip_addr(addr);
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(from, _, code)| *from == key && *code != 0)
+            .map(|(_, _, code)| *code)
+            .collect()
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A phone (or a robot) registering: each REGISTER is a new request (new Via branch, next
+/// CSeq), as after a challenge.
+struct Registering {
+    socket: UdpSocket,
+    local: String,
+    pbx: SocketAddr,
+    cseq: u32,
+}
+
+impl Registering {
+    fn new(lab: &Lab, addr: &str) -> anyhow::Result<Registering> {
+        let socket = lab.sender(addr)?;
+        socket.set_read_timeout(Some(Duration::from_millis(700)))?;
+        Ok(Registering {
+            socket,
+            local: addr.to_string(),
+            pbx: sip_addr(&lab.v4(1)),
+            cseq: 0,
+        })
+    }
+
+    /// Sends a REGISTER for `ext` (with credentials when `password` is given) and returns
+    /// the status code of the answer, if one arrives.
+    fn register(&mut self, ext: &str, password: Option<&str>) -> anyhow::Result<Option<u16>> {
+        self.cseq += 1;
+        let (local, cseq) = (&self.local, self.cseq);
+        let auth = password.map_or(String::new(), |pw| {
+            format!(
+                "Authorization: Digest username=\"{ext}\", realm=\"pbx.example\", nonce=\"5f1f0c0ffee\", \
+                 uri=\"sip:pbx.example\", response=\"{pw}\"\r\n"
+            )
+        });
+        let msg = format!(
+            "REGISTER sip:pbx.example SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local}:5060;branch=z9hG4bK-{ext}-{cseq}\r\n\
+             From: <sip:{ext}@pbx.example>;tag={ext}\r\n\
+             To: <sip:{ext}@pbx.example>\r\n\
+             Call-ID: reg-{ext}@{local}\r\n\
+             CSeq: {cseq} REGISTER\r\n\
+             {auth}\
+             Content-Length: 0\r\n\r\n"
+        );
+        self.socket.send_to(msg.as_bytes(), self.pbx)?;
+        let mut buf = [0u8; 4096];
+        match self.socket.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                Ok(text.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()))
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn cli_json(lab: &Lab, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let v: serde_json::Value = serde_json::from_str(&lab.cli(args)?)?;
+    Ok(v.as_array().with_context(|| format!("{args:?} is an array"))?.clone())
+}
+
+fn known(lab: &Lab) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(cli_json(lab, &["known", "list", "--json"])?
+        .iter()
+        .map(|k| (k["source"].as_str().unwrap_or("").to_owned(), k["extension"].as_str().unwrap_or("").to_owned()))
+        .collect())
+}
+
+fn cracked(lab: &Lab) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(cli_json(lab, &["cracked", "list", "--json"])?
+        .iter()
+        .map(|k| (k["extension"].as_str().unwrap_or("").to_owned(), k["source"].as_str().unwrap_or("").to_owned()))
+        .collect())
+}
+
+#[test]
+fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::Result<()> {
+    let mut lab = Lab::with_net("trust", "10.207.0")?;
+    let (robot, phone, other) = (lab.v4(2), lab.v4(3), lab.v4(4));
+    let pbx = Responder::spawn(&lab, &[("201", "Pw-201-phone"), ("202", "202")])?;
+    let mut agent = lab.agent("agent1", &["--metrics-listen", "off"])?;
+
+    // The phone: REGISTER, 401, REGISTER with credentials, 200: known.
+    let mut p = Registering::new(&lab, &phone)?;
+    assert_eq!(p.register("201", None)?, Some(401));
+    assert_eq!(p.register("201", Some("Pw-201-phone"))?, Some(200));
+    eventually("the phone is known", || Ok(known(&lab)? == vec![(phone.clone(), "201".to_string())]))?;
+
+    // The password = extension robot: 200 is not found, 201 refuses "201", 202 takes "202".
+    let mut r = Registering::new(&lab, &robot)?;
+    assert_eq!(r.register("200", None)?, Some(404));
+    assert_eq!(r.register("201", None)?, Some(401));
+    assert_eq!(r.register("201", Some("201"))?, Some(401));
+    assert_eq!(r.register("202", None)?, Some(401));
+    assert_eq!(r.register("202", Some("202"))?, None, "the cracked guess's 200 is withheld");
+    assert_eq!(pbx.answers_to(&robot), vec![404, 401, 401, 401, 200], "the PBX did answer 200");
+    agent.wait_for_log(&format!("ban source={robot} reason=cracked"), Duration::from_secs(5))?;
+    eventually("202 is cracked", || Ok(cracked(&lab)? == vec![("202".to_string(), robot.clone())]))?;
+    eventually("both in the state file", || {
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.state_file())?)?;
+        Ok(state["known"].as_array().is_some_and(|k| k.len() == 1)
+            && state["cracked"].as_array().is_some_and(|c| c.len() == 1))
+    })?;
+    agent.stop()?;
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.state_file())?)?;
+    assert_eq!(
+        (state["known"][0]["source"].as_str(), state["known"][0]["extension"].as_str()),
+        (Some(phone.as_str()), Some("201")),
+        "{state:#}"
+    );
+    assert_eq!(
+        (state["cracked"][0]["extension"].as_str(), state["cracked"][0]["source"].as_str()),
+        (Some("202"), Some(robot.as_str())),
+        "{state:#}"
+    );
+
+    // A restart keeps the pinned maps.
+    let agent = lab.agent("agent2", &["--metrics-listen", "off"])?;
+    assert!(agent.log().contains("took over the attachment"), "{}", agent.log());
+    assert_eq!(known(&lab)?, vec![(phone.clone(), "201".to_string())]);
+    assert_eq!(cracked(&lab)?, vec![("202".to_string(), robot.clone())]);
+    agent.stop()?;
+
+    // A reboot: pins and attachment gone; the state file brings both back.
+    sipfilter(None, &lab.pin_dir(), &["detach"])?;
+    assert!(!lab.has_xdp()?);
+    lab.bpffs = PrivateBpffs::new()?;
+    let mut agent = lab.agent("agent3", &["--metrics-listen", "off"])?;
+    assert!(
+        agent
+            .log()
+            .contains("restored 1 known source(s) and 1 cracked extension(s)"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(known(&lab)?, vec![(phone.clone(), "201".to_string())]);
+    assert_eq!(cracked(&lab)?, vec![("202".to_string(), robot.clone())]);
+
+    // And in force: the known phone's OPTIONS reach the PBX, an unknown source's do not
+    // (stealth); quarantine keeps unknown sources away from the cracked 202.
+    agent.wait_for_log("quarantine on", Duration::from_secs(5))?;
+    send_to(&p.socket, &lab.v4(1), "OPTIONS", 5)?;
+    assert_eq!(pbx.from(&phone, Some("1000")), 5, "the known phone's OPTIONS");
+    let mut o = Registering::new(&lab, &other)?;
+    send_to(&o.socket, &lab.v4(1), "OPTIONS", 5)?;
+    assert_eq!(pbx.from(&other, None), 0, "an unknown source's OPTIONS");
+    assert_eq!(o.register("202", Some("202"))?, None);
+    assert_eq!(pbx.from(&other, Some("202")), 0, "quarantine: REGISTER for 202 from an unknown source");
+    assert_eq!(o.register("201", None)?, Some(401), "other extensions are open");
+    drop(agent);
+    sipfilter(None, &lab.pin_dir(), &["detach"])?;
+    Ok(())
+}

@@ -821,3 +821,60 @@ fn an_ipv6_prefix_with_an_allowlisted_address_in_it_can_be_banned_and_the_addres
     assert!(err.contains("allowlisted by 2001:db8:bb:1::/64"), "{err}");
     Ok(())
 }
+
+/// A phone that registers cleanly, and a robot that cracks extension 202, through both
+/// programs; then what `sources`, `known` and `cracked` show and remove.
+#[test]
+fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -> anyhow::Result<()> {
+    use sipfilter_common::config::{FLAG_STEALTH, FLAG_TRUST, FLAG_WITHHOLD};
+    use sipfilter_tests::packet::{sip_answer, sip_request_from};
+    let mut c = KernelConfig::default();
+    c.flags |= FLAG_TRUST | FLAG_STEALTH | FLAG_WITHHOLD;
+    let f = TestFilter::with_config(&c)?;
+    let exchange = |src: &str, status: &str, ext: &str, cseq: u32| -> anyhow::Result<()> {
+        let ip = v4(src);
+        f.run(&P::request4(ip, &sip_request_from("REGISTER", ext, ext, cseq)).build().bytes)?;
+        f.run_answer(&P::answer4(ip, &sip_answer(status, "REGISTER", cseq, ext, ext)).build().bytes)?;
+        Ok(())
+    };
+    // The phone: challenge, then 200 OK.
+    exchange("198.51.100.20", "401 Unauthorized", "201", 1)?;
+    exchange("198.51.100.20", "200 OK", "201", 2)?;
+    // The robot: 200 not found, 201 wrong password, 202 right.
+    exchange("198.51.100.68", "404 Not Found", "200", 1)?;
+    exchange("198.51.100.68", "401 Unauthorized", "201", 2)?;
+    exchange("198.51.100.68", "401 Unauthorized", "201", 3)?;
+    exchange("198.51.100.68", "401 Unauthorized", "202", 4)?;
+    exchange("198.51.100.68", "200 OK", "202", 5)?;
+
+    let sources = json(&f, &["sources", "--json"]);
+    let phone = entry(&sources, "source", "198.51.100.20");
+    assert_eq!(phone["tier"], "known", "{phone:#}");
+    assert_eq!(phone["successes"], 1);
+    let robot = entry(&sources, "source", "198.51.100.68");
+    assert_eq!(robot["tier"], "unknown", "{robot:#}");
+    assert_eq!(robot["failures"], 1);
+    assert_eq!(robot["not_found"], 1);
+    assert_eq!(robot["extensions_failed"], "200,201");
+    let table = ok(&f, &["sources"]);
+    assert!(table.contains("TIER") && table.contains("known"), "{table}");
+
+    let known = json(&f, &["known", "list", "--json"]);
+    assert_eq!(entry(&known, "source", "198.51.100.20")["extension"], "201");
+    let cracked = json(&f, &["cracked", "list", "--json"]);
+    let c202 = entry(&cracked, "extension", "202");
+    assert_eq!(c202["source"], "198.51.100.68");
+    assert_eq!(entry(&json(&f, &["ban", "list", "--json"]), "source", "198.51.100.68")["reason"], "cracked");
+
+    // Removing: the phone is unknown again at once (its OPTIONS meet stealth), 202 is cleared.
+    ok(&f, &["known", "del", "198.51.100.20"]);
+    assert!(json(&f, &["known", "list", "--json"]).as_array().unwrap().is_empty());
+    f.expect(&P::sip4(v4("198.51.100.20"), "OPTIONS").build().bytes, XDP_DROP, "unknown again")?;
+    let err = fails(&f, &["known", "del", "198.51.100.20"], 1);
+    assert!(err.contains("not a known source"), "{err}");
+    ok(&f, &["cracked", "clear", "202"]);
+    assert!(json(&f, &["cracked", "list", "--json"]).as_array().unwrap().is_empty());
+    let err = fails(&f, &["cracked", "clear", "202"], 1);
+    assert!(err.contains("not on the cracked list"), "{err}");
+    Ok(())
+}

@@ -39,6 +39,8 @@ const SCANNER_IP: &str = "10.77.0.66";
 const SWEEPER_IP: &str = "10.77.0.67";
 const CRACKER_IP: &str = "10.77.0.68";
 const FLOODER_IP: &str = "10.77.0.69";
+const GUESSER_IP: &str = "10.77.0.70";
+const CALLER_IP: &str = "10.77.0.71";
 /// The PBX's interface, the one sipfilter attaches to.
 const PBX_IF: &str = "pbx0";
 const METRICS: &str = "127.0.0.1:9460";
@@ -52,6 +54,8 @@ fn role_of(ip: &str) -> &'static str {
         SWEEPER_IP => "extension sweep",
         CRACKER_IP => "password brute force",
         FLOODER_IP => "REGISTER flood",
+        GUESSER_IP => "password = extension",
+        CALLER_IP => "robot's second address",
         _ => "?",
     }
 }
@@ -211,7 +215,7 @@ impl Lab {
         let lan = lab.ns("lan");
         sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"])?;
         sh(&["ip", "-n", &lan, "link", "set", "br0", "up"])?;
-        let attacker_ips = [SCANNER_IP, SWEEPER_IP, CRACKER_IP, FLOODER_IP];
+        let attacker_ips = [SCANNER_IP, SWEEPER_IP, CRACKER_IP, FLOODER_IP, GUESSER_IP, CALLER_IP];
         for (role, ifname, port, addrs) in [
             ("pbx", PBX_IF, "to-pbx", &[PBX_IP][..]),
             ("phone", "eth0", "to-phone", &[PHONE_IP][..]),
@@ -301,8 +305,12 @@ impl Lab {
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
         let dir = self.subdir(name)?;
-        std::fs::copy(workspace().join("demo").join(scenario), dir.join(scenario))
-            .with_context(|| format!("cannot copy demo/{scenario}"))?;
+        // A scenario of demo/, or one of the tests' (a path from the workspace).
+        let (from, scenario) = match scenario.rsplit_once('/') {
+            Some((_, file)) => (workspace().join(scenario), file),
+            None => (workspace().join("demo").join(scenario), scenario),
+        };
+        std::fs::copy(&from, dir.join(scenario)).with_context(|| format!("cannot copy {}", from.display()))?;
         let target = format!("{PBX_IP}:5060");
         let args = sipp_args(scenario, remote.then_some(target.as_str()), local_ip, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -594,13 +602,15 @@ fn attack_demo() -> anyhow::Result<()> {
     println!(
         "  PBX       {PBX_IP:<13} a SIP registrar (SIPp server, demo/pbx.xml); sipfilter watches its interface {PBX_IF}\n  \
          phone     {PHONE_IP:<13} extension 2000, registers with its password twice a second (demo/phone.xml)\n  \
-         attacker  10.77.0.66-69  a robot; each attack step comes from its own address, as from a botnet\n  \
+         attacker  10.77.0.66-71  a robot; each attack step comes from its own address, as from a botnet\n  \
          all three are on one bridge, so everything the PBX receives comes through {PBX_IF}"
     );
     let config = workspace().join("demo/sipfilter.toml");
     let agent = lab.start_agent(&config)?;
     println!(
-        "\nsipfilter agent started with demo/sipfilter.toml: REGISTER burst 150, then 20/s per source; first ban 300 s"
+        "\nsipfilter agent started with demo/sipfilter.toml: sources that register cleanly are known (REGISTER burst 150,\n\
+         then 20/s); everyone else is unknown: 20 REGISTERs, then throttled; banned after 5 wrong passwords, 5 not-found\n\
+         answers or a scan of extensions; OPTIONS from unknown sources go unanswered; first ban 300 s"
     );
     let mut pbx = lab.start_pbx()?;
     let mut phone = lab.phone("2")?;
@@ -618,7 +628,7 @@ fn attack_demo() -> anyhow::Result<()> {
         if probe_answered {
             "answered 200 OK: the robot now knows a PBX lives here"
         } else {
-            "did not answer"
+            "never saw it (stealth: an OPTIONS from a source that never registered is dropped): the robot learns nothing"
         }
     );
 
@@ -668,6 +678,50 @@ fn attack_demo() -> anyhow::Result<()> {
 
     step(
         4,
+        &format!(
+            "password = extension: {GUESSER_IP} registers 200, 201, 202 … with the extension as password; 202's is \"202\""
+        ),
+    );
+    let guesses: String = std::iter::once("SEQUENTIAL".to_owned())
+        .chain((200..210).map(|e| format!("{e};{e}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(lab.subdir("guess")?.join("guesses.csv"), guesses + "\n")?;
+    let mut guess = lab.sipp(
+        "guess",
+        "attacker",
+        "tests/scenarios/register_auth.xml",
+        GUESSER_IP,
+        true,
+        &["-inf", "guesses.csv", "-r", "5", "-m", "10", "-recv_timeout", "2000"],
+    )?;
+    guess.wait_sipp(Duration::from_secs(40))?;
+    for l in agent.output().lines().filter(|l| l.contains("CRACKED")) {
+        println!("  the agent: {l}");
+    }
+    let guess_s = Screen::read(&lab.dir.join("guess"))?;
+    println!(
+        "  the robot received {} 200 OK: the proof of its right guess was withheld (dropped on its way out)",
+        guess_s.messages("200", false)
+    );
+
+    step(
+        5,
+        &format!("test call: {CALLER_IP}, the robot's second address, registers 202 with the guessed password"),
+    );
+    std::fs::write(lab.subdir("call")?.join("account.csv"), "SEQUENTIAL\n202;202\n")?;
+    let mut call = lab.sipp(
+        "call",
+        "attacker",
+        "tests/scenarios/register_auth.xml",
+        CALLER_IP,
+        true,
+        &["-inf", "account.csv", "-m", "1", "-recv_timeout", "3000"],
+    )?;
+    call.wait_sipp(Duration::from_secs(40))?;
+
+    step(
+        6,
         &format!("REGISTER flood: {FLOODER_IP} sends REGISTERs as fast as SIPp can for 5 s"),
     );
     let mut flood = lab.sipp(
@@ -729,7 +783,7 @@ fn attack_demo() -> anyhow::Result<()> {
             b["expires_in_secs"].as_u64().map_or("?".into(), |s| s.to_string()),
         );
     }
-    let not_banned: Vec<&str> = [SCANNER_IP, PHONE_IP]
+    let not_banned: Vec<&str> = [SCANNER_IP, CALLER_IP, PHONE_IP]
         .into_iter()
         .filter(|ip| !ban_list.iter().any(|b| b["source"] == *ip))
         .collect();
@@ -737,7 +791,7 @@ fn attack_demo() -> anyhow::Result<()> {
         println!("  {ip:<12} {:<22} not banned", role_of(ip));
     }
     println!("  The agent logged each ban as it happened:");
-    for l in agent_log.lines().filter(|l| l.contains(" ban ")) {
+    for l in agent_log.lines().filter(|l| l.contains(" ban ") || l.contains("CRACKED") || l.contains("quarantine")) {
         println!("    {l}");
     }
 
@@ -748,6 +802,8 @@ fn attack_demo() -> anyhow::Result<()> {
     let flood_s = Screen::read(&lab.dir.join("flood"))?;
     let phone_s = Screen::read(&lab.dir.join("phone"))?;
     let probe_s = Screen::read(&lab.dir.join("probe"))?;
+    let guess_s = Screen::read(&lab.dir.join("guess"))?;
+    let call_s = Screen::read(&lab.dir.join("call"))?;
     let mut t = String::new();
     writeln!(
         t,
@@ -773,7 +829,19 @@ fn attack_demo() -> anyhow::Result<()> {
             "REGISTER",
             crack_s.messages("REGISTER", true),
         ),
-        ("4 flood", FLOODER_IP, "REGISTER", flood_s.messages("REGISTER", true)),
+        (
+            "4 password = extension",
+            GUESSER_IP,
+            "REGISTER",
+            guess_s.messages("REGISTER", true),
+        ),
+        (
+            "5 test call (202)",
+            CALLER_IP,
+            "REGISTER",
+            call_s.messages("REGISTER", true),
+        ),
+        ("6 flood", FLOODER_IP, "REGISTER", flood_s.messages("REGISTER", true)),
         (
             "the phone (2 per login)",
             PHONE_IP,
@@ -798,7 +866,8 @@ fn attack_demo() -> anyhow::Result<()> {
         crack_s.messages("200", false)
     );
     println!("  every attempt after the ban went unanswered, so the robot cannot even tell a right password from a wrong one.");
-    println!("  The probe is one packet: sipfilter judges sources by what they send, not by User-Agent, so a lone probe passes.");
+    println!("  The test call's REGISTER for the cracked extension 202 came from an address sipfilter did not know:");
+    println!("  quarantined in XDP; the PBX never saw it, while the phone's own extension kept working.");
 
     println!("\n=== What the phone saw ===");
     let (ok, failed) = (phone_s.stat("Successful call"), phone_s.stat("Failed call"));
@@ -824,8 +893,29 @@ fn attack_demo() -> anyhow::Result<()> {
         ),
         (
             "sipfilter_packet_reasons_total{reason=\"rate_register\"}",
-            "first REGISTER over a source's bucket (one per ban)",
+            "first REGISTER over a source's flood bucket (one per ban)",
         ),
+        (
+            "sipfilter_packet_reasons_total{reason=\"stealth\"}",
+            "probes from unknown sources dropped unanswered",
+        ),
+        (
+            "sipfilter_packet_reasons_total{reason=\"throttled\"}",
+            "unknown sources over their tight limits (dropped, no ban)",
+        ),
+        (
+            "sipfilter_packet_reasons_total{reason=\"quarantined\"}",
+            "requests for a cracked extension from unknown sources",
+        ),
+        (
+            "sipfilter_sip_answers_total{kind=\"challenge\"}",
+            "401/407 answers the PBX sent",
+        ),
+        ("sipfilter_bans_total{reason=\"auth_failure\"}", "bans for wrong passwords"),
+        ("sipfilter_bans_total{reason=\"enumeration\"}", "bans for scanning extensions"),
+        ("sipfilter_bans_total{reason=\"cracked\"}", "bans for a guessed password"),
+        ("sipfilter_cracked_total", "extensions found cracked"),
+        ("sipfilter_known_sources", "sources known now (the phone)"),
         (
             "sipfilter_packet_reasons_total{reason=\"banned\"}",
             "packets from sources already banned",
@@ -843,7 +933,7 @@ fn attack_demo() -> anyhow::Result<()> {
     }
     println!("  The metrics text is {}", promtool_check(&metrics));
     println!("\nRemoving the lab.");
-    drop((probe, sweep, crack, flood, phone, pbx, agent));
+    drop((probe, sweep, crack, guess, call, flood, phone, pbx, agent));
     drop(lab);
     Ok(())
 }

@@ -516,7 +516,7 @@ mod tests {
         }
         let (at, reason) = banned.expect("svwar never banned");
         assert_eq!(reason, ban_reason::ENUMERATION);
-        assert!(at + 1 >= min && at + 1 <= 12, "banned at challenge {}", at + 1);
+        assert!((min..=12).contains(&(at + 1)), "banned at challenge {}", at + 1);
         // svwar: all from one port, as fast as it can: the 8th challenge in a row bans.
         let mut svwar = AnswerState::default();
         let mut at = None;

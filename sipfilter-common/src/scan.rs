@@ -50,6 +50,10 @@ pub trait Bytes {
     }
     /// Bytes readable: `word(off)` succeeds while `off + 8 <= len()`.
     fn len(&self) -> usize;
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The 8 bytes at `off`, zero-padded past the end of the message (a message's last
     /// seven bytes are read through its last whole word); None at or past the end.
     #[inline(always)]

@@ -427,12 +427,15 @@ struct RawConfig {
     trust: Option<RawTrust>,
 }
 
+/// Makes an error at a place in the file: (span, field, message).
+type ErrorAt<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
+
 /// `[limits]`-shaped tables: a rate and a burst per class, each bounded.
 fn apply_limits(
     limits: RawLimits,
     out: &mut [ClassLimit; 3],
     section: &str,
-    err: &dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError,
+    err: &ErrorAt<'_>,
 ) -> Result<(), ConfigError> {
     for (i, (name, class)) in [
         ("register", limits.register),
@@ -514,6 +517,12 @@ struct RawAgent {
     mode: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+}
+
+/// Whether this build can put the trust tiers in force: only once the answers program loads
+/// (see README, "Status"). Until then `[trust]` is validated but changes nothing.
+pub fn trust_in_force() -> bool {
+    crate::loader::ANSWERS_LOADED
 }
 
 #[cfg(test)]
@@ -666,10 +675,4 @@ metrics_listen = "off"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Whether this build can put the trust tiers in force: only once the answers program loads
-/// (see README, "Status"). Until then `[trust]` is validated but changes nothing.
-pub fn trust_in_force() -> bool {
-    crate::loader::ANSWERS_LOADED
 }

@@ -110,7 +110,7 @@ pub fn sources(maps: &FilterMaps, trust: &TrustMaps, args: SourcesArgs) -> anyho
             st.drops,
         ));
     }
-    rows.sort_by(|a, b| b.8.cmp(&a.8));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.8));
     if args.json {
         let list: Vec<_> = rows
             .iter()

@@ -13,7 +13,7 @@
 //! a line longer than [`MAX_LINE`]) it reports as not found; callers pass such messages on
 //! unjudged.
 
-use crate::sip::Method;
+use crate::sip::{mask, word, Method};
 
 /// Payload bytes the scanner reads at most. A REGISTER or a 401 from common PBXs has its To
 /// and CSeq headers within the first 400 bytes even with two Via headers; 1024 leaves room for
@@ -119,25 +119,6 @@ fn first_flagged(flags: u64) -> usize {
 #[inline(always)]
 fn forget<B: Bytes + ?Sized>(b: &B, pos: usize) -> usize {
     b.forget(pos)
-}
-
-/// The first eight bytes of `s` as the word a load of them gives.
-const fn word(s: &[u8]) -> u64 {
-    let mut v = 0u64;
-    let mut i = 0;
-    while i < s.len() && i < 8 {
-        v |= (s[i] as u64) << (8 * i);
-        i += 1;
-    }
-    v
-}
-
-const fn mask(n: usize) -> u64 {
-    if n >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * n)) - 1
-    }
 }
 
 /// Position of the first `needle` at or after `pos`, looking at most `words` words ahead.

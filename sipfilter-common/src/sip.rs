@@ -123,7 +123,7 @@ pub const CLASSIFY_LEN: usize = 16;
 
 /// Builds the little-endian u64 of the first `N` (≤ 8) bytes of `s`: the value a load of
 /// the payload's first eight bytes has after masking to `N` bytes.
-const fn word(s: &[u8]) -> u64 {
+pub(crate) const fn word(s: &[u8]) -> u64 {
     let mut v = 0u64;
     let mut i = 0;
     while i < s.len() && i < 8 {
@@ -133,7 +133,8 @@ const fn word(s: &[u8]) -> u64 {
     v
 }
 
-const fn mask(n: usize) -> u64 {
+/// The low `n` bytes of a word.
+pub(crate) const fn mask(n: usize) -> u64 {
     if n >= 8 {
         u64::MAX
     } else {

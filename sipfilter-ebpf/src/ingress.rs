@@ -23,7 +23,7 @@ use crate::{
         ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, CRACKED_EXTENSIONS, DENYLIST, INGRESS_PROGRAMS, INSPECTION,
         INSPECT_SLOT, JUDGE_SLOT,
     },
-    parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, ScanWindow, L3},
+    parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, Headers, ScanWindow, L3},
     source_state::{ensure_fresh, source_state},
 };
 
@@ -108,19 +108,7 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         return Outcome::NotSipPort;
     }
 
-    // Receivers ignore CRLFs before the start line (RFC 3261 §7.5), so a REGISTER sent as
-    // "\r\nREGISTER …" is still a REGISTER, not a cheap way into the looser bucket.
-    let mut payload = h.udp + UdpHdr::LEN;
-    for _ in 0..2 {
-        match ptr_at::<[u8; 2], XdpContext>(ctx, payload) {
-            Some(p) if unsafe { *p } == *b"\r\n" => payload += 2,
-            _ => break,
-        }
-    }
-    let method = match ptr_at::<[u8; CLASSIFY_LEN], XdpContext>(ctx, payload) {
-        Some(head) => sipfilter_common::classify(unsafe { &*head }),
-        None => Method::Unknown,
-    };
+    let (payload, method) = sip_message(ctx, &h);
     if let Some(m) = counters.methods.get_mut(method as usize) {
         *m += 1;
     }
@@ -275,17 +263,7 @@ fn try_inspect(ctx: &XdpContext) -> (bool, bool) {
     let L3::Udp(h) = parse_l3(ctx) else {
         return (false, false);
     };
-    let mut payload = h.udp + UdpHdr::LEN;
-    for _ in 0..2 {
-        match ptr_at::<[u8; 2], XdpContext>(ctx, payload) {
-            Some(p) if unsafe { *p } == *b"\r\n" => payload += 2,
-            _ => break,
-        }
-    }
-    let method = match ptr_at::<[u8; CLASSIFY_LEN], XdpContext>(ctx, payload) {
-        Some(head) => sipfilter_common::classify(unsafe { &*head }),
-        None => Method::Unknown,
-    };
+    let (payload, method) = sip_message(ctx, &h);
     // The extension at stake: the To user of a REGISTER, the caller (From) of an INVITE.
     let register = method == Method::Register;
     let Some(bytes) = ScanWindow::of_xdp(ctx, payload) else {
@@ -309,6 +287,25 @@ fn try_inspect(ctx: &XdpContext) -> (bool, bool) {
         None => false,
     };
     (quarantined, found.credentials)
+}
+
+/// Where a datagram's SIP message starts and what it is. Receivers ignore CRLFs before the
+/// start line (RFC 3261 §7.5), so a REGISTER sent as "\r\nREGISTER …" is still a REGISTER,
+/// not a cheap way into the looser bucket.
+#[inline(always)]
+fn sip_message(ctx: &XdpContext, h: &Headers) -> (usize, Method) {
+    let mut payload = h.udp + UdpHdr::LEN;
+    for _ in 0..2 {
+        match ptr_at::<[u8; 2], XdpContext>(ctx, payload) {
+            Some(p) if unsafe { *p } == *b"\r\n" => payload += 2,
+            _ => break,
+        }
+    }
+    let method = match ptr_at::<[u8; CLASSIFY_LEN], XdpContext>(ctx, payload) {
+        Some(head) => sipfilter_common::classify(unsafe { &*head }),
+        None => Method::Unknown,
+    };
+    (payload, method)
 }
 
 /// Allowlist, denylist, then ban (the SIP path's order) for traffic that is not SIP, under

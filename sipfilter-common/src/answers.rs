@@ -265,7 +265,9 @@ impl AnswerState {
     pub fn judge(&mut self, answer: &Answer, known: bool, trust: &TrustConfig, now: u64) -> Judgement {
         let policy = if known { &trust.known } else { &trust.unknown };
         // Suspicion fades: failures older than the window no longer make a success "cracked".
-        if self.last_failure_ns != 0 && now.saturating_sub(self.last_failure_ns) > trust.suspect_window_secs as u64 * NS_PER_SEC {
+        if self.last_failure_ns != 0
+            && now.saturating_sub(self.last_failure_ns) > trust.suspect_window_secs as u64 * NS_PER_SEC
+        {
             for f in self.failed.iter_mut() {
                 clear(f);
             }
@@ -286,7 +288,9 @@ impl AnswerState {
                 }
                 let others = self.others_failed(ext);
                 if policy.crack_min_extensions != 0 && others >= policy.crack_min_extensions {
-                    return Judgement::Cracked { other_extensions: others };
+                    return Judgement::Cracked {
+                        other_extensions: others,
+                    };
                 }
                 if answer.method == Method::Register && !self.has_failed(ext) {
                     return Judgement::Promote;
@@ -376,8 +380,8 @@ impl AnswerState {
 mod tests {
     extern crate std;
     use super::*;
-    use std::format;
     use crate::{counters::ban_reason, scan::ext_from};
+    use std::format;
 
     fn ans(code: u16, method: Method, cseq: u32, ext: &str) -> Answer {
         Answer {
@@ -398,10 +402,19 @@ mod tests {
         let mut st = AnswerState::default();
         for round in 0..100u32 {
             let now = T0 + round as u64 * 60 * S;
-            assert_eq!(st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now), Judgement::Nothing);
+            assert_eq!(
+                st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now),
+                Judgement::Nothing
+            );
             // A retransmission of the challenged REGISTER is answered again: not a failure.
-            assert_eq!(st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now), Judgement::Nothing);
-            assert_eq!(st.judge(&ans(200, Method::Register, 2 * round + 1, "201"), false, &trust, now), Judgement::Promote);
+            assert_eq!(
+                st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now),
+                Judgement::Nothing
+            );
+            assert_eq!(
+                st.judge(&ans(200, Method::Register, 2 * round + 1, "201"), false, &trust, now),
+                Judgement::Promote
+            );
         }
         assert_eq!(st.failures, 0);
     }
@@ -413,7 +426,12 @@ mod tests {
         let now = T0;
         st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, now);
         for guess in 1..=5u32 {
-            let v = st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, &trust, now + guess as u64 * S / 10);
+            let v = st.judge(
+                &ans(401, Method::Register, 1 + guess, "201"),
+                false,
+                &trust,
+                now + guess as u64 * S / 10,
+            );
             if guess < 5 {
                 assert_eq!(v, Judgement::Nothing, "guess {guess}");
             } else {
@@ -447,7 +465,12 @@ mod tests {
         let trust = TrustConfig::default();
         let mut st = AnswerState::default();
         for (i, ext) in ["100", "101", "102", "103", "104"].iter().enumerate() {
-            let v = st.judge(&ans(404, Method::Register, 1, ext), false, &trust, T0 + i as u64 * S / 10);
+            let v = st.judge(
+                &ans(404, Method::Register, 1, ext),
+                false,
+                &trust,
+                T0 + i as u64 * S / 10,
+            );
             assert_eq!(v == Judgement::Ban(ban_reason::NOT_FOUND), i == 4, "{ext}");
         }
     }
@@ -460,7 +483,10 @@ mod tests {
         // 200: not found; 201: wrong password (challenge, then re-challenge); 202: right.
         st.judge(&ans(404, Method::Register, 1, "200"), false, &trust, now);
         st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, now);
-        assert_eq!(st.judge(&ans(401, Method::Register, 2, "201"), false, &trust, now), Judgement::Nothing);
+        assert_eq!(
+            st.judge(&ans(401, Method::Register, 2, "201"), false, &trust, now),
+            Judgement::Nothing
+        );
         st.judge(&ans(401, Method::Register, 1, "202"), false, &trust, now);
         assert_eq!(
             st.judge(&ans(200, Method::Register, 2, "202"), false, &trust, now),
@@ -482,9 +508,21 @@ mod tests {
             assert!(!matches!(v, Judgement::Ban(_)), "banned at tick {tick}");
             for phone in 0..3 {
                 let ext = ext_from(["201", "202", "203"][phone]);
-                let a = Answer { code: 401, method: Method::Register, cseq, ext, port: 5060 };
+                let a = Answer {
+                    code: 401,
+                    method: Method::Register,
+                    cseq,
+                    ext,
+                    port: 5060,
+                };
                 st.judge(&a, known, &trust, now);
-                let ok = Answer { code: 200, method: Method::Register, cseq: cseq + 1, ext, port: 5060 };
+                let ok = Answer {
+                    code: 200,
+                    method: Method::Register,
+                    cseq: cseq + 1,
+                    ext,
+                    port: 5060,
+                };
                 match st.judge(&ok, known, &trust, now) {
                     Judgement::Promote => known = true,
                     Judgement::Nothing => {}
@@ -509,7 +547,18 @@ mod tests {
             // A slow scanner (one probe every 250 ms) changing its source port each time: the
             // grace-time rule catches it.
             let port = 40000 + i as u16;
-            if let Judgement::Ban(r) = robot.judge(&Answer { code: 401, method: Method::Register, cseq: i, ext, port }, false, &trust, now) {
+            if let Judgement::Ban(r) = robot.judge(
+                &Answer {
+                    code: 401,
+                    method: Method::Register,
+                    cseq: i,
+                    ext,
+                    port,
+                },
+                false,
+                &trust,
+                now,
+            ) {
                 banned = Some((i, r));
                 break;
             }
@@ -522,7 +571,13 @@ mod tests {
         let mut at = None;
         for i in 0..40u32 {
             let ext = ext_from(&format!("{}", 201 + i));
-            let a = Answer { code: 401, method: Method::Register, cseq: i, ext, port: 5060 };
+            let a = Answer {
+                code: 401,
+                method: Method::Register,
+                cseq: i,
+                ext,
+                port: 5060,
+            };
             if svwar.judge(&a, false, &trust, T0) != Judgement::Nothing {
                 at = Some(i + 1);
                 break;
@@ -534,12 +589,24 @@ mod tests {
         let mut office = AnswerState::default();
         for i in 0..50u32 {
             let ext = ext_from(&format!("{}", 201 + i));
-            let a = Answer { code: 401, method: Method::Register, cseq: i, ext, port: 20000 + i as u16 };
+            let a = Answer {
+                code: 401,
+                method: Method::Register,
+                cseq: i,
+                ext,
+                port: 20000 + i as u16,
+            };
             assert_eq!(office.judge(&a, false, &trust, T0), Judgement::Nothing, "phone {i}");
         }
         for line in 0..6u32 {
             let ext = ext_from(&format!("{}", 301 + line));
-            let a = Answer { code: 401, method: Method::Register, cseq: line, ext, port: 5062 };
+            let a = Answer {
+                code: 401,
+                method: Method::Register,
+                cseq: line,
+                ext,
+                port: 5062,
+            };
             assert_eq!(office.judge(&a, false, &trust, T0), Judgement::Nothing, "line {line}");
         }
         // Its phones send credentials at once: later challenges on one port never count as
@@ -547,14 +614,23 @@ mod tests {
         office.credentialed = 1;
         for i in 0..3u32 {
             let ext = ext_from(&format!("{}", 401 + i));
-            let a = Answer { code: 401, method: Method::Register, cseq: i, ext, port: 5062 };
+            let a = Answer {
+                code: 401,
+                method: Method::Register,
+                cseq: i,
+                ext,
+                port: 5062,
+            };
             assert_eq!(office.judge(&a, false, &trust, T0 + 10 * S), Judgement::Nothing);
         }
     }
 
     #[test]
     fn budgets_leak() {
-        let b = Budget { capacity: 5, leak_secs: 10 };
+        let b = Budget {
+            capacity: 5,
+            leak_secs: 10,
+        };
         let mut debt = 0;
         for _ in 0..4 {
             assert!(!charge(&mut debt, &b, T0));
@@ -564,7 +640,10 @@ mod tests {
         assert!(!charge(&mut debt, &b, T0 + 25 * S));
         assert!(!charge(&mut debt, &b, T0 + 25 * S));
         assert!(charge(&mut debt, &b, T0 + 25 * S));
-        let off = Budget { capacity: 0, leak_secs: 10 };
+        let off = Budget {
+            capacity: 0,
+            leak_secs: 10,
+        };
         assert!(!charge(&mut debt, &off, T0));
     }
 }

@@ -279,7 +279,11 @@ impl Default for KernelConfig {
             ipv6_mask_be: ipv6_mask(128),
             ipv6_group_mask_be: ipv6_mask(defaults::IPV6_PREFIX_LEN),
             limits: [defaults::REGISTER, defaults::INVITE, defaults::OTHER],
-            unknown_limits: [defaults::UNKNOWN_REGISTER, defaults::UNKNOWN_INVITE, defaults::UNKNOWN_OTHER],
+            unknown_limits: [
+                defaults::UNKNOWN_REGISTER,
+                defaults::UNKNOWN_INVITE,
+                defaults::UNKNOWN_OTHER,
+            ],
             trust: TrustConfig::default(),
             ban_base_ns: defaults::BAN_BASE_SECS * NS_PER_SEC,
             ban_max_ns: defaults::BAN_MAX_SECS * NS_PER_SEC,

@@ -2,7 +2,6 @@
 
 use crate::sip::{Method, RateClass};
 
-
 /// What the program did with a packet.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,11 +15,13 @@ pub mod maps;
 pub mod scan;
 pub mod sip;
 
-pub use bucket::TokenBucket;
 pub use answers::{Answer, AnswerState, Judgement};
+pub use bucket::TokenBucket;
 pub use config::{Budget, ClassLimit, KernelConfig, TierPolicy, TrustConfig};
 pub use counters::{Counters, Outcome, Verdict};
-pub use maps::{Ban, BanEvent, ClockSample, CrackedExtension, KnownSource, ListEntry, OffenseHistory, RateState, SourceKey};
+pub use maps::{
+    Ban, BanEvent, ClockSample, CrackedExtension, KnownSource, ListEntry, OffenseHistory, RateState, SourceKey,
+};
 pub use sip::{classify, Method, RateClass};
 
 /// Nanoseconds per second, the unit of every time in the maps (CLOCK_BOOTTIME).

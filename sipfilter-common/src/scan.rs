@@ -595,7 +595,8 @@ Content-Length: 0\r\n\r\n";
 
     #[test]
     fn folded_header_and_tel_uri() {
-        let msg = b"INVITE tel:+232123 SIP/2.0\r\nTo:\r\n <tel:+232-76-123;phone-context=x>\r\nFrom: <sip:201@h>\r\n\r\n";
+        let msg =
+            b"INVITE tel:+232123 SIP/2.0\r\nTo:\r\n <tel:+232-76-123;phone-context=x>\r\nFrom: <sip:201@h>\r\n\r\n";
         assert_eq!(user(msg, |f| f.to_at), Some(ext_from("+232-76-123")));
     }
 
@@ -672,7 +673,11 @@ Content-Length: 0\r\n\r\n";
             request_identity(m, f.via_at, cseq(m, f.cseq_at).unwrap().0)
         };
         assert_eq!(id(&answer("a1", 2)), id(&answer("a1", 2)), "a retransmission");
-        assert_ne!(id(&answer("a1", 2)), id(&answer("a2", 2)), "svcrack: same CSeq, new branch");
+        assert_ne!(
+            id(&answer("a1", 2)),
+            id(&answer("a2", 2)),
+            "svcrack: same CSeq, new branch"
+        );
         assert_ne!(id(&answer("a1", 2)), id(&answer("a1", 3)), "a new CSeq");
     }
 

@@ -2,8 +2,7 @@
 //! event for userspace and the counters. Both programs ban through here.
 
 use sipfilter_common::{
-    answers::AnswerState, scan::Extension, Ban, BanEvent, Counters, KernelConfig, Method,
-    OffenseHistory, SourceKey,
+    answers::AnswerState, scan::Extension, Ban, BanEvent, Counters, KernelConfig, Method, OffenseHistory, SourceKey,
 };
 
 use crate::maps::{BAN_EVENTS, BAN_TABLE, OFFENSE_HISTORY};

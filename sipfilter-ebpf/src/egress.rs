@@ -20,11 +20,11 @@ use crate::{
     bans::{ban, Cause},
     clock::now,
     maps::{
-        PendingAnswer, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, JUDGE_ANSWER_SLOT, KNOWN_SOURCES,
-        PENDING_ANSWER, IDENTIFY_SLOT, READ_CALLER_SLOT,
+        PendingAnswer, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, IDENTIFY_SLOT, JUDGE_ANSWER_SLOT,
+        KNOWN_SOURCES, PENDING_ANSWER, READ_CALLER_SLOT,
     },
     parse::{load_address, parse_l3, udp_ports, Datagram, ScanWindow, L3},
-    source_state::{existing_state, ensure_fresh, top_up},
+    source_state::{ensure_fresh, existing_state, top_up},
 };
 
 /// "SIP/2.0 " as the first word of a payload.

@@ -20,8 +20,8 @@ use crate::{
     clock::now,
     lists::listed,
     maps::{
-        ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, CRACKED_EXTENSIONS, DENYLIST, INGRESS_PROGRAMS, INSPECTION,
-        INSPECT_SLOT, JUDGE_SLOT,
+        ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, CRACKED_EXTENSIONS, DENYLIST, INGRESS_PROGRAMS,
+        INSPECTION, INSPECT_SLOT, JUDGE_SLOT,
     },
     parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, Headers, ScanWindow, L3},
     source_state::{ensure_fresh, source_state},
@@ -161,7 +161,10 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         }
         // A source that was challenged on many extensions and never sent credentials is
         // enumerating: banned on its next request (the PBX sees no more of it).
-        if state.answers.enumerating(now, config.trust.unknown.enumeration_challenges) {
+        if state
+            .answers
+            .enumerating(now, config.trust.unknown.enumeration_challenges)
+        {
             let cause = Cause {
                 reason: ban_reason::ENUMERATION,
                 method,
@@ -199,7 +202,8 @@ fn untrusted_request(
     // The headers are read only while they can matter: an extension is quarantined, or the
     // source was challenged and has not yet shown it answers challenges with credentials
     // (what tells a phone from a scanner). A flood that no PBX answered is not read at all.
-    let wanted = config.flag(FLAG_QUARANTINE) || (state.answers.first_challenges != 0 && state.answers.credentialed == 0);
+    let wanted =
+        config.flag(FLAG_QUARANTINE) || (state.answers.first_challenges != 0 && state.answers.credentialed == 0);
     if wanted && matches!(method, Method::Register | Method::Invite) {
         // The headers are read by a program of their own (reached by tail call, handing the
         // packet back with its answer): scanning inline would push this program past the

@@ -81,8 +81,7 @@ pub static INSPECTION: PerCpuArray<Inspection> = PerCpuArray::with_max_entries(1
 
 /// This CPU's copy of the payload the header scanner reads (see `parse::ScanWindow`).
 #[map(name = "scan_buffer")]
-pub static SCAN_BUFFER: PerCpuArray<[u8; 2 * sipfilter_common::scan::SCAN_LIMIT]> =
-    PerCpuArray::with_max_entries(1, 0);
+pub static SCAN_BUFFER: PerCpuArray<[u8; 2 * sipfilter_common::scan::SCAN_LIMIT]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The egress programs reached by tail call: [`JUDGE_ANSWER_SLOT`] judges what the answers
 /// program read, [`READ_CALLER_SLOT`] reads the caller first where the answer needs it. Not pinned: each loader fills its own.

@@ -119,7 +119,6 @@ impl ScanWindow {
         Some(ScanWindow::new(buf, len, cut))
     }
 
-
     #[inline(always)]
     fn new(buf: *mut u8, len: usize, cut: bool) -> ScanWindow {
         ScanWindow { buf, len, cut }

@@ -118,7 +118,11 @@ impl Default for TrustSettings {
             quarantine: true,
             withhold_cracked: true,
             known_for: Duration::from_secs(defaults::KNOWN_TTL_SECS as u64),
-            unknown_limits: [defaults::UNKNOWN_REGISTER, defaults::UNKNOWN_INVITE, defaults::UNKNOWN_OTHER],
+            unknown_limits: [
+                defaults::UNKNOWN_REGISTER,
+                defaults::UNKNOWN_INVITE,
+                defaults::UNKNOWN_OTHER,
+            ],
         }
     }
 }

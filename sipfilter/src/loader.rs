@@ -10,8 +10,8 @@ use aya::{
 };
 use sipfilter_common::{
     maps::{
-        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, EGRESS_PROGRAMS, IDENTIFY_PROGRAM, JUDGE_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, FLOOR_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM,
-        TC_FLOOR_PROGRAM, XDP_PROGRAM,
+        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS, FLOOR_PROGRAM,
+        IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
 };
@@ -294,7 +294,6 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .try_into()
         .with_context(|| format!("{name} is not an XDP program"))
 }
-
 
 /// Fills the ingress program's tail-call table: the inspection, and the ingress program
 /// itself for the inspection to hand the packet back to.

@@ -145,7 +145,16 @@ impl Lab {
             .context("PBX end has no link address")?
             .to_string();
         self.lan.ip(&[
-            "-6", "neigh", "replace", pbx, "lladdr", &mac, "dev", &self.lan_if, "nud", "permanent",
+            "-6",
+            "neigh",
+            "replace",
+            pbx,
+            "lladdr",
+            &mac,
+            "dev",
+            &self.lan_if,
+            "nud",
+            "permanent",
         ])?;
         Ok(())
     }
@@ -704,11 +713,19 @@ fn ipv6_a_flood_bans_its_address_and_a_phone_in_the_same_64_keeps_registering() 
     )?;
     send_to(&phone_socket, pbx6, "REGISTER", 10)?;
     assert_eq!(rx.from(&attacker), UNKNOWN_BURST, "the attacker's burst, then nothing");
-    assert_eq!(rx.from(&phone), 15, "every REGISTER of the phone next door reached the PBX");
+    assert_eq!(
+        rx.from(&phone),
+        15,
+        "every REGISTER of the phone next door reached the PBX"
+    );
 
     let bans = ban_list(&lab)?;
     assert_eq!(bans.len(), 1, "{bans:?}");
-    assert_eq!(bans[0]["source"], attacker.as_str(), "the address is banned, not its /64: {bans:?}");
+    assert_eq!(
+        bans[0]["source"],
+        attacker.as_str(),
+        "the address is banned, not its /64: {bans:?}"
+    );
     assert_eq!(bans[0]["reason"], "rate_register", "{bans:?}");
     assert!(deny_cidrs(&lab)?.is_empty(), "one banned address does not ban its /64");
     let log = agent.stop()?;
@@ -733,23 +750,37 @@ fn ipv6_three_banned_addresses_ban_their_64() -> anyhow::Result<()> {
     for (i, addr) in flooders.iter().enumerate() {
         started = std::time::Instant::now();
         send_to(&lab.sender(addr)?, pbx6, "REGISTER", 200)?;
-        agent.wait_for_log(&format!("ban source={addr} reason=rate_register"), Duration::from_secs(5))?;
+        agent.wait_for_log(
+            &format!("ban source={addr} reason=rate_register"),
+            Duration::from_secs(5),
+        )?;
         if i < 2 {
-            assert!(!agent.log().contains("reason=prefix"), "banned the /64 after {} address(es)", i + 1);
+            assert!(
+                !agent.log().contains("reason=prefix"),
+                "banned the /64 after {} address(es)",
+                i + 1
+            );
         }
     }
     agent.wait_for_log(
         "ban source=2001:db8:205:1::/64 reason=prefix duration=300s (several of its addresses were banned)",
         Duration::from_secs(5),
     )?;
-    eprintln!("ipv6 evidence: prefix ban logged {:?} after the third address began its flood", started.elapsed());
+    eprintln!(
+        "ipv6 evidence: prefix ban logged {:?} after the third address began its flood",
+        started.elapsed()
+    );
     assert_eq!(deny_cidrs(&lab)?, vec!["2001:db8:205:1::/64".to_string()]);
     for addr in &flooders {
         assert_eq!(rx.from(addr), UNKNOWN_BURST, "{addr}");
     }
 
     send_to(&lab.sender(&fresh)?, pbx6, "REGISTER", 10)?;
-    assert_eq!(rx.from(&fresh), 0, "a fresh address of the banned /64 gets nothing through");
+    assert_eq!(
+        rx.from(&fresh),
+        0,
+        "a fresh address of the banned /64 gets nothing through"
+    );
     send_to(&lab.sender(&elsewhere)?, pbx6, "REGISTER", 10)?;
     assert_eq!(rx.from(&elsewhere), 10, "another /64 is not affected");
     Ok(())
@@ -772,7 +803,10 @@ fn ipv6_rotation_under_every_address_limit_exhausts_the_prefix_budget() -> anyho
     lab.add_ipv6(pbx6, &all)?;
     let rx = lab.receiver_at(pbx6)?;
     let mut agent = lab.agent("agent", &["--detach-on-exit", "--metrics-listen", "off"])?;
-    let sockets = rotating.iter().map(|a| lab.sender(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let sockets = rotating
+        .iter()
+        .map(|a| lab.sender(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let started = std::time::Instant::now();
     for s in &sockets {
@@ -785,15 +819,29 @@ fn ipv6_rotation_under_every_address_limit_exhausts_the_prefix_budget() -> anyho
     )?;
     let banned_after = started.elapsed();
     eprintln!("ipv6 rotation: 8400 REGISTERs sent in {sent_in:?}, prefix ban logged {banned_after:?} after the first");
-    assert!(banned_after < Duration::from_secs(8), "prefix ban after {banned_after:?}");
+    assert!(
+        banned_after < Duration::from_secs(8),
+        "prefix ban after {banned_after:?}"
+    );
     let through = rx.total();
-    assert_eq!(through, 60 * UNKNOWN_BURST, "each address: its unknown burst, the rest throttled");
+    assert_eq!(
+        through,
+        60 * UNKNOWN_BURST,
+        "each address: its unknown burst, the rest throttled"
+    );
     let log = agent.log();
-    assert!(!log.contains("reason=rate_register"), "no address reached its own limit:\n{log}");
+    assert!(
+        !log.contains("reason=rate_register"),
+        "no address reached its own limit:\n{log}"
+    );
     assert_eq!(deny_cidrs(&lab)?, vec!["2001:db8:206:1::/64".to_string()]);
 
     send_to(&lab.sender(&fresh)?, pbx6, "REGISTER", 10)?;
-    assert_eq!(rx.from(&fresh), 0, "a fresh address of the rotating /64 gets nothing through");
+    assert_eq!(
+        rx.from(&fresh),
+        0,
+        "a fresh address of the rotating /64 gets nothing through"
+    );
     send_to(&lab.sender(&elsewhere)?, pbx6, "REGISTER", 10)?;
     assert_eq!(rx.from(&elsewhere), 10, "another /64 is not affected");
     Ok(())
@@ -843,7 +891,11 @@ fn registrar_answer(msg: &str, users: &HashMap<String, String>) -> Option<(u16, 
     let mut out = format!("SIP/2.0 {status}\r\n");
     for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
         let v = header(msg, h)?;
-        let v = if h == "To" { format!("{v};tag=srv") } else { v.to_string() };
+        let v = if h == "To" {
+            format!("{v};tag=srv")
+        } else {
+            v.to_string()
+        };
         out.push_str(&format!("{h}: {v}\r\n"));
     }
     if status.starts_with("401") {
@@ -867,7 +919,9 @@ impl Responder {
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
                 let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let to = header(&msg, "To").map(uri_user).unwrap_or_default();
                 let mut code = 0;
@@ -967,7 +1021,10 @@ impl Registering {
         match self.socket.recv_from(&mut buf) {
             Ok((n, _)) => {
                 let text = String::from_utf8_lossy(&buf[..n]);
-                Ok(text.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()))
+                Ok(text
+                    .strip_prefix("SIP/2.0 ")
+                    .and_then(|r| r.get(..3))
+                    .and_then(|c| c.parse().ok()))
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
             Err(e) => Err(e.into()),
@@ -983,14 +1040,24 @@ fn cli_json(lab: &Lab, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> 
 fn known(lab: &Lab) -> anyhow::Result<Vec<(String, String)>> {
     Ok(cli_json(lab, &["known", "list", "--json"])?
         .iter()
-        .map(|k| (k["source"].as_str().unwrap_or("").to_owned(), k["extension"].as_str().unwrap_or("").to_owned()))
+        .map(|k| {
+            (
+                k["source"].as_str().unwrap_or("").to_owned(),
+                k["extension"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect())
 }
 
 fn cracked(lab: &Lab) -> anyhow::Result<Vec<(String, String)>> {
     Ok(cli_json(lab, &["cracked", "list", "--json"])?
         .iter()
-        .map(|k| (k["extension"].as_str().unwrap_or("").to_owned(), k["source"].as_str().unwrap_or("").to_owned()))
+        .map(|k| {
+            (
+                k["extension"].as_str().unwrap_or("").to_owned(),
+                k["source"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect())
 }
 
@@ -1005,7 +1072,9 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     let mut p = Registering::new(&lab, &phone)?;
     assert_eq!(p.register("201", None)?, Some(401));
     assert_eq!(p.register("201", Some("Pw-201-phone"))?, Some(200));
-    eventually("the phone is known", || Ok(known(&lab)? == vec![(phone.clone(), "201".to_string())]))?;
+    eventually("the phone is known", || {
+        Ok(known(&lab)? == vec![(phone.clone(), "201".to_string())])
+    })?;
 
     // The password = extension robot: 200 is not found, 201 refuses "201", 202 takes "202".
     let mut r = Registering::new(&lab, &robot)?;
@@ -1013,10 +1082,20 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     assert_eq!(r.register("201", None)?, Some(401));
     assert_eq!(r.register("201", Some("201"))?, Some(401));
     assert_eq!(r.register("202", None)?, Some(401));
-    assert_eq!(r.register("202", Some("202"))?, None, "the cracked guess's 200 is withheld");
-    assert_eq!(pbx.answers_to(&robot), vec![404, 401, 401, 401, 200], "the PBX did answer 200");
+    assert_eq!(
+        r.register("202", Some("202"))?,
+        None,
+        "the cracked guess's 200 is withheld"
+    );
+    assert_eq!(
+        pbx.answers_to(&robot),
+        vec![404, 401, 401, 401, 200],
+        "the PBX did answer 200"
+    );
     agent.wait_for_log(&format!("ban source={robot} reason=cracked"), Duration::from_secs(5))?;
-    eventually("202 is cracked", || Ok(cracked(&lab)? == vec![("202".to_string(), robot.clone())]))?;
+    eventually("202 is cracked", || {
+        Ok(cracked(&lab)? == vec![("202".to_string(), robot.clone())])
+    })?;
     eventually("both in the state file", || {
         let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.state_file())?)?;
         Ok(state["known"].as_array().is_some_and(|k| k.len() == 1)
@@ -1025,12 +1104,18 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     agent.stop()?;
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.state_file())?)?;
     assert_eq!(
-        (state["known"][0]["source"].as_str(), state["known"][0]["extension"].as_str()),
+        (
+            state["known"][0]["source"].as_str(),
+            state["known"][0]["extension"].as_str()
+        ),
         (Some(phone.as_str()), Some("201")),
         "{state:#}"
     );
     assert_eq!(
-        (state["cracked"][0]["extension"].as_str(), state["cracked"][0]["source"].as_str()),
+        (
+            state["cracked"][0]["extension"].as_str(),
+            state["cracked"][0]["source"].as_str()
+        ),
         (Some("202"), Some(robot.as_str())),
         "{state:#}"
     );
@@ -1066,7 +1151,11 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     send_to(&o.socket, &lab.v4(1), "OPTIONS", 5)?;
     assert_eq!(pbx.from(&other, None), 0, "an unknown source's OPTIONS");
     assert_eq!(o.register("202", Some("202"))?, None);
-    assert_eq!(pbx.from(&other, Some("202")), 0, "quarantine: REGISTER for 202 from an unknown source");
+    assert_eq!(
+        pbx.from(&other, Some("202")),
+        0,
+        "quarantine: REGISTER for 202 from an unknown source"
+    );
     assert_eq!(o.register("201", None)?, Some(401), "other extensions are open");
     drop(agent);
     sipfilter(None, &lab.pin_dir(), &["detach"])?;

@@ -319,7 +319,10 @@ fn sipp_register_flood_is_banned_while_a_phone_keeps_registering() -> anyhow::Re
 
     let log = agent.output();
     assert!(
-        log.contains(&format!("ban source={attacker} reason={} method=REGISTER", ban["reason"].as_str().unwrap())),
+        log.contains(&format!(
+            "ban source={attacker} reason={} method=REGISTER",
+            ban["reason"].as_str().unwrap()
+        )),
         "the agent logs the ban:\n{log}"
     );
     assert_eq!(

@@ -42,7 +42,11 @@ impl<'a> Peer<'a> {
     fn send(&mut self, method: &str, from: &str, to: &str) -> u32 {
         self.cseq += 1;
         self.f
-            .run(&P::request4(self.ip, &sip_request_from(method, from, to, self.cseq)).build().bytes)
+            .run(
+                &P::request4(self.ip, &sip_request_from(method, from, to, self.cseq))
+                    .build()
+                    .bytes,
+            )
             .expect("XDP run")
     }
 
@@ -53,7 +57,11 @@ impl<'a> Peer<'a> {
     /// The PBX answers the last request: the TC action.
     fn answer(&self, status: &str, method: &str, from: &str, to: &str) -> u32 {
         self.f
-            .run_answer(&P::answer4(self.ip, &sip_answer(status, method, self.cseq, from, to)).build().bytes)
+            .run_answer(
+                &P::answer4(self.ip, &sip_answer(status, method, self.cseq, from, to))
+                    .build()
+                    .bytes,
+            )
             .expect("TC run")
     }
 
@@ -82,10 +90,17 @@ fn a_phone_that_registers_cleanly_becomes_known_and_gets_the_office_limits() -> 
     assert_eq!(f.counters()?.promoted, 1);
     // Known: the NAT-office burst (150) applies, where an unknown source gets 20.
     let burst = defaults::REGISTER.burst as usize;
-    let (passed, _) = f.run_n(&P::request4(addr(20), &sip_request_from("REGISTER", "202", "202", 9)).build().bytes, burst)?;
+    let (passed, _) = f.run_n(
+        &P::request4(addr(20), &sip_request_from("REGISTER", "202", "202", 9))
+            .build()
+            .bytes,
+        burst,
+    )?;
     assert_eq!(passed, burst);
     let unknown_burst = defaults::UNKNOWN_REGISTER.burst as usize;
-    let stranger = P::request4(addr(21), &sip_request_from("REGISTER", "203", "203", 1)).build().bytes;
+    let stranger = P::request4(addr(21), &sip_request_from("REGISTER", "203", "203", 1))
+        .build()
+        .bytes;
     assert_eq!(f.run_n(&stranger, unknown_burst + 1)?, (unknown_burst, 1));
     assert!(f.ban_events().iter().all(|e| e.source != key));
     Ok(())
@@ -182,14 +197,26 @@ fn the_password_equals_extension_robot_cracks_202_and_is_caught_with_its_proof_w
     k.flags |= FLAG_QUARANTINE;
     f.set_config(&k)?;
     let mut phone = Peer::new(&f, addr(20));
-    assert_eq!(phone.login("210", "200 OK"), Some(TC_ACT_OK), "the office becomes known");
+    assert_eq!(
+        phone.login("210", "200 OK"),
+        Some(TC_ACT_OK),
+        "the office becomes known"
+    );
     let mut second = Peer::new(&f, addr(69));
     let before = f.counters()?.outcome(Outcome::Quarantined);
     assert_eq!(second.register("202"), XDP_DROP, "REGISTER for 202 from a new address");
-    assert_eq!(second.send("INVITE", "202", "0023276123456"), XDP_DROP, "the test call from 202");
+    assert_eq!(
+        second.send("INVITE", "202", "0023276123456"),
+        XDP_DROP,
+        "the test call from 202"
+    );
     assert_eq!(f.counters()?.outcome(Outcome::Quarantined) - before, 2);
     assert_eq!(second.register("204"), XDP_PASS, "other extensions are not quarantined");
-    assert_eq!(phone.register("202"), XDP_PASS, "202's own phone, from its known address");
+    assert_eq!(
+        phone.register("202"),
+        XDP_PASS,
+        "202's own phone, from its known address"
+    );
     assert_eq!(phone.send("INVITE", "202", "030123456"), XDP_PASS);
     assert!(f.ban_events().is_empty(), "quarantine drops, it does not ban");
     Ok(())
@@ -203,7 +230,11 @@ fn stealth_silences_probes_from_unknown_sources_only() -> anyhow::Result<()> {
     assert_eq!(f.counters()?.outcome(Outcome::Stealth), 1);
     let mut phone = Peer::new(&f, addr(20));
     phone.login("201", "200 OK");
-    assert_eq!(phone.send("OPTIONS", "201", "201"), XDP_PASS, "a known phone's keep-alive");
+    assert_eq!(
+        phone.send("OPTIONS", "201", "201"),
+        XDP_PASS,
+        "a known phone's keep-alive"
+    );
     assert!(f.ban_events().is_empty());
     Ok(())
 }
@@ -301,14 +332,26 @@ fn fifty_phones_behind_an_unknown_nat_address_all_register_after_a_power_cut() -
             // Behind the NAT each phone has a port of its own.
             let port = 20000 + p.ext.parse::<u16>()?;
             let pbx = Ipv4Addr::new(192, 0, 2, 1);
-            let req = P::udp4(nat, pbx, port, 5060, &sip_request_from("REGISTER", &p.ext, &p.ext, p.cseq))
-                .build()
-                .bytes;
+            let req = P::udp4(
+                nat,
+                pbx,
+                port,
+                5060,
+                &sip_request_from("REGISTER", &p.ext, &p.ext, p.cseq),
+            )
+            .build()
+            .bytes;
             if f.run(&req)? == XDP_PASS {
                 let status = if p.authenticated { "200 OK" } else { "401 Unauthorized" };
-                let ans = P::udp4(pbx, nat, 5060, port, &sip_answer(status, "REGISTER", p.cseq, &p.ext, &p.ext))
-                    .build()
-                    .bytes;
+                let ans = P::udp4(
+                    pbx,
+                    nat,
+                    5060,
+                    port,
+                    &sip_answer(status, "REGISTER", p.cseq, &p.ext, &p.ext),
+                )
+                .build()
+                .bytes;
                 f.run_answer(&ans)?;
                 if p.authenticated {
                     p.registered = true;

@@ -181,11 +181,7 @@ fn an_ipv6_address_ban_covers_that_address_and_a_prefix_ban_its_prefix() -> anyh
     let out = ok(&f, &["ban", "add", "2001:db8:1:2::5", "--for", "1h"]);
     assert!(out.contains("banned 2001:db8:1:2::5 "), "{out}");
     f.expect(&register6("2001:db8:1:2::5"), XDP_DROP, "the banned address")?;
-    f.expect(
-        &register6("2001:db8:1:2:ffff::1"),
-        XDP_PASS,
-        "its neighbour in the /64",
-    )?;
+    f.expect(&register6("2001:db8:1:2:ffff::1"), XDP_PASS, "its neighbour in the /64")?;
     entry(&json(&f, &["ban", "list", "--json"]), "source", "2001:db8:1:2::5");
     ok(&f, &["ban", "del", "2001:db8:1:2::5"]);
     f.expect(&register6("2001:db8:1:2::5"), XDP_PASS, "after ban del")?;
@@ -833,8 +829,16 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
     let f = TestFilter::with_config(&c)?;
     let exchange = |src: &str, status: &str, ext: &str, cseq: u32| -> anyhow::Result<()> {
         let ip = v4(src);
-        f.run(&P::request4(ip, &sip_request_from("REGISTER", ext, ext, cseq)).build().bytes)?;
-        f.run_answer(&P::answer4(ip, &sip_answer(status, "REGISTER", cseq, ext, ext)).build().bytes)?;
+        f.run(
+            &P::request4(ip, &sip_request_from("REGISTER", ext, ext, cseq))
+                .build()
+                .bytes,
+        )?;
+        f.run_answer(
+            &P::answer4(ip, &sip_answer(status, "REGISTER", cseq, ext, ext))
+                .build()
+                .bytes,
+        )?;
         Ok(())
     };
     // The phone: challenge, then 200 OK.
@@ -864,12 +868,19 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
     let cracked = json(&f, &["cracked", "list", "--json"]);
     let c202 = entry(&cracked, "extension", "202");
     assert_eq!(c202["source"], "198.51.100.68");
-    assert_eq!(entry(&json(&f, &["ban", "list", "--json"]), "source", "198.51.100.68")["reason"], "cracked");
+    assert_eq!(
+        entry(&json(&f, &["ban", "list", "--json"]), "source", "198.51.100.68")["reason"],
+        "cracked"
+    );
 
     // Removing: the phone is unknown again at once (its OPTIONS meet stealth), 202 is cleared.
     ok(&f, &["known", "del", "198.51.100.20"]);
     assert!(json(&f, &["known", "list", "--json"]).as_array().unwrap().is_empty());
-    f.expect(&P::sip4(v4("198.51.100.20"), "OPTIONS").build().bytes, XDP_DROP, "unknown again")?;
+    f.expect(
+        &P::sip4(v4("198.51.100.20"), "OPTIONS").build().bytes,
+        XDP_DROP,
+        "unknown again",
+    )?;
     let err = fails(&f, &["known", "del", "198.51.100.20"], 1);
     assert!(err.contains("not a known source"), "{err}");
     ok(&f, &["cracked", "clear", "202"]);

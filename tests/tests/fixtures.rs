@@ -588,7 +588,12 @@ fn answer_table() -> Vec<AnswerRow> {
         long.extend_from_slice(format!("Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK-{i}\r\n").as_bytes());
     }
     long.extend_from_slice(b"To: <sip:201@h>\r\nCSeq: 1 REGISTER\r\n\r\n");
-    rows.push(answer("To and CSeq beyond the line bound", &long, Some(Challenge), true));
+    rows.push(answer(
+        "To and CSeq beyond the line bound",
+        &long,
+        Some(Challenge),
+        true,
+    ));
     let full = sip_answer("401 Unauthorized", "REGISTER", 2, "201", "201");
     for cut in [40, 120, 160] {
         rows.push(answer(
@@ -599,9 +604,24 @@ fn answer_table() -> Vec<AnswerRow> {
         ));
     }
     // Not answers from a SIP port: nothing counted.
-    rows.push(answer("a request the PBX sends", &sip_request("OPTIONS", "201"), None, false));
-    rows.push(answer("not SIP from the SIP port", b"HTTP/1.1 200 OK\r\n\r\n", None, false));
-    rows.push(answer("a bad status code", b"SIP/2.0 2x0 OK\r\nCSeq: 1 REGISTER\r\n\r\n", None, false));
+    rows.push(answer(
+        "a request the PBX sends",
+        &sip_request("OPTIONS", "201"),
+        None,
+        false,
+    ));
+    rows.push(answer(
+        "not SIP from the SIP port",
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        None,
+        false,
+    ));
+    rows.push(answer(
+        "a bad status code",
+        b"SIP/2.0 2x0 OK\r\nCSeq: 1 REGISTER\r\n\r\n",
+        None,
+        false,
+    ));
     rows.push(AnswerRow {
         what: "an answer from another port".into(),
         frame: P::udp4(dst4(), src4(), 5070, 5060, &full).build().bytes,
@@ -648,7 +668,10 @@ fn answer_table_through_the_answers_program() -> anyhow::Result<()> {
         }
         let moved = after.uninspected - before.uninspected;
         if moved != u64::from(row.uninspected) {
-            problems.push(format!("uninspected moved by {moved}, expected {}", u64::from(row.uninspected)));
+            problems.push(format!(
+                "uninspected moved by {moved}, expected {}",
+                u64::from(row.uninspected)
+            ));
         }
         if !problems.is_empty() {
             failures.push(format!("{}: {}", row.what, problems.join("; ")));

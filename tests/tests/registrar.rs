@@ -391,7 +391,10 @@ fn svwar_over_an_empty_range_is_banned_at_the_fifth_not_found() -> anyhow::Resul
     std::thread::sleep(Duration::from_millis(300));
     let not_found = replies(&reg, &robot, 404);
     let log = agent.log();
-    eprintln!("svwar (empty range): kamailio answered 404 {} times; ban {banned:?}", not_found.len());
+    eprintln!(
+        "svwar (empty range): kamailio answered 404 {} times; ban {banned:?}",
+        not_found.len()
+    );
     let ban = banned.unwrap_or_else(|| panic!("svwar {robot} was not banned:\n{log}"));
     assert_eq!(ban["reason"], "not_found", "{ban:#}");
     // svwar's own probe of a random user first, then the range: five not-founds ban.

@@ -201,7 +201,10 @@ fn an_ipv6_flood_bans_its_own_address_not_its_neighbours_in_the_slash_64() -> an
     assert_eq!(f.run_n(&fa, 12)?, (10, 2));
     let events = f.ban_events();
     assert_eq!(events.len(), 1);
-    assert_eq!(sipfilter::addr::display_source(&events[0].source, 128), flooder.to_string());
+    assert_eq!(
+        sipfilter::addr::display_source(&events[0].source, 128),
+        flooder.to_string()
+    );
     // The phone sharing the /64 keeps its whole budget (it used to lose its service).
     assert_eq!(f.run_n(&P::sip6(phone, "REGISTER").build().bytes, 10)?, (10, 0));
     Ok(())

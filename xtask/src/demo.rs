@@ -592,7 +592,7 @@ pub fn run(compare: bool, flood_secs: u32) -> anyhow::Result<()> {
 }
 
 fn step(n: u32, what: &str) {
-    println!("\n[{n}/4] {what}");
+    println!("\n[{n}/6] {what}");
 }
 
 fn attack_demo() -> anyhow::Result<()> {
@@ -791,7 +791,10 @@ fn attack_demo() -> anyhow::Result<()> {
         println!("  {ip:<12} {:<22} not banned", role_of(ip));
     }
     println!("  The agent logged each ban as it happened:");
-    for l in agent_log.lines().filter(|l| l.contains(" ban ") || l.contains("CRACKED") || l.contains("quarantine")) {
+    for l in agent_log
+        .lines()
+        .filter(|l| l.contains(" ban ") || l.contains("CRACKED") || l.contains("quarantine"))
+    {
         println!("    {l}");
     }
 
@@ -911,9 +914,18 @@ fn attack_demo() -> anyhow::Result<()> {
             "sipfilter_sip_answers_total{kind=\"challenge\"}",
             "401/407 answers the PBX sent",
         ),
-        ("sipfilter_bans_total{reason=\"auth_failure\"}", "bans for wrong passwords"),
-        ("sipfilter_bans_total{reason=\"enumeration\"}", "bans for scanning extensions"),
-        ("sipfilter_bans_total{reason=\"cracked\"}", "bans for a guessed password"),
+        (
+            "sipfilter_bans_total{reason=\"auth_failure\"}",
+            "bans for wrong passwords",
+        ),
+        (
+            "sipfilter_bans_total{reason=\"enumeration\"}",
+            "bans for scanning extensions",
+        ),
+        (
+            "sipfilter_bans_total{reason=\"cracked\"}",
+            "bans for a guessed password",
+        ),
         ("sipfilter_cracked_total", "extensions found cracked"),
         ("sipfilter_known_sources", "sources known now (the phone)"),
         (

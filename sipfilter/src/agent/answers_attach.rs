@@ -49,9 +49,12 @@ fn attach_tcx(prog: &mut SchedClassifier, pin_dir: &Path, iface: &str) -> anyhow
     let pin = link_pin(pin_dir, iface);
     if pin.exists() {
         let adopted = (|| -> anyhow::Result<()> {
-            let fd_link: FdLink = PinnedLink::from_pin(&pin).context("cannot open the pinned link")?.into();
+            let fd_link: FdLink = PinnedLink::from_pin(&pin)
+                .context("cannot open the pinned link")?
+                .into();
             let link = SchedClassifierLink::try_from(fd_link).context("the pin is not a TC link")?;
-            prog.attach_to_link(link).context("cannot swap the new program into the link")?;
+            prog.attach_to_link(link)
+                .context("cannot swap the new program into the link")?;
             Ok(())
         })();
         match adopted {
@@ -71,7 +74,11 @@ fn attach_tcx(prog: &mut SchedClassifier, pin_dir: &Path, iface: &str) -> anyhow
         }
     }
     let id = prog
-        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
         .with_context(|| format!("cannot attach the answers program to the egress of {iface}"))?;
     let link = prog.take_link(id).context("attached link vanished")?;
     let fd_link: FdLink = link.try_into().context("tcx gave no bpf_link")?;

@@ -74,7 +74,11 @@ pub fn cracked_line(e: &BanEvent) -> Option<String> {
         display_source(&e.source, 128),
         e.failures + e.not_found,
         others,
-        if e.monitor != 0 { " (monitor mode: nothing dropped)" } else { "" }
+        if e.monitor != 0 {
+            " (monitor mode: nothing dropped)"
+        } else {
+            ""
+        }
     ))
 }
 

@@ -238,7 +238,11 @@ impl Metrics {
         }
         for k in AnswerKind::ALL {
             let i = k as usize;
-            sync(&self.answers.with_label_values(&[k.name()]), self.last.answers[i], c.answers[i]);
+            sync(
+                &self.answers.with_label_values(&[k.name()]),
+                self.last.answers[i],
+                c.answers[i],
+            );
         }
         sync(&self.cracked, self.last.cracked, c.cracked);
         sync(&self.promoted, self.last.promoted, c.promoted);

@@ -424,7 +424,10 @@ impl Agent {
         self.metrics.ban_event(e.reason);
         if e.monitor == 0 {
             let policy = self.prefix_policy();
-            if let Some(prefix) = self.prefix_evidence.on_ban(&e.source, e.reason, &policy, Instant::now()) {
+            if let Some(prefix) = self
+                .prefix_evidence
+                .on_ban(&e.source, e.reason, &policy, Instant::now())
+            {
                 self.ban_prefix(&prefix, "several of its addresses were banned");
             }
         }
@@ -514,7 +517,12 @@ impl Agent {
             let policy = self.prefix_policy();
             let states = self.loaded.maps.rate_states()?;
             for prefix in self.prefix_evidence.on_tick(&states, &policy, Instant::now()) {
-                if self.loaded.maps.allowlist_match(&sipfilter::addr::source_key(prefix.addr, 128))?.is_none() {
+                if self
+                    .loaded
+                    .maps
+                    .allowlist_match(&sipfilter::addr::source_key(prefix.addr, 128))?
+                    .is_none()
+                {
                     self.ban_prefix(&prefix, "its addresses together exceeded its aggregate budget");
                 }
             }

@@ -16,7 +16,9 @@ use std::{
 };
 
 use sipfilter::Cidr;
-use sipfilter_common::{config::defaults::PREFIX_BUDGET_FACTOR, counters::ban_reason, ClassLimit, RateState, SourceKey};
+use sipfilter_common::{
+    config::defaults::PREFIX_BUDGET_FACTOR, counters::ban_reason, ClassLimit, RateState, SourceKey,
+};
 
 /// What the agent needs of the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +65,10 @@ impl Policy {
     fn budget(&self) -> (f64, f64) {
         let burst: u64 = self.limits.iter().map(|l| l.burst as u64).sum();
         let rate: u64 = self.limits.iter().map(|l| l.rate_per_sec as u64).sum();
-        ((burst * PREFIX_BUDGET_FACTOR) as f64, (rate * PREFIX_BUDGET_FACTOR) as f64)
+        (
+            (burst * PREFIX_BUDGET_FACTOR) as f64,
+            (rate * PREFIX_BUDGET_FACTOR) as f64,
+        )
     }
 }
 
@@ -114,7 +119,8 @@ impl PrefixEvidence {
             }
         }
         // Forget prefixes back at full budget that sent nothing.
-        self.aggregate.retain(|_, a| a.tokens < burst || now.duration_since(a.updated) < Duration::from_secs(60));
+        self.aggregate
+            .retain(|_, a| a.tokens < burst || now.duration_since(a.updated) < Duration::from_secs(60));
         exhausted
     }
 }
@@ -144,11 +150,20 @@ mod tests {
         let t = Instant::now();
         let p = policy();
         assert_eq!(e.on_ban(&key("2001:db8:1:1::a"), ban_reason::RATE, &p, t), None);
-        assert_eq!(e.on_ban(&key("2001:db8:1:1::a"), ban_reason::RATE, &p, t), None, "same address");
-        assert_eq!(e.on_ban(&key("2001:db8:1:2::b"), ban_reason::RATE, &p, t), None, "another /64");
+        assert_eq!(
+            e.on_ban(&key("2001:db8:1:1::a"), ban_reason::RATE, &p, t),
+            None,
+            "same address"
+        );
+        assert_eq!(
+            e.on_ban(&key("2001:db8:1:2::b"), ban_reason::RATE, &p, t),
+            None,
+            "another /64"
+        );
         assert_eq!(e.on_ban(&key("2001:db8:1:1::b"), ban_reason::AUTH_FAILURE, &p, t), None);
         assert_eq!(
-            e.on_ban(&key("2001:db8:1:1::c"), ban_reason::RATE, &p, t).map(|c| c.to_string()),
+            e.on_ban(&key("2001:db8:1:1::c"), ban_reason::RATE, &p, t)
+                .map(|c| c.to_string()),
             Some("2001:db8:1:1::/64".to_string())
         );
         assert_eq!(e.on_ban(&key("192.0.2.1"), ban_reason::RATE, &p, t), None, "IPv4");
@@ -165,12 +180,22 @@ mod tests {
         };
         // An office: 50 phones, 10 messages each a second, for a minute.
         for s in 1..=60u64 {
-            let states: Vec<_> = (0..50).map(|i| (key(&format!("2001:db8:2:1::{i:x}")), state(10 * s))).collect();
-            assert!(e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(), "second {s}");
+            let states: Vec<_> = (0..50)
+                .map(|i| (key(&format!("2001:db8:2:1::{i:x}")), state(10 * s)))
+                .collect();
+            assert!(
+                e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(),
+                "second {s}"
+            );
         }
         // A robot rotating through 100 addresses, 60 messages each in one second.
-        let states: Vec<_> = (0..100).map(|i| (key(&format!("2001:db8:3:1::{i:x}")), state(60))).collect();
+        let states: Vec<_> = (0..100)
+            .map(|i| (key(&format!("2001:db8:3:1::{i:x}")), state(60)))
+            .collect();
         let banned = e.on_tick(&states, &p, t0 + Duration::from_secs(61));
-        assert_eq!(banned.iter().map(|c| c.to_string()).collect::<Vec<_>>(), vec!["2001:db8:3:1::/64"]);
+        assert_eq!(
+            banned.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            vec!["2001:db8:3:1::/64"]
+        );
     }
 }

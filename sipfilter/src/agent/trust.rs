@@ -11,7 +11,8 @@ pub fn restore(loaded: &mut Loaded, config: &Config, state: &state_file::StateFi
     if state.known.is_empty() && state.cracked.is_empty() {
         return Ok(());
     }
-    let (known, cracked) = state_file::restore_trust(&mut loaded.trust, config.ipv6_prefix, &state.known, &state.cracked)?;
+    let (known, cracked) =
+        state_file::restore_trust(&mut loaded.trust, config.ipv6_prefix, &state.known, &state.cracked)?;
     log(format!(
         "restored {known} known source(s) and {cracked} cracked extension(s) from {}",
         config.state_file.display()
@@ -47,7 +48,10 @@ pub fn upkeep(loaded: &mut Loaded, config: &Config) -> anyhow::Result<()> {
 }
 
 /// The quarantine bit a fresh config record must carry over (the agent owns it, not the file).
-pub fn carry_quarantine(loaded: &Loaded, mut k: sipfilter_common::KernelConfig) -> anyhow::Result<sipfilter_common::KernelConfig> {
+pub fn carry_quarantine(
+    loaded: &Loaded,
+    mut k: sipfilter_common::KernelConfig,
+) -> anyhow::Result<sipfilter_common::KernelConfig> {
     let current = loaded.maps.read_config()?;
     if k.flags & FLAG_TRUST != 0 {
         k.flags |= current.flags & FLAG_QUARANTINE;

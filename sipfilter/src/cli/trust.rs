@@ -4,11 +4,7 @@
 use anyhow::bail;
 use serde_json::json;
 use sipfilter::{addr::display_source, clock::boot_ns, Cidr, FilterMaps, TrustMaps};
-use sipfilter_common::{
-    answers::level,
-    scan::ext_str,
-    TrustConfig,
-};
+use sipfilter_common::{answers::level, scan::ext_str, TrustConfig};
 
 use super::{
     ipv6_prefix_len,
@@ -155,7 +151,11 @@ pub fn known(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: KnownCommand) ->
     let prefix = ipv6_prefix_len(maps)?;
     match cmd {
         KnownCommand::List { json } => {
-            let mut list: Vec<_> = trust.known_sources()?.into_iter().filter(|(_, k)| k.until_ns > now).collect();
+            let mut list: Vec<_> = trust
+                .known_sources()?
+                .into_iter()
+                .filter(|(_, k)| k.until_ns > now)
+                .collect();
             list.sort_by_key(|(key, _)| *key);
             if json {
                 let v: Vec<_> = list
@@ -168,7 +168,12 @@ pub fn known(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: KnownCommand) ->
                     .collect();
                 return print_json(&json!(v));
             }
-            let mut t = Table::new(&[("SOURCE", false), ("EXTENSION", false), ("LAST SUCCESS", false), ("KNOWN", false)]);
+            let mut t = Table::new(&[
+                ("SOURCE", false),
+                ("EXTENSION", false),
+                ("LAST SUCCESS", false),
+                ("KNOWN", false),
+            ]);
             for (key, k) in &list {
                 t.row(vec![
                     display_source(key, prefix),
@@ -213,7 +218,12 @@ pub fn cracked(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: CrackedCommand
                     .collect();
                 return print_json(&json!(v));
             }
-            let mut t = Table::new(&[("EXTENSION", false), ("SOURCE", false), ("WHEN", false), ("AFTER FAILURES", true)]);
+            let mut t = Table::new(&[
+                ("EXTENSION", false),
+                ("SOURCE", false),
+                ("WHEN", false),
+                ("AFTER FAILURES", true),
+            ]);
             for (ext, c) in &list {
                 t.row(vec![
                     ext_str(ext).into(),

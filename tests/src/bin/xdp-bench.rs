@@ -282,9 +282,15 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
         ("floor (empty TC program)", answer("401 Unauthorized")),
         (
             "non-SIP egress",
-            P::udp4(pbx, peer, 40000, 53, &sip_answer("401 Unauthorized", "REGISTER", 7, "200", "200"))
-                .build()
-                .bytes,
+            P::udp4(
+                pbx,
+                peer,
+                40000,
+                53,
+                &sip_answer("401 Unauthorized", "REGISTER", 7, "200", "200"),
+            )
+            .build()
+            .bytes,
         ),
         ("SIP answer 100 Trying", answer("100 Trying")),
         ("SIP answer 401 to REGISTER", answer("401 Unauthorized")),
@@ -296,7 +302,11 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
             // The peer has state (its REGISTER came in), so the 401 is judged: the same
             // request's answer again each repeat, a retransmission, which changes nothing.
             filter.maps().clear_rate_state()?;
-            filter.run(&P::udp4(peer, pbx, 5060, 5060, &sip_request_from("REGISTER", "200", "200", 7)).build().bytes)?;
+            filter.run(
+                &P::udp4(peer, pbx, 5060, 5060, &sip_request_from("REGISTER", "200", "200", 7))
+                    .build()
+                    .bytes,
+            )?;
             let prog: &aya::programs::SchedClassifier = if name.starts_with("floor") {
                 filter
                     .loaded
@@ -318,7 +328,13 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
             samples.entry(name).or_default().push(r.duration.as_nanos() as f64);
         }
     }
-    if filter.loaded.maps.bans()?.iter().any(|(k, _)| *k == source_key(peer.into(), 128)) {
+    if filter
+        .loaded
+        .maps
+        .bans()?
+        .iter()
+        .any(|(k, _)| *k == source_key(peer.into(), 128))
+    {
         bail!("the benchmark's answers banned their peer: the path changed mid-run");
     }
     let floor_samples = samples[paths[0].0].clone();

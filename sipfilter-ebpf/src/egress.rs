@@ -298,7 +298,8 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
             // It never becomes known, even if it was.
             state.answers.known_until_ns = 0;
             let _ = KNOWN_SOURCES.remove(&key);
-            if config.flag(FLAG_WITHHOLD) {
+            // Monitor mode withholds nothing (and counts nothing as withheld).
+            if config.flag(FLAG_WITHHOLD) && !config.monitor() {
                 counters.withheld += 1;
                 return true;
             }

@@ -108,7 +108,7 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         return Outcome::NotSipPort;
     }
 
-    let (payload, method) = sip_message(ctx, &h);
+    let (_, method) = sip_message(ctx, &h);
     if let Some(m) = counters.methods.get_mut(method as usize) {
         *m += 1;
     }

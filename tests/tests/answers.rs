@@ -377,3 +377,64 @@ fn fifty_phones_behind_an_unknown_nat_address_all_register_after_a_power_cut() -
     assert!(now_ms <= 5_000, "took {now_ms} ms");
     Ok(())
 }
+
+#[test]
+fn stealth_all_silences_every_request_but_register_from_unknown_sources() -> anyhow::Result<()> {
+    let mut c = trusted_config();
+    c.flags |= sipfilter_common::config::FLAG_STEALTH_ALL;
+    let f = TestFilter::with_config(&c)?;
+    let mut stranger = Peer::new(&f, addr(80));
+    assert_eq!(stranger.send("INVITE", "100", "0049301234"), XDP_DROP);
+    assert_eq!(stranger.send("MESSAGE", "100", "200"), XDP_DROP);
+    assert_eq!(stranger.register("100"), XDP_PASS, "REGISTER is how trust is earned");
+    let mut phone = Peer::new(&f, addr(20));
+    assert_eq!(phone.login("201", "200 OK"), Some(TC_ACT_OK));
+    assert_eq!(
+        phone.send("INVITE", "201", "0049301234"),
+        XDP_PASS,
+        "a known phone calls"
+    );
+    assert_eq!(f.counters()?.outcome(Outcome::Stealth), 2);
+    Ok(())
+}
+
+#[test]
+fn monitor_mode_records_what_it_would_do_and_drops_nothing() -> anyhow::Result<()> {
+    let mut c = trusted_config();
+    c.flags |= sipfilter_common::config::FLAG_MONITOR;
+    let mut f = TestFilter::with_config(&c)?;
+    let mut robot = Peer::new(&f, addr(68));
+    assert_eq!(robot.register("200"), XDP_PASS);
+    robot.answer("404 Not Found", "REGISTER", "200", "200");
+    assert_eq!(robot.login("201", "401 Unauthorized"), Some(TC_ACT_OK));
+    assert_eq!(
+        robot.login("202", "200 OK"),
+        Some(TC_ACT_OK),
+        "monitor mode withholds nothing"
+    );
+    assert_eq!(
+        robot.send("OPTIONS", "1", "1"),
+        XDP_PASS,
+        "banned (in monitor mode): passed"
+    );
+    let events = f.ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].reason, events[0].monitor), (ban_reason::CRACKED, 1));
+    assert_eq!(
+        f.loaded.trust.cracked()?.len(),
+        1,
+        "the cracked extension is still recorded"
+    );
+    let mut k = f.maps().read_config()?;
+    k.flags |= FLAG_QUARANTINE;
+    f.set_config(&k)?;
+    let mut second = Peer::new(&f, addr(69));
+    assert_eq!(second.register("202"), XDP_PASS, "would be quarantined");
+    let counters = f.counters()?;
+    assert_eq!(counters.outcome(Outcome::Quarantined), 1);
+    // The banned robot's OPTIONS and the quarantined REGISTER.
+    assert_eq!(counters.verdict(sipfilter_common::Verdict::WouldDrop), 2);
+    assert_eq!(counters.verdict(sipfilter_common::Verdict::Drop), 0);
+    assert_eq!(counters.withheld, 0);
+    Ok(())
+}

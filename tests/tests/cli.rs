@@ -862,6 +862,15 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
     assert_eq!(robot["extensions_failed"], "200,201");
     let table = ok(&f, &["sources"]);
     assert!(table.contains("TIER") && table.contains("known"), "{table}");
+    let top = json(&f, &["top", "--once", "--json"]);
+    let phone_top = entry(&top["sources"], "source", "198.51.100.20");
+    assert_eq!(phone_top["tier"], "known", "{phone_top:#}");
+    let robot_top = entry(&top["sources"], "source", "198.51.100.68");
+    assert_eq!(
+        (robot_top["tier"].as_str(), robot_top["failures"].as_u64()),
+        (Some("unknown"), Some(1))
+    );
+    assert_eq!(robot_top["extensions_failed"], "200,201");
 
     let known = json(&f, &["known", "list", "--json"]);
     assert_eq!(entry(&known, "source", "198.51.100.20")["extension"], "201");

@@ -22,7 +22,9 @@ Examples:
   sipfilter top --once                           print once (also the default when piped)
   sipfilter top --json                           once, as JSON
 
-REQUESTS and DROPS count SIP messages since the source was first seen (the rate-state map
+TIER is allowlisted, known (registered cleanly) or unknown; FAIL, 404 and OK count the PBX's
+credential failures, not-found answers and successes to the source, TRIED the extensions that
+failed recently. REQUESTS and DROPS count SIP messages since the source was first seen (the rate-state map
 forgets quiet sources when it fills); REQ/S and DROP/S, shown while refreshing, are the
 rates over the last refresh, and refreshing sorts by them: the busiest sources right now.
 --once and --json sort by the totals.";
@@ -110,8 +112,13 @@ pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
                 let ban = s.bans.get(k);
                 json!({
                     "source": display_source(k, prefix),
+                    "tier": tier(st, s.now_ns),
                     "requests": st.requests,
                     "drops": st.drops,
+                    "failures": st.answers.failures,
+                    "not_found": st.answers.not_found,
+                    "successes": st.answers.successes,
+                    "extensions_failed": extensions_failed(st),
                     "banned": ban.is_some(),
                     "ban_reason": ban.map(|b| reason_name(b.reason)),
                     "ban_expires_in_secs": ban.map(|b| json_remaining(b.expires_ns, s.now_ns)),
@@ -158,14 +165,25 @@ fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
     if s.sources.is_empty() {
         return "no SIP sources seen yet\n".into();
     }
-    let mut columns = vec![("SOURCE", false), ("REQUESTS", true), ("DROPS", true)];
+    let mut columns = vec![("SOURCE", false), ("TIER", false), ("REQUESTS", true), ("DROPS", true)];
     if rates.is_some() {
         columns.extend([("REQ/S", true), ("DROP/S", true)]);
     }
-    columns.push(("BANNED", false));
+    columns.extend([
+        ("FAIL", true),
+        ("404", true),
+        ("OK", true),
+        ("TRIED", false),
+        ("BANNED", false),
+    ]);
     let mut t = Table::new(&columns);
     for (k, st) in &s.sources {
-        let mut row = vec![display_source(k, prefix), grouped(st.requests), grouped(st.drops)];
+        let mut row = vec![
+            display_source(k, prefix),
+            tier(st, s.now_ns).into(),
+            grouped(st.requests),
+            grouped(st.drops),
+        ];
         if let Some(r) = rates {
             let (req, drop) = match r.and_then(|(dt, prev)| prev.get(k).map(|p| (dt, *p))) {
                 Some((dt, (pr, pd))) if dt.as_secs_f64() > 0.0 => {
@@ -177,6 +195,13 @@ fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
             };
             row.extend([req, drop]);
         }
+        let tried = extensions_failed(st);
+        row.extend([
+            st.answers.failures.to_string(),
+            st.answers.not_found.to_string(),
+            st.answers.successes.to_string(),
+            if tried.is_empty() { "-".into() } else { tried },
+        ]);
         row.push(
             s.bans
                 .get(k)
@@ -185,4 +210,27 @@ fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
         t.row(row);
     }
     t.render()
+}
+
+/// The source's trust tier, from what its slot caches (the program refreshes it whenever
+/// userspace changes a list or a known source).
+fn tier(st: &RateState, now: u64) -> &'static str {
+    if st.allow_until_ns > now {
+        "allowlisted"
+    } else if st.answers.known_until_ns > now {
+        "known"
+    } else {
+        "unknown"
+    }
+}
+
+/// The extensions that failed recently (credential failures and not-found answers).
+fn extensions_failed(st: &RateState) -> String {
+    st.answers
+        .failed
+        .iter()
+        .map(sipfilter_common::scan::ext_str)
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -58,6 +58,15 @@ pub enum BanScope {
     All,
 }
 
+/// How the answers program is attached to an interface's egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressAttach {
+    /// tcx where the kernel has it (6.6 and later), a clsact filter otherwise.
+    Auto,
+    /// A clsact qdisc filter (what kernels before 6.6 have), even where tcx exists.
+    Clsact,
+}
+
 /// XDP attach mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -85,6 +94,7 @@ pub struct Config {
     pub deny: Vec<Cidr>,
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
+    pub egress: EgressAttach,
     pub state_file: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub trust: TrustSettings,
@@ -142,6 +152,7 @@ impl Default for Config {
             deny: Vec::new(),
             interfaces: Vec::new(),
             mode: AttachMode::Auto,
+            egress: EgressAttach::Auto,
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
             trust: TrustSettings::default(),
@@ -341,6 +352,10 @@ impl Config {
                 ];
                 c.mode = choose(&mode, &modes).map_err(|m| err(Some(mode.span()), Some("agent.mode"), m))?;
             }
+            if let Some(e) = agent.egress {
+                let options = [("auto", EgressAttach::Auto), ("clsact", EgressAttach::Clsact)];
+                c.egress = choose(&e, &options).map_err(|m| err(Some(e.span()), Some("agent.egress"), m))?;
+            }
             if let Some(s) = agent.state_file {
                 c.state_file = PathBuf::from(s.into_inner());
             }
@@ -519,12 +534,12 @@ struct RawLists {
 struct RawAgent {
     interfaces: Option<Vec<Spanned<String>>>,
     mode: Option<Spanned<String>>,
+    egress: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
 }
 
-/// Whether this build can put the trust tiers in force: only once the answers program loads
-/// (see README, "Status"). Until then `[trust]` is validated but changes nothing.
+/// Whether this build puts the trust tiers in force (it loads the answers program).
 pub fn trust_in_force() -> bool {
     crate::loader::ANSWERS_LOADED
 }

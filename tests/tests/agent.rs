@@ -1161,3 +1161,43 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     sipfilter(None, &lab.pin_dir(), &["detach"])?;
     Ok(())
 }
+
+/// The answers program through a clsact filter (what kernels before 6.6 have, forced here
+/// where tcx exists): it judges answers the same, a restarted agent replaces its filter rather
+/// than adding a second one, and `--detach-on-exit` removes it.
+#[test]
+fn the_answers_program_works_through_a_clsact_filter_too() -> anyhow::Result<()> {
+    let lab = Lab::with_net("clsact", "10.208.0")?;
+    let phone = lab.v4(3);
+    let _pbx = Responder::spawn(&lab, &[("201", "Pw-201-phone")])?;
+    let config = lab.path("sipfilter.toml");
+    std::fs::write(&config, "[agent]\negress = \"clsact\"\nmetrics_listen = \"off\"\n")?;
+    let config_arg = config.display().to_string();
+    let filters = || lab.pbx.exec(&["tc", "filter", "show", "dev", &lab.pbx_if, "egress"]);
+    let mut agent = lab.agent("agent1", &["--config", &config_arg])?;
+    agent.wait_for_log("answers program on the egress", Duration::from_secs(5))?;
+    assert!(agent.log().contains("(clsact)"), "{}", agent.log());
+    let shown = filters()?;
+    assert_eq!(shown.matches("sipfilter_answers").count(), 1, "{shown}");
+
+    let mut p = Registering::new(&lab, &phone)?;
+    assert_eq!(p.register("201", None)?, Some(401));
+    assert_eq!(p.register("201", Some("Pw-201-phone"))?, Some(200));
+    eventually("the phone is known", || {
+        Ok(known(&lab)? == vec![(phone.clone(), "201".to_string())])
+    })?;
+
+    agent.stop()?;
+    let mut agent = lab.agent("agent2", &["--config", &config_arg, "--detach-on-exit"])?;
+    agent.wait_for_log("answers program on the egress", Duration::from_secs(5))?;
+    let shown = filters()?;
+    assert_eq!(
+        shown.matches("sipfilter_answers").count(),
+        1,
+        "one filter after a restart: {shown}"
+    );
+    agent.stop()?;
+    let shown = filters()?;
+    assert!(!shown.contains("sipfilter_answers"), "detached: {shown}");
+    Ok(())
+}

@@ -37,8 +37,13 @@ fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-pub fn attach(prog: &mut SchedClassifier, pin_dir: &Path, iface: &str) -> anyhow::Result<EgressAttachment> {
-    if has_tcx() {
+pub fn attach(
+    prog: &mut SchedClassifier,
+    pin_dir: &Path,
+    iface: &str,
+    how: sipfilter::config::EgressAttach,
+) -> anyhow::Result<EgressAttachment> {
+    if how == sipfilter::config::EgressAttach::Auto && has_tcx() {
         attach_tcx(prog, pin_dir, iface)
     } else {
         attach_clsact(prog, iface)

@@ -318,7 +318,7 @@ impl Agent {
                 ));
             }
             if let Some(answers) = loaded.answers_program_mut()? {
-                let e = answers_attach::attach(answers, pin_dir, iface)?;
+                let e = answers_attach::attach(answers, pin_dir, iface, config.egress)?;
                 log(format!(
                     "{} the answers program on the egress of {iface} ({})",
                     if e.adopted { "took over" } else { "attached" },

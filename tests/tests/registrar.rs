@@ -112,10 +112,16 @@ impl Lab {
 
     /// A SIPVicious tool (`svcrack`, `svwar`) in the LAN namespace, bound to `local_ip`,
     /// against the registrar.
+    /// A SIPVicious tool (`sipvicious_svwar` …), run as its module with `python3` (what
+    /// `cargo xtask setup` installed it for), so the test does not depend on where pip put the
+    /// scripts.
     fn sipvicious(&self, name: &str, tool: &str, local_ip: &str, args: &[&str]) -> anyhow::Result<Background> {
         let dir = self.subdir(name);
         let target = self.ip(1);
-        let mut full = vec![tool, "-b", local_ip];
+        let module = tool.trim_start_matches("sipvicious_");
+        let launcher =
+            format!("import sys; from sipvicious.{module} import main; sys.argv[0] = '{tool}'; sys.exit(main())");
+        let mut full = vec!["python3", "-c", &launcher, "-b", local_ip];
         full.extend_from_slice(args);
         full.push(&target);
         self.lan.spawn(name, &full, &dir)

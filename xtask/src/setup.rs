@@ -29,8 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "kamailio",
 ];
 
-/// PyPI packages: SIPVicious (svmap, svwar, svcrack), the scanner the tests replay.
-const PIP_PACKAGES: &[(&str, &str)] = &[("sipvicious", "sipvicious_svmap")];
+/// PyPI packages (name, module): SIPVicious (svmap, svwar, svcrack), the scanner the tests
+/// replay. The tests run its modules with the same `python3`, wherever pip put the scripts.
+const PIP_PACKAGES: &[(&str, &str)] = &[("sipvicious", "sipvicious.svwar")];
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
@@ -98,8 +99,8 @@ fn apt_packages() -> anyhow::Result<()> {
 }
 
 fn pip_packages() -> anyhow::Result<()> {
-    for (package, command) in PIP_PACKAGES {
-        if quiet(Command::new("which").arg(command)) {
+    for (package, module) in PIP_PACKAGES {
+        if quiet(Command::new("python3").args(["-c", &format!("import {module}")])) {
             continue;
         }
         say(&format!("installing {package} from PyPI"));

@@ -23,6 +23,8 @@ use toml::Spanned;
 use crate::{addr::Cidr, duration::parse_duration};
 
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/sipfilter/state.json";
+/// Where a packaged install keeps its configuration.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/sipfilter/sipfilter.toml";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9460";
 
 /// A configuration error that points at its place: `FILE:LINE: FIELD: what is wrong`.

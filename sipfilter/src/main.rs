@@ -31,6 +31,9 @@ pub enum Command {
     Run(agent::RunArgs),
     /// Detach the program from one or all interfaces (the attachment outlives the agent).
     Detach(agent::DetachArgs),
+    /// Validate a configuration file (and the list files it names) without loading anything.
+    #[command(after_help = cli::check::EXAMPLES)]
+    Check(cli::check::CheckArgs),
     #[command(flatten)]
     Manage(cli::ManageCommand),
     /// Print a shell completion script.
@@ -45,6 +48,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => agent::run(&cli.pin_dir, args),
         Command::Detach(args) => agent::detach(&cli.pin_dir, args),
+        Command::Check(args) => match cli::check::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(e) => Err(e),
+        },
         Command::Manage(cmd) => cli::execute(&cli.pin_dir, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sipfilter", &mut std::io::stdout());

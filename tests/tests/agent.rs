@@ -1201,3 +1201,54 @@ fn the_answers_program_works_through_a_clsact_filter_too() -> anyhow::Result<()>
     assert!(!shown.contains("sipfilter_answers"), "detached: {shown}");
     Ok(())
 }
+
+/// `Type=notify`: the agent tells systemd (the socket in `$NOTIFY_SOCKET`) when it is ready,
+/// reloading and stopping.
+#[test]
+fn the_agent_notifies_systemd_when_ready_reloading_and_stopping() -> anyhow::Result<()> {
+    let lab = Lab::with_net("notify", "10.209.0")?;
+    let socket_path = lab.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let config = lab.path("sipfilter.toml");
+    std::fs::write(&config, "[agent]\nmetrics_listen = \"off\"\n")?;
+    let bin = sipfilter_tests::agent::sipfilter_bin();
+    let (notify, pin, state) = (
+        format!("NOTIFY_SOCKET={}", socket_path.display()),
+        lab.pin_dir().display().to_string(),
+        lab.state_file(),
+    );
+    let mut agent = lab.pbx.spawn(
+        "agent",
+        &[
+            "env",
+            &notify,
+            bin.to_str().unwrap(),
+            "--pin-dir",
+            &pin,
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &lab.pbx_if,
+            "--state-file",
+            &state,
+            "--detach-on-exit",
+        ],
+        &lab.dir,
+    )?;
+    let mut buf = [0u8; 512];
+    let mut next = || -> anyhow::Result<String> {
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let ready = next()?;
+    assert!(ready.starts_with("READY=1\nSTATUS=filtering SIP on "), "{ready}");
+    agent.signal(libc::SIGHUP);
+    assert_eq!(next()?, "RELOADING=1");
+    assert_eq!(next()?, "READY=1");
+    agent.signal(libc::SIGTERM);
+    assert_eq!(next()?, "STOPPING=1");
+    agent.wait(Duration::from_secs(10))?;
+    Ok(())
+}

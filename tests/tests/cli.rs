@@ -898,3 +898,27 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
     assert!(err.contains("not on the cracked list"), "{err}");
     Ok(())
 }
+
+#[test]
+fn check_validates_a_configuration_without_loading_anything() -> anyhow::Result<()> {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sipfilter.toml");
+    let nothing = PrivateBpffs::new()?;
+    let out = cli_at(&nothing.pin_dir(), &["check", "--config", example.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("valid ("), "{}", out.stdout);
+    assert!(!nothing.pin_dir().exists(), "check loaded nothing");
+    let dir = std::env::temp_dir().join(format!("sipfilter-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[lists]\ndeny_files = [\"list.txt\"]\n")?;
+    std::fs::write(dir.join("list.txt"), "203.0.113.0/24\n# a comment\n203.0.113.300\n")?;
+    let out = cli_at(&nothing.pin_dir(), &["check", "--config", bad.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("list.txt:3") && out.stderr.contains("203.0.113.300"),
+        "names the list file, line and value: {}",
+        out.stderr
+    );
+    Ok(())
+}

@@ -6,6 +6,7 @@ mod answers_attach;
 mod attach;
 mod ban_log;
 mod metrics;
+mod notify;
 mod prefix_evidence;
 mod trust;
 
@@ -369,6 +370,10 @@ impl Agent {
             "ready: filtering SIP on {} ({metrics_at})",
             self.attached.join(", ")
         ));
+        notify::notify(&format!(
+            "READY=1\nSTATUS=filtering SIP on {}",
+            self.attached.join(", ")
+        ));
 
         loop {
             tokio::select! {
@@ -582,6 +587,12 @@ impl Agent {
     }
 
     fn reload(&mut self) {
+        notify::notify("RELOADING=1");
+        self.apply_reload();
+        notify::notify("READY=1");
+    }
+
+    fn apply_reload(&mut self) {
         let Some(path) = self.args.config.clone() else {
             log("SIGHUP: no --config file to reload");
             return;
@@ -640,6 +651,7 @@ impl Agent {
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
+        notify::notify("STOPPING=1");
         self.save_state_if_changed(true)?;
         if self.args.detach_on_exit {
             for iface in &self.attached {

@@ -5,6 +5,7 @@
 //! adopts what it finds there when it starts.
 
 mod ban;
+pub mod check;
 mod import;
 mod lists;
 mod output;

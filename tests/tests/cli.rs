@@ -498,7 +498,9 @@ fn stats_count_the_packets_that_ran() -> anyhow::Result<()> {
     assert_eq!(s["methods"]["REGISTER"], 4);
     assert_eq!(s["methods"]["INVITE"], 2);
     assert_eq!(s["methods"]["OPTIONS"], 3);
-    assert_eq!(s["bans"]["register"], 0);
+    assert_eq!(s["bans"]["rate_register"], 0);
+    assert_eq!(s["bans"]["cracked"], 0);
+    assert_eq!(s["answers"]["challenge"], 0);
     assert_eq!(s["ban_table_full"], 0);
     // The JSON agrees with the library's sum over CPUs.
     assert_eq!(

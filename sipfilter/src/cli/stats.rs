@@ -2,13 +2,20 @@
 
 use serde_json::{json, Map, Value};
 use sipfilter::FilterMaps;
-use sipfilter_common::{Counters, Method, Outcome, RateClass, Verdict};
+use sipfilter_common::{
+    counters::{ban_reason, AnswerKind},
+    Counters, Method, Outcome, Verdict,
+};
+
+/// The reasons the programs ban for, in counter order.
+const KERNEL_REASONS: [u8; ban_reason::KERNEL_REASONS] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 use super::output::{grouped, print_json, Table};
 
 pub const EXAMPLES: &str = "\
 Examples:
-  sipfilter stats                                packets by action and reason, SIP messages by method
+  sipfilter stats                                packets by action and reason, SIP messages by method,
+                                                 bans by reason, the PBX's answers by kind
   sipfilter stats --json | jq .outcomes.banned   one counter, for scripts
   watch -n1 sipfilter stats                      follow them
 
@@ -45,7 +52,12 @@ pub fn to_json(c: &Counters) -> Value {
         "verdicts": named(&Verdict::ALL, Verdict::name, |v| c.verdict(v)),
         "outcomes": named(&Outcome::ALL, Outcome::name, |o| c.outcome(o)),
         "methods": named(&Method::ALL, Method::name, |m| c.method(m)),
-        "bans": named(&RateClass::ALL, RateClass::name, |r| c.bans[r as usize]),
+        "bans": named(&KERNEL_REASONS, ban_reason::name, |r| c.bans[r as usize]),
+        "answers": named(&AnswerKind::ALL, AnswerKind::name, |k| c.answers[k as usize]),
+        "cracked": c.cracked,
+        "promoted": c.promoted,
+        "withheld": c.withheld,
+        "uninspected": c.uninspected,
         "ban_table_full": c.ban_table_full,
         "events_lost": c.events_lost,
     })
@@ -82,9 +94,22 @@ pub fn render(c: &Counters) -> String {
     section(&mut out, "ACTION", &Verdict::ALL, Verdict::name, |v| c.verdict(v));
     section(&mut out, "REASON", &Outcome::ALL, Outcome::name, |o| c.outcome(o));
     section(&mut out, "SIP METHOD", &Method::ALL, Method::name, |m| c.method(m));
-    section(&mut out, "BANS BY LIMIT", &RateClass::ALL, RateClass::name, |r| {
+    section(&mut out, "BANS BY REASON", &KERNEL_REASONS, ban_reason::name, |r| {
         c.bans[r as usize]
     });
+    section(&mut out, "PBX ANSWERS", &AnswerKind::ALL, AnswerKind::name, |k| {
+        c.answers[k as usize]
+    });
+    let mut t = Table::new(&[("TRUST", false), ("COUNT", true)]);
+    t.row(vec!["extensions cracked".into(), grouped(c.cracked)]);
+    t.row(vec!["clean REGISTER successes (known)".into(), grouped(c.promoted)]);
+    t.row(vec!["2xx withheld from a cracking source".into(), grouped(c.withheld)]);
+    t.row(vec![
+        "answers not inspected (beyond the bound)".into(),
+        grouped(c.uninspected),
+    ]);
+    out.push_str(&t.render());
+    out.push('\n');
     let mut t = Table::new(&[("PROBLEM", false), ("COUNT", true)]);
     t.row(vec!["ban table full".into(), grouped(c.ban_table_full)]);
     t.row(vec!["ban events lost".into(), grouped(c.events_lost)]);

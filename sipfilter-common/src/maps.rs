@@ -157,7 +157,9 @@ pub struct ListEntry {
     /// that lands on an expired entry looks again one bit shorter, so an expired narrow entry
     /// never hides a wider one that is still in force.
     pub prefix_len: u32,
-    pub _pad: u32,
+    /// Why a timed denylist entry (a CIDR ban) was made: a [`crate::counters::ban_reason`]
+    /// code, 0 for an operator's (what `ban list` shows). The programs never read it.
+    pub reason: u32,
 }
 
 /// What the program remembers of a source after its ban, for escalation.

@@ -406,6 +406,17 @@ impl FilterMaps {
     /// the invariant the program relies on: no allowlisted source is in the ban table.
     /// Returns the sources whose bans were lifted.
     pub fn list_add(&mut self, kind: ListKind, cidr: &Cidr, expires_ns: u64) -> anyhow::Result<Vec<SourceKey>> {
+        self.list_add_for(kind, cidr, expires_ns, 0)
+    }
+
+    /// [`Self::list_add`] recording why (a ban reason code; 0 for an operator's entry).
+    pub fn list_add_for(
+        &mut self,
+        kind: ListKind,
+        cidr: &Cidr,
+        expires_ns: u64,
+        reason: u32,
+    ) -> anyhow::Result<Vec<SourceKey>> {
         let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
         // An IPv6 entry narrower than a source prefix ends per-prefix caching before it exists,
         // so no packet can cache a prefix-wide answer that the entry contradicts.
@@ -415,7 +426,7 @@ impl FilterMaps {
         let entry = ListEntry {
             expires_ns,
             prefix_len: cidr.map_prefix_len(),
-            _pad: 0,
+            reason,
         };
         self.list_map_mut(kind)
             .insert(&key, entry, 0)

@@ -50,6 +50,9 @@ pub struct SavedListEntry {
     /// Unix time in ms at which the entry ends; absent for a permanent entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix_ms: Option<u64>,
+    /// Why a timed denylist entry was made (a ban reason's name); absent for an operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +246,7 @@ pub fn snapshot_lists(
                 list: list_name(kind).to_string(),
                 cidr: text,
                 expires_unix_ms: to_unix_ms(entry.expires_ns, boot_now, unix_now),
+                reason: (entry.reason != 0).then(|| ban_reason::name(entry.reason as u8).to_string()),
             });
         }
     }
@@ -260,7 +264,8 @@ pub fn restore_lists(maps: &mut FilterMaps, entries: &[SavedListEntry]) -> anyho
             let Ok(cidr) = e.cidr.parse::<Cidr>() else { continue };
             match to_boot_ns(e.expires_unix_ms, boot_now, unix_now) {
                 Some(expires_ns) => {
-                    maps.list_add(kind, &cidr, expires_ns)?;
+                    let reason = e.reason.as_deref().map_or(0, |r| u32::from(reason_code(r)));
+                    maps.list_add_for(kind, &cidr, expires_ns, reason)?;
                     restored += 1;
                 }
                 None => expired += 1,

@@ -771,6 +771,14 @@ fn ipv6_three_banned_addresses_ban_their_64() -> anyhow::Result<()> {
         started.elapsed()
     );
     assert_eq!(deny_cidrs(&lab)?, vec!["2001:db8:205:1::/64".to_string()]);
+    let prefix_ban = ban_list(&lab)?
+        .into_iter()
+        .find(|b| b["source"] == "2001:db8:205:1::/64")
+        .context("the prefix ban is in `ban list`")?;
+    assert_eq!(
+        (prefix_ban["kind"].as_str(), prefix_ban["reason"].as_str()),
+        (Some("cidr"), Some("prefix"))
+    );
     for addr in &flooders {
         assert_eq!(rx.from(addr), UNKNOWN_BURST, "{addr}");
     }

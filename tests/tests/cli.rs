@@ -888,7 +888,10 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
     assert_eq!(stats["answers"]["challenge"], 4);
     assert_eq!(stats["answers"]["success"], 2);
     assert_eq!(stats["answers"]["not_found"], 1);
-    assert_eq!((stats["cracked"].as_u64(), stats["withheld"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (stats["cracked"].as_u64(), stats["withheld"].as_u64()),
+        (Some(1), Some(1))
+    );
 
     // Removing: the phone is unknown again at once (its OPTIONS meet stealth), 202 is cleared.
     ok(&f, &["known", "del", "198.51.100.20"]);

@@ -456,7 +456,12 @@ impl Agent {
             return;
         }
         let until = clock::boot_ns().saturating_add(self.config.ban_duration.as_nanos() as u64);
-        match self.loaded.maps.list_add(ListKind::Deny, prefix, until) {
+        match self.loaded.maps.list_add_for(
+            ListKind::Deny,
+            prefix,
+            until,
+            u32::from(sipfilter_common::counters::ban_reason::PREFIX),
+        ) {
             Ok(_) => {
                 log(format!(
                     "ban source={prefix} reason=prefix duration={}s ({why})",

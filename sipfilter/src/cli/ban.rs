@@ -222,7 +222,11 @@ fn list(maps: &FilterMaps, json: bool) -> anyhow::Result<()> {
             .map(|(cidr, e)| Row {
                 source: cidr.to_string(),
                 kind: "cidr",
-                reason: reason_name(ban_reason::MANUAL),
+                reason: if e.reason == 0 {
+                    reason_name(ban_reason::MANUAL)
+                } else {
+                    reason_name(e.reason as u8)
+                },
                 strike: None,
                 method: None,
                 banned_at_ns: None,

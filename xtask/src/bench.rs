@@ -21,3 +21,19 @@ pub fn run(repeat: u32, runs: u32) -> anyhow::Result<()> {
         out.to_str().unwrap_or("target/bench/xdp.json"),
     ])
 }
+
+/// `cargo xtask bench --peers`: the peers benchmark binary, release mode.
+pub fn peers() -> anyhow::Result<()> {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/peers.json");
+    setup::cargo(&[
+        "run",
+        "--release",
+        "--package",
+        "sipfilter-tests",
+        "--bin",
+        "peers-bench",
+        "--",
+        "--out",
+        out.to_str().unwrap_or("target/bench/peers.json"),
+    ])
+}

@@ -48,6 +48,10 @@ enum Task {
         /// Measurements per path; the median is reported.
         #[arg(long, default_value_t = 15)]
         runs: u32,
+        /// Instead: sipfilter against nftables and iptables dropping the same frames (live
+        /// frames into a veth in a namespace); writes target/bench/peers.json.
+        #[arg(long)]
+        peers: bool,
     },
     /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.
     Cleanup,
@@ -79,9 +83,13 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test::run(&args)
         }
-        Task::Bench { repeat, runs } => {
+        Task::Bench { repeat, runs, peers } => {
             setup::run()?;
-            bench::run(repeat, runs)
+            if peers {
+                bench::peers()
+            } else {
+                bench::run(repeat, runs)
+            }
         }
         Task::Demo { compare, flood_secs } => {
             setup::run()?;

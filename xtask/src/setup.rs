@@ -16,7 +16,8 @@ pub const LLVM_MAJOR: u32 = 22;
 /// Debian packages: LLVM 22 (and what its llvm-config asks to link) for bpf-linker;
 /// bpftool and iproute2 for inspecting and for the namespace tests; sip-tester (SIPp) and
 /// prometheus (promtool) for the agent's end-to-end tests and the demo; kamailio as the
-/// real registrar the answer-reading tests judge sources against.
+/// real registrar the answer-reading tests judge sources against; nftables and iptables, the
+/// peers `cargo xtask bench --peers` measures sipfilter against.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "sip-tester",
     "prometheus",
     "kamailio",
+    "nftables",
+    "iptables",
 ];
 
 /// PyPI packages (name, module): SIPVicious (svmap, svwar, svcrack), the scanner the tests

@@ -22,18 +22,22 @@ pub fn run(repeat: u32, runs: u32) -> anyhow::Result<()> {
     ])
 }
 
-/// `cargo xtask bench --peers`: the peers benchmark binary, release mode.
-pub fn peers() -> anyhow::Result<()> {
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/peers.json");
+/// `cargo xtask bench --peers|--scale`: another benchmark binary, release mode, writing
+/// `target/bench/<json>`.
+pub fn extra(bin: &str, json: &str) -> anyhow::Result<()> {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bench")
+        .join(json);
+    let out = out.to_str().unwrap_or(json).to_owned();
     setup::cargo(&[
         "run",
         "--release",
         "--package",
         "sipfilter-tests",
         "--bin",
-        "peers-bench",
+        bin,
         "--",
         "--out",
-        out.to_str().unwrap_or("target/bench/peers.json"),
+        &out,
     ])
 }

@@ -52,6 +52,10 @@ enum Task {
         /// frames into a veth in a namespace); writes target/bench/peers.json.
         #[arg(long)]
         peers: bool,
+        /// Instead: how the cost grows with active sources, list sizes, bans and answer length;
+        /// writes target/bench/scale.json.
+        #[arg(long, conflicts_with = "peers")]
+        scale: bool,
     },
     /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.
     Cleanup,
@@ -83,10 +87,17 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test::run(&args)
         }
-        Task::Bench { repeat, runs, peers } => {
+        Task::Bench {
+            repeat,
+            runs,
+            peers,
+            scale,
+        } => {
             setup::run()?;
             if peers {
-                bench::peers()
+                bench::extra("peers-bench", "peers.json")
+            } else if scale {
+                bench::extra("scale-bench", "scale.json")
             } else {
                 bench::run(repeat, runs)
             }

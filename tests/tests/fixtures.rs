@@ -594,6 +594,18 @@ fn answer_table() -> Vec<AnswerRow> {
         Some(Challenge),
         true,
     ));
+    // Through three proxies (four Vias): To and CSeq are lines 6 and 8, the last the bound reads.
+    let mut proxied = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+    for i in 0..3 {
+        proxied.extend_from_slice(format!("Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK-p{i}\r\n").as_bytes());
+    }
+    proxied.extend_from_slice(&sip_answer("401 Unauthorized", "REGISTER", 2, "201", "201")[26..]);
+    rows.push(answer(
+        "401 through three proxies (4 Vias)",
+        &proxied,
+        Some(Challenge),
+        false,
+    ));
     let full = sip_answer("401 Unauthorized", "REGISTER", 2, "201", "201");
     for cut in [40, 120, 160] {
         rows.push(answer(

@@ -244,7 +244,7 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         sip_frame.len()
     );
-    println!("{:<30} {:>8} {:>9}  target", "path", "ns/pkt", "× floor");
+    println!("{:<30} {:>8} {:>9} {:>8}  target", "path", "ns/pkt", "× floor", "added");
     let mut json_paths = serde_json::Map::new();
     for p in &paths {
         let ns = median(samples[p.name].clone());
@@ -252,11 +252,18 @@ fn main() -> anyhow::Result<()> {
         let target = targets.get(p.name).map_or(String::new(), |t| {
             format!("≤ {t:.1}× {}", if ratio <= *t { "met" } else { "MISSED" })
         });
-        println!("{:<30} {:>8.1} {:>8.2}×  {}", p.name, ns, ratio, target);
+        println!(
+            "{:<30} {:>8.1} {:>8.2}× {:>+8.1}  {}",
+            p.name,
+            ns,
+            ratio,
+            ns - floor,
+            target
+        );
         if !p.floor {
             json_paths.insert(
                 p.name.to_string(),
-                serde_json::json!({ "ns_per_packet": ns, "ratio_to_floor": ratio }),
+                serde_json::json!({ "ns_per_packet": ns, "ratio_to_floor": ratio, "added_ns": ns - floor }),
             );
         }
     }
@@ -338,9 +345,10 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
         bail!("the benchmark's answers banned their peer: the path changed mid-run");
     }
     let floor_samples = samples[paths[0].0].clone();
+    let tc_floor = median(floor_samples.clone());
     let targets: BTreeMap<&str, f64> = [("non-SIP egress", 1.2), ("SIP answer 401 to REGISTER", 2.0)].into();
     println!("\nTC egress ns/packet (answers program; ratio to an empty TC program, same rounds)");
-    println!("{:<30} {:>8} {:>9}  target", "path", "ns/pkt", "× floor");
+    println!("{:<30} {:>8} {:>9} {:>8}  target", "path", "ns/pkt", "× floor", "added");
     let mut out = serde_json::Map::new();
     for (name, _) in &paths {
         let ns = median(samples[name].clone());
@@ -348,10 +356,17 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
         let target = targets.get(name).map_or(String::new(), |t| {
             format!("≤ {t:.1}× {}", if ratio <= *t { "met" } else { "MISSED" })
         });
-        println!("{:<30} {:>8.1} {:>8.2}×  {}", name, ns, ratio, target);
+        println!(
+            "{:<30} {:>8.1} {:>8.2}× {:>+8.1}  {}",
+            name,
+            ns,
+            ratio,
+            ns - tc_floor,
+            target
+        );
         out.insert(
             name.to_string(),
-            serde_json::json!({ "ns_per_packet": ns, "ratio_to_floor": ratio }),
+            serde_json::json!({ "ns_per_packet": ns, "ratio_to_floor": ratio, "added_ns": ns - tc_floor }),
         );
     }
     Ok(serde_json::Value::Object(out))

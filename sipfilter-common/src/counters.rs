@@ -145,6 +145,9 @@ pub mod ban_reason {
     pub const PREFIX: u8 = 7;
     /// Reasons the programs ban for (counter slots).
     pub const KERNEL_REASONS: usize = 8;
+    /// Those reasons, in counter order.
+    pub const KERNEL: [u8; KERNEL_REASONS] =
+        [RATE, RATE + 1, RATE + 2, AUTH_FAILURE, NOT_FOUND, CRACKED, ENUMERATION, PREFIX];
     /// Added by an operator (CLI).
     pub const MANUAL: u8 = 10;
     /// Restored from the agent's state file.

@@ -8,17 +8,6 @@ use sipfilter_common::{
     Counters, Method, Outcome, Verdict,
 };
 
-/// The reasons the programs ban for, by their counter slot.
-const KERNEL_REASONS: [u8; 8] = [
-    ban_reason::RATE,
-    ban_reason::RATE + 1,
-    ban_reason::RATE + 2,
-    ban_reason::AUTH_FAILURE,
-    ban_reason::NOT_FOUND,
-    ban_reason::CRACKED,
-    ban_reason::ENUMERATION,
-    ban_reason::PREFIX,
-];
 
 pub struct Metrics {
     registry: Registry,
@@ -165,7 +154,7 @@ impl Metrics {
         for m in Method::ALL {
             methods.with_label_values(&[m.name()]);
         }
-        for r in KERNEL_REASONS {
+        for r in ban_reason::KERNEL {
             bans.with_label_values(&[ban_reason::name(r)]);
             ban_events.with_label_values(&[ban_reason::name(r)]);
         }
@@ -228,7 +217,7 @@ impl Metrics {
                 c.method(m),
             );
         }
-        for r in KERNEL_REASONS {
+        for r in ban_reason::KERNEL {
             let i = r as usize;
             sync(
                 &self.bans.with_label_values(&[ban_reason::name(r)]),

@@ -7,8 +7,6 @@ use sipfilter_common::{
     Counters, Method, Outcome, Verdict,
 };
 
-/// The reasons the programs ban for, in counter order.
-const KERNEL_REASONS: [u8; ban_reason::KERNEL_REASONS] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 use super::output::{grouped, print_json, Table};
 
@@ -52,7 +50,7 @@ pub fn to_json(c: &Counters) -> Value {
         "verdicts": named(&Verdict::ALL, Verdict::name, |v| c.verdict(v)),
         "outcomes": named(&Outcome::ALL, Outcome::name, |o| c.outcome(o)),
         "methods": named(&Method::ALL, Method::name, |m| c.method(m)),
-        "bans": named(&KERNEL_REASONS, ban_reason::name, |r| c.bans[r as usize]),
+        "bans": named(&ban_reason::KERNEL, ban_reason::name, |r| c.bans[r as usize]),
         "answers": named(&AnswerKind::ALL, AnswerKind::name, |k| c.answers[k as usize]),
         "cracked": c.cracked,
         "promoted": c.promoted,
@@ -94,7 +92,7 @@ pub fn render(c: &Counters) -> String {
     section(&mut out, "ACTION", &Verdict::ALL, Verdict::name, |v| c.verdict(v));
     section(&mut out, "REASON", &Outcome::ALL, Outcome::name, |o| c.outcome(o));
     section(&mut out, "SIP METHOD", &Method::ALL, Method::name, |m| c.method(m));
-    section(&mut out, "BANS BY REASON", &KERNEL_REASONS, ban_reason::name, |r| {
+    section(&mut out, "BANS BY REASON", &ban_reason::KERNEL, ban_reason::name, |r| {
         c.bans[r as usize]
     });
     section(&mut out, "PBX ANSWERS", &AnswerKind::ALL, AnswerKind::name, |k| {

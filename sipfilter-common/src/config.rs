@@ -28,12 +28,11 @@ pub const FLAG_STEALTH_ALL: u32 = 16;
 /// Set by userspace while quarantine is on and some extension is on the cracked list: the
 /// program then reads the extension of REGISTERs and INVITEs from unknown sources.
 pub const FLAG_QUARANTINE: u32 = 32;
-/// Withhold the 2xx that proves a guessed password (see README, "Cracked extensions").
+/// Withhold the 2xx that proves a guessed password (README, "How a packet is judged").
 pub const FLAG_WITHHOLD: u32 = 64;
-/// Trust tiers in force: the answers program runs, so sources can become known, and unknown
-/// ones get `unknown_limits`. Without it every source gets `limits` (and stealth and
-/// quarantine, which need the tiers, stay off). Not set by this version's loader: the answers
-/// program does not yet pass the verifier (README, "Status").
+/// Trust tiers in force (`[trust] enabled`): unknown sources get `unknown_limits`, the
+/// answers program judges. Without it every source gets `limits` (and stealth and quarantine,
+/// which need the tiers, stay off).
 pub const FLAG_TRUST: u32 = 128;
 
 /// A leaky budget of answers: `capacity` answers, one leaking away every `leak_secs`.

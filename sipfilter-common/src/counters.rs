@@ -146,8 +146,16 @@ pub mod ban_reason {
     /// Reasons the programs ban for (counter slots).
     pub const KERNEL_REASONS: usize = 8;
     /// Those reasons, in counter order.
-    pub const KERNEL: [u8; KERNEL_REASONS] =
-        [RATE, RATE + 1, RATE + 2, AUTH_FAILURE, NOT_FOUND, CRACKED, ENUMERATION, PREFIX];
+    pub const KERNEL: [u8; KERNEL_REASONS] = [
+        RATE,
+        RATE + 1,
+        RATE + 2,
+        AUTH_FAILURE,
+        NOT_FOUND,
+        CRACKED,
+        ENUMERATION,
+        PREFIX,
+    ];
     /// Added by an operator (CLI).
     pub const MANUAL: u8 = 10;
     /// Restored from the agent's state file.

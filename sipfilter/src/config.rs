@@ -185,7 +185,7 @@ impl Config {
         let t = &self.trust;
         k.unknown_limits = t.unknown_limits;
         k.trust.known_ttl_secs = u32::try_from(t.known_for.as_secs()).unwrap_or(u32::MAX);
-        if t.enabled && trust_in_force() {
+        if t.enabled {
             k.flags |= FLAG_TRUST;
             if t.stealth {
                 k.flags |= FLAG_STEALTH;
@@ -539,11 +539,6 @@ struct RawAgent {
     egress: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
-}
-
-/// Whether this build puts the trust tiers in force (it loads the answers program).
-pub fn trust_in_force() -> bool {
-    crate::loader::ANSWERS_LOADED
 }
 
 #[cfg(test)]

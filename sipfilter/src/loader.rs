@@ -21,10 +21,6 @@ use crate::{bpffs, clock, filter_maps::FilterMaps, trust::TrustMaps};
 /// The XDP object built by build.rs from sipfilter-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipfilter-xdp"));
 
-/// Whether this version loads the answers (egress) program. Until it passes the verifier
-/// (README, "Status") the trust tiers stay off whatever the configuration says.
-pub const ANSWERS_LOADED: bool = true;
-
 /// The program loaded into the kernel (not attached), and its maps.
 pub struct Loaded {
     pub ebpf: Ebpf,
@@ -47,34 +43,23 @@ impl Loaded {
         let prog = xdp_mut(&mut ebpf, XDP_PROGRAM)?;
         prog.load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
-        if ANSWERS_LOADED {
-            xdp_mut(&mut ebpf, INSPECT_PROGRAM)?
-                .load()
-                .map_err(|e| anyhow!("the kernel refused the request inspection program: {e}"))?;
-            link_ingress_programs(&mut ebpf)?;
-            tc_mut(&mut ebpf, ANSWERS_PROGRAM)?
-                .load()
-                .map_err(|e| anyhow!("the kernel refused the answers program: {e}"))?;
-            tc_mut(&mut ebpf, JUDGE_PROGRAM)?
-                .load()
-                .map_err(|e| anyhow!("the kernel refused the answers' judge program: {e}"))?;
-            tc_mut(&mut ebpf, CALLER_PROGRAM)?
-                .load()
-                .map_err(|e| anyhow!("the kernel refused the answers' caller program: {e}"))?;
-            tc_mut(&mut ebpf, IDENTIFY_PROGRAM)?
-                .load()
-                .map_err(|e| anyhow!("the kernel refused the answers' identify program: {e}"))?;
-            let judge = tc(&ebpf, JUDGE_PROGRAM)?.fd()?.try_clone()?;
-            let caller = tc(&ebpf, CALLER_PROGRAM)?.fd()?.try_clone()?;
-            let identify = tc(&ebpf, IDENTIFY_PROGRAM)?.fd()?.try_clone()?;
-            let map = ebpf
-                .map_mut(EGRESS_PROGRAMS)
-                .context("the object has no egress_programs map")?;
-            let mut table = aya::maps::ProgramArray::try_from(map)?;
-            table.set(0, &judge, 0)?;
-            table.set(1, &caller, 0)?;
-            table.set(2, &identify, 0)?;
-        }
+        xdp_mut(&mut ebpf, INSPECT_PROGRAM)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the request inspection program: {e}"))?;
+        link_ingress_programs(&mut ebpf)?;
+        tc_mut(&mut ebpf, ANSWERS_PROGRAM)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the answers program: {e}"))?;
+        tc_mut(&mut ebpf, JUDGE_PROGRAM)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the answers' judge program: {e}"))?;
+        tc_mut(&mut ebpf, CALLER_PROGRAM)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the answers' caller program: {e}"))?;
+        tc_mut(&mut ebpf, IDENTIFY_PROGRAM)?
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the answers' identify program: {e}"))?;
+        link_egress_programs(&mut ebpf)?;
         let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
         let trust = TrustMaps::from_ebpf(&mut ebpf)?;
         maps.set_lock_dir(pin_dir);
@@ -159,12 +144,9 @@ impl Loaded {
         xdp_mut(&mut self.ebpf, XDP_PROGRAM)
     }
 
-    /// The egress program that reads the PBX's answers (None: not loaded by this version).
-    pub fn answers_program_mut(&mut self) -> anyhow::Result<Option<&mut SchedClassifier>> {
-        if !ANSWERS_LOADED {
-            return Ok(None);
-        }
-        tc_mut(&mut self.ebpf, ANSWERS_PROGRAM).map(Some)
+    /// The egress program that reads the PBX's answers.
+    pub fn answers_program_mut(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        tc_mut(&mut self.ebpf, ANSWERS_PROGRAM)
     }
 
     pub fn answers_program(&self) -> anyhow::Result<&SchedClassifier> {
@@ -321,4 +303,20 @@ fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedCla
         .with_context(|| format!("the object has no program {name}"))?
         .try_into()
         .with_context(|| format!("{name} is not a TC program"))
+}
+
+/// Fills the answers program's tail-call table: the judge, the caller reader and the
+/// request identification, in their slots.
+fn link_egress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let judge = tc(ebpf, JUDGE_PROGRAM)?.fd()?.try_clone()?;
+    let caller = tc(ebpf, CALLER_PROGRAM)?.fd()?.try_clone()?;
+    let identify = tc(ebpf, IDENTIFY_PROGRAM)?.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(EGRESS_PROGRAMS)
+        .context("the object has no egress_programs map")?;
+    let mut table = aya::maps::ProgramArray::try_from(map)?;
+    table.set(0, &judge, 0)?;
+    table.set(1, &caller, 0)?;
+    table.set(2, &identify, 0)?;
+    Ok(())
 }

@@ -8,7 +8,6 @@ use sipfilter_common::{
     Counters, Method, Outcome, Verdict,
 };
 
-
 pub struct Metrics {
     registry: Registry,
     packets: IntCounterVec,

@@ -318,14 +318,13 @@ impl Agent {
                     attach::link_pin(pin_dir, iface).display()
                 ));
             }
-            if let Some(answers) = loaded.answers_program_mut()? {
-                let e = answers_attach::attach(answers, pin_dir, iface, config.egress)?;
-                log(format!(
-                    "{} the answers program on the egress of {iface} ({})",
-                    if e.adopted { "took over" } else { "attached" },
-                    e.path
-                ));
-            }
+            let answers = loaded.answers_program_mut()?;
+            let e = answers_attach::attach(answers, pin_dir, iface, config.egress)?;
+            log(format!(
+                "{} the answers program on the egress of {iface} ({})",
+                if e.adopted { "took over" } else { "attached" },
+                e.path
+            ));
             attached.push(a.iface);
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();

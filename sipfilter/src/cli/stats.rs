@@ -7,7 +7,6 @@ use sipfilter_common::{
     Counters, Method, Outcome, Verdict,
 };
 
-
 use super::output::{grouped, print_json, Table};
 
 pub const EXAMPLES: &str = "\

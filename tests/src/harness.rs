@@ -162,11 +162,6 @@ impl TestFilter {
         Ok((passed, dropped))
     }
 
-    /// Loads the empty TC program (the egress benchmarks' floor).
-    pub fn load_tc_floor_for_bench(&mut self) -> anyhow::Result<()> {
-        self.loaded.load_tc_floor().map(|_| ())
-    }
-
     pub fn maps(&mut self) -> &mut FilterMaps {
         &mut self.loaded.maps
     }

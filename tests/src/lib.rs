@@ -3,6 +3,7 @@
 //! BPF_PROG_TEST_RUN, and network-namespace helpers for end-to-end tests.
 
 pub mod agent;
+pub mod bench;
 pub mod harness;
 pub mod kamailio;
 pub mod netns;

@@ -17,40 +17,11 @@ use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use sipfilter::addr::source_key;
 use sipfilter_common::{counters::ban_reason, maps::FLOOR_PROGRAM, KernelConfig};
 use sipfilter_tests::{
+    bench::{args, median, Args},
     harness::TestFilter,
     netns::{sh, Netns},
     packet::{sip_request, PacketBuilder as P},
 };
-
-struct Args {
-    repeat: u32,
-    runs: u32,
-    out: PathBuf,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        repeat: 200_000,
-        runs: 7,
-        out: PathBuf::from("target/bench/peers.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--repeat" => a.repeat = value.parse().context("--repeat")?,
-            "--runs" => a.runs = value.parse().context("--runs")?,
-            "--out" => a.out = value.into(),
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    Ok(a)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// The `struct xdp_md` context of a live frame: its length (the kernel insists that
 /// `data_end` is the frame's size) and the interface it arrives on.
@@ -74,7 +45,12 @@ const BANNED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 const FLOODER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = args(Args {
+        repeat: 200_000,
+        runs: 7,
+        calls: 0,
+        out: PathBuf::from("target/bench/peers.json"),
+    })?;
     let ns = Netns::new("peers")?;
     // A veth pair inside the namespace: frames are injected as received on `dut`.
     sh(&[

@@ -8,7 +8,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context as _};
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
 use sipfilter_common::{
     config::{FLAG_STEALTH, FLAG_TRUST, MAX_BURST, MAX_RATE},
@@ -17,31 +17,10 @@ use sipfilter_common::{
     ClassLimit, KernelConfig,
 };
 use sipfilter_tests::{
+    bench::{args, pin_to_cpu, Args},
     harness::TestFilter,
     packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
-
-struct Args {
-    calls: u32,
-    out: PathBuf,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        calls: 200_000,
-        out: PathBuf::from("target/bench/scale.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--calls" => a.calls = value.parse().context("--calls")?,
-            "--out" => a.out = value.into(),
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    Ok(a)
-}
 
 /// The i-th of `n` source addresses, spread over 10.0.0.0/8 (a seeded walk, so 1,000,000
 /// sources are all distinct and not in address order).
@@ -61,20 +40,37 @@ fn mean_ns(mut call: impl FnMut(u32) -> Result<std::time::Duration, ProgramError
     Ok(total as f64 / calls as f64)
 }
 
+/// The mean time of `calls` single runs of `prog` on `frame`.
+fn mean_of<P>(prog: &P, frame: &[u8], calls: u32) -> anyhow::Result<f64>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    mean_ns(
+        |_| {
+            prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map(|r| r.duration)
+        },
+        calls,
+    )
+}
+
 struct Point {
     x: u64,
     ns: f64,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
-    // One CPU: the program's per-CPU state and the timer stay put.
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let args = args(Args {
+        repeat: 1,
+        runs: 1,
+        calls: 200_000,
+        out: PathBuf::from("target/bench/scale.json"),
+    })?;
+    pin_to_cpu(0);
     let big = ClassLimit {
         rate_per_sec: MAX_RATE as u32,
         burst: MAX_BURST as u32,
@@ -120,17 +116,7 @@ fn main() -> anyhow::Result<()> {
     f.loaded.load_floor()?;
     let floor = {
         let prog: &aya::programs::Xdp = f.loaded.ebpf.program(FLOOR_PROGRAM).context("floor")?.try_into()?;
-        mean_ns(
-            |_| {
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&template),
-                    repeat: 1,
-                    ..Default::default()
-                })
-                .map(|r| r.duration)
-            },
-            args.calls,
-        )?
+        mean_of(prog, &template, args.calls)?
     };
 
     let mut sources = Vec::new();
@@ -175,7 +161,7 @@ fn main() -> anyhow::Result<()> {
 
     // Egress: a 401 to a REGISTER read, identified and judged, with more and more Vias
     // before its To and CSeq (the scan's length).
-    f.load_tc_floor_for_bench()?;
+    f.loaded.load_tc_floor()?;
     let peer = Ipv4Addr::new(198, 51, 100, 20);
     let pbx = Ipv4Addr::new(192, 0, 2, 1);
     let tc_floor = {
@@ -212,18 +198,7 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .bytes,
         )?;
-        let prog = f.loaded.answers_program()?;
-        let ns = mean_ns(
-            |_| {
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    repeat: 1,
-                    ..Default::default()
-                })
-                .map(|r| r.duration)
-            },
-            args.calls / 4,
-        )?;
+        let ns = mean_of(f.loaded.answers_program()?, &frame, args.calls / 4)?;
         scan.push(Point {
             x: payload.len() as u64,
             ns,

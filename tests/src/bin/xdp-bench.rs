@@ -26,34 +26,10 @@ use sipfilter_common::{
     ClassLimit, KernelConfig, KnownSource,
 };
 use sipfilter_tests::{
+    bench::{args, median, pin_to_cpu, Args},
     harness::{TestFilter, XDP_DROP, XDP_PASS},
     packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
-
-struct Args {
-    repeat: u32,
-    runs: u32,
-    out: PathBuf,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        repeat: 1_000_000,
-        runs: 15,
-        out: PathBuf::from("target/bench/xdp.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--repeat" => a.repeat = value.parse().context("--repeat")?,
-            "--runs" => a.runs = value.parse().context("--runs")?,
-            "--out" => a.out = value.into(),
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    Ok(a)
-}
 
 struct Path {
     name: &'static str,
@@ -62,22 +38,13 @@ struct Path {
     floor: bool,
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = args(Args {
+        repeat: 1_000_000,
+        runs: 15,
+        calls: 0,
+        out: PathBuf::from("target/bench/xdp.json"),
+    })?;
     pin_to_cpu(0);
 
     // Buckets big enough that a measurement of `repeat` packets never empties one.

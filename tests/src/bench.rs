@@ -1,0 +1,50 @@
+//! What the benchmark binaries (`xdp-bench`, `peers-bench`, `scale-bench`) share: their
+//! command line, a median, and pinning to one CPU.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+
+/// `--repeat N --runs N --calls N --out FILE`; each binary reads the ones it uses.
+pub struct Args {
+    /// BPF_PROG_TEST_RUN repeat per measurement.
+    pub repeat: u32,
+    /// Measurements per path (the median is reported).
+    pub runs: u32,
+    /// Single calls per point (scale-bench).
+    pub calls: u32,
+    /// Where the JSON goes.
+    pub out: PathBuf,
+}
+
+/// The command line over `defaults`.
+pub fn args(defaults: Args) -> anyhow::Result<Args> {
+    let mut a = defaults;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--repeat" => a.repeat = value.parse().context("--repeat")?,
+            "--runs" => a.runs = value.parse().context("--runs")?,
+            "--calls" => a.calls = value.parse().context("--calls")?,
+            "--out" => a.out = value.into(),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(a)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Keeps this thread on one CPU: per-CPU state and the kernel's timer stay put.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

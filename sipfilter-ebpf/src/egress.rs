@@ -38,9 +38,10 @@ pub fn tc_floor(_ctx: TcContext) -> i32 {
 
 /// Reads an answer leaving from a SIP port; if it is one that says something about the source
 /// it goes to, notes what it says in this CPU's [`PENDING_ANSWER`] and hands the packet to
-/// [`sipfilter_judge`] by tail call. Two programs, because the verifier walks the header scan
-/// once for every distinct state that reaches it: scanning first, from a clean start, and
-/// judging (with its map lookups and branches) after, keeps each walk small.
+/// the next program by tail call (`sipfilter_identify`, then `sipfilter_caller` where the
+/// caller is needed, then `sipfilter_judge`). Several programs, because the verifier walks the
+/// header scan once for every distinct state that reaches it: each reads at most two headers
+/// from a clean start, and judging (with its map lookups and branches) comes last.
 #[classifier]
 pub fn sipfilter_answers(ctx: TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
@@ -69,14 +70,11 @@ pub fn sipfilter_judge(_ctx: TcContext) -> i32 {
     let Some(counters) = COUNTERS.get_ptr_mut(0) else {
         return TC_ACT_OK as i32;
     };
-    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+    let Some(pending) = waiting_answer() else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: per-CPU values: only this CPU touches them while the program runs.
-    let (counters, pending) = unsafe { (&mut *counters, &mut *pending) };
-    if pending.ready == 0 {
-        return TC_ACT_OK as i32;
-    }
+    // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
+    let counters = unsafe { &mut *counters };
     pending.ready = 0;
     if judge(pending, config, counters) && !config.monitor() {
         return TC_ACT_SHOT as i32;
@@ -162,15 +160,10 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
 /// for the rest. A program of its own, like each header read, for the verifier.
 #[classifier]
 pub fn sipfilter_identify(ctx: TcContext) -> i32 {
-    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+    let Some(pending) = waiting_answer() else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: this CPU's record.
-    let pending = unsafe { &mut *pending };
-    if pending.ready == 0 {
-        return TC_ACT_OK as i32;
-    }
-    let Some(bytes) = ScanWindow::resume(pending.window_len as usize, pending.window_cut != 0) else {
+    let Some(bytes) = pending.window() else {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
@@ -201,15 +194,12 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
     let Some(counters) = COUNTERS.get_ptr_mut(0) else {
         return TC_ACT_OK as i32;
     };
-    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
+    let Some(pending) = waiting_answer() else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: per-CPU values: only this CPU touches them while the program runs.
-    let (counters, pending) = unsafe { (&mut *counters, &mut *pending) };
-    if pending.ready == 0 {
-        return TC_ACT_OK as i32;
-    }
-    let Some(bytes) = ScanWindow::resume(pending.window_len as usize, pending.window_cut != 0) else {
+    // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
+    let counters = unsafe { &mut *counters };
+    let Some(bytes) = pending.window() else {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
@@ -231,6 +221,24 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
     }
     pending.ready = 0;
     TC_ACT_OK as i32
+}
+
+/// This CPU's answer read by an earlier program of the chain, if one waits (a TC program runs
+/// to completion on its CPU, tail calls included).
+#[inline(always)]
+fn waiting_answer() -> Option<&'static mut PendingAnswer> {
+    let p = PENDING_ANSWER.get_ptr_mut(0)?;
+    // SAFETY: this CPU's record; see above.
+    let p = unsafe { &mut *p };
+    (p.ready != 0).then_some(p)
+}
+
+impl PendingAnswer {
+    /// The scan window the answer was read from, still in this CPU's scan buffer.
+    #[inline(always)]
+    fn window(&self) -> Option<ScanWindow> {
+        ScanWindow::resume(self.window_len as usize, self.window_cut != 0)
+    }
 }
 
 /// Judges a read answer; true when it is a 2xx to withhold.

@@ -4,6 +4,26 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+use sipfilter_common::{
+    config::{FLAG_STEALTH, FLAG_TRUST, FLAG_WITHHOLD, MAX_BURST, MAX_RATE},
+    ClassLimit, KernelConfig,
+};
+
+/// The product's defaults (trust tiers, stealth, withholding on) with buckets big enough
+/// that a measurement never empties one, so every run takes the path being measured.
+pub fn config() -> KernelConfig {
+    let big = ClassLimit {
+        rate_per_sec: MAX_RATE as u32,
+        burst: MAX_BURST as u32,
+    };
+    let mut config = KernelConfig {
+        limits: [big; 3],
+        unknown_limits: [big; 3],
+        ..KernelConfig::default()
+    };
+    config.flags |= FLAG_TRUST | FLAG_STEALTH | FLAG_WITHHOLD;
+    config
+}
 
 /// `--repeat N --runs N --calls N --out FILE`; each binary reads the ones it uses.
 pub struct Args {

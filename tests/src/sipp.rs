@@ -18,3 +18,16 @@ pub fn sipp_args(scenario: &str, pbx: Option<&str>, local_ip: &str, extra: &[&st
 /// a large socket buffer (SIPp's default is 64 KiB) so the burst of 150 back-to-back
 /// REGISTERs that sipfilter lets through is not lost in the PBX's own socket.
 pub const PBX_SERVER_ARGS: &[&str] = &["-deadcall_wait", "0", "-trace_logs", "-buff_size", "4194304"];
+
+/// Waits for a SIPp client: it exits 0 when all its calls succeeded and 1 when some failed
+/// (both are results a test reads from its screen); any other status means it did not run.
+pub fn sipp_done(p: &mut crate::netns::Background, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let status = p.wait(timeout)?;
+    anyhow::ensure!(
+        matches!(status.code(), Some(0 | 1)),
+        "SIPp {} failed with {status}:\n{}",
+        p.name,
+        p.output()
+    );
+    Ok(())
+}

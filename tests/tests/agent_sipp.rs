@@ -18,7 +18,7 @@ use serde_json::Value;
 use sipfilter_tests::{
     harness::PrivateBpffs,
     netns::{veth_pair, Background, Netns, ScratchDir},
-    sipp::{sipp_args, PBX_SERVER_ARGS},
+    sipp::{sipp_args, sipp_done, PBX_SERVER_ARGS},
 };
 
 /// The REGISTER burst of a source that has not registered (an unknown source): the flood
@@ -202,18 +202,6 @@ impl Screen {
             })
             .sum()
     }
-}
-
-/// SIPp exits 0 when all calls succeeded, 1 when some failed; other codes mean it did not run.
-fn sipp_done(p: &mut Background, timeout: Duration) -> anyhow::Result<()> {
-    let status = p.wait(timeout)?;
-    assert!(
-        matches!(status.code(), Some(0 | 1)),
-        "SIPp {} failed with {status}:\n{}",
-        p.name,
-        p.output()
-    );
-    Ok(())
 }
 
 #[test]

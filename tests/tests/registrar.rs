@@ -20,7 +20,7 @@ use sipfilter_tests::{
     harness::PrivateBpffs,
     kamailio::{Registrar, UnknownUsers},
     netns::{veth_pair, Background, Netns, ScratchDir},
-    sipp::sipp_args,
+    sipp::{sipp_args, sipp_done},
 };
 
 /// A PBX namespace (`NET.1`) and a LAN namespace (`NET.2`, `NET.3`: two client addresses)
@@ -224,18 +224,6 @@ fn sipp_stat(p: &Background, label: &str) -> u64 {
         .and_then(|l| l.split('|').nth(2))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {label:?} in SIPp's screen:\n{text}"))
-}
-
-/// SIPp exits 0 when all calls succeeded, 1 when some failed; other codes mean it did not run.
-fn sipp_done(p: &mut Background, timeout: Duration) -> anyhow::Result<()> {
-    let status = p.wait(timeout)?;
-    assert!(
-        matches!(status.code(), Some(0 | 1)),
-        "SIPp {} failed with {status}:\n{}",
-        p.name,
-        p.output()
-    );
-    Ok(())
 }
 
 /// A dictionary of `len` wrong passwords, with `right` at 1-based position `at` if given.

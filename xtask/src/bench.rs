@@ -1,43 +1,31 @@
-//! `cargo xtask bench`: runs the benchmark binary in release mode.
+//! `cargo xtask bench [--peers|--scale]`: runs a benchmark binary in release mode.
 
 use crate::setup;
 
 pub fn run(repeat: u32, runs: u32) -> anyhow::Result<()> {
-    // Absolute, so the result lands in the workspace whatever folder cargo xtask ran from.
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/xdp.json");
-    setup::cargo(&[
-        "run",
-        "--release",
-        "--package",
-        "sipfilter-tests",
-        "--bin",
+    bench_bin(
         "xdp-bench",
-        "--",
-        "--repeat",
-        &repeat.to_string(),
-        "--runs",
-        &runs.to_string(),
-        "--out",
-        out.to_str().unwrap_or("target/bench/xdp.json"),
-    ])
+        "xdp.json",
+        &["--repeat", &repeat.to_string(), "--runs", &runs.to_string()],
+    )
 }
 
 /// `cargo xtask bench --peers|--scale`: another benchmark binary, release mode, writing
 /// `target/bench/<json>`.
 pub fn extra(bin: &str, json: &str) -> anyhow::Result<()> {
+    bench_bin(bin, json, &[])
+}
+
+/// Runs a benchmark binary of the tests crate in release mode with `args`, writing its JSON
+/// to `target/bench/<json>` (absolute, so it lands in the workspace whatever folder cargo
+/// xtask ran from).
+fn bench_bin(bin: &str, json: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/bench")
         .join(json);
     let out = out.to_str().unwrap_or(json).to_owned();
-    setup::cargo(&[
-        "run",
-        "--release",
-        "--package",
-        "sipfilter-tests",
-        "--bin",
-        bin,
-        "--",
-        "--out",
-        &out,
-    ])
+    let mut full = vec!["run", "--release", "--package", "sipfilter-tests", "--bin", bin, "--"];
+    full.extend_from_slice(args);
+    full.extend(["--out", &out]);
+    setup::cargo(&full)
 }

@@ -12,6 +12,7 @@ mod demo;
 #[path = "../../tests/src/netns.rs"]
 mod netns;
 mod setup;
+#[allow(dead_code)]
 #[path = "../../tests/src/sipp.rs"]
 mod sipp;
 mod test;

@@ -11,13 +11,11 @@ use anyhow::{bail, Context as _};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
 use sipfilter_common::{
-    config::{FLAG_STEALTH, FLAG_TRUST, MAX_BURST, MAX_RATE},
     counters::ban_reason,
     maps::{FLOOR_PROGRAM, PERMANENT, TC_FLOOR_PROGRAM},
-    ClassLimit, KernelConfig,
 };
 use sipfilter_tests::{
-    bench::{args, pin_to_cpu, Args},
+    bench::{self, args, pin_to_cpu, Args},
     harness::TestFilter,
     packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
@@ -71,16 +69,7 @@ fn main() -> anyhow::Result<()> {
         out: PathBuf::from("target/bench/scale.json"),
     })?;
     pin_to_cpu(0);
-    let big = ClassLimit {
-        rate_per_sec: MAX_RATE as u32,
-        burst: MAX_BURST as u32,
-    };
-    let mut config = KernelConfig {
-        limits: [big; 3],
-        unknown_limits: [big; 3],
-        ..KernelConfig::default()
-    };
-    config.flags |= FLAG_TRUST | FLAG_STEALTH;
+    let config = bench::config();
 
     let template = P::udp4(
         source(0, 1),

@@ -19,14 +19,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use anyhow::{bail, Context as _};
 use aya::programs::{TestRun as _, TestRunOptions};
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
-use sipfilter_common::{
-    config::{FLAG_STEALTH, FLAG_TRUST, FLAG_WITHHOLD, MAX_BURST, MAX_RATE},
-    counters::ban_reason,
-    maps::PERMANENT,
-    ClassLimit, KernelConfig, KnownSource,
-};
+use sipfilter_common::{counters::ban_reason, maps::PERMANENT, KnownSource};
 use sipfilter_tests::{
-    bench::{args, median, pin_to_cpu, Args},
+    bench::{self, args, median, pin_to_cpu, Args},
     harness::{TestFilter, XDP_DROP, XDP_PASS},
     packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
@@ -48,17 +43,7 @@ fn main() -> anyhow::Result<()> {
     pin_to_cpu(0);
 
     // Buckets big enough that a measurement of `repeat` packets never empties one.
-    let big = ClassLimit {
-        rate_per_sec: MAX_RATE as u32,
-        burst: MAX_BURST as u32,
-    };
-    let mut config = KernelConfig {
-        limits: [big; 3],
-        unknown_limits: [big; 3],
-        ..KernelConfig::default()
-    };
-    // The product's defaults: trust tiers and stealth on.
-    config.flags |= FLAG_TRUST | FLAG_STEALTH | FLAG_WITHHOLD;
+    let config = bench::config();
     let mut filter = TestFilter::with_config(&config)?;
 
     let clean = Ipv4Addr::new(198, 51, 100, 20);

@@ -34,6 +34,12 @@ pub const FLAG_WITHHOLD: u32 = 64;
 /// answers program judges. Without it every source gets `limits` (and stealth and quarantine,
 /// which need the tiers, stay off).
 pub const FLAG_TRUST: u32 = 128;
+/// Requests from sources that are neither known nor allowlisted have their User-Agent
+/// searched for scanner tokens (set while the token list is not empty).
+pub const FLAG_SCANNER_USER_AGENTS: u32 = 256;
+/// INVITE and MESSAGE requests have their dialed number checked against the destination
+/// rules and counted for the call-burst rules.
+pub const FLAG_CALLS: u32 = 512;
 
 /// A leaky budget of answers: `capacity` answers, one leaking away every `leak_secs`.
 /// Capacity 0: no budget.
@@ -120,6 +126,8 @@ pub struct KernelConfig {
     /// Limits of unknown sources (neither known nor allowlisted).
     pub unknown_limits: [ClassLimit; 3],
     pub trust: TrustConfig,
+    /// Destination and call-burst rules (`[calls]`).
+    pub calls: crate::calls::CallConfig,
     /// First ban's length, ns.
     pub ban_base_ns: u64,
     /// Longest ban escalation may reach, ns.
@@ -284,6 +292,7 @@ impl Default for KernelConfig {
                 defaults::UNKNOWN_OTHER,
             ],
             trust: TrustConfig::default(),
+            calls: crate::calls::CallConfig::default(),
             ban_base_ns: defaults::BAN_BASE_SECS * NS_PER_SEC,
             ban_max_ns: defaults::BAN_MAX_SECS * NS_PER_SEC,
             escalation_window_ns: defaults::ESCALATION_WINDOW_SECS * NS_PER_SEC,

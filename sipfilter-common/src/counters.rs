@@ -60,10 +60,17 @@ pub enum Outcome {
     Quarantined,
     /// An unknown source over its tight limit: dropped, not banned.
     Throttled,
+    /// A request whose User-Agent names a scanner: dropped unanswered, the source banned.
+    Scanner,
+    /// A call to a denied destination: dropped, the source not banned (README,
+    /// "Destination rules").
+    Destination,
+    /// A call over a call-burst limit: dropped (and an unknown source banned).
+    CallBurst,
 }
 
 impl Outcome {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 18;
     pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::NotIp,
         Outcome::NotUdp,
@@ -80,6 +87,9 @@ impl Outcome {
         Outcome::Stealth,
         Outcome::Quarantined,
         Outcome::Throttled,
+        Outcome::Scanner,
+        Outcome::Destination,
+        Outcome::CallBurst,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -99,6 +109,9 @@ impl Outcome {
             Outcome::Stealth => "stealth",
             Outcome::Quarantined => "quarantined",
             Outcome::Throttled => "throttled",
+            Outcome::Scanner => "scanner",
+            Outcome::Destination => "destination",
+            Outcome::CallBurst => "call_burst",
         }
     }
 
@@ -115,6 +128,9 @@ impl Outcome {
                 | Outcome::Stealth
                 | Outcome::Quarantined
                 | Outcome::Throttled
+                | Outcome::Scanner
+                | Outcome::Destination
+                | Outcome::CallBurst
         )
     }
 
@@ -143,8 +159,12 @@ pub mod ban_reason {
     pub const ENUMERATION: u8 = 6;
     /// IPv6: several addresses of the prefix offended.
     pub const PREFIX: u8 = 7;
+    /// A scanner's User-Agent.
+    pub const SCANNER: u8 = 8;
+    /// An unknown source over a call-burst limit.
+    pub const CALL_BURST: u8 = 9;
     /// Reasons the programs ban for (counter slots).
-    pub const KERNEL_REASONS: usize = 8;
+    pub const KERNEL_REASONS: usize = 10;
     /// Those reasons, in counter order.
     pub const KERNEL: [u8; KERNEL_REASONS] = [
         RATE,
@@ -155,6 +175,8 @@ pub mod ban_reason {
         CRACKED,
         ENUMERATION,
         PREFIX,
+        SCANNER,
+        CALL_BURST,
     ];
     /// Added by an operator (CLI).
     pub const MANUAL: u8 = 10;
@@ -171,6 +193,8 @@ pub mod ban_reason {
             CRACKED => "cracked",
             ENUMERATION => "enumeration",
             PREFIX => "prefix",
+            SCANNER => "scanner",
+            CALL_BURST => "call_burst",
             MANUAL => "manual",
             RESTORED => "restored",
             _ => "unknown",
@@ -245,6 +269,16 @@ pub struct Counters {
     pub withheld: u64,
     /// Answers whose headers could not be read within the scan bound (passed, not judged).
     pub uninspected: u64,
+    /// Requests matched by each scanner User-Agent token (by its place in the list).
+    pub scanner_tokens: [u64; crate::user_agent::MAX_TOKENS],
+    /// Calls dropped by each destination rule kind: [denied destination, burst to one
+    /// number, international burst].
+    pub calls_blocked: [u64; 3],
+    /// New calls (not retransmissions) whose dialed number was checked.
+    pub calls_checked: u64,
+    /// Requests the inspection could not read within its bounds (a header past the scan
+    /// bound, a dialed number too long to normalise): passed, not judged by those rules.
+    pub requests_uninspected: u64,
     /// Bans that could not be stored because the ban table was full (the packet was still dropped).
     pub ban_table_full: u64,
     /// Ban events the ring buffer had no room for.
@@ -263,6 +297,10 @@ impl Default for Counters {
             promoted: 0,
             withheld: 0,
             uninspected: 0,
+            scanner_tokens: [0; crate::user_agent::MAX_TOKENS],
+            calls_blocked: [0; 3],
+            calls_checked: 0,
+            requests_uninspected: 0,
             ban_table_full: 0,
             events_lost: 0,
         }
@@ -286,6 +324,10 @@ impl Counters {
         self.promoted = self.promoted.wrapping_add(o.promoted);
         self.withheld = self.withheld.wrapping_add(o.withheld);
         self.uninspected = self.uninspected.wrapping_add(o.uninspected);
+        sum(&mut self.scanner_tokens, &o.scanner_tokens);
+        sum(&mut self.calls_blocked, &o.calls_blocked);
+        self.calls_checked = self.calls_checked.wrapping_add(o.calls_checked);
+        self.requests_uninspected = self.requests_uninspected.wrapping_add(o.requests_uninspected);
         self.ban_table_full = self.ban_table_full.wrapping_add(o.ban_table_full);
         self.events_lost = self.events_lost.wrapping_add(o.events_lost);
     }

@@ -9,11 +9,14 @@
 
 pub mod answers;
 pub mod bucket;
+pub mod calls;
 pub mod config;
 pub mod counters;
+pub mod dialed;
 pub mod maps;
 pub mod scan;
 pub mod sip;
+pub mod user_agent;
 
 pub use answers::{Answer, AnswerState, Judgement};
 pub use bucket::TokenBucket;

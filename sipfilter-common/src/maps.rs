@@ -17,12 +17,21 @@ pub const DENYLIST: &str = "denylist";
 pub const BAN_EVENTS: &str = "ban_events";
 pub const KNOWN_SOURCES: &str = "known_sources";
 pub const CRACKED_EXTENSIONS: &str = "cracked_extensions";
+pub const SCANNER_USER_AGENTS: &str = "scanner_user_agents";
+pub const DESTINATIONS: &str = "destinations";
+pub const RECENT_CALLS: &str = "recent_calls";
+pub const CALLS_TO_NUMBER: &str = "calls_to_number";
+pub const INTERNATIONAL_CALLS: &str = "international_calls";
+pub const CALL_EVENTS: &str = "call_events";
 
 /// The XDP program, and the empty program the benchmark measures as its floor.
 pub const XDP_PROGRAM: &str = "sipfilter";
 pub const FLOOR_PROGRAM: &str = "xdp_floor";
 /// The request inspection (tail-called by the XDP program) and its tail-call table.
 pub const INSPECT_PROGRAM: &str = "sipfilter_inspect";
+/// The inspection's readers of the User-Agent and of the dialed number.
+pub const USER_AGENT_PROGRAM: &str = "sipfilter_user_agent";
+pub const CALLS_PROGRAM: &str = "sipfilter_calls";
 pub const INGRESS_PROGRAMS: &str = "ingress_programs";
 /// The egress (TC) program that reads the PBX's answers, and its empty floor.
 pub const ANSWERS_PROGRAM: &str = "sipfilter_answers";
@@ -55,6 +64,13 @@ pub const BAN_EVENTS_BYTES: u32 = 256 * 1024;
 /// since only a real registration's 2xx makes one). The agent expires them.
 pub const KNOWN_SOURCES_SIZE: u32 = 65_536;
 pub const CRACKED_SIZE: u32 = 4_096;
+/// Destination rules: the shipped high-risk list has ~40; room for a carrier's full list.
+pub const DESTINATIONS_SIZE: u32 = 16_384;
+/// Calls remembered (LRU): a minute of calls of a large PBX many times over.
+pub const RECENT_CALLS_SIZE: u32 = 65_536;
+/// Sources (and source-number pairs) whose international calls are counted (LRU).
+pub const CALL_SOURCES_SIZE: u32 = 16_384;
+pub const CALL_EVENTS_BYTES: u32 = 64 * 1024;
 
 /// A traffic source: an IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`),
 /// or an IPv6 address masked to the configured prefix. One key type lets one set of maps

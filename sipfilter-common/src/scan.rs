@@ -170,6 +170,8 @@ enum Header {
     To,
     From,
     CSeq,
+    CallId,
+    UserAgent,
     Authorization,
     Other,
     /// The empty line: the headers have ended.
@@ -205,6 +207,16 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
     if named(lw, word(b"cseq"), 4) {
         return Header::CSeq;
     }
+    if named(lw, word(b"call-id"), 7) || named(lw, word(b"i"), 1) {
+        return Header::CallId;
+    }
+    if lw == word(b"user-age") {
+        if let Some(w2) = b.word(line + 8) {
+            if named(w2 | LOWER, word(b"nt"), 2) {
+                return Header::UserAgent;
+            }
+        }
+    }
     if lw == word(b"authoriz") {
         return Header::Authorization;
     }
@@ -229,90 +241,165 @@ pub struct Found {
     pub to_at: usize,
     pub from_at: usize,
     pub cseq_at: usize,
+    pub call_id_at: usize,
+    pub user_agent_at: usize,
     /// Authorization or Proxy-Authorization is present.
     pub credentials: bool,
     /// The scan ended before the end of the headers (bound reached, line too long): absent
     /// headers may lie beyond.
     pub incomplete: bool,
+    /// Where the next unvisited header line starts when the scan stopped after [`MAX_LINES`]
+    /// lines with more to read (0: it did not). [`scan_lines`] goes on from there: the kernel
+    /// does so in a new program run (a tail call), each run with a verifier budget of its own.
+    pub resume_at: usize,
 }
 
 /// What a caller needs found before the scan may stop early.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default, Debug)]
 pub struct Wanted {
     /// The top Via (its position, for [`request_identity`]).
     pub via: bool,
     pub to: bool,
     pub from: bool,
     pub cseq: bool,
+    pub call_id: bool,
+    pub user_agent: bool,
     pub credentials: bool,
+}
+
+impl Wanted {
+    /// Nothing: [`Wanted::with`] adds what a caller needs.
+    pub const NONE: Wanted = Wanted {
+        via: false,
+        to: false,
+        from: false,
+        cseq: false,
+        call_id: false,
+        user_agent: false,
+        credentials: false,
+    };
 }
 
 /// Walks the header lines after the start line. `start`: the offset of the start line.
 ///
 /// It only notes where the wanted headers' values start; callers read the values they need.
 /// (Reading them inside the loop would make the kernel verifier walk the URI reader once for
-/// every line at which a header can be found.)
+/// every line at which a header can be found.) At most [`MAX_LINES`] lines are visited; the
+/// answer's `resume_at` says where [`scan_lines`] would go on.
 #[inline(always)]
 pub fn scan_headers<B: Bytes + ?Sized>(b: &B, start: usize, wanted: Wanted) -> Found {
-    let mut found = Found::default();
-    // Value positions of the wanted headers, 0 while not seen.
-    let (mut to_at, mut from_at, mut cseq_at, mut via_at) = (0usize, 0usize, 0usize, 0usize);
-    let (mut seen_to, mut seen_from, mut seen_cseq) = (false, false, false);
-    // Skip the start line.
-    let mut next = find(b, start, b'\n', MAX_LINE / 8).map(|nl| nl + 1);
-    if next.is_none() {
-        found.incomplete = true;
+    match first_header_line(b, start) {
+        Some(first) => {
+            let mut scan = Scan {
+                wanted,
+                found: Found::default(),
+            };
+            scan_lines(b, first, &mut scan);
+            scan.found
+        }
+        None => Found {
+            incomplete: true,
+            ..Found::default()
+        },
     }
+}
+
+/// Where the first header line starts (after the start line at `start`), for [`scan_lines`].
+#[inline(always)]
+pub fn first_header_line<B: Bytes + ?Sized>(b: &B, start: usize) -> Option<usize> {
+    find(b, start, b'\n', MAX_LINE / 8).map(|nl| nl + 1)
+}
+
+/// A scan in progress: what is wanted and what has been found. In the kernel it lives in map
+/// memory, and every field is read and written there as the scan goes (volatile accesses):
+/// the verifier does not track values in map memory, so the paths through a line that found
+/// different headers reach the next line in the same state and are pruned, instead of
+/// multiplying line after line.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Scan {
+    pub wanted: Wanted,
+    pub found: Found,
+}
+
+#[inline(always)]
+fn get<T: Copy>(x: &T) -> T {
+    // SAFETY: a plain read of a valid reference.
+    unsafe { core::ptr::read_volatile(x) }
+}
+
+#[inline(always)]
+fn put<T>(x: &mut T, v: T) {
+    // SAFETY: a plain write through a valid reference.
+    unsafe { core::ptr::write_volatile(x, v) }
+}
+
+/// Whether the scan holds everything it wants.
+#[inline(always)]
+fn complete(s: &Scan) -> bool {
+    let (w, f) = (&s.wanted, &s.found);
+    (!get(&w.via) || get(&f.via_at) != 0)
+        && (!get(&w.to) || get(&f.to_at) != 0)
+        && (!get(&w.from) || get(&f.from_at) != 0)
+        && (!get(&w.cseq) || get(&f.cseq_at) != 0)
+        && (!get(&w.call_id) || get(&f.call_id_at) != 0)
+        && (!get(&w.user_agent) || get(&f.user_agent_at) != 0)
+        && (!get(&w.credentials) || get(&f.credentials))
+}
+
+/// Notes a header's value position unless one is noted already (the first one counts).
+#[inline(always)]
+fn note<B: Bytes + ?Sized>(b: &B, wanted: &bool, at: &mut usize, line: usize) {
+    if get(wanted) && get(at) == 0 {
+        put(at, after_colon(b, line));
+    }
+}
+
+/// Goes on with a scan at the header line that starts at `first` (the start of the headers,
+/// or a `resume_at`), adding to what `scan` holds; visits at most [`MAX_LINES`] lines.
+#[inline(always)]
+pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
+    put(&mut scan.found.incomplete, false);
+    put(&mut scan.found.resume_at, 0);
+    let mut next = Some(first);
     let mut lines = 0;
     while let Some(at) = next {
         next = None;
-        if lines == MAX_LINES || at >= SCAN_LIMIT {
-            found.incomplete = true;
+        if at >= SCAN_LIMIT {
+            put(&mut scan.found.incomplete, true);
+            break;
+        }
+        if lines == MAX_LINES {
+            put(&mut scan.found.incomplete, true);
+            put(&mut scan.found.resume_at, forget(b, at));
             break;
         }
         lines += 1;
         let pos = forget(b, at);
         let Some(w) = b.word(pos) else {
             // Fewer than eight bytes left: no header of interest fits there.
-            found.incomplete = b.truncated();
+            put(&mut scan.found.incomplete, b.truncated());
             break;
         };
+        let (w_, f) = (&scan.wanted, &mut scan.found);
         match header(b, pos, w) {
             Header::End => break,
-            Header::Via if wanted.via && via_at == 0 => via_at = after_colon(b, pos),
-            Header::To if wanted.to && !seen_to => {
-                seen_to = true;
-                to_at = after_colon(b, pos);
-            }
-            Header::From if wanted.from && !seen_from => {
-                seen_from = true;
-                from_at = after_colon(b, pos);
-            }
-            Header::CSeq if wanted.cseq && !seen_cseq => {
-                seen_cseq = true;
-                cseq_at = after_colon(b, pos);
-            }
-            Header::Authorization => found.credentials = true,
-            _ => {}
+            Header::Via => note(b, &w_.via, &mut f.via_at, pos),
+            Header::To => note(b, &w_.to, &mut f.to_at, pos),
+            Header::From => note(b, &w_.from, &mut f.from_at, pos),
+            Header::CSeq => note(b, &w_.cseq, &mut f.cseq_at, pos),
+            Header::CallId => note(b, &w_.call_id, &mut f.call_id_at, pos),
+            Header::UserAgent => note(b, &w_.user_agent, &mut f.user_agent_at, pos),
+            Header::Authorization => put(&mut f.credentials, true),
+            Header::Other => {}
         }
-        if (!wanted.via || via_at != 0)
-            && (!wanted.to || seen_to)
-            && (!wanted.from || seen_from)
-            && (!wanted.cseq || seen_cseq)
-            && (!wanted.credentials || found.credentials)
-        {
+        if complete(scan) {
             break;
         }
         match search(b, pos, b'\n', MAX_LINE / 8) {
             Ok(nl) => next = Some(nl + 1),
-            Err(missed) => found.incomplete = missed == Missed::Bound || b.truncated(),
+            Err(missed) => put(&mut scan.found.incomplete, missed == Missed::Bound || b.truncated()),
         }
     }
-    found.via_at = via_at;
-    found.to_at = to_at;
-    found.from_at = from_at;
-    found.cseq_at = cseq_at;
-    found
 }
 
 /// The byte after the colon of the header line at `line` (0 when there is none nearby).
@@ -550,6 +637,8 @@ mod tests {
         to: true,
         from: true,
         cseq: true,
+        call_id: true,
+        user_agent: true,
         credentials: true,
     };
 
@@ -659,7 +748,7 @@ Content-Length: 0\r\n\r\n";
             (b"SIP/2.0 403 Forbidden\r\nFrom  : <sip:7@h>;tag=1\r\nTo  :  <sip:7@h>\r\nCSeq :  9   REGISTER\r\n\r\n", "7"),
             (b"SIP/2.0 401 Unauthorized\r\nFrom: <sip:7@h>;tag=1\r\nTo:\r\n  \"Desk: 7\" <sip:7@h>\r\nCSeq: 3 REGISTER\r\n\r\n", "7"),
         ] {
-            let w = Wanted { via: false, to: true, from: false, cseq: true, credentials: false };
+            let w = Wanted { to: true, cseq: true, ..Wanted::NONE };
             let f = scan_headers(text, 0, w);
             assert_eq!(cseq(text, f.cseq_at).map(|c| c.1), Some(Method::Register), "{}", core::str::from_utf8(text).unwrap());
             assert_eq!(uri_user(text, f.to_at), Some(ext_from(user)), "{}", core::str::from_utf8(text).unwrap());

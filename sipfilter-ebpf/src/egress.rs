@@ -12,7 +12,7 @@ use sipfilter_common::{
     answers::{Answer, AnswerClass, Judgement},
     config::{FLAG_TRUST, FLAG_WITHHOLD},
     counters::{ban_reason, AnswerKind},
-    scan::{cseq, request_identity, scan_headers, status_code, uri_user, Bytes, Wanted},
+    scan::{cseq, first_header_line, request_identity, scan_lines, status_code, uri_user, Bytes, Found, Scan, Wanted},
     Counters, CrackedExtension, KernelConfig, KnownSource, Method, NS_PER_SEC,
 };
 
@@ -118,14 +118,8 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     // To and CSeq here; the From (the caller) of an answer to anything but a REGISTER is
     // read by `sipfilter_caller`: three headers in one scan are more paths than the
     // verifier walks.
-    let wanted = Wanted {
-        via: false,
-        to: true,
-        from: false,
-        cseq: true,
-        credentials: false,
-    };
-    let found = scan_headers(&bytes, 0, wanted);
+    let wanted = Wanted { to: true, cseq: true, ..Wanted::NONE };
+    let found = scan_in_map(&bytes, wanted);
     let Some((cseq_id, method)) = cseq(&bytes, found.cseq_at) else {
         counters.uninspected += 1;
         return None;
@@ -167,14 +161,8 @@ pub fn sipfilter_identify(ctx: TcContext) -> i32 {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
-    let wanted = Wanted {
-        via: true,
-        to: false,
-        from: false,
-        cseq: false,
-        credentials: false,
-    };
-    let found = scan_headers(&bytes, 0, wanted);
+    let wanted = Wanted { via: true, ..Wanted::NONE };
+    let found = scan_in_map(&bytes, wanted);
     pending.cseq = request_identity(&bytes, found.via_at, pending.cseq);
     let next = if pending.method == Method::Register as u32 {
         JUDGE_ANSWER_SLOT
@@ -203,14 +191,8 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
-    let wanted = Wanted {
-        via: false,
-        to: false,
-        from: true,
-        cseq: false,
-        credentials: false,
-    };
-    let found = scan_headers(&bytes, 0, wanted);
+    let wanted = Wanted { from: true, ..Wanted::NONE };
+    let found = scan_in_map(&bytes, wanted);
     match uri_user(&bytes, found.from_at) {
         Some(ext) => {
             pending.ext = ext;
@@ -221,6 +203,29 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
     }
     pending.ready = 0;
     TC_ACT_OK as i32
+}
+
+/// Scans the answer's headers with the scan's progress in this CPU's pending record: in map
+/// memory, where the verifier does not track it (see `Scan`).
+#[inline(always)]
+fn scan_in_map(bytes: &ScanWindow, wanted: Wanted) -> Found {
+    let Some(p) = PENDING_ANSWER.get_ptr_mut(0) else {
+        return Found {
+            incomplete: true,
+            ..Found::default()
+        };
+    };
+    // SAFETY: this CPU's record.
+    let p = unsafe { &mut *p };
+    p.scan = Scan {
+        wanted,
+        found: Found::default(),
+    };
+    match first_header_line(bytes, 0) {
+        Some(first) => scan_lines(bytes, first, &mut p.scan),
+        None => p.scan.found.incomplete = true,
+    }
+    p.scan.found
 }
 
 /// This CPU's answer read by an earlier program of the chain, if one waits (a TC program runs

@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use network_types::udp::UdpHdr;
 use sipfilter_common::{
-    config::{FLAG_QUARANTINE, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST},
+    calls::call_verdict,
+    config::{FLAG_CALLS, FLAG_QUARANTINE, FLAG_SCANNER_USER_AGENTS, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST},
     counters::ban_reason,
-    scan::{scan_headers, uri_user, Wanted},
+    scan::Scan,
     sip::CLASSIFY_LEN,
     ClockSample, Counters, KernelConfig, Method, Outcome, RateState, SourceKey, Verdict,
 };
@@ -20,10 +21,10 @@ use crate::{
     clock::now,
     lists::listed,
     maps::{
-        ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, CRACKED_EXTENSIONS, DENYLIST, INGRESS_PROGRAMS,
-        INSPECTION, INSPECT_SLOT, JUDGE_SLOT,
+        wants, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, DENYLIST, INGRESS_PROGRAMS, INSPECTION,
+        INSPECT_SLOT,
     },
-    parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, Headers, ScanWindow, L3},
+    parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, Headers, L3},
     source_state::{ensure_fresh, source_state},
 };
 
@@ -61,7 +62,10 @@ pub fn sipfilter(ctx: XdpContext) -> u32 {
 /// Counts the outcome and turns it into the XDP action.
 #[inline(always)]
 fn finish(config: &KernelConfig, c: &mut Counters, outcome: Outcome) -> u32 {
-    if let Some(o) = c.outcomes.get_mut(outcome as usize) {
+    // Through black_box: the compiler knows the enum's range and would drop the bounds check,
+    // but it may compute the outcome with a lookup table whose range the verifier does not
+    // know (u8, not 0..COUNT).
+    if let Some(o) = c.outcomes.get_mut(core::hint::black_box(outcome as usize)) {
         *o += 1;
     }
     if !outcome.drops() {
@@ -154,40 +158,72 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     }
     // Without the answers program nobody can earn trust: everyone is judged as known was.
     let known = !config.flag(FLAG_TRUST) || state.answers.known_until_ns > now;
-    if !known {
-        if let Some(o) = untrusted_request(ctx, config, counters, state, method) {
-            state.drops += 1;
-            return o;
-        }
-        // A source that was challenged on many extensions and never sent credentials is
-        // enumerating: banned on its next request (the PBX sees no more of it).
-        if state
-            .answers
-            .enumerating(now, config.trust.unknown.enumeration_challenges)
-        {
+    if let Some((outcome, reason)) = judge_request(ctx, config, counters, state, method, known, now) {
+        state.drops += 1;
+        if reason != NO_BAN {
             let cause = Cause {
-                reason: ban_reason::ENUMERATION,
+                reason,
                 method,
                 answers: None,
             };
             state.ban_until_ns = ban(config, counters, &key, &cause, now);
-            state.drops += 1;
-            return Outcome::Banned;
         }
+        return outcome;
     }
     rate_limit(config, counters, state, &key, method, known, now)
 }
 
-/// Stealth, and what the inspection reads of a REGISTER or INVITE (credentials, and the
-/// extension for quarantine), for a source that is neither known nor allowlisted.
+/// `judge_request`'s "drop, but ban nobody".
+const NO_BAN: u8 = u8::MAX;
+
+/// What the request itself says, beyond its rate: the inspection's findings (scanner
+/// User-Agent, quarantined extension, the call rules), stealth, and enumeration for a source
+/// that is neither known nor allowlisted. Some((outcome, ban reason or [`NO_BAN`])) drops it.
 #[inline(always)]
-fn untrusted_request(
+fn judge_request(
     ctx: &XdpContext,
     config: &KernelConfig,
     counters: &mut Counters,
     state: &mut RateState,
     method: Method,
-) -> Option<Outcome> {
+    known: bool,
+    now: u64,
+) -> Option<(Outcome, u8)> {
+    let mut wanted = 0;
+    if !known {
+        if config.flag(FLAG_SCANNER_USER_AGENTS) && !matches!(method, Method::Response | Method::Unknown) {
+            wanted |= wants::USER_AGENT;
+        }
+        // The credentials and extension are read only while they can matter: an extension is
+        // quarantined, or the source was challenged and has not yet shown it answers
+        // challenges with credentials (what tells a phone from a scanner). A flood that no PBX
+        // answered is not read for them.
+        let quarantine = config.flag(FLAG_QUARANTINE);
+        let challenged = state.answers.first_challenges != 0 && state.answers.credentialed == 0;
+        if (quarantine || challenged) && matches!(method, Method::Register | Method::Invite) {
+            wanted |= wants::CREDENTIALS;
+            if quarantine {
+                wanted |= wants::QUARANTINE;
+            }
+            if method == Method::Register {
+                wanted |= wants::REGISTER;
+            }
+        }
+    }
+    if config.flag(FLAG_CALLS) && matches!(method, Method::Invite | Method::Message) {
+        wanted |= wants::CALL;
+        if known {
+            wanted |= wants::KNOWN;
+        }
+    }
+    if wanted != 0 {
+        if let Some(judged) = inspected(ctx, counters, state, method, wanted, known) {
+            return Some(judged);
+        }
+    }
+    if known {
+        return None;
+    }
     if config.flag(FLAG_STEALTH) {
         let silent = match method {
             Method::Options => true,
@@ -196,108 +232,91 @@ fn untrusted_request(
             _ => config.flag(FLAG_STEALTH_ALL),
         };
         if silent {
-            return Some(Outcome::Stealth);
+            return Some((Outcome::Stealth, NO_BAN));
         }
     }
-    // The headers are read only while they can matter: an extension is quarantined, or the
-    // source was challenged and has not yet shown it answers challenges with credentials
-    // (what tells a phone from a scanner). A flood that no PBX answered is not read at all.
-    let wanted =
-        config.flag(FLAG_QUARANTINE) || (state.answers.first_challenges != 0 && state.answers.credentialed == 0);
-    if wanted && matches!(method, Method::Register | Method::Invite) {
-        // The headers are read by a program of their own (reached by tail call, handing the
-        // packet back with its answer): scanning inline would push this program past the
-        // verifier's budget, and known sources never pay for it.
-        let Some(inspection) = INSPECTION.get_ptr_mut(0) else {
-            return None;
-        };
-        // SAFETY: a per-CPU record; see `Inspection`.
-        let inspection = unsafe { &mut *inspection };
-        if inspection.done == 0 {
-            // The inspection hands the packet back to this program, which counts it again:
-            // uncount it here, and count it back if the tail call fails.
-            let uncount = |c: &mut Counters, s: &mut RateState, by: i64| {
-                if let Some(m) = c.methods.get_mut(method as usize) {
-                    *m = m.wrapping_add(by as u64);
-                }
-                s.requests = s.requests.wrapping_add(by as u64);
-            };
-            uncount(counters, state, -1);
-            // SAFETY: a tail call either does not return or fails (no program loaded there),
-            // and then the request is judged without inspection.
-            unsafe { INGRESS_PROGRAMS.tail_call(ctx, INSPECT_SLOT) };
-            uncount(counters, state, 1);
-            return None;
-        }
-        inspection.done = 0;
-        if inspection.credentials != 0 {
-            state.answers.credentialed = state.answers.credentialed.wrapping_add(1);
-        }
-        if inspection.quarantined != 0 {
-            return Some(Outcome::Quarantined);
-        }
+    // A source that was challenged on many extensions and never sent credentials is
+    // enumerating: banned on its next request (the PBX sees no more of it).
+    if state
+        .answers
+        .enumerating(now, config.trust.unknown.enumeration_challenges)
+    {
+        return Some((Outcome::Banned, ban_reason::ENUMERATION));
     }
     None
 }
 
-/// Reads the extension of a REGISTER (To) or INVITE (From) and tells the ingress program,
-/// through `INSPECTION`, whether it is quarantined; then hands the packet back to it.
-#[xdp]
-pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
-    let (quarantined, credentials) = try_inspect(&ctx);
-    if let Some(inspection) = INSPECTION.get_ptr_mut(0) {
-        // SAFETY: a per-CPU record; see `Inspection`.
-        unsafe {
-            (*inspection).done = 1;
-            (*inspection).quarantined = quarantined as u32;
-            (*inspection).credentials = credentials as u32;
-        }
-    }
-    // SAFETY: see above; if it fails the packet passes, as it would without inspection.
-    unsafe { INGRESS_PROGRAMS.tail_call(&ctx, JUDGE_SLOT) };
-    XDP_PASS
-}
-
-/// (quarantined, carries credentials)
+/// The inspection's findings: the first time through, sends the packet to the inspection
+/// (which hands it back with its answer in this CPU's `Inspection`); the second time, reads
+/// the answer.
 #[inline(always)]
-fn try_inspect(ctx: &XdpContext) -> (bool, bool) {
-    let Some(config) = CONFIG.get(0) else {
-        return (false, false);
-    };
-    let L3::Udp(h) = parse_l3(ctx) else {
-        return (false, false);
-    };
-    let (payload, method) = sip_message(ctx, &h);
-    // The extension at stake: the To user of a REGISTER, the caller (From) of an INVITE.
-    let register = method == Method::Register;
-    let Some(bytes) = ScanWindow::of_xdp(ctx, payload) else {
-        return (false, false);
-    };
-    let quarantine = config.flag(FLAG_QUARANTINE);
-    let wanted = Wanted {
-        via: false,
-        to: register && quarantine,
-        from: !register && quarantine,
-        cseq: false,
-        credentials: true,
-    };
-    let found = scan_headers(&bytes, 0, wanted);
-    if !quarantine {
-        return (false, found.credentials);
+fn inspected(
+    ctx: &XdpContext,
+    counters: &mut Counters,
+    state: &mut RateState,
+    method: Method,
+    wanted: u32,
+    known: bool,
+) -> Option<(Outcome, u8)> {
+    let insp = INSPECTION.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU record; see `Inspection`.
+    let insp = unsafe { &mut *insp };
+    if insp.done == 0 {
+        // The inspection hands the packet back to this program, which counts it again:
+        // uncount it here, and count it back if the tail call fails.
+        let uncount = |c: &mut Counters, s: &mut RateState, by: i64| {
+            if let Some(m) = c.methods.get_mut(method as usize) {
+                *m = m.wrapping_add(by as u64);
+            }
+            s.requests = s.requests.wrapping_add(by as u64);
+        };
+        uncount(counters, state, -1);
+        insp.wanted = wanted;
+        insp.rounds = 0;
+        insp.quarantined = 0;
+        insp.credentials = 0;
+        insp.scanner = 0;
+        insp.call = call_verdict::PASS;
+        insp.uninspected = 0;
+        insp.scan = Scan::default();
+        // SAFETY: a tail call either does not return or fails (no program loaded there),
+        // and then the request is judged without inspection.
+        unsafe { INGRESS_PROGRAMS.tail_call(ctx, INSPECT_SLOT) };
+        uncount(counters, state, 1);
+        insp.wanted = 0;
+        return None;
     }
-    let at = if register { found.to_at } else { found.from_at };
-    let quarantined = match uri_user(&bytes, at) {
-        Some(ext) => unsafe { CRACKED_EXTENSIONS.get(&ext) }.is_some(),
-        None => false,
-    };
-    (quarantined, found.credentials)
+    insp.done = 0;
+    if insp.uninspected != 0 {
+        counters.requests_uninspected += 1;
+    }
+    if insp.credentials != 0 {
+        state.answers.credentialed = state.answers.credentialed.wrapping_add(1);
+    }
+    if insp.scanner != 0 {
+        if let Some(n) = counters.scanner_tokens.get_mut(insp.scanner as usize - 1) {
+            *n += 1;
+        }
+        return Some((Outcome::Scanner, ban_reason::SCANNER));
+    }
+    if insp.quarantined != 0 {
+        return Some((Outcome::Quarantined, NO_BAN));
+    }
+    match insp.call {
+        call_verdict::DESTINATION => Some((Outcome::Destination, NO_BAN)),
+        call_verdict::BURST_NUMBER | call_verdict::BURST_INTERNATIONAL => {
+            // A registered phone dialing in a burst is reported, not cut off for good.
+            Some((Outcome::CallBurst, if known { NO_BAN } else { ban_reason::CALL_BURST }))
+        }
+        _ => None,
+    }
 }
 
 /// Where a datagram's SIP message starts and what it is. Receivers ignore CRLFs before the
 /// start line (RFC 3261 §7.5), so a REGISTER sent as "\r\nREGISTER …" is still a REGISTER,
 /// not a cheap way into the looser bucket.
 #[inline(always)]
-fn sip_message(ctx: &XdpContext, h: &Headers) -> (usize, Method) {
+pub fn sip_message(ctx: &XdpContext, h: &Headers) -> (usize, Method) {
     let mut payload = h.udp + UdpHdr::LEN;
     for _ in 0..2 {
         match ptr_at::<[u8; 2], XdpContext>(ctx, payload) {

@@ -29,6 +29,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod request;
+#[cfg(target_arch = "bpf")]
 mod source_state;
 
 #[cfg(not(target_arch = "bpf"))]

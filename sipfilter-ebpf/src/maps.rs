@@ -5,9 +5,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use sipfilter_common::{
+    calls::{CallKey, CallTimes, DestinationRule, NumberKey},
+    scan::Scan,
+    user_agent::{Candidates, ScannerUserAgents},
     maps::{
         BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CRACKED_SIZE, KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE,
-        RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS,
+        RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, CALL_EVENTS_BYTES, DESTINATIONS_SIZE, RECENT_CALLS_SIZE,
+        CALL_SOURCES_SIZE,
     },
     scan::Extension,
     Ban, ClockSample, Counters, CrackedExtension, KernelConfig, KnownSource, ListEntry, OffenseHistory, RateState,
@@ -54,30 +58,90 @@ pub static DENYLIST: LpmTrie<[u8; 16], ListEntry> = LpmTrie::pinned(LIST_SIZE, 0
 #[map(name = "ban_events")]
 pub static BAN_EVENTS: RingBuf = RingBuf::pinned(BAN_EVENTS_BYTES, 0);
 
-/// The ingress program's helpers reached by tail call: [`INSPECT_SLOT`] reads a request's
-/// headers, [`JUDGE_SLOT`] is the ingress program itself, which the inspection hands the
-/// packet back to. Not pinned: each loaded ingress program has its own, filled by its loader.
+/// The ingress program's helpers reached by tail call (see `request`): [`INSPECT_SLOT`]
+/// finds a request's headers (and calls itself to go on past a round's line bound),
+/// [`USER_AGENT_SLOT`] and [`CALLS_SLOT`] read them, [`JUDGE_SLOT`] is the ingress program
+/// itself, which the inspection hands the packet back to. Not pinned: each loaded ingress
+/// program has its own, filled by its loader.
 #[map(name = "ingress_programs")]
-pub static INGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static INGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 pub const INSPECT_SLOT: u32 = 0;
 pub const JUDGE_SLOT: u32 = 1;
+pub const USER_AGENT_SLOT: u32 = 2;
+pub const CALLS_SLOT: u32 = 3;
 
-/// The inspection's answer for the packet being judged on this CPU (XDP runs to completion
-/// on one CPU, so one record per CPU is one per packet in flight).
+/// What the ingress program asks the inspection for (`Inspection::wanted`).
+pub mod wants {
+    /// Whether the request carries credentials.
+    pub const CREDENTIALS: u32 = 1;
+    /// Whether its extension (To of a REGISTER, From of an INVITE) is quarantined.
+    pub const QUARANTINE: u32 = 2;
+    /// Whether its User-Agent names a scanner.
+    pub const USER_AGENT: u32 = 4;
+    /// The call rules (INVITE, MESSAGE).
+    pub const CALL: u32 = 8;
+    /// The source is known (the call-burst rules treat it differently).
+    pub const KNOWN: u32 = 16;
+    /// The request is a REGISTER (its extension is the To user, not the From user).
+    pub const REGISTER: u32 = 32;
+}
+
+/// The inspection's progress and answer for the packet being judged on this CPU (XDP runs
+/// to completion on one CPU, tail calls included, so one record per CPU is one per packet in
+/// flight).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inspection {
     /// 1 while an inspection's result waits for the ingress program.
     pub done: u32,
+    /// [`wants`] bits, set by the ingress program before the first tail call.
+    pub wanted: u32,
+    /// Scan rounds run so far for this packet.
+    pub rounds: u32,
     /// 1: quarantined.
     pub quarantined: u32,
     /// 1: the request carried credentials (Authorization or Proxy-Authorization).
     pub credentials: u32,
-    pub _pad: u32,
+    /// The scanner token found, plus one (0: none).
+    pub scanner: u32,
+    /// A `call_verdict`.
+    pub call: u32,
+    /// 1: something wanted could not be read within the bounds.
+    pub uninspected: u32,
+    /// The scan window (in this CPU's scan buffer), and the scan of its headers so far.
+    pub window_len: u32,
+    pub window_cut: u32,
+    pub scan: Scan,
+    /// The User-Agent reader's scratch.
+    pub candidates: Candidates,
 }
 
 #[map(name = "inspection")]
 pub static INSPECTION: PerCpuArray<Inspection> = PerCpuArray::with_max_entries(1, 0);
+
+/// The scanner User-Agent tokens (one record, written by userspace).
+#[map(name = "scanner_user_agents")]
+pub static SCANNER_USER_AGENTS: Array<ScannerUserAgents> = Array::pinned(1, 0);
+
+/// Destination rules by dialed-number prefix (E.164 digits as nibbles; longest prefix wins).
+#[map(name = "destinations")]
+pub static DESTINATIONS: LpmTrie<[u8; 8], DestinationRule> = LpmTrie::pinned(DESTINATIONS_SIZE, 0);
+
+/// Calls seen lately, by source and Call-ID: the verdict their retransmissions get.
+#[map(name = "recent_calls")]
+pub static RECENT_CALLS: LruHashMap<CallKey, u32> = LruHashMap::pinned(RECENT_CALLS_SIZE, 0);
+
+/// Each source's latest calls to each international number.
+#[map(name = "calls_to_number")]
+pub static CALLS_TO_NUMBER: LruHashMap<NumberKey, CallTimes> = LruHashMap::pinned(CALL_SOURCES_SIZE, 0);
+
+/// Each source's latest international calls.
+#[map(name = "international_calls")]
+pub static INTERNATIONAL_CALLS: LruHashMap<SourceKey, CallTimes> = LruHashMap::pinned(CALL_SOURCES_SIZE, 0);
+
+/// Blocked calls, for the agent's log and fraud list.
+#[map(name = "call_events")]
+pub static CALL_EVENTS: RingBuf = RingBuf::pinned(CALL_EVENTS_BYTES, 0);
 
 /// This CPU's copy of the payload the header scanner reads (see `parse::ScanWindow`).
 #[map(name = "scan_buffer")]
@@ -112,6 +176,8 @@ pub struct PendingAnswer {
     pub window_cut: u32,
     /// The peer's port (the answer's destination port), host order.
     pub peer_port: u32,
+    /// The scan of the answer's headers (kept here, in map memory: see `Scan`).
+    pub scan: Scan,
 }
 
 #[map(name = "pending_answer")]

@@ -11,7 +11,8 @@ use aya::{
 use sipfilter_common::{
     maps::{
         ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS, FLOOR_PROGRAM,
-        IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM, XDP_PROGRAM,
+        CALLS_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM,
+        USER_AGENT_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
 };
@@ -43,9 +44,15 @@ impl Loaded {
         let prog = xdp_mut(&mut ebpf, XDP_PROGRAM)?;
         prog.load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e}"))?;
-        xdp_mut(&mut ebpf, INSPECT_PROGRAM)?
-            .load()
-            .map_err(|e| anyhow!("the kernel refused the request inspection program: {e}"))?;
+        for (name, what) in [
+            (INSPECT_PROGRAM, "request inspection"),
+            (USER_AGENT_PROGRAM, "User-Agent reader"),
+            (CALLS_PROGRAM, "dialed-number reader"),
+        ] {
+            xdp_mut(&mut ebpf, name)?
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the {what} program: {e}"))?;
+        }
         link_ingress_programs(&mut ebpf)?;
         tc_mut(&mut ebpf, ANSWERS_PROGRAM)?
             .load()
@@ -182,10 +189,13 @@ impl Loaded {
 /// The layout each pinned map must have for this version: (name, key size, value size,
 /// max entries). The loader reuses pins by name without comparing them, so a version that
 /// changed a layout would otherwise fail in the verifier, or worse, misread the data.
-fn expected_layouts() -> [(&'static str, usize, usize, u32); 11] {
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 17] {
     use sipfilter_common::{
-        maps::*, scan::EXT_LEN, Ban, Counters, CrackedExtension, KnownSource, ListEntry, OffenseHistory, RateState,
-        SourceKey,
+        calls::{CallKey, CallTimes, DestinationRule, NumberKey},
+        maps::*,
+        scan::EXT_LEN,
+        user_agent::ScannerUserAgents,
+        Ban, Counters, CrackedExtension, KnownSource, ListEntry, OffenseHistory, RateState, SourceKey,
     };
     use std::mem::size_of;
     let lpm_key = 4 + 16;
@@ -216,6 +226,12 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 11] {
             KNOWN_SOURCES_SIZE,
         ),
         (CRACKED_EXTENSIONS, EXT_LEN, size_of::<CrackedExtension>(), CRACKED_SIZE),
+        (SCANNER_USER_AGENTS, 4, size_of::<ScannerUserAgents>(), 1),
+        (DESTINATIONS, 4 + 8, size_of::<DestinationRule>(), DESTINATIONS_SIZE),
+        (RECENT_CALLS, size_of::<CallKey>(), 4, RECENT_CALLS_SIZE),
+        (CALLS_TO_NUMBER, size_of::<NumberKey>(), size_of::<CallTimes>(), CALL_SOURCES_SIZE),
+        (INTERNATIONAL_CALLS, size_of::<SourceKey>(), size_of::<CallTimes>(), CALL_SOURCES_SIZE),
+        (CALL_EVENTS, 0, 0, CALL_EVENTS_BYTES),
     ]
 }
 
@@ -277,17 +293,21 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .with_context(|| format!("{name} is not an XDP program"))
 }
 
-/// Fills the ingress program's tail-call table: the inspection, and the ingress program
-/// itself for the inspection to hand the packet back to.
+/// Fills the ingress program's tail-call table: the inspection and its readers, and the
+/// ingress program itself for the inspection to hand the packet back to (slots as in the
+/// kernel's `maps.rs`).
 fn link_ingress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let inspect = xdp(ebpf, INSPECT_PROGRAM)?.fd()?.try_clone()?;
-    let judge = xdp(ebpf, XDP_PROGRAM)?.fd()?.try_clone()?;
+    let mut fds = Vec::new();
+    for name in [INSPECT_PROGRAM, XDP_PROGRAM, USER_AGENT_PROGRAM, CALLS_PROGRAM] {
+        fds.push(xdp(ebpf, name)?.fd()?.try_clone()?);
+    }
     let map = ebpf
         .map_mut(INGRESS_PROGRAMS)
         .context("the object has no ingress_programs map")?;
     let mut table = aya::maps::ProgramArray::try_from(map)?;
-    table.set(0, &inspect, 0)?;
-    table.set(1, &judge, 0)?;
+    for (slot, fd) in fds.iter().enumerate() {
+        table.set(slot as u32, fd, 0)?;
+    }
     Ok(())
 }
 

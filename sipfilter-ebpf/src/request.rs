@@ -1,0 +1,350 @@
+//! Reading a request, for the ingress program: its headers (credentials, the extension for
+//! quarantine, the User-Agent, the Call-ID), and the number it dials. Three XDP programs
+//! reached by tail call, each within its own verifier budget; they hand the packet back to
+//! the ingress program (`JUDGE_SLOT`) with their answer in this CPU's `Inspection`.
+//!
+//! - `sipfilter_inspect` finds the headers, [`MAX_LINES`](sipfilter_common::scan::MAX_LINES) lines a round; a request whose
+//!   wanted headers lie further down gets another round (the program tail-calls itself), up
+//!   to [`MAX_ROUNDS`] rounds, and what is still not found is counted uninspected.
+//! - `sipfilter_user_agent` searches the User-Agent for scanner tokens.
+//! - `sipfilter_calls` reads the dialed number and applies the destination and call-burst
+//!   rules.
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    macros::xdp,
+    maps::{lpm_trie::Key as PrefixKey, LruHashMap},
+    programs::XdpContext,
+};
+use sipfilter_common::{
+    calls::{call_id_hash, call_verdict, CallEvent, CallKey, CallTimes, NumberKey},
+    dialed::Dialed,
+    scan::{first_header_line, scan_lines, uri_user, Bytes, Found, Wanted},
+    Counters, KernelConfig, SourceKey,
+};
+
+use crate::{
+    clock::now,
+    ingress::sip_message,
+    maps::{
+        wants, Inspection, CALLS_SLOT, CALLS_TO_NUMBER, CALL_EVENTS, CONFIG, COUNTERS, CRACKED_EXTENSIONS,
+        DESTINATIONS, INGRESS_PROGRAMS, INSPECTION, INSPECT_SLOT, INTERNATIONAL_CALLS, JUDGE_SLOT, RECENT_CALLS,
+        SCANNER_USER_AGENTS, USER_AGENT_SLOT,
+    },
+    parse::{load_address, parse_l3, ScanWindow, L3},
+};
+
+/// Scan rounds at most: 4 × [`MAX_LINES`](sipfilter_common::scan::MAX_LINES) = 32 header lines, more than any phone sends
+/// before its User-Agent (a Yealink REGISTER has 12). A tail call costs a few ns; the bound
+/// keeps the chain far from the kernel's 33 tail calls.
+pub const MAX_ROUNDS: u32 = 4;
+
+/// This CPU's inspection record.
+#[inline(always)]
+fn record() -> Option<&'static mut Inspection> {
+    let p = INSPECTION.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU record; see `Inspection`.
+    Some(unsafe { &mut *p })
+}
+
+impl Inspection {
+    #[inline(always)]
+    fn window(&self) -> Option<ScanWindow> {
+        ScanWindow::resume(self.window_len as usize, self.window_cut != 0)
+    }
+
+    #[inline(always)]
+    fn wants(&self, bit: u32) -> bool {
+        self.wanted & bit != 0
+    }
+
+    /// The headers the scan looks for.
+    #[inline(always)]
+    fn headers(&self) -> Wanted {
+        let quarantine = self.wants(wants::QUARANTINE);
+        let register = self.wants(wants::REGISTER);
+        let call = self.wants(wants::CALL);
+        Wanted {
+            to: quarantine && register,
+            from: (quarantine && !register) || call,
+            call_id: call,
+            user_agent: self.wants(wants::USER_AGENT),
+            credentials: self.wants(wants::CREDENTIALS),
+            ..Wanted::NONE
+        }
+    }
+}
+
+/// Hands the packet back to the ingress program with the inspection's answer.
+#[inline(always)]
+fn judge(ctx: &XdpContext, insp: &mut Inspection) -> u32 {
+    insp.done = 1;
+    // SAFETY: a tail call either does not return or fails; then the packet passes, as it
+    // would have without inspection (and the record is cleared for the next packet).
+    unsafe { INGRESS_PROGRAMS.tail_call(ctx, JUDGE_SLOT) };
+    insp.done = 0;
+    insp.wanted = 0;
+    XDP_PASS
+}
+
+/// The next reader the request needs, or the judge.
+#[inline(always)]
+fn next_reader(ctx: &XdpContext, insp: &mut Inspection) -> u32 {
+    if insp.wants(wants::USER_AGENT) && insp.scan.found.user_agent_at != 0 {
+        // SAFETY: see `judge`; a failed tail call judges without this reader.
+        unsafe { INGRESS_PROGRAMS.tail_call(ctx, USER_AGENT_SLOT) };
+    }
+    calls_or_judge(ctx, insp)
+}
+
+#[inline(always)]
+fn calls_or_judge(ctx: &XdpContext, insp: &mut Inspection) -> u32 {
+    if insp.wants(wants::CALL) {
+        // SAFETY: as above.
+        unsafe { INGRESS_PROGRAMS.tail_call(ctx, CALLS_SLOT) };
+    }
+    judge(ctx, insp)
+}
+
+/// Finds the wanted headers, a round of [`MAX_LINES`](sipfilter_common::scan::MAX_LINES) lines per run, then reads the
+/// credentials and the quarantined extension and passes on to the readers.
+#[xdp]
+pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
+    let Some(insp) = record() else {
+        return XDP_PASS;
+    };
+    let bytes = if insp.rounds == 0 {
+        let L3::Udp(h) = parse_l3(&ctx) else {
+            return judge(&ctx, insp);
+        };
+        let (payload, _) = sip_message(&ctx, &h);
+        let Some(bytes) = ScanWindow::of_xdp(&ctx, payload) else {
+            insp.uninspected = 1;
+            return judge(&ctx, insp);
+        };
+        insp.window_len = bytes.len() as u32;
+        insp.window_cut = bytes.truncated() as u32;
+        let Some(first) = first_header_line(&bytes, 0) else {
+            insp.uninspected = 1;
+            return next_reader(&ctx, insp);
+        };
+        insp.scan.wanted = insp.headers();
+        insp.scan.found.resume_at = first;
+        bytes
+    } else {
+        let Some(bytes) = insp.window() else {
+            return judge(&ctx, insp);
+        };
+        bytes
+    };
+    scan_lines(&bytes, insp.scan.found.resume_at, &mut insp.scan);
+    let found = insp.scan.found;
+    insp.rounds += 1;
+    if found.resume_at != 0 && insp.rounds < MAX_ROUNDS {
+        // SAFETY: see `judge`.
+        unsafe { INGRESS_PROGRAMS.tail_call(&ctx, INSPECT_SLOT) };
+    }
+    if found.incomplete {
+        insp.uninspected = 1;
+    }
+    insp.credentials = found.credentials as u32;
+    if insp.wants(wants::QUARANTINE) {
+        insp.quarantined = quarantined(insp, &found) as u32;
+    }
+    next_reader(&ctx, insp)
+}
+
+/// Whether the extension at stake (the To user of a REGISTER, the caller of an INVITE) is on
+/// the cracked list.
+#[inline(always)]
+fn quarantined(insp: &Inspection, found: &Found) -> bool {
+    let Some(bytes) = insp.window() else {
+        return false;
+    };
+    let at = if insp.wants(wants::REGISTER) {
+        found.to_at
+    } else {
+        found.from_at
+    };
+    match uri_user(&bytes, at) {
+        Some(ext) => unsafe { CRACKED_EXTENSIONS.get(&ext) }.is_some(),
+        None => false,
+    }
+}
+
+/// Searches the User-Agent for the scanner tokens.
+#[xdp]
+pub fn sipfilter_user_agent(ctx: XdpContext) -> u32 {
+    let Some(insp) = record() else {
+        return XDP_PASS;
+    };
+    if let (Some(bytes), Some(rules)) = (insp.window(), SCANNER_USER_AGENTS.get(0)) {
+        let at = insp.scan.found.user_agent_at;
+        if let Some(i) = rules.find(&bytes, at, &mut insp.candidates) {
+            insp.scanner = i as u32 + 1;
+        }
+    }
+    calls_or_judge(&ctx, insp)
+}
+
+/// Reads the dialed number of an INVITE or MESSAGE and applies the destination and
+/// call-burst rules, once per call (a retransmission gets the verdict its call got).
+#[xdp]
+pub fn sipfilter_calls(ctx: XdpContext) -> u32 {
+    let Some(insp) = record() else {
+        return XDP_PASS;
+    };
+    let (Some(config), Some(counters)) = (CONFIG.get(0), COUNTERS.get_ptr_mut(0)) else {
+        return judge(&ctx, insp);
+    };
+    // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
+    let counters = unsafe { &mut *counters };
+    insp.call = try_calls(&ctx, config, counters, insp);
+    judge(&ctx, insp)
+}
+
+#[inline(always)]
+fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, insp: &mut Inspection) -> u32 {
+    let Some(bytes) = insp.window() else {
+        return call_verdict::PASS;
+    };
+    let number = match config.calls.dial_plan.dialed(&bytes, 0) {
+        Dialed::International(d) => d,
+        Dialed::National(d) => {
+            // The PBX's own country: destination rules apply (premium national ranges),
+            // bursts do not (a call centre dials one national number all day).
+            if denied(&d.key_bytes(), d.len) {
+                return call_verdict::DESTINATION;
+            }
+            return call_verdict::PASS;
+        }
+        Dialed::Unreadable => {
+            insp.uninspected = 1;
+            return call_verdict::PASS;
+        }
+        Dialed::NotANumber | Dialed::Local => return call_verdict::PASS,
+    };
+    let L3::Udp(h) = parse_l3(ctx) else {
+        return call_verdict::PASS;
+    };
+    let Some(dgram) = load_address(ctx, &h, false) else {
+        return call_verdict::PASS;
+    };
+    let source = dgram.key(config);
+    if insp.scan.found.call_id_at == 0 {
+        // No Call-ID within the bounds: not a call this program can count.
+        insp.uninspected = 1;
+        return if denied(&number.key_bytes(), number.len) {
+            call_verdict::DESTINATION
+        } else {
+            call_verdict::PASS
+        };
+    }
+    let call = CallKey {
+        source,
+        call_id: call_id_hash(&bytes, insp.scan.found.call_id_at),
+    };
+    if let Some(v) = unsafe { RECENT_CALLS.get(&call) } {
+        return *v;
+    }
+    counters.calls_checked += 1;
+    let now = now(config);
+    let known = insp.wants(wants::KNOWN);
+    let verdict = if denied(&number.key_bytes(), number.len) {
+        call_verdict::DESTINATION
+    } else if over_number_limit(config, &source, number.nibbles, now) {
+        call_verdict::BURST_NUMBER
+    } else if !known && over_international_limit(config, &source, now) {
+        call_verdict::BURST_INTERNATIONAL
+    } else {
+        call_verdict::PASS
+    };
+    let _ = RECENT_CALLS.insert(&call, &verdict, 0);
+    if verdict != call_verdict::PASS {
+        if let Some(n) = counters.calls_blocked.get_mut(verdict as usize - 1) {
+            *n += 1;
+        }
+        report(config, counters, insp, &dgram.addr, number.nibbles, number.len, verdict, known);
+    }
+    verdict
+}
+
+/// Whether the longest destination rule matching the number denies it.
+#[inline(always)]
+fn denied(digits: &[u8; 8], len: u32) -> bool {
+    let key = PrefixKey::new(4 * len, *digits);
+    match DESTINATIONS.get(&key) {
+        Some(rule) => rule.deny != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn over_number_limit(config: &KernelConfig, source: &SourceKey, number: u64, now: u64) -> bool {
+    let key = NumberKey {
+        source: *source,
+        number,
+    };
+    excess(&CALLS_TO_NUMBER, &key, now, config.calls.per_number, config.calls.window_ns)
+}
+
+#[inline(always)]
+fn over_international_limit(config: &KernelConfig, source: &SourceKey, now: u64) -> bool {
+    let minute = 60 * sipfilter_common::NS_PER_SEC;
+    excess(&INTERNATIONAL_CALLS, source, now, config.calls.international_per_minute, minute)
+}
+
+/// Records a call in `table` under `key`; whether it is over `limit` calls within the window.
+#[inline(always)]
+fn excess<K>(table: &LruHashMap<K, CallTimes>, key: &K, now: u64, limit: u32, window_ns: u64) -> bool {
+    if limit == 0 {
+        return false;
+    }
+    match table.get_ptr_mut(key) {
+        // SAFETY: a map value; two CPUs counting one source's calls at once may lose one.
+        Some(t) => unsafe { (*t).excess(now, limit, window_ns) },
+        None => {
+            let mut t = CallTimes::default();
+            let over = t.excess(now, limit, window_ns);
+            let _ = table.insert(key, &t, 0);
+            over
+        }
+    }
+}
+
+/// Tells the agent about a blocked call: the source, the caller and the number.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn report(
+    config: &KernelConfig,
+    counters: &mut Counters,
+    insp: &Inspection,
+    source: &[u32; 4],
+    number: u64,
+    len: u32,
+    verdict: u32,
+    known: bool,
+) {
+    let extension = match insp.window() {
+        Some(bytes) => uri_user(&bytes, insp.scan.found.from_at).unwrap_or([0; 16]),
+        None => [0; 16],
+    };
+    match CALL_EVENTS.reserve::<CallEvent>(0) {
+        Some(mut slot) => {
+            let e = slot.as_mut_ptr();
+            // SAFETY: the reserved record is ours until submitted.
+            unsafe {
+                (*e).source = *source;
+                (*e).number = number;
+                (*e).number_len = len;
+                (*e).verdict = verdict;
+                (*e).extension = extension;
+                (*e).known = known as u8;
+                (*e).monitor = config.monitor() as u8;
+                (*e)._pad = [0; 6];
+            }
+            slot.submit(0);
+        }
+        None => counters.events_lost += 1,
+    }
+}

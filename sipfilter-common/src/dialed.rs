@@ -194,15 +194,23 @@ impl DialPlan {
         } else {
             None
         };
+        let mut too_long = false;
         for candidate in [after_line, Some(raw)] {
             let Some(c) = candidate else { continue };
             for p in &self.international {
                 if c.starts_with(p) {
-                    if let Some(d) = c.drop(p.len as usize).e164() {
-                        return self.international_or_home(d);
+                    let rest = c.drop(p.len as usize);
+                    match rest.e164() {
+                        Some(d) => return self.international_or_home(d),
+                        None => too_long |= rest.len > MAX_E164,
                     }
                 }
             }
+        }
+        if too_long {
+            // An international call prefix, then more digits than any E.164 number has:
+            // nothing this reader vouches for.
+            return Dialed::Unreadable;
         }
         if self.country_code.len != 0 {
             for candidate in [after_line, Some(raw)] {
@@ -413,6 +421,7 @@ mod tests {
         assert_eq!(dial(&p, "sip:+2-3-2-7-6-1-2-3-4-5-6-7-8-9-0-1@pbx"), Dialed::Unreadable);
         // More than 15 digits after the prefix is no E.164 number.
         assert_eq!(dial(&p, "sip:+1234567890123456@pbx"), Dialed::Unreadable);
+        assert_eq!(dial(&p, "sip:00-232-76-123-456-000-000-000-0@pbx"), Dialed::Unreadable);
     }
 
     #[test]

@@ -46,4 +46,7 @@ mod pod {
     unsafe impl aya::Pod for KnownSource {}
     unsafe impl aya::Pod for AnswerState {}
     unsafe impl aya::Pod for CrackedExtension {}
+    unsafe impl aya::Pod for crate::user_agent::ScannerUserAgents {}
+    unsafe impl aya::Pod for crate::calls::DestinationRule {}
+    unsafe impl aya::Pod for crate::calls::CallEvent {}
 }

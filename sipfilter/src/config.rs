@@ -12,8 +12,12 @@ use std::{
 
 use serde::Deserialize;
 use sipfilter_common::{
+    calls::{CallConfig, MAX_CALLS_LIMIT},
+    dialed::{DialPlan, Digits},
+    user_agent::{ScannerUserAgents, DEFAULT_TOKENS},
     config::{
-        defaults, ipv6_mask, FLAG_MONITOR, FLAG_SCOPE_ALL, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST, FLAG_WITHHOLD,
+        defaults, ipv6_mask, FLAG_CALLS, FLAG_MONITOR, FLAG_SCANNER_USER_AGENTS, FLAG_SCOPE_ALL, FLAG_STEALTH, FLAG_STEALTH_ALL,
+        FLAG_TRUST, FLAG_WITHHOLD,
         MAX_BURST, MAX_RATE, MAX_SIP_PORTS,
     },
     ClassLimit, KernelConfig, NS_PER_SEC,
@@ -100,6 +104,105 @@ pub struct Config {
     pub state_file: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub trust: TrustSettings,
+    /// `[scanners] user_agents`: the User-Agent tokens that name an attack tool.
+    pub scanner_user_agents: Vec<String>,
+    pub calls: CallSettings,
+}
+
+/// `[calls]`: destination rules and call bursts (README, "Destination rules", "Call bursts").
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallSettings {
+    /// Check INVITE and MESSAGE requests at all.
+    pub enabled: bool,
+    /// Deny and allow prefixes (E.164 digits), with where each came from; the shipped
+    /// high-risk list first unless turned off.
+    pub rules: Vec<DestinationPrefix>,
+    pub dial_plan: DialPlan,
+    pub per_number: u32,
+    pub window: Duration,
+    pub international_per_minute: u32,
+}
+
+/// A destination rule as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DestinationPrefix {
+    pub digits: Digits,
+    pub deny: bool,
+    /// `file:line`, or the field it was given in.
+    pub origin: String,
+}
+
+/// The shipped list of destinations carriers block for fraud (`examples/high-risk-prefixes.txt`).
+pub const HIGH_RISK_PREFIXES: &str = include_str!("../../examples/high-risk-prefixes.txt");
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        let k = CallConfig::default();
+        CallSettings {
+            enabled: true,
+            rules: high_risk_rules(),
+            dial_plan: k.dial_plan,
+            per_number: k.per_number,
+            window: Duration::from_nanos(k.window_ns),
+            international_per_minute: k.international_per_minute,
+        }
+    }
+}
+
+/// The shipped high-risk list as deny rules.
+pub fn high_risk_rules() -> Vec<DestinationPrefix> {
+    parse_prefixes(HIGH_RISK_PREFIXES, "high-risk-prefixes.txt", true).expect("the shipped list parses")
+}
+
+/// Prefix-list text: one E.164 prefix per line (digits; `+`, spaces and `-` allowed and
+/// dropped), `#` starts a comment. Err: (line, problem).
+pub fn parse_prefixes(text: &str, name: &str, deny: bool) -> Result<Vec<DestinationPrefix>, (usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let digits = prefix_digits(entry).map_err(|m| (i + 1, m))?;
+        out.push(DestinationPrefix {
+            digits,
+            deny,
+            origin: format!("{name}:{}", i + 1),
+        });
+    }
+    Ok(out)
+}
+
+/// An E.164 prefix from text: `232`, `+232`, `+1 900`, `1-809`.
+fn prefix_digits(text: &str) -> Result<Digits, String> {
+    let cleaned: String = text
+        .trim_start_matches('+')
+        .chars()
+        .filter(|c| *c != ' ' && *c != '-')
+        .collect();
+    if cleaned.is_empty() || !cleaned.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("'{text}' is not a number prefix (digits only, e.g. 232 or +1900)"));
+    }
+    if cleaned.len() > sipfilter_common::dialed::MAX_E164 {
+        return Err(format!("'{text}' is longer than an E.164 number (15 digits)"));
+    }
+    if cleaned.starts_with('0') {
+        return Err(format!(
+            "'{text}' starts with 0: give prefixes in international form without the call prefix (232, not 00232)"
+        ));
+    }
+    Digits::parse(&cleaned).ok_or_else(|| format!("'{text}' is not a number prefix"))
+}
+
+/// A dial-plan digit string (outside line, call prefixes, country code): up to 8 digits.
+fn plan_digits(text: &str) -> Result<Digits, String> {
+    if text.is_empty() {
+        return Ok(Digits::EMPTY);
+    }
+    if text.len() > 8 || !text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("'{text}' is not 1 to 8 digits"));
+    }
+    Digits::parse(text).ok_or_else(|| format!("'{text}' is not 1 to 8 digits"))
 }
 
 /// `[trust]`: judging sources by the PBX's answers (README, "How a packet is judged").
@@ -158,6 +261,8 @@ impl Default for Config {
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
             trust: TrustSettings::default(),
+            scanner_user_agents: DEFAULT_TOKENS.iter().map(|t| t.to_string()).collect(),
+            calls: CallSettings::default(),
         }
     }
 }
@@ -198,7 +303,30 @@ impl Config {
             }
             // FLAG_QUARANTINE is the agent's to set: only while some extension is cracked.
         }
+        if !self.scanner_user_agents.is_empty() {
+            k.flags |= FLAG_SCANNER_USER_AGENTS;
+        }
+        let c = &self.calls;
+        if c.enabled {
+            k.flags |= FLAG_CALLS;
+        }
+        k.calls = CallConfig {
+            dial_plan: c.dial_plan,
+            per_number: c.per_number,
+            international_per_minute: c.international_per_minute,
+            window_ns: u64::try_from(c.window.as_nanos()).unwrap_or(u64::MAX),
+        };
         k
+    }
+
+    /// The scanner tokens as the kernel holds them.
+    pub fn scanner_rules(&self) -> ScannerUserAgents {
+        let mut r = ScannerUserAgents::default();
+        for t in &self.scanner_user_agents {
+            // Validated when the file was read.
+            let _ = r.add(t.as_bytes());
+        }
+        r
     }
 
     /// Reads and validates a configuration file.
@@ -332,6 +460,24 @@ impl Config {
             }
         }
 
+        if let Some(scanners) = raw.scanners {
+            if let Some(tokens) = scanners.user_agents {
+                let mut check = ScannerUserAgents::default();
+                let mut out = Vec::new();
+                for t in tokens {
+                    check
+                        .add(t.get_ref().as_bytes())
+                        .map_err(|m| err(Some(t.span()), Some("scanners.user_agents"), format!("'{}': {m}", t.get_ref())))?;
+                    out.push(t.into_inner());
+                }
+                c.scanner_user_agents = out;
+            }
+        }
+
+        if let Some(calls) = raw.calls {
+            apply_calls(calls, &mut c.calls, path, &err)?;
+        }
+
         if let Some(agent) = raw.agent {
             if let Some(ifaces) = agent.interfaces {
                 for i in ifaces {
@@ -446,6 +592,111 @@ struct RawConfig {
     lists: Option<RawLists>,
     agent: Option<RawAgent>,
     trust: Option<RawTrust>,
+    scanners: Option<RawScanners>,
+    calls: Option<RawCalls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScanners {
+    user_agents: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    enabled: Option<bool>,
+    high_risk_destinations: Option<bool>,
+    deny: Option<Vec<Spanned<String>>>,
+    allow: Option<Vec<Spanned<String>>>,
+    deny_files: Option<Vec<Spanned<String>>>,
+    allow_files: Option<Vec<Spanned<String>>>,
+    outside_line: Option<Spanned<String>>,
+    international_prefixes: Option<Vec<Spanned<String>>>,
+    country_code: Option<Spanned<String>>,
+    trunk_prefix: Option<Spanned<String>>,
+    calls_to_one_number: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    international_per_minute: Option<Spanned<i64>>,
+}
+
+/// `[calls]` onto the defaults.
+fn apply_calls(raw: RawCalls, out: &mut CallSettings, path: &Path, err: &ErrorAt<'_>) -> Result<(), ConfigError> {
+    if let Some(v) = raw.enabled {
+        out.enabled = v;
+    }
+    let mut rules = if raw.high_risk_destinations.unwrap_or(true) {
+        high_risk_rules()
+    } else {
+        Vec::new()
+    };
+    for (field, list, deny) in [("calls.deny", &raw.deny, true), ("calls.allow", &raw.allow, false)] {
+        for v in list.iter().flatten() {
+            let digits = prefix_digits(v.get_ref()).map_err(|m| err(Some(v.span()), Some(field), m))?;
+            rules.push(DestinationPrefix {
+                digits,
+                deny,
+                origin: field.to_string(),
+            });
+        }
+    }
+    for (field, list, deny) in [
+        ("calls.deny_files", &raw.deny_files, true),
+        ("calls.allow_files", &raw.allow_files, false),
+    ] {
+        for f in list.iter().flatten() {
+            let file = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| err(Some(f.span()), Some(field), format!("cannot read {}: {e}", file.display())))?;
+            let name = file.display().to_string();
+            let parsed = parse_prefixes(&text, &name, deny).map_err(|(line, message)| ConfigError {
+                file: file.clone(),
+                line: Some(line),
+                field: None,
+                message,
+            })?;
+            rules.extend(parsed);
+        }
+    }
+    if rules.len() > sipfilter_common::maps::DESTINATIONS_SIZE as usize {
+        return Err(err(
+            None,
+            Some("calls"),
+            format!("{} destination rules; at most {}", rules.len(), sipfilter_common::maps::DESTINATIONS_SIZE),
+        ));
+    }
+    out.rules = rules;
+    let plan = &mut out.dial_plan;
+    let digits = |v: &Spanned<String>, field: &str| plan_digits(v.get_ref()).map_err(|m| err(Some(v.span()), Some(field), m));
+    if let Some(v) = &raw.outside_line {
+        plan.outside_line = digits(v, "calls.outside_line")?;
+    }
+    if let Some(list) = &raw.international_prefixes {
+        if list.len() > 2 {
+            return Err(err(Some(list[2].span()), Some("calls.international_prefixes"), "at most 2 prefixes".into()));
+        }
+        plan.international = [Digits::EMPTY; 2];
+        for (i, v) in list.iter().enumerate() {
+            plan.international[i] = digits(v, "calls.international_prefixes")?;
+        }
+    }
+    if let Some(v) = &raw.country_code {
+        plan.country_code = digits(v, "calls.country_code")?;
+    }
+    if let Some(v) = &raw.trunk_prefix {
+        plan.trunk_prefix = digits(v, "calls.trunk_prefix")?;
+    }
+    if let Some(v) = &raw.calls_to_one_number {
+        out.per_number = bounded(v, 0, MAX_CALLS_LIMIT as u64).map_err(|m| err(Some(v.span()), Some("calls.calls_to_one_number"), m))?;
+    }
+    if let Some(v) = &raw.international_per_minute {
+        out.international_per_minute = bounded(v, 0, MAX_CALLS_LIMIT as u64)
+            .map_err(|m| err(Some(v.span()), Some("calls.international_per_minute"), m))?;
+    }
+    if let Some(v) = &raw.window {
+        out.window = parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), Some("calls.window"), m))?;
+    }
+    Ok(())
 }
 
 /// Makes an error at a place in the file: (span, field, message).

@@ -9,7 +9,9 @@ pub mod config;
 pub mod duration;
 pub mod events;
 pub mod filter_maps;
+pub mod fraud_file;
 pub mod loader;
+pub mod request_rules;
 pub mod state_file;
 pub mod trust;
 

@@ -17,7 +17,7 @@ use sipfilter_common::{
     ClockSample, KernelConfig,
 };
 
-use crate::{bpffs, clock, filter_maps::FilterMaps, trust::TrustMaps};
+use crate::{bpffs, clock, filter_maps::FilterMaps, request_rules::RequestRuleMaps, trust::TrustMaps};
 
 /// The XDP object built by build.rs from sipfilter-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipfilter-xdp"));
@@ -28,6 +28,8 @@ pub struct Loaded {
     pub maps: FilterMaps,
     /// Known sources and cracked extensions.
     pub trust: TrustMaps,
+    /// Scanner User-Agents and destination rules.
+    pub request_rules: RequestRuleMaps,
     pub pin_dir: PathBuf,
 }
 
@@ -69,6 +71,7 @@ impl Loaded {
         link_egress_programs(&mut ebpf)?;
         let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
         let trust = TrustMaps::from_ebpf(&mut ebpf)?;
+        let request_rules = RequestRuleMaps::from_ebpf(&mut ebpf)?;
         maps.set_lock_dir(pin_dir);
         let mut config = *config;
         if maps.read_config()?.hash_seed == 0 {
@@ -79,6 +82,7 @@ impl Loaded {
             ebpf,
             maps,
             trust,
+            request_rules,
             pin_dir: pin_dir.to_owned(),
         };
         let (ns_per_jiffy, offset) = loaded.calibrate_clock()?;
@@ -169,6 +173,14 @@ impl Loaded {
     }
 
     /// Takes the ring buffer the program reports new bans on (once).
+    pub fn take_call_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(sipfilter_common::maps::CALL_EVENTS)
+            .context("the object has no call_events map")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
     pub fn take_ban_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .ebpf

@@ -34,6 +34,12 @@ pub enum Command {
     /// Validate a configuration file (and the list files it names) without loading anything.
     #[command(after_help = cli::check::EXAMPLES)]
     Check(cli::check::CheckArgs),
+    /// Calls blocked by the destination and call-burst rules.
+    #[command(after_help = cli::fraud::EXAMPLES)]
+    Fraud {
+        #[command(subcommand)]
+        cmd: cli::fraud::FraudCommand,
+    },
     #[command(flatten)]
     Manage(cli::ManageCommand),
     /// Print a shell completion script.
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(2),
             Err(e) => Err(e),
         },
+        Command::Fraud { cmd } => cli::fraud::run(cmd),
         Command::Manage(cmd) => cli::execute(&cli.pin_dir, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sipfilter", &mut std::io::stdout());

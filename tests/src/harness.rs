@@ -65,6 +65,7 @@ impl Drop for PrivateBpffs {
 pub struct TestFilter {
     pub loaded: Loaded,
     ban_events: RingBuf<MapData>,
+    call_events: RingBuf<MapData>,
     // Dropped after `loaded` (field order): the maps are unpinned once nothing holds them.
     pub bpffs: PrivateBpffs,
 }
@@ -83,9 +84,11 @@ impl TestFilter {
         let TestFilter {
             loaded,
             ban_events,
+            call_events,
             bpffs,
         } = self;
         drop(ban_events);
+        drop(call_events);
         drop(loaded);
         Self::load_into(bpffs, config)
     }
@@ -93,11 +96,26 @@ impl TestFilter {
     fn load_into(bpffs: PrivateBpffs, config: &KernelConfig) -> anyhow::Result<Self> {
         let mut loaded = Loaded::load(&bpffs.pin_dir(), config)?;
         let ban_events = loaded.take_ban_events()?;
+        let call_events = loaded.take_call_events()?;
         Ok(TestFilter {
             loaded,
             ban_events,
+            call_events,
             bpffs,
         })
+    }
+
+    /// Loads with an agent configuration: its kernel record and its request rules (scanner
+    /// User-Agents, destination rules), as the agent would.
+    pub fn with_settings(config: &sipfilter::config::Config) -> anyhow::Result<Self> {
+        let mut f = Self::with_config(&config.kernel_config())?;
+        f.loaded.request_rules.write(config)?;
+        Ok(f)
+    }
+
+    /// Blocked-call events the program sent since the last call.
+    pub fn call_events(&mut self) -> Vec<sipfilter_common::calls::CallEvent> {
+        sipfilter::events::drain_calls(&mut self.call_events)
     }
 
     /// Runs one frame through the program and returns its XDP action.

@@ -72,7 +72,7 @@ pub fn sip_request(method: &str, user: &str) -> Vec<u8> {
          To: <sip:{user}@pbx.example>\r\n\
          Call-ID: {user}@192.0.2.10\r\n\
          CSeq: 1 {method}\r\n\
-         User-Agent: friendly-scanner\r\n\
+         User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\
          Content-Length: 0\r\n\r\n"
     )
     .into_bytes()

@@ -698,3 +698,260 @@ fn answer_table_through_the_answers_program() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A row of the request table: what the inspection must make of a request from a source
+/// that is neither known nor allowlisted (each row from its own address).
+struct RequestRow {
+    what: String,
+    payload: Vec<u8>,
+    outcome: Outcome,
+    /// The ban reason the row must leave (None: no ban).
+    ban: Option<&'static str>,
+    /// Counted as a scanner match.
+    scanner: bool,
+    /// The call rule counted (index of `Counters::calls_blocked`).
+    call_rule: Option<usize>,
+    /// Counted as uninspected.
+    uninspected: bool,
+}
+
+/// A phone-like request: eight header lines before the User-Agent (so the scan needs a second
+/// round to reach it), `extra` lines before those.
+fn request(method: &str, ruri: &str, ua: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         {extra}\
+         Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-77\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Desk\" <sip:201@pbx.example>;tag=1\r\n\
+         To: <sip:dest@pbx.example>\r\n\
+         Call-ID: 77-{method}@198.51.100.7\r\n\
+         CSeq: 1 {method}\r\n\
+         Contact: <sip:201@198.51.100.7:5060>\r\n\
+         Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n\
+         User-Agent: {ua}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+const PHONE: &str = "Yealink SIP-T46S 66.86.0.15";
+
+fn request_row(what: impl Into<String>, payload: Vec<u8>, outcome: Outcome) -> RequestRow {
+    RequestRow {
+        what: what.into(),
+        payload,
+        outcome,
+        ban: None,
+        scanner: false,
+        call_rule: None,
+        uninspected: false,
+    }
+}
+
+fn scanner(what: &str, payload: Vec<u8>) -> RequestRow {
+    RequestRow {
+        ban: Some("scanner"),
+        scanner: true,
+        ..request_row(what, payload, Outcome::Scanner)
+    }
+}
+
+fn denied(what: &str, ruri: &str) -> RequestRow {
+    RequestRow {
+        call_rule: Some(0),
+        ..request_row(
+            format!("INVITE {what} ({ruri})"),
+            request("INVITE", ruri, PHONE, ""),
+            Outcome::Destination,
+        )
+    }
+}
+
+fn request_table() -> Vec<RequestRow> {
+    let mut rows = Vec::new();
+    // Scanner User-Agents: any case, any method, late in the headers; not elsewhere.
+    rows.push(scanner(
+        "OPTIONS from svmap",
+        request("OPTIONS", "sip:100@pbx.example", "friendly-scanner", ""),
+    ));
+    rows.push(scanner(
+        "REGISTER, token in capitals",
+        request("REGISTER", "sip:pbx.example", "FRIENDLY-SCANNER", ""),
+    ));
+    rows.push(scanner(
+        "INVITE, token after a product name",
+        request("INVITE", "sip:201@pbx.example", "Mozilla/5.0 sipcli/v1.8", ""),
+    ));
+    let many: String = (0..20).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    rows.push(scanner(
+        "User-Agent on line 29 (four scan rounds)",
+        request("OPTIONS", "sip:100@pbx.example", "VaxSIPUserAgent/3.1", &many),
+    ));
+    rows.push(scanner(
+        "lower-case header name, tab before the value",
+        b"OPTIONS sip:100@pbx.example SIP/2.0\r\nv: SIP/2.0/UDP x\r\nuser-agent:\tsipsak 0.9.6\r\n\r\n".to_vec(),
+    ));
+    let too_many: String = (0..40).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    rows.push(RequestRow {
+        uninspected: true,
+        ..request_row(
+            "User-Agent beyond the line bound",
+            request("OPTIONS", "sip:100@pbx.example", "friendly-scanner", &too_many),
+            Outcome::Stealth,
+        )
+    });
+    rows.push(request_row(
+        "a phone's REGISTER",
+        request("REGISTER", "sip:pbx.example", PHONE, ""),
+        Outcome::Accepted,
+    ));
+    rows.push(request_row(
+        "a scanner token in another header only",
+        request("REGISTER", "sip:pbx.example", PHONE, "Contact: <sip:sipvicious@10.0.0.1>\r\n"),
+        Outcome::Accepted,
+    ));
+    rows.push(request_row(
+        "a response naming a scanner is not a request",
+        b"SIP/2.0 200 OK\r\nVia: x\r\nUser-Agent: friendly-scanner\r\nCSeq: 1 OPTIONS\r\n\r\n".to_vec(),
+        Outcome::Accepted,
+    ));
+
+    // Destinations: every dial format of +232 76 123 456 reduces to one number.
+    for (what, ruri) in [
+        ("+CC", "sip:+23276123456@pbx.example"),
+        ("00CC", "sip:0023276123456@pbx.example"),
+        ("011CC", "sip:01123276123456@pbx.example"),
+        ("outside line then 011", "sip:901123276123456@pbx.example"),
+        ("outside line then 00", "sip:90023276123456@pbx.example"),
+        ("tel: URI with separators", "tel:+232-76-123-456;phone-context=+232"),
+        ("sips: URI with port and parameters", "sips:0023276123456@pbx.example:5061;user=phone"),
+        ("escaped plus", "sip:%2B23276123456@pbx.example"),
+        ("non-geographic +881", "sip:+8816123456@pbx.example"),
+        ("NANP premium 1-900", "sip:+19005551234@pbx.example"),
+    ] {
+        rows.push(denied(what, ruri));
+    }
+    rows.push(RequestRow {
+        call_rule: Some(0),
+        ..request_row(
+            "MESSAGE to +232",
+            request("MESSAGE", "sip:+23276123456@pbx.example", PHONE, ""),
+            Outcome::Destination,
+        )
+    });
+    for (what, ruri) in [
+        ("an allowed range inside a denied country", "sip:+23276001234@pbx.example"),
+        ("a national number", "sip:0301234567@pbx.example"),
+        ("an international number not denied", "sip:+12125551234@pbx.example"),
+        ("an extension", "sip:201@pbx.example"),
+        ("a name", "sip:alice@pbx.example"),
+        ("+1 242 is the Bahamas, not the USA", "sip:+12125550000@pbx.example"),
+    ] {
+        rows.push(request_row(
+            format!("INVITE {what} ({ruri})"),
+            request("INVITE", ruri, PHONE, ""),
+            Outcome::Accepted,
+        ));
+    }
+    rows.push(RequestRow {
+        call_rule: Some(0),
+        ..denied("the Bahamas inside +1", "sip:+12425551234@pbx.example")
+    });
+    rows.push(RequestRow {
+        uninspected: true,
+        ..request_row(
+            "INVITE to a number longer than E.164",
+            request("INVITE", "sip:+2327612345678901@pbx.example", PHONE, ""),
+            Outcome::Accepted,
+        )
+    });
+    rows.push(RequestRow {
+        uninspected: true,
+        ..request_row(
+            "INVITE to a separated number longer than E.164",
+            request("INVITE", "sip:00-232-76-123-456-000-000-000-0@pbx.example", PHONE, ""),
+            Outcome::Accepted,
+        )
+    });
+    rows.push(RequestRow {
+        uninspected: true,
+        ..request_row(
+            "INVITE to a user longer than the dial bound (32 bytes)",
+            request("INVITE", "sip:002327612345600000000000000000000000@pbx.example", PHONE, ""),
+            Outcome::Accepted,
+        )
+    });
+    rows
+}
+
+#[test]
+fn request_table_through_the_inspection() -> anyhow::Result<()> {
+    let config = sipfilter::config::Config::parse(
+        "[calls]\nallow = [\"+232 76 00\"]\noutside_line = \"9\"\n",
+        std::path::Path::new("request-table.toml"),
+    )?;
+    let rows = request_table();
+    let mut filter = TestFilter::with_settings(&config)?;
+    let mut failures = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let src = Ipv4Addr::new(198, 51, 100, 10 + i as u8);
+        let frame = P::udp4(src, dst4(), 5060, 5060, &row.payload).build().bytes;
+        let before = filter.counters()?;
+        let action = filter.run(&frame)?;
+        let after = filter.counters()?;
+        let mut problems = Vec::new();
+        let want = if row.outcome.drops() { XDP_DROP } else { XDP_PASS };
+        if action != want {
+            problems.push(format!("verdict {} (expected {})", action_name(action), action_name(want)));
+        }
+        for o in Outcome::ALL {
+            let moved = after.outcome(o) - before.outcome(o);
+            if moved != u64::from(o == row.outcome) {
+                problems.push(format!("outcome {} moved by {moved}", o.name()));
+            }
+        }
+        let scanned = after.scanner_tokens.iter().sum::<u64>() - before.scanner_tokens.iter().sum::<u64>();
+        if scanned != u64::from(row.scanner) {
+            problems.push(format!("scanner matches moved by {scanned}"));
+        }
+        for k in 0..3 {
+            let moved = after.calls_blocked[k] - before.calls_blocked[k];
+            if moved != u64::from(row.call_rule == Some(k)) {
+                problems.push(format!("calls blocked [{k}] moved by {moved}"));
+            }
+        }
+        let moved = after.requests_uninspected - before.requests_uninspected;
+        if moved != u64::from(row.uninspected) {
+            problems.push(format!("uninspected moved by {moved}"));
+        }
+        let ban = filter
+            .loaded
+            .maps
+            .bans()?
+            .into_iter()
+            .find(|(k, _)| *k == sipfilter_common::SourceKey::from_v4(src.octets()))
+            .map(|(_, b)| sipfilter_common::counters::ban_reason::name(b.reason));
+        if ban != row.ban {
+            problems.push(format!("ban {ban:?}, expected {:?}", row.ban));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", row.what, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    // One event per blocked call, naming the caller and the number.
+    let events = filter.call_events();
+    let blocked = rows.iter().filter(|r| r.call_rule.is_some()).count();
+    assert_eq!(events.len(), blocked, "call events");
+    let first = events.iter().find(|e| e.number_len == 11).expect("the +232 call's event");
+    assert_eq!(sipfilter_common::scan::ext_str(&first.extension), "201");
+    assert_eq!(first.number >> 20, 0x232_7612_3456, "E.164 digits as nibbles");
+    Ok(())
+}

@@ -26,6 +26,10 @@ pub struct Metrics {
     promoted: IntCounter,
     withheld: IntCounter,
     uninspected: IntCounter,
+    scanner_matches: IntCounter,
+    calls_checked: IntCounter,
+    calls_blocked: IntCounterVec,
+    requests_uninspected: IntCounter,
     known_sources: IntGauge,
     cracked_extensions: IntGauge,
     /// Kernel totals at the previous scrape: counters move by the difference.
@@ -118,6 +122,29 @@ impl Metrics {
             "sipfilter_uninspected_total",
             "SIP messages whose headers lay beyond the scan bound (passed, not judged).",
         )?;
+        let scanner_matches = IntCounter::new(
+            "sipfilter_scanner_user_agent_total",
+            "Requests whose User-Agent named a scanner (dropped, the source banned).",
+        )?;
+        let calls_checked = IntCounter::new(
+            "sipfilter_calls_checked_total",
+            "New calls (not retransmissions) whose dialed number was checked.",
+        )?;
+        let calls_blocked = cv(
+            "sipfilter_calls_blocked_total",
+            "Calls blocked by the destination and call-burst rules, by rule kind.",
+            "rule",
+        )?;
+        let requests_uninspected = IntCounter::new(
+            "sipfilter_requests_uninspected_total",
+            "Requests whose headers or dialed number lay beyond the inspection's bounds (passed).",
+        )?;
+        for c in [&scanner_matches, &calls_checked, &requests_uninspected] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for v in 1..=3 {
+            calls_blocked.with_label_values(&[sipfilter_common::calls::call_verdict::name(v)]);
+        }
         let known_sources = IntGauge::new("sipfilter_known_sources", "Sources known now (earned by registering).")?;
         let cracked_extensions = IntGauge::new(
             "sipfilter_cracked_extensions",
@@ -175,6 +202,10 @@ impl Metrics {
             promoted,
             withheld,
             uninspected,
+            scanner_matches,
+            calls_checked,
+            calls_blocked,
+            requests_uninspected,
             known_sources,
             cracked_extensions,
             last: Counters::default(),
@@ -236,6 +267,26 @@ impl Metrics {
         sync(&self.promoted, self.last.promoted, c.promoted);
         sync(&self.withheld, self.last.withheld, c.withheld);
         sync(&self.uninspected, self.last.uninspected, c.uninspected);
+        sync(
+            &self.scanner_matches,
+            self.last.scanner_tokens.iter().sum(),
+            c.scanner_tokens.iter().sum(),
+        );
+        sync(&self.calls_checked, self.last.calls_checked, c.calls_checked);
+        for v in 1..=3u32 {
+            let i = v as usize - 1;
+            sync(
+                &self.calls_blocked
+                    .with_label_values(&[sipfilter_common::calls::call_verdict::name(v)]),
+                self.last.calls_blocked[i],
+                c.calls_blocked[i],
+            );
+        }
+        sync(
+            &self.requests_uninspected,
+            self.last.requests_uninspected,
+            c.requests_uninspected,
+        );
         sync(&self.ban_table_full, self.last.ban_table_full, c.ban_table_full);
         sync(&self.events_lost, self.last.events_lost, c.events_lost);
         self.last = *c;

@@ -25,6 +25,7 @@ use sipfilter::{
     config::{AttachMode, Config},
     events,
     filter_maps::ListKind,
+    fraud_file::{self, BlockedCall},
     state_file::{self, StateFile},
     Cidr, FilterMaps, Loaded,
 };
@@ -245,6 +246,7 @@ impl Agent {
             false => Some(FilterMaps::open_pinned(pin_dir)?.read_config()?.ipv6_prefix_len()),
         };
         let mut loaded = Loaded::load(pin_dir, &config.kernel_config())?;
+        loaded.request_rules.write(&config)?;
         // Sources are keyed by the full IPv6 address since the answers/trust version; maps
         // pinned by an older one keyed by prefix are refused by the loader.
         let key_prefix = config.kernel_config().ipv6_prefix_len();
@@ -352,6 +354,10 @@ impl Agent {
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("cannot watch the ban event ring buffer: {}", e.into_parts().1))?;
+        let calls: RingBuf<MapData> = self.loaded.take_call_events()?;
+        // SAFETY: as above.
+        let mut calls = unsafe { AsyncFd::register_with_interest(calls, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("cannot watch the call event ring buffer: {}", e.into_parts().1))?;
         let listener = match listener {
             Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
             None => None,
@@ -388,6 +394,18 @@ impl Agent {
                     for e in events::drain(guard.get_inner_mut()) {
                         self.on_ban_event(&e);
                     }
+                    guard.clear_ready();
+                }
+                guard = calls.readable_mut() => {
+                    let mut guard = match guard {
+                        Ok(g) => g,
+                        Err(e) => {
+                            log(format!("error: cannot read call events: {e}; stopping"));
+                            break;
+                        }
+                    };
+                    let blocked = events::drain_calls(guard.get_inner_mut());
+                    self.on_blocked_calls(&blocked);
                     guard.clear_ready();
                 }
                 accepted = async {
@@ -434,6 +452,18 @@ impl Agent {
             {
                 self.ban_prefix(&prefix, "several of its addresses were banned");
             }
+        }
+    }
+
+    /// Logs each blocked call (source, caller, number) and records it for `sipfilter fraud list`.
+    fn on_blocked_calls(&mut self, events: &[sipfilter_common::calls::CallEvent]) {
+        let calls: Vec<BlockedCall> = events.iter().map(BlockedCall::from_event).collect();
+        for c in &calls {
+            log(c.log_line());
+        }
+        let path = fraud_file::path_for(&self.config.state_file);
+        if let Err(e) = fraud_file::append(&path, &calls) {
+            log(format!("warning: cannot record blocked calls: {e:#}"));
         }
     }
 
@@ -618,6 +648,7 @@ impl Agent {
         let applied = (|| -> anyhow::Result<()> {
             let k = trust::carry_quarantine(&self.loaded, new.kernel_config())?;
             self.loaded.maps.write_config(&k)?;
+            self.loaded.request_rules.write(&new)?;
             if self.config.monitor && !new.monitor {
                 lift_monitor_bans(&mut self.loaded)?;
             }

@@ -6,6 +6,7 @@
 
 mod ban;
 pub mod check;
+pub mod fraud;
 mod import;
 mod lists;
 mod output;

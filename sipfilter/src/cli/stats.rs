@@ -55,9 +55,22 @@ pub fn to_json(c: &Counters) -> Value {
         "promoted": c.promoted,
         "withheld": c.withheld,
         "uninspected": c.uninspected,
+        "requests": {
+            "scanner_matches": c.scanner_tokens.iter().sum::<u64>(),
+            "calls_checked": c.calls_checked,
+            "calls_blocked": named(&CALL_RULES, call_rule_name, |i| c.calls_blocked[i]),
+            "uninspected": c.requests_uninspected,
+        },
         "ban_table_full": c.ban_table_full,
         "events_lost": c.events_lost,
     })
+}
+
+/// The call-rule kinds, as `Counters::calls_blocked` orders them.
+const CALL_RULES: [usize; 3] = [0, 1, 2];
+
+fn call_rule_name(i: usize) -> &'static str {
+    sipfilter_common::calls::call_verdict::name(i as u32 + 1)
 }
 
 fn percent(n: u64, total: u64) -> String {
@@ -104,6 +117,21 @@ pub fn render(c: &Counters) -> String {
     t.row(vec![
         "answers not inspected (beyond the bound)".into(),
         grouped(c.uninspected),
+    ]);
+    out.push_str(&t.render());
+    out.push('\n');
+    let mut t = Table::new(&[("REQUEST RULES", false), ("COUNT", true)]);
+    t.row(vec![
+        "requests with a scanner User-Agent".into(),
+        grouped(c.scanner_tokens.iter().sum()),
+    ]);
+    t.row(vec!["new calls checked".into(), grouped(c.calls_checked)]);
+    for i in CALL_RULES {
+        t.row(vec![format!("calls blocked: {}", call_rule_name(i)), grouped(c.calls_blocked[i])]);
+    }
+    t.row(vec![
+        "requests not inspected (beyond the bound)".into(),
+        grouped(c.requests_uninspected),
     ]);
     out.push_str(&t.render());
     out.push('\n');

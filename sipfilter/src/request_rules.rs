@@ -1,0 +1,112 @@
+//! The rules the request inspection applies, as the kernel holds them: the scanner
+//! User-Agent tokens and the destination prefixes. Written at load and on every reload from
+//! the configuration; the call counters beside them are the kernel's own.
+
+use std::{collections::HashSet, path::Path};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
+    Ebpf,
+};
+use sipfilter_common::{
+    calls::DestinationRule,
+    maps::{DESTINATIONS, SCANNER_USER_AGENTS},
+    user_agent::ScannerUserAgents,
+};
+
+use crate::config::{Config, DestinationPrefix};
+
+pub struct RequestRuleMaps {
+    scanner_user_agents: Array<MapData, ScannerUserAgents>,
+    destinations: LpmTrie<MapData, [u8; 8], DestinationRule>,
+}
+
+
+impl RequestRuleMaps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the object has no map {name}"));
+        Self::from_maps(take(SCANNER_USER_AGENTS)?, take(DESTINATIONS)?)
+    }
+
+    /// Opens the maps pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
+        let open = |name: &str| -> anyhow::Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            Map::from_map_data(data).with_context(|| format!("{} is not a map sipfilter knows", path.display()))
+        };
+        Self::from_maps(open(SCANNER_USER_AGENTS)?, open(DESTINATIONS)?)
+    }
+
+    fn from_maps(scanner: Map, destinations: Map) -> anyhow::Result<Self> {
+        Ok(RequestRuleMaps {
+            scanner_user_agents: Array::try_from(scanner).context("map scanner_user_agents has an unexpected layout")?,
+            destinations: LpmTrie::try_from(destinations).context("map destinations has an unexpected layout")?,
+        })
+    }
+
+    /// Puts the configuration's rules in force: the token list replaced, the destination
+    /// rules made exactly the configured ones (later rules win over earlier ones with the
+    /// same prefix: an allow line after the shipped list's deny opens that prefix).
+    pub fn write(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.scanner_user_agents
+            .set(0, config.scanner_rules(), 0)
+            .context("cannot write the scanner User-Agent tokens")?;
+        let wanted = destination_entries(&config.calls.rules);
+        let keep: HashSet<(u32, [u8; 8])> = wanted.iter().map(|(k, _)| (k.prefix_len(), k.data())).collect();
+        let stale: Vec<Key<[u8; 8]>> = self
+            .destinations
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = self.destinations.remove(&k);
+        }
+        for (k, rule) in &wanted {
+            self.destinations
+                .insert(k, rule, 0)
+                .context("cannot write a destination rule")?;
+        }
+        Ok(())
+    }
+
+    /// The rules in force: (prefix digits as text, deny).
+    pub fn destinations(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = self
+            .destinations
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| {
+                let digits = sipfilter_common::dialed::Digits {
+                    nibbles: u64::from_be_bytes(k.data()),
+                    len: k.prefix_len() / 4,
+                    _pad: 0,
+                };
+                (digits.text().as_str().to_string(), v.deny != 0)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// The LPM entries for the configured rules; the last rule for a prefix wins.
+pub fn destination_entries(rules: &[DestinationPrefix]) -> Vec<(Key<[u8; 8]>, DestinationRule)> {
+    let mut by_prefix: std::collections::BTreeMap<(u32, [u8; 8]), DestinationRule> = Default::default();
+    for (i, r) in rules.iter().enumerate() {
+        by_prefix.insert(
+            (4 * r.digits.len, r.digits.key_bytes()),
+            DestinationRule {
+                deny: r.deny as u32,
+                rule: i as u32,
+            },
+        );
+    }
+    by_prefix
+        .into_iter()
+        .map(|((len, data), rule)| (Key::new(len, data), rule))
+        .collect()
+}

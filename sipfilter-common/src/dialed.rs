@@ -155,7 +155,10 @@ impl Default for DialPlan {
     fn default() -> Self {
         DialPlan {
             outside_line: Digits::EMPTY,
-            international: [Digits::parse("00").unwrap_or(Digits::EMPTY), Digits::parse("011").unwrap_or(Digits::EMPTY)],
+            international: [
+                Digits::parse("00").unwrap_or(Digits::EMPTY),
+                Digits::parse("011").unwrap_or(Digits::EMPTY),
+            ],
             country_code: Digits::EMPTY,
             trunk_prefix: Digits::EMPTY,
         }
@@ -398,8 +401,14 @@ mod tests {
         assert_eq!(dial(&p, "sip:0301234567@pbx"), Dialed::Local);
         assert_eq!(dial(&p, "sip:201@pbx"), Dialed::Local);
         let de = plan("", "49", "0");
-        assert_eq!(dial(&de, "sip:0301234567@pbx"), Dialed::National(Digits::parse("49301234567").unwrap()));
-        assert_eq!(dial(&de, "sip:+49301234567@pbx"), Dialed::National(Digits::parse("49301234567").unwrap()));
+        assert_eq!(
+            dial(&de, "sip:0301234567@pbx"),
+            Dialed::National(Digits::parse("49301234567").unwrap())
+        );
+        assert_eq!(
+            dial(&de, "sip:+49301234567@pbx"),
+            Dialed::National(Digits::parse("49301234567").unwrap())
+        );
         assert_eq!(dial(&de, "sip:201@pbx"), Dialed::Local);
         // Outside line 0 in Germany: 0 then 00232…
         let de0 = plan("0", "49", "0");
@@ -407,7 +416,10 @@ mod tests {
         assert_eq!(dial(&de0, "sip:0023276123456@pbx"), intl("23276123456"));
         // North America: 1 + area code is the national form of +1…, which is E.164 already.
         let us = plan("9", "1", "1");
-        assert_eq!(dial(&us, "sip:918095551234@pbx"), Dialed::National(Digits::parse("18095551234").unwrap()));
+        assert_eq!(
+            dial(&us, "sip:918095551234@pbx"),
+            Dialed::National(Digits::parse("18095551234").unwrap())
+        );
     }
 
     #[test]

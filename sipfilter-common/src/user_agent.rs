@@ -112,8 +112,8 @@ impl ScannerUserAgents {
         let mut bytes = [0u8; TOKEN_LEN];
         bytes[..token.len()].copy_from_slice(token);
         let lo = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) | LOWER & mask(token.len());
-        let hi = u64::from_le_bytes(bytes[8..].try_into().unwrap_or([0; 8]))
-            | LOWER & mask(token.len().saturating_sub(8));
+        let hi =
+            u64::from_le_bytes(bytes[8..].try_into().unwrap_or([0; 8])) | LOWER & mask(token.len().saturating_sub(8));
         self.tokens[i] = [lo, hi];
         self.masks[i] = [mask(token.len()), mask(token.len().saturating_sub(8))];
         self.lens[i] = token.len() as u8;
@@ -278,7 +278,9 @@ mod tests {
     fn tokens_match_in_any_case_and_position_within_the_value_only() {
         let r = rules(DEFAULT_TOKENS);
         let m = |ua: &str| {
-            let msg = std::format!("OPTIONS sip:100@h SIP/2.0\r\nVia: x\r\nUser-Agent: {ua}\r\nContact: <sip:sipvicious@h>\r\n\r\n");
+            let msg = std::format!(
+                "OPTIONS sip:100@h SIP/2.0\r\nVia: x\r\nUser-Agent: {ua}\r\nContact: <sip:sipvicious@h>\r\n\r\n"
+            );
             matched(&r, msg.as_bytes())
         };
         assert_eq!(m("friendly-scanner"), Some(0));
@@ -302,7 +304,10 @@ mod tests {
         let pad = "x".repeat(WINDOW);
         let msg = std::format!("OPTIONS sip:h SIP/2.0\r\nUser-Agent: {pad}sipcli\r\n\r\n");
         assert_eq!(matched(&r, msg.as_bytes()), None);
-        let msg = std::format!("OPTIONS sip:h SIP/2.0\r\nUser-Agent: {}sipcli\r\n\r\n", &pad[..WINDOW - 8]);
+        let msg = std::format!(
+            "OPTIONS sip:h SIP/2.0\r\nUser-Agent: {}sipcli\r\n\r\n",
+            &pad[..WINDOW - 8]
+        );
         assert_eq!(matched(&r, msg.as_bytes()), Some(0));
     }
 

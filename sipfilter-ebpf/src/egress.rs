@@ -118,7 +118,11 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     // To and CSeq here; the From (the caller) of an answer to anything but a REGISTER is
     // read by `sipfilter_caller`: three headers in one scan are more paths than the
     // verifier walks.
-    let wanted = Wanted { to: true, cseq: true, ..Wanted::NONE };
+    let wanted = Wanted {
+        to: true,
+        cseq: true,
+        ..Wanted::NONE
+    };
     let found = scan_in_map(&bytes, wanted);
     let Some((cseq_id, method)) = cseq(&bytes, found.cseq_at) else {
         counters.uninspected += 1;
@@ -161,7 +165,10 @@ pub fn sipfilter_identify(ctx: TcContext) -> i32 {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
-    let wanted = Wanted { via: true, ..Wanted::NONE };
+    let wanted = Wanted {
+        via: true,
+        ..Wanted::NONE
+    };
     let found = scan_in_map(&bytes, wanted);
     pending.cseq = request_identity(&bytes, found.via_at, pending.cseq);
     let next = if pending.method == Method::Register as u32 {
@@ -191,7 +198,10 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
-    let wanted = Wanted { from: true, ..Wanted::NONE };
+    let wanted = Wanted {
+        from: true,
+        ..Wanted::NONE
+    };
     let found = scan_in_map(&bytes, wanted);
     match uri_user(&bytes, found.from_at) {
         Some(ext) => {

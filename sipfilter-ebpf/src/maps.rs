@@ -6,14 +6,13 @@ use aya_ebpf::{
 };
 use sipfilter_common::{
     calls::{CallKey, CallTimes, DestinationRule, NumberKey},
-    scan::Scan,
-    user_agent::{Candidates, ScannerUserAgents},
     maps::{
-        BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CRACKED_SIZE, KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE,
-        RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, CALL_EVENTS_BYTES, DESTINATIONS_SIZE, RECENT_CALLS_SIZE,
-        CALL_SOURCES_SIZE,
+        BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CALL_EVENTS_BYTES, CALL_SOURCES_SIZE, CRACKED_SIZE, DESTINATIONS_SIZE,
+        KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, RECENT_CALLS_SIZE,
     },
     scan::Extension,
+    scan::Scan,
+    user_agent::{Candidates, ScannerUserAgents},
     Ban, ClockSample, Counters, CrackedExtension, KernelConfig, KnownSource, ListEntry, OffenseHistory, RateState,
     SourceKey,
 };

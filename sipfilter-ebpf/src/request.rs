@@ -264,7 +264,16 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
         if let Some(n) = counters.calls_blocked.get_mut(verdict as usize - 1) {
             *n += 1;
         }
-        report(config, counters, insp, &dgram.addr, number.nibbles, number.len, verdict, known);
+        report(
+            config,
+            counters,
+            insp,
+            &dgram.addr,
+            number.nibbles,
+            number.len,
+            verdict,
+            known,
+        );
     }
     verdict
 }
@@ -285,13 +294,25 @@ fn over_number_limit(config: &KernelConfig, source: &SourceKey, number: u64, now
         source: *source,
         number,
     };
-    excess(&CALLS_TO_NUMBER, &key, now, config.calls.per_number, config.calls.window_ns)
+    excess(
+        &CALLS_TO_NUMBER,
+        &key,
+        now,
+        config.calls.per_number,
+        config.calls.window_ns,
+    )
 }
 
 #[inline(always)]
 fn over_international_limit(config: &KernelConfig, source: &SourceKey, now: u64) -> bool {
     let minute = 60 * sipfilter_common::NS_PER_SEC;
-    excess(&INTERNATIONAL_CALLS, source, now, config.calls.international_per_minute, minute)
+    excess(
+        &INTERNATIONAL_CALLS,
+        source,
+        now,
+        config.calls.international_per_minute,
+        minute,
+    )
 }
 
 /// Records a call in `table` under `key`; whether it is over `limit` calls within the window.

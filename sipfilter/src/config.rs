@@ -13,13 +13,12 @@ use std::{
 use serde::Deserialize;
 use sipfilter_common::{
     calls::{CallConfig, MAX_CALLS_LIMIT},
+    config::{
+        defaults, ipv6_mask, FLAG_CALLS, FLAG_MONITOR, FLAG_SCANNER_USER_AGENTS, FLAG_SCOPE_ALL, FLAG_STEALTH,
+        FLAG_STEALTH_ALL, FLAG_TRUST, FLAG_WITHHOLD, MAX_BURST, MAX_RATE, MAX_SIP_PORTS,
+    },
     dialed::{DialPlan, Digits},
     user_agent::{ScannerUserAgents, DEFAULT_TOKENS},
-    config::{
-        defaults, ipv6_mask, FLAG_CALLS, FLAG_MONITOR, FLAG_SCANNER_USER_AGENTS, FLAG_SCOPE_ALL, FLAG_STEALTH, FLAG_STEALTH_ALL,
-        FLAG_TRUST, FLAG_WITHHOLD,
-        MAX_BURST, MAX_RATE, MAX_SIP_PORTS,
-    },
     ClassLimit, KernelConfig, NS_PER_SEC,
 };
 use toml::Spanned;
@@ -181,7 +180,9 @@ fn prefix_digits(text: &str) -> Result<Digits, String> {
         .filter(|c| *c != ' ' && *c != '-')
         .collect();
     if cleaned.is_empty() || !cleaned.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("'{text}' is not a number prefix (digits only, e.g. 232 or +1900)"));
+        return Err(format!(
+            "'{text}' is not a number prefix (digits only, e.g. 232 or +1900)"
+        ));
     }
     if cleaned.len() > sipfilter_common::dialed::MAX_E164 {
         return Err(format!("'{text}' is longer than an E.164 number (15 digits)"));
@@ -465,9 +466,13 @@ impl Config {
                 let mut check = ScannerUserAgents::default();
                 let mut out = Vec::new();
                 for t in tokens {
-                    check
-                        .add(t.get_ref().as_bytes())
-                        .map_err(|m| err(Some(t.span()), Some("scanners.user_agents"), format!("'{}': {m}", t.get_ref())))?;
+                    check.add(t.get_ref().as_bytes()).map_err(|m| {
+                        err(
+                            Some(t.span()),
+                            Some("scanners.user_agents"),
+                            format!("'{}': {m}", t.get_ref()),
+                        )
+                    })?;
                     out.push(t.into_inner());
                 }
                 c.scanner_user_agents = out;
@@ -646,8 +651,13 @@ fn apply_calls(raw: RawCalls, out: &mut CallSettings, path: &Path, err: &ErrorAt
     ] {
         for f in list.iter().flatten() {
             let file = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| err(Some(f.span()), Some(field), format!("cannot read {}: {e}", file.display())))?;
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                err(
+                    Some(f.span()),
+                    Some(field),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
             let name = file.display().to_string();
             let parsed = parse_prefixes(&text, &name, deny).map_err(|(line, message)| ConfigError {
                 file: file.clone(),
@@ -662,18 +672,27 @@ fn apply_calls(raw: RawCalls, out: &mut CallSettings, path: &Path, err: &ErrorAt
         return Err(err(
             None,
             Some("calls"),
-            format!("{} destination rules; at most {}", rules.len(), sipfilter_common::maps::DESTINATIONS_SIZE),
+            format!(
+                "{} destination rules; at most {}",
+                rules.len(),
+                sipfilter_common::maps::DESTINATIONS_SIZE
+            ),
         ));
     }
     out.rules = rules;
     let plan = &mut out.dial_plan;
-    let digits = |v: &Spanned<String>, field: &str| plan_digits(v.get_ref()).map_err(|m| err(Some(v.span()), Some(field), m));
+    let digits =
+        |v: &Spanned<String>, field: &str| plan_digits(v.get_ref()).map_err(|m| err(Some(v.span()), Some(field), m));
     if let Some(v) = &raw.outside_line {
         plan.outside_line = digits(v, "calls.outside_line")?;
     }
     if let Some(list) = &raw.international_prefixes {
         if list.len() > 2 {
-            return Err(err(Some(list[2].span()), Some("calls.international_prefixes"), "at most 2 prefixes".into()));
+            return Err(err(
+                Some(list[2].span()),
+                Some("calls.international_prefixes"),
+                "at most 2 prefixes".into(),
+            ));
         }
         plan.international = [Digits::EMPTY; 2];
         for (i, v) in list.iter().enumerate() {
@@ -687,7 +706,8 @@ fn apply_calls(raw: RawCalls, out: &mut CallSettings, path: &Path, err: &ErrorAt
         plan.trunk_prefix = digits(v, "calls.trunk_prefix")?;
     }
     if let Some(v) = &raw.calls_to_one_number {
-        out.per_number = bounded(v, 0, MAX_CALLS_LIMIT as u64).map_err(|m| err(Some(v.span()), Some("calls.calls_to_one_number"), m))?;
+        out.per_number = bounded(v, 0, MAX_CALLS_LIMIT as u64)
+            .map_err(|m| err(Some(v.span()), Some("calls.calls_to_one_number"), m))?;
     }
     if let Some(v) = &raw.international_per_minute {
         out.international_per_minute = bounded(v, 0, MAX_CALLS_LIMIT as u64)

@@ -70,7 +70,11 @@ impl BlockedCall {
         format!(
             "blocked call source={} extension={} number={} rule={} known={} action={}",
             self.source,
-            if self.extension.is_empty() { "?" } else { &self.extension },
+            if self.extension.is_empty() {
+                "?"
+            } else {
+                &self.extension
+            },
             self.number,
             self.rule,
             self.known,

@@ -10,8 +10,8 @@ use aya::{
 };
 use sipfilter_common::{
     maps::{
-        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS, FLOOR_PROGRAM,
-        CALLS_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM,
+        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, CALLS_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS,
+        FLOOR_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM,
         USER_AGENT_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
@@ -241,8 +241,18 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 17] {
         (SCANNER_USER_AGENTS, 4, size_of::<ScannerUserAgents>(), 1),
         (DESTINATIONS, 4 + 8, size_of::<DestinationRule>(), DESTINATIONS_SIZE),
         (RECENT_CALLS, size_of::<CallKey>(), 4, RECENT_CALLS_SIZE),
-        (CALLS_TO_NUMBER, size_of::<NumberKey>(), size_of::<CallTimes>(), CALL_SOURCES_SIZE),
-        (INTERNATIONAL_CALLS, size_of::<SourceKey>(), size_of::<CallTimes>(), CALL_SOURCES_SIZE),
+        (
+            CALLS_TO_NUMBER,
+            size_of::<NumberKey>(),
+            size_of::<CallTimes>(),
+            CALL_SOURCES_SIZE,
+        ),
+        (
+            INTERNATIONAL_CALLS,
+            size_of::<SourceKey>(),
+            size_of::<CallTimes>(),
+            CALL_SOURCES_SIZE,
+        ),
         (CALL_EVENTS, 0, 0, CALL_EVENTS_BYTES),
     ]
 }

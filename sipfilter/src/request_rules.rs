@@ -22,11 +22,13 @@ pub struct RequestRuleMaps {
     destinations: LpmTrie<MapData, [u8; 8], DestinationRule>,
 }
 
-
 impl RequestRuleMaps {
     /// Takes the maps out of a freshly loaded object.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the object has no map {name}"));
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the object has no map {name}"))
+        };
         Self::from_maps(take(SCANNER_USER_AGENTS)?, take(DESTINATIONS)?)
     }
 
@@ -42,7 +44,8 @@ impl RequestRuleMaps {
 
     fn from_maps(scanner: Map, destinations: Map) -> anyhow::Result<Self> {
         Ok(RequestRuleMaps {
-            scanner_user_agents: Array::try_from(scanner).context("map scanner_user_agents has an unexpected layout")?,
+            scanner_user_agents: Array::try_from(scanner)
+                .context("map scanner_user_agents has an unexpected layout")?,
             destinations: LpmTrie::try_from(destinations).context("map destinations has an unexpected layout")?,
         })
     }

@@ -8,4 +8,5 @@ pub mod harness;
 pub mod kamailio;
 pub mod netns;
 pub mod packet;
+pub mod peer;
 pub mod sipp;

@@ -14,6 +14,7 @@ use sipfilter_common::{
 use sipfilter_tests::{
     harness::{TestFilter, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     packet::{sip_answer, sip_request_from, PacketBuilder as P},
+    peer::Peer,
 };
 
 fn trusted_config() -> KernelConfig {
@@ -24,59 +25,6 @@ fn trusted_config() -> KernelConfig {
 
 fn addr(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, last)
-}
-
-/// A source talking to the PBX through both programs.
-struct Peer<'a> {
-    f: &'a TestFilter,
-    ip: Ipv4Addr,
-    cseq: u32,
-}
-
-impl<'a> Peer<'a> {
-    fn new(f: &'a TestFilter, ip: Ipv4Addr) -> Self {
-        Peer { f, ip, cseq: 0 }
-    }
-
-    /// Sends a request (a new CSeq); the XDP action.
-    fn send(&mut self, method: &str, from: &str, to: &str) -> u32 {
-        self.cseq += 1;
-        self.f
-            .run(
-                &P::request4(self.ip, &sip_request_from(method, from, to, self.cseq))
-                    .build()
-                    .bytes,
-            )
-            .expect("XDP run")
-    }
-
-    fn register(&mut self, ext: &str) -> u32 {
-        self.send("REGISTER", ext, ext)
-    }
-
-    /// The PBX answers the last request: the TC action.
-    fn answer(&self, status: &str, method: &str, from: &str, to: &str) -> u32 {
-        self.f
-            .run_answer(
-                &P::answer4(self.ip, &sip_answer(status, method, self.cseq, from, to))
-                    .build()
-                    .bytes,
-            )
-            .expect("TC run")
-    }
-
-    /// REGISTER, 401, REGISTER with credentials, `final_status`: the answer's TC action, or
-    /// None if a REGISTER was dropped.
-    fn login(&mut self, ext: &str, final_status: &str) -> Option<u32> {
-        if self.register(ext) != XDP_PASS {
-            return None;
-        }
-        self.answer("401 Unauthorized", "REGISTER", ext, ext);
-        if self.register(ext) != XDP_PASS {
-            return None;
-        }
-        Some(self.answer(final_status, "REGISTER", ext, ext))
-    }
 }
 
 #[test]

@@ -808,7 +808,12 @@ fn request_table() -> Vec<RequestRow> {
     ));
     rows.push(request_row(
         "a scanner token in another header only",
-        request("REGISTER", "sip:pbx.example", PHONE, "Contact: <sip:sipvicious@10.0.0.1>\r\n"),
+        request(
+            "REGISTER",
+            "sip:pbx.example",
+            PHONE,
+            "Contact: <sip:sipvicious@10.0.0.1>\r\n",
+        ),
         Outcome::Accepted,
     ));
     rows.push(request_row(
@@ -825,7 +830,10 @@ fn request_table() -> Vec<RequestRow> {
         ("outside line then 011", "sip:901123276123456@pbx.example"),
         ("outside line then 00", "sip:90023276123456@pbx.example"),
         ("tel: URI with separators", "tel:+232-76-123-456;phone-context=+232"),
-        ("sips: URI with port and parameters", "sips:0023276123456@pbx.example:5061;user=phone"),
+        (
+            "sips: URI with port and parameters",
+            "sips:0023276123456@pbx.example:5061;user=phone",
+        ),
         ("escaped plus", "sip:%2B23276123456@pbx.example"),
         ("non-geographic +881", "sip:+8816123456@pbx.example"),
         ("NANP premium 1-900", "sip:+19005551234@pbx.example"),
@@ -841,7 +849,10 @@ fn request_table() -> Vec<RequestRow> {
         )
     });
     for (what, ruri) in [
-        ("an allowed range inside a denied country", "sip:+23276001234@pbx.example"),
+        (
+            "an allowed range inside a denied country",
+            "sip:+23276001234@pbx.example",
+        ),
         ("a national number", "sip:0301234567@pbx.example"),
         ("an international number not denied", "sip:+12125551234@pbx.example"),
         ("an extension", "sip:201@pbx.example"),
@@ -878,7 +889,12 @@ fn request_table() -> Vec<RequestRow> {
         uninspected: true,
         ..request_row(
             "INVITE to a user longer than the dial bound (32 bytes)",
-            request("INVITE", "sip:002327612345600000000000000000000000@pbx.example", PHONE, ""),
+            request(
+                "INVITE",
+                "sip:002327612345600000000000000000000000@pbx.example",
+                PHONE,
+                "",
+            ),
             Outcome::Accepted,
         )
     });
@@ -903,7 +919,11 @@ fn request_table_through_the_inspection() -> anyhow::Result<()> {
         let mut problems = Vec::new();
         let want = if row.outcome.drops() { XDP_DROP } else { XDP_PASS };
         if action != want {
-            problems.push(format!("verdict {} (expected {})", action_name(action), action_name(want)));
+            problems.push(format!(
+                "verdict {} (expected {})",
+                action_name(action),
+                action_name(want)
+            ));
         }
         for o in Outcome::ALL {
             let moved = after.outcome(o) - before.outcome(o);
@@ -950,7 +970,10 @@ fn request_table_through_the_inspection() -> anyhow::Result<()> {
     let events = filter.call_events();
     let blocked = rows.iter().filter(|r| r.call_rule.is_some()).count();
     assert_eq!(events.len(), blocked, "call events");
-    let first = events.iter().find(|e| e.number_len == 11).expect("the +232 call's event");
+    let first = events
+        .iter()
+        .find(|e| e.number_len == 11)
+        .expect("the +232 call's event");
     assert_eq!(sipfilter_common::scan::ext_str(&first.extension), "201");
     assert_eq!(first.number >> 20, 0x232_7612_3456, "E.164 digits as nibbles");
     Ok(())

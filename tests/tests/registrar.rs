@@ -63,16 +63,28 @@ impl Lab {
         d
     }
 
-    /// `sipfilter run` (default configuration: trust tiers on) on the PBX's veth end.
+    /// `sipfilter run` on the PBX's veth end, with the default configuration but for the
+    /// scanner User-Agents: SIPVicious announces itself ("friendly-scanner", which the
+    /// defaults ban on its first packet), and these tests are about robots that do not, as
+    /// real ones learn to: the PBX's answers alone must stop them.
     fn agent(&self) -> anyhow::Result<AgentProcess> {
+        self.agent_with("[scanners]\nuser_agents = []\n")
+    }
+
+    /// `sipfilter run` with this configuration text (defaults for what it leaves out).
+    fn agent_with(&self, config: &str) -> anyhow::Result<AgentProcess> {
         let dir = self.subdir("agent");
         let state = dir.join("state.json");
+        let config_file = dir.join("sipfilter.toml");
+        std::fs::write(&config_file, config)?;
         AgentProcess::start(
             &self.pbx,
             &self.bpffs.pin_dir(),
             &dir,
             "agent",
             &[
+                "--config",
+                config_file.to_str().unwrap(),
                 "--iface",
                 &self.pbx_if,
                 "--state-file",
@@ -629,5 +641,157 @@ fn one_guess_every_two_seconds_is_banned_within_thirty_seconds() -> anyhow::Resu
     let ban = banned.unwrap_or_else(|| panic!("not banned within 36 s:\n{log}"));
     assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
     assert!(after <= Duration::from_secs(30), "banned only after {after:?}");
+    Ok(())
+}
+
+/// The Friday-evening call: a robot that has 201's password calls +232 (Sierra Leone) in all
+/// three dial formats from an address sipfilter has never seen, through a PBX that challenges
+/// INVITEs with 407. None of its INVITEs reaches the PBX; a phone's national call through the
+/// same PBX connects. Default configuration (the shipped high-risk list).
+#[test]
+fn premium_calls_never_reach_the_pbx_while_a_national_call_connects() -> anyhow::Result<()> {
+    let lab = Lab::new("10.240.0")?;
+    let (robot, phone) = (lab.ip(2), lab.ip(3));
+    let agent = lab.agent_with("")?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", "Pw-201-weak"), ("2000", STRONG)])?;
+    let numbers = ["+23276123456", "0023276123456", "01123276123456"];
+    let csv: Vec<String> = numbers.iter().map(|n| format!("201;Pw-201-weak;{n}")).collect();
+    let mut calls = lab.sipp(
+        "robot-calls",
+        "invite_auth.xml",
+        &robot,
+        &csv,
+        &["-m", "3", "-r", "3", "-recv_timeout", "2000"],
+    )?;
+    let mut national = lab.sipp(
+        "phone-call",
+        "invite_auth.xml",
+        &phone,
+        &[format!("2000;{STRONG};0301234567")],
+        &["-m", "1", "-recv_timeout", "4000"],
+    )?;
+    sipp_done(&mut calls, Duration::from_secs(30))?;
+    sipp_done(&mut national, Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let invites_from_robot: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.source == robot && r.method == "INVITE")
+        .collect();
+    let fraud = lab.cli_json(&[
+        "fraud",
+        "list",
+        "--json",
+        "--state-file",
+        lab.dir.path().join("agent/state.json").to_str().unwrap(),
+    ]);
+    lab.dump(&agent);
+    eprintln!("fraud list: {fraud:#}");
+    assert!(
+        invites_from_robot.is_empty(),
+        "the robot's INVITEs reached kamailio: {invites_from_robot:?}"
+    );
+    assert_eq!(sipp_stat(&calls, "Successful call"), 0, "no premium call connected");
+    assert_eq!(
+        sipp_stat(&national, "Successful call"),
+        1,
+        "the phone's national call connected:\n{}",
+        reg.log()
+    );
+    assert!(
+        reg.log().contains("SFK CALL from=2000 to=0301234567"),
+        "kamailio placed the national call:\n{}",
+        reg.log()
+    );
+    let blocked = fraud.as_array().expect("a JSON array");
+    assert_eq!(
+        blocked.len(),
+        3,
+        "one record per call, all three dial formats: {fraud:#}"
+    );
+    for b in blocked {
+        assert_eq!(b["number"], "+23276123456", "{b:#}");
+        assert_eq!(b["extension"], "201", "{b:#}");
+        assert_eq!(b["source"], robot, "{b:#}");
+        assert_eq!(b["rule"], "destination", "{b:#}");
+    }
+    assert!(
+        agent.log().contains(&format!(
+            "blocked call source={robot} extension=201 number=+23276123456 rule=destination"
+        )),
+        "one log line per blocked call:\n{}",
+        agent.log()
+    );
+    assert!(
+        lab.ban_of(&robot).is_none(),
+        "a denied destination drops the call, it does not ban"
+    );
+    Ok(())
+}
+
+/// SIPVicious as it comes (User-Agent "friendly-scanner"): svmap's probe gets no answer;
+/// the robot is banned as a scanner on its first packet.
+#[test]
+fn svmap_as_it_comes_gets_no_answer() -> anyhow::Result<()> {
+    let lab = Lab::new("10.239.0")?;
+    let mapper = lab.ip(2);
+    let agent = lab.agent_with("")?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", STRONG)])?;
+    let mut svmap = lab.sipvicious("svmap", "sipvicious_svmap", &mapper, &["--timeout", "2"])?;
+    svmap.wait(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    lab.dump(&agent);
+    eprintln!("svmap said:\n{}", svmap.output());
+    let reached: Vec<_> = reg.requests().into_iter().filter(|r| r.source == mapper).collect();
+    assert!(reached.is_empty(), "svmap reached kamailio: {reached:?}");
+    assert!(
+        !svmap.output().contains(&format!("{}:5060", lab.ip(1))),
+        "svmap found the PBX:\n{}",
+        svmap.output()
+    );
+    let ban = lab
+        .ban_of(&mapper)
+        .unwrap_or_else(|| panic!("svmap was not banned:\n{}", agent.log()));
+    assert_eq!(ban["reason"], "scanner", "{ban:#}");
+    assert!(
+        agent
+            .log()
+            .contains(&format!("ban source={mapper} reason=scanner method=OPTIONS")),
+        "{}",
+        agent.log()
+    );
+    Ok(())
+}
+
+/// svwar as it comes: banned as a scanner on its first REGISTER; it learns no extension.
+#[test]
+fn svwar_as_it_comes_learns_nothing() -> anyhow::Result<()> {
+    let lab = Lab::new("10.241.0")?;
+    let robot = lab.ip(2);
+    let agent = lab.agent_with("")?;
+    let accounts: Vec<(String, String)> = (201..=220).map(|e| (e.to_string(), format!("Pw-{e}-secret"))).collect();
+    let users: Vec<(&str, &str)> = accounts.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let reg = lab.registrar(UnknownUsers::NotFound, &users)?;
+    let mut svwar = lab.sipvicious(
+        "svwar",
+        "sipvicious_svwar",
+        &robot,
+        &["-e200-299", "-m", "REGISTER", "--maximumtime", "3"],
+    )?;
+    svwar.wait(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    lab.dump(&agent);
+    eprintln!("svwar said:\n{}", svwar.output());
+    let (reached, _) = registers(&reg, &robot, None);
+    assert_eq!(reached, 0, "svwar's REGISTERs reached kamailio");
+    assert!(
+        !svwar.output().contains("| 201"),
+        "svwar found 201:\n{}",
+        svwar.output()
+    );
+    let ban = lab
+        .ban_of(&robot)
+        .unwrap_or_else(|| panic!("svwar was not banned:\n{}", agent.log()));
+    assert_eq!(ban["reason"], "scanner", "{ban:#}");
     Ok(())
 }

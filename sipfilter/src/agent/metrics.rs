@@ -276,7 +276,8 @@ impl Metrics {
         for v in 1..=3u32 {
             let i = v as usize - 1;
             sync(
-                &self.calls_blocked
+                &self
+                    .calls_blocked
                     .with_label_values(&[sipfilter_common::calls::call_verdict::name(v)]),
                 self.last.calls_blocked[i],
                 c.calls_blocked[i],

@@ -27,6 +27,10 @@ pub struct ListArgs {
     /// it, the default state folder (/var/lib/sipfilter).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The agent's state file (as given to `sipfilter run --state-file`); the record is
+    /// beside it. Overrides --config.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -34,9 +38,10 @@ pub struct ListArgs {
 
 pub fn run(cmd: FraudCommand) -> anyhow::Result<()> {
     let FraudCommand::List(args) = cmd;
-    let state_file = match &args.config {
-        Some(path) => Config::load(path)?.state_file,
-        None => {
+    let state_file = match (&args.state_file, &args.config) {
+        (Some(file), _) => file.clone(),
+        (None, Some(path)) => Config::load(path)?.state_file,
+        (None, None) => {
             let default = PathBuf::from(DEFAULT_CONFIG_FILE);
             match default.exists() {
                 true => Config::load(&default)?.state_file,

@@ -127,7 +127,10 @@ pub fn render(c: &Counters) -> String {
     ]);
     t.row(vec!["new calls checked".into(), grouped(c.calls_checked)]);
     for i in CALL_RULES {
-        t.row(vec![format!("calls blocked: {}", call_rule_name(i)), grouped(c.calls_blocked[i])]);
+        t.row(vec![
+            format!("calls blocked: {}", call_rule_name(i)),
+            grouped(c.calls_blocked[i]),
+        ]);
     }
     t.row(vec![
         "requests not inspected (beyond the bound)".into(),

@@ -185,6 +185,9 @@ pub struct Headers {
     pub l3: usize,
     pub udp: usize,
     pub v6: bool,
+    /// A first fragment: the datagram goes on in fragments this program never sees together,
+    /// so what a scan does not find may lie in them.
+    pub first_fragment: bool,
 }
 
 /// An address of a datagram (its source on ingress, its destination on egress), read from
@@ -315,6 +318,8 @@ fn parse_ipv4<F: Frame>(ctx: &F, offset: usize) -> L3 {
         l3: offset,
         udp: offset + ihl,
         v6: false,
+        // More Fragments (flags bit 0x20 of the first byte).
+        first_fragment: ip.frags[0] & 0x20 != 0,
     };
     // Fragment offset (13 bits) non-zero: a later fragment, which has no UDP header.
     if (ip.frags[0] & 0x1f) != 0 || ip.frags[1] != 0 {
@@ -338,6 +343,7 @@ fn parse_ipv6<F: Frame>(ctx: &F, offset: usize) -> L3 {
     let mut next = ip.next_hdr;
     let mut l4 = offset + Ipv6Hdr::LEN;
     let mut fragment = false;
+    let mut more_fragments = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -358,6 +364,7 @@ fn parse_ipv6<F: Frame>(ctx: &F, offset: usize) -> L3 {
                 if off_hi != 0 || (off_lo & 0xf8) != 0 {
                     fragment = true;
                 }
+                more_fragments = off_lo & 1 != 0;
                 l4 += 8;
             }
             _ => break,
@@ -370,6 +377,7 @@ fn parse_ipv6<F: Frame>(ctx: &F, offset: usize) -> L3 {
         l3: offset,
         udp: l4,
         v6: true,
+        first_fragment: more_fragments,
     };
     if fragment {
         return L3::Other(Outcome::Fragment, h);

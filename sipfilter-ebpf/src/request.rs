@@ -123,13 +123,18 @@ pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
             return judge(&ctx, insp);
         };
         insp.window_len = bytes.len() as u32;
-        insp.window_cut = bytes.truncated() as u32;
+        // A first fragment is cut too: the rest of the request is in later fragments.
+        insp.window_cut = (bytes.truncated() || h.first_fragment) as u32;
         let Some(first) = first_header_line(&bytes, 0) else {
             insp.uninspected = 1;
             return next_reader(&ctx, insp);
         };
         insp.scan.wanted = insp.headers();
         insp.scan.found.resume_at = first;
+        // Read again through the record: the window must say it is cut.
+        let Some(bytes) = insp.window() else {
+            return judge(&ctx, insp);
+        };
         bytes
     } else {
         let Some(bytes) = insp.window() else {

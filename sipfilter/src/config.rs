@@ -933,11 +933,68 @@ metrics_listen = "off"
                 "[ban]\nduration = \"1h\"\nmax_duration = \"10m\"\n",
                 "/etc/sipfilter.toml:3: ban.max_duration: must not be shorter",
             ),
+            (
+                "[scanners]\nuser_agents = [\"sipcli\",\n \"\"]\n",
+                "/etc/sipfilter.toml:3: scanners.user_agents: '': a User-Agent token needs at least 3 characters",
+            ),
+            (
+                "[calls]\ndeny = [\"+232\", \"23x\"]\n",
+                "/etc/sipfilter.toml:2: calls.deny: '23x' is not a number prefix",
+            ),
+            (
+                "[calls]\nallow = [\"00232\"]\n",
+                "/etc/sipfilter.toml:2: calls.allow: '00232' starts with 0",
+            ),
+            (
+                "[calls]\noutside_line = \"nine\"\n",
+                "/etc/sipfilter.toml:2: calls.outside_line: 'nine' is not 1 to 8 digits",
+            ),
+            (
+                "[calls]\ncalls_to_one_number = 40\n",
+                "/etc/sipfilter.toml:2: calls.calls_to_one_number: 40 is out of range (0-15)",
+            ),
         ] {
             let got = parse(text).unwrap_err();
             assert!(got.starts_with(want), "{text:?}\n got: {got}\nwant: {want}");
         }
         assert!(parse("[limts]\n").unwrap_err().contains("limts"));
+    }
+
+    #[test]
+    fn prefix_files_report_their_own_line_and_allow_wins_for_one_prefix() {
+        let dir = std::env::temp_dir().join(format!("sipfilter-prefix-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("premium.txt"), "# premium\n+44 9\n\n1-900 # US\n").unwrap();
+        std::fs::write(dir.join("bad.txt"), "232\n+44 9x\n").unwrap();
+        let cfg = dir.join("c.toml");
+        let c = Config::parse(
+            "[calls]\nhigh_risk_destinations = false\ndeny_files = [\"premium.txt\"]\nallow = [\"1900\"]\n",
+            &cfg,
+        )
+        .unwrap();
+        let texts: Vec<(String, bool)> = c
+            .calls
+            .rules
+            .iter()
+            .map(|r| (r.digits.text().as_str().to_string(), r.deny))
+            .collect();
+        let want: Vec<(String, bool)> = vec![("1900".into(), false), ("449".into(), true), ("1900".into(), true)];
+        assert_eq!(texts, want);
+        let entries = crate::request_rules::destination_entries(&c.calls.rules);
+        assert_eq!(entries.len(), 2, "one entry per prefix");
+        assert!(
+            entries.iter().any(|(k, r)| k.prefix_len() == 16 && r.deny == 0),
+            "allow wins for one prefix"
+        );
+        let e = Config::parse("[calls]\ndeny_files = [\"bad.txt\"]\n", &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.txt:2: '+44 9x' is not a number prefix"), "{e}");
+        assert!(
+            Config::default().calls.rules.len() >= 30,
+            "the shipped list is on by default"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

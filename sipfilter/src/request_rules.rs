@@ -51,8 +51,7 @@ impl RequestRuleMaps {
     }
 
     /// Puts the configuration's rules in force: the token list replaced, the destination
-    /// rules made exactly the configured ones (later rules win over earlier ones with the
-    /// same prefix: an allow line after the shipped list's deny opens that prefix).
+    /// rules made exactly the configured ones.
     pub fn write(&mut self, config: &Config) -> anyhow::Result<()> {
         self.scanner_user_agents
             .set(0, config.scanner_rules(), 0)
@@ -96,17 +95,24 @@ impl RequestRuleMaps {
     }
 }
 
-/// The LPM entries for the configured rules; the last rule for a prefix wins.
+/// The LPM entries for the configured rules. Where an allow and a deny rule name the same
+/// prefix, the allow wins: it is the operator's exception to a list (the shipped one, or a
+/// carrier's file).
 pub fn destination_entries(rules: &[DestinationPrefix]) -> Vec<(Key<[u8; 8]>, DestinationRule)> {
     let mut by_prefix: std::collections::BTreeMap<(u32, [u8; 8]), DestinationRule> = Default::default();
     for (i, r) in rules.iter().enumerate() {
-        by_prefix.insert(
-            (4 * r.digits.len, r.digits.key_bytes()),
-            DestinationRule {
-                deny: r.deny as u32,
-                rule: i as u32,
-            },
-        );
+        let rule = DestinationRule {
+            deny: r.deny as u32,
+            rule: i as u32,
+        };
+        by_prefix
+            .entry((4 * r.digits.len, r.digits.key_bytes()))
+            .and_modify(|old| {
+                if old.deny != 0 {
+                    *old = rule;
+                }
+            })
+            .or_insert(rule);
     }
     by_prefix
         .into_iter()

@@ -713,6 +713,8 @@ struct RequestRow {
     call_rule: Option<usize>,
     /// Counted as uninspected.
     uninspected: bool,
+    /// Sent as the first fragment of a larger datagram.
+    first_fragment: bool,
 }
 
 /// A phone-like request: eight header lines before the User-Agent (so the scan needs a second
@@ -746,6 +748,7 @@ fn request_row(what: impl Into<String>, payload: Vec<u8>, outcome: Outcome) -> R
         scanner: false,
         call_rule: None,
         uninspected: false,
+        first_fragment: false,
     }
 }
 
@@ -799,6 +802,16 @@ fn request_table() -> Vec<RequestRow> {
             "User-Agent beyond the line bound",
             request("OPTIONS", "sip:100@pbx.example", "friendly-scanner", &too_many),
             Outcome::Stealth,
+        )
+    });
+    let whole = request("REGISTER", "sip:pbx.example", "friendly-scanner", "");
+    rows.push(RequestRow {
+        uninspected: true,
+        first_fragment: true,
+        ..request_row(
+            "first IP fragment ending before the User-Agent",
+            whole[..whole.len() - 60].to_vec(),
+            Outcome::Accepted,
         )
     });
     rows.push(request_row(
@@ -912,7 +925,11 @@ fn request_table_through_the_inspection() -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let src = Ipv4Addr::new(198, 51, 100, 10 + i as u8);
-        let frame = P::udp4(src, dst4(), 5060, 5060, &row.payload).build().bytes;
+        let mut frame = P::udp4(src, dst4(), 5060, 5060, &row.payload);
+        if row.first_fragment {
+            frame = frame.fragment(0, true);
+        }
+        let frame = frame.build().bytes;
         let before = filter.counters()?;
         let action = filter.run(&frame)?;
         let after = filter.counters()?;

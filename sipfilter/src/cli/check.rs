@@ -25,13 +25,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     match Config::load(&args.config) {
         Ok(c) => {
             println!(
-                "{}: valid ({} interface(s), SIP ports {:?}, {} allowlist and {} denylist entries, trust tiers {})",
+                "{}: valid ({} interface(s), SIP ports {:?}, {} allowlist and {} denylist entries, trust tiers {}, {} scanner User-Agent tokens, {})",
                 args.config.display(),
                 c.interfaces.len(),
                 c.sip_ports,
                 c.allow.len(),
                 c.deny.len(),
-                if c.trust.enabled { "on" } else { "off" }
+                if c.trust.enabled { "on" } else { "off" },
+                c.scanner_user_agents.len(),
+                if c.calls.enabled {
+                    format!("{} destination rules", c.calls.rules.len())
+                } else {
+                    "call rules off".to_string()
+                }
             );
             Ok(true)
         }

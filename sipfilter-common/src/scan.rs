@@ -195,40 +195,25 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
         return Header::End;
     }
     let lw = w | LOWER;
-    if named(lw, word(b"to"), 2) || named(lw, word(b"t"), 1) {
-        return Header::To;
-    }
-    if named(lw, word(b"via"), 3) || named(lw, word(b"v"), 1) {
-        return Header::Via;
-    }
-    if named(lw, word(b"from"), 4) || named(lw, word(b"f"), 1) {
-        return Header::From;
-    }
-    if named(lw, word(b"cseq"), 4) {
-        return Header::CSeq;
-    }
-    if named(lw, word(b"call-id"), 7) || named(lw, word(b"i"), 1) {
-        return Header::CallId;
-    }
-    if lw == word(b"user-age") {
-        if let Some(w2) = b.word(line + 8) {
-            if named(w2 | LOWER, word(b"nt"), 2) {
-                return Header::UserAgent;
-            }
-        }
-    }
-    if lw == word(b"authoriz") {
-        return Header::Authorization;
-    }
-    if lw == word(b"proxy-au") {
+    // By the first letter: most lines are compared with one or two names, not all of them.
+    match lw as u8 {
+        b't' if named(lw, word(b"to"), 2) || named(lw, word(b"t"), 1) => Header::To,
+        b'v' if named(lw, word(b"via"), 3) || named(lw, word(b"v"), 1) => Header::Via,
+        b'f' if named(lw, word(b"from"), 4) || named(lw, word(b"f"), 1) => Header::From,
+        b'c' if named(lw, word(b"cseq"), 4) => Header::CSeq,
+        b'c' | b'i' if named(lw, word(b"call-id"), 7) || named(lw, word(b"i"), 1) => Header::CallId,
+        b'u' if lw == word(b"user-age") => match b.word(line + 8) {
+            Some(w2) if named(w2 | LOWER, word(b"nt"), 2) => Header::UserAgent,
+            _ => Header::Other,
+        },
+        b'a' if lw == word(b"authoriz") => Header::Authorization,
         // Proxy-Authorization, not Proxy-Authenticate.
-        if let Some(w2) = b.word(line + 8) {
-            if w2 | LOWER == word(b"thorizat") {
-                return Header::Authorization;
-            }
-        }
+        b'p' if lw == word(b"proxy-au") => match b.word(line + 8) {
+            Some(w2) if w2 | LOWER == word(b"thorizat") => Header::Authorization,
+            _ => Header::Other,
+        },
+        _ => Header::Other,
     }
-    Header::Other
 }
 
 /// Where the values of the headers of interest start (0: absent), as the scan found them.
@@ -346,12 +331,15 @@ fn complete(s: &Scan) -> bool {
         && (!get(&w.credentials) || get(&f.credentials))
 }
 
-/// Notes a header's value position unless one is noted already (the first one counts).
+/// Notes a header's value position unless one is noted already (the first one counts);
+/// whether it did.
 #[inline(always)]
-fn note<B: Bytes + ?Sized>(b: &B, wanted: &bool, at: &mut usize, line: usize) {
+fn note<B: Bytes + ?Sized>(b: &B, wanted: &bool, at: &mut usize, line: usize) -> bool {
     if get(wanted) && get(at) == 0 {
         put(at, after_colon(b, line));
+        return true;
     }
+    false
 }
 
 /// Goes on with a scan at the header line that starts at `first` (the start of the headers,
@@ -381,7 +369,7 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
             break;
         };
         let (w_, f) = (&scan.wanted, &mut scan.found);
-        match header(b, pos, w) {
+        let noted = match header(b, pos, w) {
             Header::End => break,
             Header::Via => note(b, &w_.via, &mut f.via_at, pos),
             Header::To => note(b, &w_.to, &mut f.to_at, pos),
@@ -389,10 +377,14 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
             Header::CSeq => note(b, &w_.cseq, &mut f.cseq_at, pos),
             Header::CallId => note(b, &w_.call_id, &mut f.call_id_at, pos),
             Header::UserAgent => note(b, &w_.user_agent, &mut f.user_agent_at, pos),
-            Header::Authorization => put(&mut f.credentials, true),
-            Header::Other => {}
-        }
-        if complete(scan) {
+            Header::Authorization => {
+                put(&mut f.credentials, true);
+                true
+            }
+            Header::Other => false,
+        };
+        // Only a line that added something can complete the scan.
+        if noted && complete(scan) {
             break;
         }
         match search(b, pos, b'\n', MAX_LINE / 8) {

@@ -21,8 +21,8 @@ use crate::{
     clock::now,
     lists::listed,
     maps::{
-        wants, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, DENYLIST, INGRESS_PROGRAMS, INSPECTION,
-        INSPECT_SLOT,
+        wants, Inspection, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, DENYLIST, INGRESS_PROGRAMS,
+        INSPECTION, INSPECT_SLOT,
     },
     parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, Headers, L3},
     source_state::{ensure_fresh, source_state},
@@ -158,46 +158,89 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     }
     // Without the answers program nobody can earn trust: everyone is judged as known was.
     let known = !config.flag(FLAG_TRUST) || state.answers.known_until_ns > now;
-    if let Some((outcome, reason)) = judge_request(ctx, config, counters, state, method, known, now) {
-        state.drops += 1;
-        if reason != NO_BAN {
-            let cause = Cause {
-                reason,
-                method,
-                answers: None,
-            };
-            state.ban_until_ns = ban(config, counters, &key, &cause, now);
+    let wanted = match judge_request(config, counters, state, method, known, now) {
+        Judged::Drop(outcome, reason) => {
+            state.drops += 1;
+            if reason != NO_BAN {
+                let cause = Cause {
+                    reason,
+                    method,
+                    answers: None,
+                };
+                state.ban_until_ns = ban(config, counters, &key, &cause, now);
+            }
+            return outcome;
         }
-        return outcome;
+        // The inspection found nothing; the request's tokens were taken on its first pass.
+        Judged::Pass => return Outcome::Accepted,
+        Judged::RateFirst(wanted) => wanted,
+    };
+    let outcome = rate_limit(config, counters, state, &key, method, known, now);
+    // Only a request within its rate is read: a flood costs its bucket check, not a scan.
+    if wanted != 0 && !outcome.drops() {
+        inspect(ctx, counters, state, method, wanted);
     }
-    rate_limit(config, counters, state, &key, method, known, now)
+    outcome
 }
 
-/// `judge_request`'s "drop, but ban nobody".
+/// `Judged::Drop`'s "drop, but ban nobody".
 const NO_BAN: u8 = u8::MAX;
 
-/// What the request itself says, beyond its rate: the inspection's findings (scanner
-/// User-Agent, quarantined extension, the call rules), stealth, and enumeration for a source
-/// that is neither known nor allowlisted. Some((outcome, ban reason or [`NO_BAN`])) drops it.
+/// What `judge_request` decided.
+enum Judged {
+    /// Drop, with a ban reason or [`NO_BAN`].
+    Drop(Outcome, u8),
+    /// Pass (the inspection's second pass found nothing).
+    Pass,
+    /// Go on to the rate limits; then read the request for these `wants` (0: nothing).
+    RateFirst(u32),
+}
+
+/// What the request itself says, beyond its rate. A request is judged in two passes when it
+/// must be read: the first checks its rate and hands it to the inspection (a tail call); the
+/// inspection hands it back, and this second pass reads the findings (scanner User-Agent,
+/// quarantined extension, the call rules). Stealth and enumeration apply to sources that are
+/// neither known nor allowlisted.
 #[inline(always)]
 fn judge_request(
-    ctx: &XdpContext,
     config: &KernelConfig,
     counters: &mut Counters,
     state: &mut RateState,
     method: Method,
     known: bool,
     now: u64,
-) -> Option<(Outcome, u8)> {
+) -> Judged {
+    let Some(insp) = INSPECTION.get_ptr_mut(0) else {
+        return Judged::RateFirst(0);
+    };
+    // SAFETY: a per-CPU record; see `Inspection`.
+    let insp = unsafe { &mut *insp };
+    if insp.done != 0 {
+        insp.done = 0;
+        if let Some((outcome, reason)) = findings(insp, counters, state, known) {
+            return Judged::Drop(outcome, reason);
+        }
+        if !known && silenced(config, method) {
+            return Judged::Drop(Outcome::Stealth, NO_BAN);
+        }
+        return Judged::Pass;
+    }
     let mut wanted = 0;
     if !known {
+        // A source that was challenged on many extensions and never sent credentials is
+        // enumerating: banned on its next request (the PBX sees no more of it).
+        if state
+            .answers
+            .enumerating(now, config.trust.unknown.enumeration_challenges)
+        {
+            return Judged::Drop(Outcome::Banned, ban_reason::ENUMERATION);
+        }
         if config.flag(FLAG_SCANNER_USER_AGENTS) && !matches!(method, Method::Response | Method::Unknown) {
             wanted |= wants::USER_AGENT;
         }
         // The credentials and extension are read only while they can matter: an extension is
         // quarantined, or the source was challenged and has not yet shown it answers
-        // challenges with credentials (what tells a phone from a scanner). A flood that no PBX
-        // answered is not read for them.
+        // challenges with credentials (what tells a phone from a scanner).
         let quarantine = config.flag(FLAG_QUARANTINE);
         let challenged = state.answers.first_challenges != 0 && state.answers.credentialed == 0;
         if (quarantine || challenged) && matches!(method, Method::Register | Method::Invite) {
@@ -216,77 +259,64 @@ fn judge_request(
             wanted |= wants::KNOWN;
         }
     }
-    if wanted != 0 {
-        if let Some(judged) = inspected(ctx, counters, state, method, wanted, known) {
-            return Some(judged);
-        }
+    // Stealth waits for the inspection when there is one: a probe that names a scanner is
+    // banned, not only silenced.
+    if wanted == 0 && !known && silenced(config, method) {
+        return Judged::Drop(Outcome::Stealth, NO_BAN);
     }
-    if known {
-        return None;
-    }
-    if config.flag(FLAG_STEALTH) {
-        let silent = match method {
-            Method::Options => true,
-            // Answers, keep-alives and REGISTER (how trust is earned) are never silenced.
-            Method::Register | Method::Response | Method::Unknown => false,
-            _ => config.flag(FLAG_STEALTH_ALL),
-        };
-        if silent {
-            return Some((Outcome::Stealth, NO_BAN));
-        }
-    }
-    // A source that was challenged on many extensions and never sent credentials is
-    // enumerating: banned on its next request (the PBX sees no more of it).
-    if state
-        .answers
-        .enumerating(now, config.trust.unknown.enumeration_challenges)
-    {
-        return Some((Outcome::Banned, ban_reason::ENUMERATION));
-    }
-    None
+    Judged::RateFirst(wanted)
 }
 
-/// The inspection's findings: the first time through, sends the packet to the inspection
-/// (which hands it back with its answer in this CPU's `Inspection`); the second time, reads
-/// the answer.
+/// Stealth: a request from a source that is neither known nor allowlisted dropped unanswered.
 #[inline(always)]
-fn inspected(
-    ctx: &XdpContext,
-    counters: &mut Counters,
-    state: &mut RateState,
-    method: Method,
-    wanted: u32,
-    known: bool,
-) -> Option<(Outcome, u8)> {
-    let insp = INSPECTION.get_ptr_mut(0)?;
+fn silenced(config: &KernelConfig, method: Method) -> bool {
+    if !config.flag(FLAG_STEALTH) {
+        return false;
+    }
+    match method {
+        Method::Options => true,
+        // Answers, keep-alives and REGISTER (how trust is earned) are never silenced.
+        Method::Register | Method::Response | Method::Unknown => false,
+        _ => config.flag(FLAG_STEALTH_ALL),
+    }
+}
+
+/// Sends the request to the inspection, which hands it back to this program with its
+/// findings in this CPU's `Inspection`. Returns only if the tail call failed (no inspection
+/// loaded): the request is then judged without it.
+#[inline(always)]
+fn inspect(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState, method: Method, wanted: u32) {
+    let Some(insp) = INSPECTION.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: a per-CPU record; see `Inspection`.
     let insp = unsafe { &mut *insp };
-    if insp.done == 0 {
-        // The inspection hands the packet back to this program, which counts it again:
-        // uncount it here, and count it back if the tail call fails.
-        let uncount = |c: &mut Counters, s: &mut RateState, by: i64| {
-            if let Some(m) = c.methods.get_mut(method as usize) {
-                *m = m.wrapping_add(by as u64);
-            }
-            s.requests = s.requests.wrapping_add(by as u64);
-        };
-        uncount(counters, state, -1);
-        insp.wanted = wanted;
-        insp.rounds = 0;
-        insp.quarantined = 0;
-        insp.credentials = 0;
-        insp.scanner = 0;
-        insp.call = call_verdict::PASS;
-        insp.uninspected = 0;
-        insp.scan = Scan::default();
-        // SAFETY: a tail call either does not return or fails (no program loaded there),
-        // and then the request is judged without inspection.
-        unsafe { INGRESS_PROGRAMS.tail_call(ctx, INSPECT_SLOT) };
-        uncount(counters, state, 1);
-        insp.wanted = 0;
-        return None;
-    }
-    insp.done = 0;
+    // The inspection hands the packet back to this program, which counts it again: uncount
+    // it here, and count it back if the tail call fails.
+    let uncount = |c: &mut Counters, s: &mut RateState, by: i64| {
+        if let Some(m) = c.methods.get_mut(method as usize) {
+            *m = m.wrapping_add(by as u64);
+        }
+        s.requests = s.requests.wrapping_add(by as u64);
+    };
+    uncount(counters, state, -1);
+    insp.wanted = wanted;
+    insp.rounds = 0;
+    insp.quarantined = 0;
+    insp.credentials = 0;
+    insp.scanner = 0;
+    insp.call = call_verdict::PASS;
+    insp.uninspected = 0;
+    insp.scan = Scan::default();
+    // SAFETY: a tail call either does not return or fails (no program loaded there).
+    unsafe { INGRESS_PROGRAMS.tail_call(ctx, INSPECT_SLOT) };
+    uncount(counters, state, 1);
+    insp.wanted = 0;
+}
+
+/// The inspection's findings, read on the request's second pass.
+#[inline(always)]
+fn findings(insp: &Inspection, counters: &mut Counters, state: &mut RateState, known: bool) -> Option<(Outcome, u8)> {
     if insp.uninspected != 0 {
         counters.requests_uninspected += 1;
     }

@@ -229,6 +229,9 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
         }
         Dialed::NotANumber | Dialed::Local => return call_verdict::PASS,
     };
+    // The destination rules first, on every INVITE (they need no state); the call's other
+    // rules, its event and its counters once per call.
+    let deny = denied(&number.key_bytes(), number.len);
     let L3::Udp(h) = parse_l3(ctx) else {
         return call_verdict::PASS;
     };
@@ -239,7 +242,7 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
     if insp.scan.found.call_id_at == 0 {
         // No Call-ID within the bounds: not a call this program can count.
         insp.uninspected = 1;
-        return if denied(&number.key_bytes(), number.len) {
+        return if deny {
             call_verdict::DESTINATION
         } else {
             call_verdict::PASS
@@ -255,7 +258,7 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
     counters.calls_checked += 1;
     let now = now(config);
     let known = insp.wants(wants::KNOWN);
-    let verdict = if denied(&number.key_bytes(), number.len) {
+    let verdict = if deny {
         call_verdict::DESTINATION
     } else if over_number_limit(config, &source, number.nibbles, now) {
         call_verdict::BURST_NUMBER

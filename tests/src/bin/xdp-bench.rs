@@ -4,7 +4,9 @@
 //!
 //! Paths: the floor (empty program), non-SIP UDP, a SIP REGISTER from a known source (the
 //! full path: ban, allowlist, denylist, tier, bucket), from an unknown source (plus the
-//! header inspection, by tail call), a banned source, an allowlisted source, an IPv6
+//! header inspection, by tail call), a phone's full REGISTER from an unknown source (the
+//! scanner User-Agent search over 13 headers), a known phone's INVITE abroad (its number
+//! checked against 500 destination prefixes), a banned source, an allowlisted source, an IPv6
 //! REGISTER. The maps hold a realistic load: 16 allowlisted trunk networks and a
 //! 10,000-entry denylist (an imported blocklist). Rate state is cleared before every
 //! measurement and the buckets are sized so a measurement never empties one, so every
@@ -19,12 +21,47 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use anyhow::{bail, Context as _};
 use aya::programs::{TestRun as _, TestRunOptions};
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
-use sipfilter_common::{counters::ban_reason, maps::PERMANENT, KnownSource};
+use sipfilter_common::{
+    config::{FLAG_CALLS, FLAG_SCANNER_USER_AGENTS},
+    counters::ban_reason,
+    maps::PERMANENT,
+    KnownSource,
+};
 use sipfilter_tests::{
     bench::{self, args, median, pin_to_cpu, Args},
     harness::{TestFilter, XDP_DROP, XDP_PASS},
     packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
+
+/// A phone's REGISTER as it comes: 13 headers, the User-Agent last (the scanner search reads
+/// them all, in two rounds).
+const PHONE_REGISTER: &[u8] = b"REGISTER sip:pbx.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.21:5060;branch=z9hG4bK-5f2a8c1d;rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Reception\" <sip:200@pbx.example>;tag=9c1e4f2a\r\n\
+To: \"Reception\" <sip:200@pbx.example>\r\n\
+Call-ID: 0_2794519417@198.51.100.21\r\n\
+CSeq: 1 REGISTER\r\n\
+Contact: <sip:200@198.51.100.21:5060>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-805ec0a1b2c3>\"\r\n\
+Allow: INVITE, INFO, PRACK, ACK, BYE, CANCEL, OPTIONS, NOTIFY, REGISTER, SUBSCRIBE, REFER, PUBLISH, UPDATE, MESSAGE\r\n\
+Supported: replaces, timer, path, gruu\r\n\
+Expires: 3600\r\n\
+Allow-Events: talk, hold, conference, refer, check-sync\r\n\
+Content-Length: 0\r\n\
+User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\r\n";
+
+/// A phone's INVITE to a number in the UK (allowed), through the destination rules.
+const PHONE_INVITE: &[u8] = b"INVITE sip:00442079460000@pbx.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.20:5060;branch=z9hG4bK-77c1\r\n\
+Max-Forwards: 70\r\n\
+From: \"Reception\" <sip:200@pbx.example>;tag=3d9b\r\n\
+To: <sip:00442079460000@pbx.example>\r\n\
+Call-ID: 0_3310945@198.51.100.20\r\n\
+CSeq: 2 INVITE\r\n\
+Contact: <sip:200@198.51.100.20:5060>\r\n\
+Content-Type: application/sdp\r\n\
+User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\
+Content-Length: 0\r\n\r\n";
 
 struct Path {
     name: &'static str,
@@ -42,9 +79,27 @@ fn main() -> anyhow::Result<()> {
     })?;
     pin_to_cpu(0);
 
-    // Buckets big enough that a measurement of `repeat` packets never empties one.
-    let config = bench::config();
+    // Buckets big enough that a measurement of `repeat` packets never empties one; the
+    // request rules of the default configuration (scanner User-Agents, the shipped high-risk
+    // destinations) and enough more destination rules for 500.
+    let mut settings = sipfilter::config::Config::default();
+    let shipped = settings.calls.rules.len();
+    for i in 0..500usize.saturating_sub(shipped) {
+        settings.calls.rules.push(sipfilter::config::DestinationPrefix {
+            digits: sipfilter_common::dialed::Digits::parse(&format!("{}", 5_500_000 + i * 13)).context("prefix")?,
+            deny: true,
+            origin: "bench".into(),
+        });
+    }
+    let mut config = bench::config();
+    let defaults = settings.kernel_config();
+    config.flags |= defaults.flags & (FLAG_SCANNER_USER_AGENTS | FLAG_CALLS);
+    config.calls = defaults.calls;
     let mut filter = TestFilter::with_config(&config)?;
+    filter.loaded.request_rules.write(&settings)?;
+    if filter.loaded.request_rules.destinations().len() < 500 {
+        bail!("the prefix list has fewer than 500 entries");
+    }
 
     let clean = Ipv4Addr::new(198, 51, 100, 20);
     let stranger = Ipv4Addr::new(198, 51, 100, 21);
@@ -126,6 +181,22 @@ fn main() -> anyhow::Result<()> {
             floor: false,
         },
         Path {
+            name: "REGISTER, unknown, 13 headers",
+            frame: P::udp4(stranger, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, PHONE_REGISTER)
+                .build()
+                .bytes,
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
+            name: "INVITE +44…, 500 prefixes",
+            frame: P::udp4(clean, Ipv4Addr::new(192, 0, 2, 1), 5060, 5060, PHONE_INVITE)
+                .build()
+                .bytes,
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
             name: "banned source",
             frame: register(banned),
             expect: XDP_DROP,
@@ -187,6 +258,8 @@ fn main() -> anyhow::Result<()> {
         ("non-SIP UDP", 1.1),
         ("SIP REGISTER, known source", 2.0),
         ("SIP REGISTER, unknown source", 2.0),
+        ("REGISTER, unknown, 13 headers", 2.0),
+        ("INVITE +44…, 500 prefixes", 2.3),
         ("banned source", 1.3),
     ]
     .into();

@@ -112,8 +112,10 @@ pub mod call_verdict {
 pub struct DestinationRule {
     /// 1: deny, 0: allow (an allow rule inside a denied range wins by being longer).
     pub deny: u32,
-    /// The rule's number in the configuration (for `sipfilter stats`).
+    /// The rule's number in the configuration.
     pub rule: u32,
+    /// Calls this rule decided (new calls, not retransmissions), counted by the program.
+    pub hits: u64,
 }
 
 /// A call blocked by a destination or burst rule, reported to the agent (ring buffer

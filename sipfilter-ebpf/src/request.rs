@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sipfilter_common::{
-    calls::{call_id_hash, call_verdict, CallEvent, CallKey, CallTimes, NumberKey},
+    calls::{call_id_hash, call_verdict, CallEvent, CallKey, CallTimes, DestinationRule, NumberKey},
     dialed::Dialed,
     scan::{first_header_line, scan_lines, uri_user, Bytes, Found, Wanted},
     Counters, KernelConfig, SourceKey,
@@ -218,7 +218,7 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
         Dialed::National(d) => {
             // The PBX's own country: destination rules apply (premium national ranges),
             // bursts do not (a call centre dials one national number all day).
-            if denied(&d.key_bytes(), d.len) {
+            if denies(destination(&d.key_bytes(), d.len)) {
                 return call_verdict::DESTINATION;
             }
             return call_verdict::PASS;
@@ -231,7 +231,8 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
     };
     // The destination rules first, on every INVITE (they need no state); the call's other
     // rules, its event and its counters once per call.
-    let deny = denied(&number.key_bytes(), number.len);
+    let rule = destination(&number.key_bytes(), number.len);
+    let deny = denies(rule);
     let L3::Udp(h) = parse_l3(ctx) else {
         return call_verdict::PASS;
     };
@@ -256,6 +257,7 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
         return *v;
     }
     counters.calls_checked += 1;
+    count_hit(rule);
     let now = now(config);
     let known = insp.wants(wants::KNOWN);
     let verdict = if deny {
@@ -286,13 +288,29 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
     verdict
 }
 
-/// Whether the longest destination rule matching the number denies it.
+/// The longest destination rule matching the number, if any.
 #[inline(always)]
-fn denied(digits: &[u8; 8], len: u32) -> bool {
+fn destination(digits: &[u8; 8], len: u32) -> Option<*mut DestinationRule> {
     let key = PrefixKey::new(4 * len, *digits);
-    match DESTINATIONS.get(&key) {
-        Some(rule) => rule.deny != 0,
-        None => false,
+    DESTINATIONS
+        .get(&key)
+        .map(|r| r as *const DestinationRule as *mut DestinationRule)
+}
+
+/// Whether that rule denies the number.
+#[inline(always)]
+fn denies(rule: Option<*mut DestinationRule>) -> bool {
+    // SAFETY: a map value the lookup returned.
+    rule.is_some_and(|r| unsafe { (*r).deny } != 0)
+}
+
+/// Counts a new call against the rule that decided it.
+#[inline(always)]
+fn count_hit(rule: Option<*mut DestinationRule>) {
+    if let Some(r) = rule {
+        // SAFETY: a map value. Two CPUs counting one rule at the same instant may lose a count
+        // (the BPF target has no 64-bit atomic add in `core`); calls are rare enough for that.
+        unsafe { (*r).hits = (*r).hits.wrapping_add(1) };
     }
 }
 

@@ -50,6 +50,18 @@ impl RequestRuleMaps {
         })
     }
 
+    /// The scanner tokens in force, lowercased, in counter order.
+    pub fn scanner_tokens(&self) -> anyhow::Result<Vec<String>> {
+        let r = self.scanner_user_agents.get(&0, 0)?;
+        Ok((0..r.count as usize)
+            .map(|i| {
+                let t = r.token(i);
+                let n = t.iter().position(|&c| c == 0).unwrap_or(t.len());
+                String::from_utf8_lossy(&t[..n]).into_owned()
+            })
+            .collect())
+    }
+
     /// Puts the configuration's rules in force: the token list replaced, the destination
     /// rules made exactly the configured ones.
     pub fn write(&mut self, config: &Config) -> anyhow::Result<()> {
@@ -68,6 +80,9 @@ impl RequestRuleMaps {
             let _ = self.destinations.remove(&k);
         }
         for (k, rule) in &wanted {
+            // A rule that stays keeps its count across reloads.
+            let hits = self.destinations.get(k, 0).map_or(0, |old| old.hits);
+            let rule = DestinationRule { hits, ..*rule };
             self.destinations
                 .insert(k, rule, 0)
                 .context("cannot write a destination rule")?;
@@ -75,9 +90,9 @@ impl RequestRuleMaps {
         Ok(())
     }
 
-    /// The rules in force: (prefix digits as text, deny).
-    pub fn destinations(&self) -> Vec<(String, bool)> {
-        let mut out: Vec<(String, bool)> = self
+    /// The rules in force: (prefix digits as text, deny, calls decided), by prefix.
+    pub fn destinations(&self) -> Vec<(String, bool, u64)> {
+        let mut out: Vec<(String, bool, u64)> = self
             .destinations
             .iter()
             .filter_map(Result::ok)
@@ -87,7 +102,7 @@ impl RequestRuleMaps {
                     len: k.prefix_len() / 4,
                     _pad: 0,
                 };
-                (digits.text().as_str().to_string(), v.deny != 0)
+                (digits.text().as_str().to_string(), v.deny != 0, v.hits)
             })
             .collect();
         out.sort();
@@ -104,6 +119,7 @@ pub fn destination_entries(rules: &[DestinationPrefix]) -> Vec<(Key<[u8; 8]>, De
         let rule = DestinationRule {
             deny: r.deny as u32,
             rule: i as u32,
+            hits: 0,
         };
         by_prefix
             .entry((4 * r.digits.len, r.digits.key_bytes()))

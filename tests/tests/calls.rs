@@ -148,6 +148,12 @@ fn a_denied_destination_drops_the_call_without_banning_and_reports_it_once() -> 
         "a phone dialing a blocked country is not an attacker"
     );
     assert_eq!(f.call_events().len(), 2, "two calls");
+    let rules = f.loaded.request_rules.destinations();
+    assert!(
+        rules.contains(&("232".to_string(), true, 2)),
+        "the +232 rule counted its two calls: {:?}",
+        rules.iter().filter(|r| r.2 != 0).collect::<Vec<_>>()
+    );
     f.expect(&invite(ip, "0301234567", 3, 1), XDP_PASS, "its national call")?;
     assert_eq!(f.counters()?.outcome(Outcome::Destination), 3);
     Ok(())

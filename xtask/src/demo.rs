@@ -41,6 +41,7 @@ const CRACKER_IP: &str = "10.77.0.68";
 const FLOODER_IP: &str = "10.77.0.69";
 const GUESSER_IP: &str = "10.77.0.70";
 const CALLER_IP: &str = "10.77.0.71";
+const TOLL_IP: &str = "10.77.0.72";
 /// The PBX's interface, the one sipfilter attaches to.
 const PBX_IF: &str = "pbx0";
 const METRICS: &str = "127.0.0.1:9460";
@@ -56,6 +57,7 @@ fn role_of(ip: &str) -> &'static str {
         FLOODER_IP => "REGISTER flood",
         GUESSER_IP => "password = extension",
         CALLER_IP => "robot's second address",
+        TOLL_IP => "toll fraud (new address)",
         _ => "?",
     }
 }
@@ -215,7 +217,9 @@ impl Lab {
         let lan = lab.ns("lan");
         sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"])?;
         sh(&["ip", "-n", &lan, "link", "set", "br0", "up"])?;
-        let attacker_ips = [SCANNER_IP, SWEEPER_IP, CRACKER_IP, FLOODER_IP, GUESSER_IP, CALLER_IP];
+        let attacker_ips = [
+            SCANNER_IP, SWEEPER_IP, CRACKER_IP, FLOODER_IP, GUESSER_IP, CALLER_IP, TOLL_IP,
+        ];
         for (role, ifname, port, addrs) in [
             ("pbx", PBX_IF, "to-pbx", &[PBX_IP][..]),
             ("phone", "eth0", "to-phone", &[PHONE_IP][..]),
@@ -602,7 +606,7 @@ fn attack_demo() -> anyhow::Result<()> {
     println!(
         "  PBX       {PBX_IP:<13} a SIP registrar (SIPp server, demo/pbx.xml); sipfilter watches its interface {PBX_IF}\n  \
          phone     {PHONE_IP:<13} extension 2000, registers with its password twice a second (demo/phone.xml)\n  \
-         attacker  10.77.0.66-71  a robot; each attack step comes from its own address, as from a botnet\n  \
+         attacker  10.77.0.66-72  a robot; each attack step comes from its own address, as from a botnet\n  \
          all three are on one bridge, so everything the PBX receives comes through {PBX_IF}"
     );
     let config = workspace().join("demo/sipfilter.toml");
@@ -628,7 +632,7 @@ fn attack_demo() -> anyhow::Result<()> {
         if probe_answered {
             "answered 200 OK: the robot now knows a PBX lives here"
         } else {
-            "never saw it (stealth: an OPTIONS from a source that never registered is dropped): the robot learns nothing"
+            "never saw it: its User-Agent names a scanner, so it was dropped unanswered and the robot banned (reason scanner)"
         }
     );
 
@@ -736,6 +740,58 @@ fn attack_demo() -> anyhow::Result<()> {
     let sent = Screen::read(&lab.dir.join("flood"))?.messages("REGISTER", true);
     println!("  SIPp sent {} REGISTERs ({}/s)", grouped(sent), grouped(sent / 5));
 
+    step(
+        7,
+        &format!(
+            "toll fraud, Friday evening: {TOLL_IP}, an address sipfilter never saw, calls Sierra Leone in three dial formats, then one London number 8 times; the phone calls a national number"
+        ),
+    );
+    let toll_calls: Vec<String> = ["+23276123456", "0023276123456", "01123276123456"]
+        .into_iter()
+        .chain(std::iter::repeat_n("+442079460000", 8))
+        .map(|n| format!("202;{n}"))
+        .collect();
+    std::fs::write(
+        lab.subdir("toll")?.join("calls.csv"),
+        format!("SEQUENTIAL\n{}\n", toll_calls.join("\n")),
+    )?;
+    let mut toll = lab.sipp(
+        "toll",
+        "attacker",
+        "call.xml",
+        TOLL_IP,
+        true,
+        &["-inf", "calls.csv", "-r", "4", "-m", "11", "-recv_timeout", "2000"],
+    )?;
+    std::fs::write(
+        lab.subdir("national")?.join("call.csv"),
+        "SEQUENTIAL\n2000;0301234567\n",
+    )?;
+    let mut national = lab.sipp(
+        "national",
+        "phone",
+        "call.xml",
+        PHONE_IP,
+        true,
+        &["-inf", "call.csv", "-m", "1", "-p", "5062", "-recv_timeout", "3000"],
+    )?;
+    toll.wait_sipp(Duration::from_secs(60))?;
+    national.wait_sipp(Duration::from_secs(30))?;
+    let toll_s = Screen::read(&lab.dir.join("toll"))?;
+    let national_s = Screen::read(&lab.dir.join("national"))?;
+    println!(
+        "  the robot's calls: {} of 11 connected; the phone's national call {}",
+        toll_s.stat("Successful call"),
+        if national_s.stat("Successful call") == 1 {
+            "connected"
+        } else {
+            "FAILED"
+        }
+    );
+    for l in agent.output().lines().filter(|l| l.contains("blocked call")) {
+        println!("  the agent: {l}");
+    }
+
     // Let the phone register a little longer after the attack, then let it finish.
     sleep(Duration::from_secs(2))?;
     phone.signal(libc::SIGUSR1); // SIPp: place no new calls, exit when the current ones end
@@ -783,7 +839,7 @@ fn attack_demo() -> anyhow::Result<()> {
             b["expires_in_secs"].as_u64().map_or("?".into(), |s| s.to_string()),
         );
     }
-    let not_banned: Vec<&str> = [SCANNER_IP, CALLER_IP, PHONE_IP]
+    let not_banned: Vec<&str> = [SCANNER_IP, CALLER_IP, TOLL_IP, PHONE_IP]
         .into_iter()
         .filter(|ip| !ban_list.iter().any(|b| b["source"] == *ip))
         .collect();
@@ -846,6 +902,18 @@ fn attack_demo() -> anyhow::Result<()> {
         ),
         ("6 flood", FLOODER_IP, "REGISTER", flood_s.messages("REGISTER", true)),
         (
+            "7 toll fraud (INVITE)",
+            TOLL_IP,
+            "INVITE",
+            Screen::read(&lab.dir.join("toll"))?.messages("INVITE", true),
+        ),
+        (
+            "the phone's national call",
+            PHONE_IP,
+            "INVITE",
+            Screen::read(&lab.dir.join("national"))?.messages("INVITE", true),
+        ),
+        (
             "the phone (2 per login)",
             PHONE_IP,
             "REGISTER",
@@ -871,6 +939,9 @@ fn attack_demo() -> anyhow::Result<()> {
     println!("  every attempt after the ban went unanswered, so the robot cannot even tell a right password from a wrong one.");
     println!("  The test call's REGISTER for the cracked extension 202 came from an address sipfilter did not know:");
     println!("  quarantined in XDP; the PBX never saw it, while the phone's own extension kept working.");
+    println!("  The toll-fraud calls to Sierra Leone never reached the PBX (destination rule, no ban); of the London");
+    println!("  calls the first 3 did, the 4th within a minute was one too many: dropped, and the new address banned");
+    println!("  (call_burst). `sipfilter fraud list` keeps each blocked call with its source, extension and number.");
 
     println!("\n=== What the phone saw ===");
     let (ok, failed) = (phone_s.stat("Successful call"), phone_s.stat("Failed call"));
@@ -911,6 +982,18 @@ fn attack_demo() -> anyhow::Result<()> {
             "requests for a cracked extension from unknown sources",
         ),
         (
+            "sipfilter_packet_reasons_total{reason=\"scanner\"}",
+            "requests with a scanner User-Agent (dropped, source banned)",
+        ),
+        (
+            "sipfilter_calls_blocked_total{rule=\"destination\"}",
+            "calls to denied destinations (calls, not packets)",
+        ),
+        (
+            "sipfilter_calls_blocked_total{rule=\"burst_number\"}",
+            "calls over the calls-to-one-number limit",
+        ),
+        (
             "sipfilter_sip_answers_total{kind=\"challenge\"}",
             "401/407 answers the PBX sent",
         ),
@@ -945,7 +1028,9 @@ fn attack_demo() -> anyhow::Result<()> {
     }
     println!("  The metrics text is {}", promtool_check(&metrics));
     println!("\nRemoving the lab.");
-    drop((probe, sweep, crack, guess, call, flood, phone, pbx, agent));
+    drop((
+        probe, sweep, crack, guess, call, flood, toll, national, phone, pbx, agent,
+    ));
     drop(lab);
     Ok(())
 }

@@ -82,7 +82,7 @@ pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
         ManageCommand::Allow { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Allow, cmd),
         ManageCommand::Deny { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Deny, cmd),
         ManageCommand::Import(args) => import::run(&mut maps, args),
-        ManageCommand::Stats(args) => stats::run(&maps, args),
+        ManageCommand::Stats(args) => stats::run(&maps, pin_dir, args),
         ManageCommand::Top(args) => top::run(&maps, args),
         ManageCommand::Status(args) => status::run(&maps, pin_dir, args),
         ManageCommand::Sources(args) => trust::sources(&maps, &TrustMaps::open_pinned(pin_dir)?, args),

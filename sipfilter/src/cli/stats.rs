@@ -1,7 +1,7 @@
 //! `sipfilter stats`: the program's counters, summed over CPUs.
 
 use serde_json::{json, Map, Value};
-use sipfilter::FilterMaps;
+use sipfilter::{request_rules::RequestRuleMaps, FilterMaps};
 use sipfilter_common::{
     counters::{ban_reason, AnswerKind},
     Counters, Method, Outcome, Verdict,
@@ -25,13 +25,78 @@ pub struct StatsArgs {
     json: bool,
 }
 
-pub fn run(maps: &FilterMaps, args: StatsArgs) -> anyhow::Result<()> {
+pub fn run(maps: &FilterMaps, pin_dir: &std::path::Path, args: StatsArgs) -> anyhow::Result<()> {
     let c = maps.counters()?;
+    // The request rules' own counts (per token, per destination rule), when their maps exist.
+    let rules = RequestRuleMaps::open_pinned(pin_dir).ok();
     if args.json {
-        return print_json(&to_json(&c));
+        let mut v = to_json(&c);
+        if let Some(r) = &rules {
+            v["requests"]["rules"] = rules_json(r, &c)?;
+        }
+        return print_json(&v);
     }
     print!("{}", render(&c));
+    if let Some(r) = &rules {
+        print!("{}", rules_table(r, &c)?);
+    }
     Ok(())
+}
+
+/// Scanner tokens with their matches and the destination rules that decided calls, busiest
+/// first.
+/// (token, matches) and (prefix, deny, calls).
+type RuleCounts = (Vec<(String, u64)>, Vec<(String, bool, u64)>);
+
+fn rule_counts(r: &RequestRuleMaps, c: &Counters) -> anyhow::Result<RuleCounts> {
+    let mut tokens: Vec<(String, u64)> = r
+        .scanner_tokens()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, c.scanner_tokens.get(i).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != 0)
+        .collect();
+    tokens.sort_by_key(|t| std::cmp::Reverse(t.1));
+    let mut destinations: Vec<(String, bool, u64)> = r.destinations().into_iter().filter(|d| d.2 != 0).collect();
+    destinations.sort_by_key(|d| std::cmp::Reverse(d.2));
+    Ok((tokens, destinations))
+}
+
+fn rules_json(r: &RequestRuleMaps, c: &Counters) -> anyhow::Result<Value> {
+    let (tokens, destinations) = rule_counts(r, c)?;
+    Ok(json!({
+        "scanner_tokens": tokens.iter().map(|(t, n)| json!({"token": t, "matches": n})).collect::<Vec<_>>(),
+        "destinations": destinations
+            .iter()
+            .map(|(p, deny, n)| json!({"prefix": format!("+{p}"), "action": if *deny { "deny" } else { "allow" }, "calls": n}))
+            .collect::<Vec<_>>(),
+    }))
+}
+
+fn rules_table(r: &RequestRuleMaps, c: &Counters) -> anyhow::Result<String> {
+    let (tokens, destinations) = rule_counts(r, c)?;
+    let mut out = String::new();
+    if !tokens.is_empty() {
+        let mut t = Table::new(&[("SCANNER TOKEN", false), ("MATCHES", true)]);
+        for (tok, n) in &tokens {
+            t.row(vec![tok.clone(), grouped(*n)]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    if !destinations.is_empty() {
+        let mut t = Table::new(&[("DESTINATION RULE", false), ("ACTION", false), ("CALLS", true)]);
+        for (p, deny, n) in destinations.iter().take(20) {
+            t.row(vec![
+                format!("+{p}"),
+                if *deny { "deny" } else { "allow" }.into(),
+                grouped(*n),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    Ok(out)
 }
 
 fn named<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, get: impl Fn(T) -> u64) -> Value {

@@ -99,7 +99,9 @@ fn next_reader(ctx: &XdpContext, insp: &mut Inspection) -> u32 {
 
 #[inline(always)]
 fn calls_or_judge(ctx: &XdpContext, insp: &mut Inspection) -> u32 {
-    if insp.wants(wants::CALL) {
+    // A request dropped for its User-Agent or its quarantined extension places no call: the
+    // call rules neither count it nor report it.
+    if insp.wants(wants::CALL) && insp.scanner == 0 && insp.quarantined == 0 {
         // SAFETY: as above.
         unsafe { INGRESS_PROGRAMS.tail_call(ctx, CALLS_SLOT) };
     }

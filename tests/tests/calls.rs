@@ -25,12 +25,18 @@ fn settings() -> Config {
 /// An INVITE from extension 201 to `number`, call `call`, CSeq `cseq` (2 with credentials,
 /// as a phone retries after a 407).
 fn invite(src: Ipv4Addr, number: &str, call: u32, cseq: u32) -> Vec<u8> {
+    P::request4(src, invite_text(src, number, call, cseq).as_bytes())
+        .build()
+        .bytes
+}
+
+fn invite_text(src: Ipv4Addr, number: &str, call: u32, cseq: u32) -> String {
     let auth = if cseq > 1 {
         "Proxy-Authorization: Digest username=\"201\", realm=\"pbx\", nonce=\"n\", uri=\"sip:x\", response=\"r\"\r\n"
     } else {
         ""
     };
-    let payload = format!(
+    format!(
         "INVITE sip:{number}@pbx.example SIP/2.0\r\n\
          Via: SIP/2.0/UDP {src}:5060;branch=z9hG4bK-{call}-{cseq}\r\n\
          From: <sip:201@pbx.example>;tag={call}\r\n\
@@ -40,8 +46,7 @@ fn invite(src: Ipv4Addr, number: &str, call: u32, cseq: u32) -> Vec<u8> {
          {auth}\
          User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\
          Content-Length: 0\r\n\r\n"
-    );
-    P::request4(src, payload.as_bytes()).build().bytes
+    )
 }
 
 fn ban_of(f: &TestFilter, src: Ipv4Addr) -> Option<&'static str> {
@@ -193,5 +198,21 @@ fn calls_can_be_turned_off_and_allow_rules_open_a_range() -> anyhow::Result<()> 
     let f = TestFilter::with_settings(&opened)?;
     f.expect(&invite(addr(28), "+23276123456", 1, 1), XDP_PASS, "allowed range")?;
     f.expect(&invite(addr(29), "+23277123456", 1, 1), XDP_DROP, "the rest of +232")?;
+    Ok(())
+}
+
+#[test]
+fn a_scanners_invite_is_banned_for_its_name_and_places_no_call() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_settings(&settings())?;
+    let ip = addr(30);
+    let text = invite_text(ip, "+23276123456", 1, 1).replace("Yealink SIP-T46S 66.86.0.15", "friendly-scanner");
+    f.expect(
+        &P::request4(ip, text.as_bytes()).build().bytes,
+        XDP_DROP,
+        "svmap's INVITE",
+    )?;
+    assert_eq!(ban_of(&f, ip), Some("scanner"));
+    assert!(f.call_events().is_empty(), "no call was placed, none reported");
+    assert_eq!(f.counters()?.calls_checked, 0);
     Ok(())
 }

@@ -596,7 +596,7 @@ pub fn run(compare: bool, flood_secs: u32) -> anyhow::Result<()> {
 }
 
 fn step(n: u32, what: &str) {
-    println!("\n[{n}/6] {what}");
+    println!("\n[{n}/7] {what}");
 }
 
 fn attack_demo() -> anyhow::Result<()> {
@@ -743,13 +743,13 @@ fn attack_demo() -> anyhow::Result<()> {
     step(
         7,
         &format!(
-            "toll fraud, Friday evening: {TOLL_IP}, an address sipfilter never saw, calls Sierra Leone in three dial formats, then one London number 8 times; the phone calls a national number"
+            "toll fraud, Friday evening: {TOLL_IP}, an address sipfilter never saw, with extension 201's password (stolen elsewhere), calls Sierra Leone in three dial formats, then one London number 8 times; the phone calls a national number"
         ),
     );
     let toll_calls: Vec<String> = ["+23276123456", "0023276123456", "01123276123456"]
         .into_iter()
         .chain(std::iter::repeat_n("+442079460000", 8))
-        .map(|n| format!("202;{n}"))
+        .map(|n| format!("201;{n}"))
         .collect();
     std::fs::write(
         lab.subdir("toll")?.join("calls.csv"),

@@ -37,6 +37,14 @@ impl ListKind {
     }
 }
 
+/// What a sweep removed, and when the next remaining ban or list entry expires
+/// (`u64::MAX`: none does).
+pub struct Sweep {
+    pub bans: usize,
+    pub entries: usize,
+    pub next_expiry_ns: u64,
+}
+
 pub struct FilterMaps {
     /// The pin folder, locked (flock) around every read-modify-write of the config record, so
     /// the agent and a CLI command running at the same moment cannot undo each other's change.
@@ -263,16 +271,36 @@ impl FilterMaps {
     /// read again just before it goes, so a ban the program renewed meanwhile stays; one
     /// generation bump tells the program. Returns (bans, list entries) removed.
     pub fn sweep_expired(&mut self) -> anyhow::Result<(usize, usize)> {
+        let s = self.sweep()?;
+        Ok((s.bans, s.entries))
+    }
+
+    /// Removes expired bans and list entries (one read of each table) and says when the next
+    /// of those that remain expires.
+    pub fn sweep(&mut self) -> anyhow::Result<Sweep> {
         let now = clock::boot_ns();
+        let mut next_expiry_ns = u64::MAX;
         let mut bans = 0;
-        for (key, _) in self.bans()?.into_iter().filter(|(_, b)| b.expires_ns <= now) {
+        for (key, b) in self.bans()? {
+            if b.expires_ns > now {
+                if b.expires_ns != PERMANENT {
+                    next_expiry_ns = next_expiry_ns.min(b.expires_ns);
+                }
+                continue;
+            }
             if self.ban_table.get(&key, 0).is_ok_and(|b| b.expires_ns <= now) && self.ban_table.remove(&key).is_ok() {
                 bans += 1;
             }
         }
         let mut entries = 0;
         for kind in [ListKind::Allow, ListKind::Deny] {
-            for (cidr, _) in self.list(kind)?.into_iter().filter(|(_, e)| e.expires_ns <= now) {
+            for (cidr, e) in self.list(kind)? {
+                if e.expires_ns > now {
+                    if e.expires_ns != PERMANENT {
+                        next_expiry_ns = next_expiry_ns.min(e.expires_ns);
+                    }
+                    continue;
+                }
                 let key = PrefixKey::new(cidr.map_prefix_len(), cidr.key_bytes());
                 if self.list_map_mut(kind).remove(&key).is_ok() {
                     entries += 1;
@@ -282,7 +310,11 @@ impl FilterMaps {
         if bans + entries > 0 {
             self.bump_generation()?;
         }
-        Ok((bans, entries))
+        Ok(Sweep {
+            bans,
+            entries,
+            next_expiry_ns,
+        })
     }
 
     /// Lifts the bans the program recorded in monitor mode (which dropped nothing), so ending

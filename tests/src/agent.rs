@@ -12,15 +12,15 @@ use anyhow::{bail, Context as _};
 
 use crate::netns::{Background, Netns};
 
-/// `target/<profile>/sipfilter`, next to the test executable's folder. `cargo xtask test`
-/// builds it before running the tests.
+/// `target/<profile>/sipfilter`: beside the test executable's `deps` folder, or beside a
+/// benchmark binary. `cargo xtask test` builds it before running the tests.
 pub fn sipfilter_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target folder")
-        .join("sipfilter");
+    let mut dir = exe.parent().expect("executable folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target folder");
+    }
+    let bin = dir.join("sipfilter");
     assert!(
         bin.exists(),
         "{} does not exist: build it first with `cargo build -p sipfilter` (`cargo xtask test` does)",
@@ -69,6 +69,11 @@ impl AgentProcess {
 
     pub fn log(&self) -> String {
         self.process.output()
+    }
+
+    /// The agent's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Waits until the log contains `needle`; fails early if the agent exits.

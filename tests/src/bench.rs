@@ -25,6 +25,27 @@ pub fn config() -> KernelConfig {
     config
 }
 
+/// The product's request rules (scanner User-Agents, the shipped high-risk destinations) with
+/// generated deny prefixes up to `prefixes` rules in all, on top of [`config`]: the kernel
+/// record, and the configuration whose rules `RequestRuleMaps::write` puts in force.
+pub fn with_request_rules(prefixes: usize) -> anyhow::Result<(KernelConfig, sipfilter::config::Config)> {
+    use sipfilter_common::config::{FLAG_CALLS, FLAG_SCANNER_USER_AGENTS};
+    let mut settings = sipfilter::config::Config::default();
+    let shipped = settings.calls.rules.len();
+    for i in 0..prefixes.saturating_sub(shipped) {
+        settings.calls.rules.push(sipfilter::config::DestinationPrefix {
+            digits: sipfilter_common::dialed::Digits::parse(&format!("{}", 5_500_000 + i * 13)).context("prefix")?,
+            deny: true,
+            origin: "bench".into(),
+        });
+    }
+    let mut k = config();
+    let defaults = settings.kernel_config();
+    k.flags |= defaults.flags & (FLAG_SCANNER_USER_AGENTS | FLAG_CALLS);
+    k.calls = defaults.calls;
+    Ok((k, settings))
+}
+
 /// `--repeat N --runs N --calls N --out FILE`; each binary reads the ones it uses.
 pub struct Args {
     /// BPF_PROG_TEST_RUN repeat per measurement.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod chart;
 pub mod harness;
 pub mod kamailio;
 pub mod netns;

@@ -1247,8 +1247,14 @@ fn the_agent_notifies_systemd_when_ready_reloading_and_stopping() -> anyhow::Res
     )?;
     let mut buf = [0u8; 512];
     let mut next = || -> anyhow::Result<String> {
-        let n = socket.recv(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                // A signal meant for another test's child can land on this thread.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
     let ready = next()?;
     assert!(ready.starts_with("READY=1\nSTATUS=filtering SIP on "), "{ready}");

@@ -57,6 +57,11 @@ enum Task {
         /// writes target/bench/scale.json.
         #[arg(long, conflicts_with = "peers")]
         scale: bool,
+        /// Instead: the agent's CPU and memory during a ban storm, a banned flood and 100,000
+        /// bans expiring at once (the real agent on a veth in a namespace); writes
+        /// target/bench/agent.json. Needs `cargo build -p sipfilter` (done here).
+        #[arg(long, conflicts_with_all = ["peers", "scale"])]
+        agent: bool,
     },
     /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.
     Cleanup,
@@ -93,9 +98,13 @@ fn main() -> anyhow::Result<()> {
             runs,
             peers,
             scale,
+            agent,
         } => {
             setup::run()?;
-            if peers {
+            if agent {
+                setup::cargo(&["build", "--release", "--package", "sipfilter", "--bins"])?;
+                bench::extra("agent-bench", "agent.json")
+            } else if peers {
                 bench::extra("peers-bench", "peers.json")
             } else if scale {
                 bench::extra("scale-bench", "scale.json")

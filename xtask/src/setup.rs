@@ -17,7 +17,8 @@ pub const LLVM_MAJOR: u32 = 22;
 /// bpftool and iproute2 for inspecting and for the namespace tests; sip-tester (SIPp) and
 /// prometheus (promtool) for the agent's end-to-end tests and the demo; kamailio as the
 /// real registrar the answer-reading tests judge sources against; nftables and iptables, the
-/// peers `cargo xtask bench --peers` measures sipfilter against.
+/// peers `cargo xtask bench --peers` measures sipfilter against; DejaVu fonts for the text
+/// of the PNG charts (the scale benchmark's, the dashboard test's).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,7 @@ const APT_PACKAGES: &[&str] = &[
     "kamailio",
     "nftables",
     "iptables",
+    "fonts-dejavu-core",
 ];
 
 /// PyPI packages (name, module): SIPVicious (svmap, svwar, svcrack), the scanner the tests

@@ -5,6 +5,8 @@
 mod answers_attach;
 mod attach;
 mod ban_log;
+mod ban_watch;
+mod event_reader;
 mod metrics;
 mod notify;
 mod prefix_evidence;
@@ -18,7 +20,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use aya::maps::{MapData, RingBuf};
 use sipfilter::{
     addr::display_source,
     clock,
@@ -31,7 +32,7 @@ use sipfilter::{
 };
 use sipfilter_common::{maps::BAN_TABLE, maps::PERMANENT};
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     signal::unix::{signal, SignalKind},
 };
 
@@ -185,6 +186,8 @@ struct Agent {
     prefix_evidence: prefix_evidence::PrefixEvidence,
     last_aggregate_check: Instant,
     last_calibration: Instant,
+    /// When the ban table and lists must be read again.
+    ban_watch: ban_watch::BanWatch,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -343,6 +346,7 @@ impl Agent {
             prefix_evidence: Default::default(),
             last_aggregate_check: Instant::now(),
             last_calibration: Instant::now(),
+            ban_watch: Default::default(),
             _stats: stats,
         };
         agent.save_state_if_changed(true)?;
@@ -350,14 +354,12 @@ impl Agent {
     }
 
     async fn serve(mut self, listener: Option<std::net::TcpListener>, mut signals: Signals) -> anyhow::Result<()> {
-        let ring: RingBuf<MapData> = self.loaded.take_ban_events()?;
-        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("cannot watch the ban event ring buffer: {}", e.into_parts().1))?;
-        let calls: RingBuf<MapData> = self.loaded.take_call_events()?;
-        // SAFETY: as above.
-        let mut calls = unsafe { AsyncFd::register_with_interest(calls, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("cannot watch the call event ring buffer: {}", e.into_parts().1))?;
+        let mut bans = event_reader::spawn("ban-events", self.loaded.take_ban_events()?, events::decode)?;
+        let mut calls = event_reader::spawn(
+            "call-events",
+            self.loaded.take_call_events()?,
+            events::decode_as::<sipfilter_common::calls::CallEvent>,
+        )?;
         let listener = match listener {
             Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
             None => None,
@@ -382,31 +384,19 @@ impl Agent {
 
         loop {
             tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = match guard {
-                        Ok(g) => g,
-                        Err(e) => {
-                            // Stop cleanly (state saved) rather than return half-way.
-                            log(format!("error: cannot read ban events: {e}; stopping"));
-                            break;
-                        }
-                    };
-                    for e in events::drain(guard.get_inner_mut()) {
+                Some(e) = bans.recv() => {
+                    self.on_ban_event(&e);
+                    // Everything else already waiting, before anything else gets a turn.
+                    while let Ok(e) = bans.try_recv() {
                         self.on_ban_event(&e);
                     }
-                    guard.clear_ready();
                 }
-                guard = calls.readable_mut() => {
-                    let mut guard = match guard {
-                        Ok(g) => g,
-                        Err(e) => {
-                            log(format!("error: cannot read call events: {e}; stopping"));
-                            break;
-                        }
-                    };
-                    let blocked = events::drain_calls(guard.get_inner_mut());
+                Some(e) = calls.recv() => {
+                    let mut blocked = vec![e];
+                    while let Ok(e) = calls.try_recv() {
+                        blocked.push(e);
+                    }
                     self.on_blocked_calls(&blocked);
-                    guard.clear_ready();
                 }
                 accepted = async {
                     match &listener {
@@ -439,6 +429,7 @@ impl Agent {
     }
 
     fn on_ban_event(&mut self, e: &sipfilter_common::BanEvent) {
+        self.ban_watch.ban_event();
         log(ban_log::ban_line(e, self.config.ipv6_prefix));
         if let Some(alert) = ban_log::cracked_line(e) {
             log(alert);
@@ -548,7 +539,13 @@ impl Agent {
     /// Every second: sweep expired bans, keep the state file current, recalibrate the clock now
     /// and then.
     fn housekeeping(&mut self) -> anyhow::Result<()> {
-        self.loaded.maps.sweep_expired()?;
+        let generation = self.loaded.maps.read_config()?.generation;
+        let read_tables = self.ban_watch.due(clock::boot_ns(), generation);
+        if read_tables {
+            let sweep = self.loaded.maps.sweep()?;
+            let generation = self.loaded.maps.read_config()?.generation;
+            self.ban_watch.read(generation, sweep.next_expiry_ns);
+        }
         // Reading every rate-state slot is a syscall each: the prefixes' aggregate budgets are
         // checked every few seconds, not every second.
         if self.last_aggregate_check.elapsed() >= AGGREGATE_INTERVAL {
@@ -567,7 +564,7 @@ impl Agent {
             }
         }
         trust::upkeep(&mut self.loaded, &self.config)?;
-        self.save_state_if_changed(false)?;
+        self.save_state(false, read_tables)?;
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
             self.last_calibration = Instant::now();
             let (ns_per_jiffy, offset) = self.loaded.calibrate_clock()?;
@@ -582,9 +579,21 @@ impl Agent {
     /// Writes the state file when the active bans or the CLI's list entries changed (or when
     /// `force`).
     fn save_state_if_changed(&mut self, force: bool) -> anyhow::Result<()> {
+        self.save_state(force, true)
+    }
+
+    /// [`Agent::save_state_if_changed`]; `read_tables` false: the bans and list entries are
+    /// those last saved (nothing changed them, see `ban_watch`), only trust is read.
+    fn save_state(&mut self, force: bool, read_tables: bool) -> anyhow::Result<()> {
         let maps = &self.loaded.maps;
-        let bans = state_file::snapshot(maps)?;
-        let lists = state_file::snapshot_lists(maps, &self.state.managed_allow, &self.state.managed_deny)?;
+        let (bans, lists) = if read_tables || force {
+            (
+                state_file::snapshot(maps)?,
+                state_file::snapshot_lists(maps, &self.state.managed_allow, &self.state.managed_deny)?,
+            )
+        } else {
+            self.saved.clone()
+        };
         // Ends are re-derived from two clocks each time and wobble by a millisecond or two;
         // compare at whole seconds so an unchanged set is not rewritten every second.
         let seconds = |b: &[state_file::SavedBan], l: &[state_file::SavedListEntry]| {

@@ -16,6 +16,7 @@ use sipfilter_common::{
 };
 use sipfilter_tests::{
     bench::{self, args, pin_to_cpu, Args},
+    chart::{small_multiples, Panel, Series},
     harness::TestFilter,
     packet::{sip_answer, sip_request, sip_request_from, PacketBuilder as P},
 };
@@ -69,7 +70,8 @@ fn main() -> anyhow::Result<()> {
         out: PathBuf::from("target/bench/scale.json"),
     })?;
     pin_to_cpu(0);
-    let config = bench::config();
+    // The product's defaults: requests from unknown sources are read (their User-Agent).
+    let (config, settings) = bench::with_request_rules(500)?;
 
     let template = P::udp4(
         source(0, 1),
@@ -102,6 +104,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let mut f = TestFilter::with_config(&config)?;
+    f.loaded.request_rules.write(&settings)?;
     f.loaded.load_floor()?;
     let floor = {
         let prog: &aya::programs::Xdp = f.loaded.ebpf.program(FLOOR_PROGRAM).context("floor")?.try_into()?;
@@ -137,6 +140,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut bans = Vec::new();
     let mut f = TestFilter::with_config(&config)?;
+    f.loaded.request_rules.write(&settings)?;
     for count in [0u32, 100_000] {
         for i in 0..count {
             let a = Ipv4Addr::from(0xc0a8_0000u32.wrapping_add(i)); // elsewhere than the sources
@@ -145,6 +149,51 @@ fn main() -> anyhow::Result<()> {
         bans.push(Point {
             x: count as u64,
             ns: xdp_ns(&mut f, 65_536, args.calls)?,
+        });
+    }
+
+    // Requests: a REGISTER from 1,000 unknown sources with more and more header lines before
+    // its User-Agent (the scan's length; 8 lines a round).
+    let mut lines = Vec::new();
+    for before in [4usize, 8, 16, 24, 31] {
+        let pad: String = (0..before.saturating_sub(4))
+            .map(|i| format!("X-Pad-{i}: {}\r\n", "p".repeat(16)))
+            .collect();
+        let payload = format!(
+            "REGISTER sip:pbx.example SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-77\r\n\
+             From: <sip:200@pbx.example>;tag=1\r\n\
+             To: <sip:200@pbx.example>\r\n\
+             Call-ID: 77@10.0.0.1\r\n\
+             {pad}User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let mut frame = P::udp4(
+            source(0, 1),
+            Ipv4Addr::new(192, 0, 2, 1),
+            5060,
+            5060,
+            payload.as_bytes(),
+        )
+        .build()
+        .bytes;
+        f.maps().clear_rate_state()?;
+        let prog = f.loaded.program()?;
+        let ns = mean_ns(
+            |i| {
+                frame[SRC_AT..SRC_AT + 4].copy_from_slice(&source(i, 1_000).octets());
+                prog.test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    repeat: 1,
+                    ..Default::default()
+                })
+                .map(|r| r.duration)
+            },
+            args.calls / 4,
+        )?;
+        lines.push(Point {
+            x: before as u64 + 1,
+            ns,
         });
     }
 
@@ -209,6 +258,12 @@ fn main() -> anyhow::Result<()> {
         ("denylist", "denylist entries (65,536 sources)", &lists, floor),
         ("bans", "bans in the table (65,536 sources)", &bans, floor),
         (
+            "user_agent_line",
+            "REGISTER from an unknown source: the User-Agent's header line (1,000 sources)",
+            &lines,
+            floor,
+        ),
+        (
             "answer_bytes",
             "egress: 401 payload bytes (1, 2, 4, 8 Vias)",
             &scan,
@@ -235,5 +290,27 @@ fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&serde_json::Value::Object(json))? + "\n",
     )?;
     println!("\nwrote {}", args.out.display());
+    let panel = |title: &str, unit: &str, log_x: bool, points: &[Point], base: f64| Panel {
+        title: title.into(),
+        unit: unit.into(),
+        log_x,
+        series: vec![Series {
+            label: "added ns per packet".into(),
+            points: points.iter().map(|p| (p.x as f64, p.ns - base)).collect(),
+        }],
+    };
+    let png = args.out.with_extension("png");
+    small_multiples(
+        &png,
+        "sipfilter: added ns per packet as the attack grows (cargo xtask bench --scale)",
+        &[
+            panel("active sources", "x: sources, log", true, &sources, floor),
+            panel("denylist entries", "x: entries", false, &lists, floor),
+            panel("bans in the table", "x: bans", false, &bans, floor),
+            panel("User-Agent's header line", "x: line", false, &lines, floor),
+            panel("egress 401 size", "x: payload bytes", false, &scan, tc_floor),
+        ],
+    )?;
+    println!("wrote {}", png.display());
     Ok(())
 }

@@ -21,12 +21,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use anyhow::{bail, Context as _};
 use aya::programs::{TestRun as _, TestRunOptions};
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
-use sipfilter_common::{
-    config::{FLAG_CALLS, FLAG_SCANNER_USER_AGENTS},
-    counters::ban_reason,
-    maps::PERMANENT,
-    KnownSource,
-};
+use sipfilter_common::{counters::ban_reason, maps::PERMANENT, KnownSource};
 use sipfilter_tests::{
     bench::{self, args, median, pin_to_cpu, Args},
     harness::{TestFilter, XDP_DROP, XDP_PASS},
@@ -82,19 +77,7 @@ fn main() -> anyhow::Result<()> {
     // Buckets big enough that a measurement of `repeat` packets never empties one; the
     // request rules of the default configuration (scanner User-Agents, the shipped high-risk
     // destinations) and enough more destination rules for 500.
-    let mut settings = sipfilter::config::Config::default();
-    let shipped = settings.calls.rules.len();
-    for i in 0..500usize.saturating_sub(shipped) {
-        settings.calls.rules.push(sipfilter::config::DestinationPrefix {
-            digits: sipfilter_common::dialed::Digits::parse(&format!("{}", 5_500_000 + i * 13)).context("prefix")?,
-            deny: true,
-            origin: "bench".into(),
-        });
-    }
-    let mut config = bench::config();
-    let defaults = settings.kernel_config();
-    config.flags |= defaults.flags & (FLAG_SCANNER_USER_AGENTS | FLAG_CALLS);
-    config.calls = defaults.calls;
+    let (config, settings) = bench::with_request_rules(500)?;
     let mut filter = TestFilter::with_config(&config)?;
     filter.loaded.request_rules.write(&settings)?;
     if filter.loaded.request_rules.destinations().len() < 500 {

@@ -10,4 +10,5 @@ pub mod kamailio;
 pub mod netns;
 pub mod packet;
 pub mod peer;
+pub mod prometheus;
 pub mod sipp;

@@ -138,7 +138,8 @@ impl ScannerUserAgents {
         let value = b.forget(value);
         // Laundered (see `Bytes::forget`): every way out of the line search gives the end a
         // different range.
-        let end = b.forget(line_end(b, value).min(SCAN_LIMIT - 1));
+        let end = line_end(b, value);
+        let end = b.forget(end.min(SCAN_LIMIT - 1));
         put(&mut scratch.count, 0);
         for k in 0..WINDOW {
             let at = value + k;
@@ -208,7 +209,9 @@ impl ScannerUserAgents {
     }
 }
 
-/// The end of the line (its '\r' or '\n') that starts at `value`, or where reading stops.
+/// The end of the header value that starts at `value` (the '\r' or '\n' of its line, or of
+/// its continuation line when it is folded: the next line starts with a space or a tab), or
+/// where reading stops.
 #[inline(always)]
 fn line_end<B: Bytes + ?Sized>(b: &B, value: usize) -> usize {
     let mut p = value;
@@ -219,7 +222,15 @@ fn line_end<B: Bytes + ?Sized>(b: &B, value: usize) -> usize {
         let hit = has(w, b'\r') | has(w, b'\n') | has(w, 0);
         if hit != 0 {
             let lowest = hit & hit.wrapping_neg();
-            return p + ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize;
+            let at = p + ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize;
+            // "\r\n" then a space or tab: the value goes on.
+            match b.word(b.forget(at)) {
+                Some(w) if w as u8 == b'\r' && matches!((w >> 16) as u8, b' ' | b'\t') => {
+                    p = at + 3;
+                    continue;
+                }
+                _ => return at,
+            }
         }
         p += 8;
     }
@@ -296,6 +307,8 @@ mod tests {
         assert_eq!(m("friendly-scanne"), None);
         let lower = b"OPTIONS sip:h SIP/2.0\r\nuser-agent   :\tsipsak 0.9.6\r\n\r\n";
         assert_eq!(matched(&r, lower), Some(9));
+        let folded = b"OPTIONS sip:h SIP/2.0\r\nUser-Agent:\r\n   friendly-scanner\r\nTo: x\r\n\r\n";
+        assert_eq!(matched(&r, folded), Some(0));
     }
 
     #[test]

@@ -795,6 +795,10 @@ fn request_table() -> Vec<RequestRow> {
         "lower-case header name, tab before the value",
         b"OPTIONS sip:100@pbx.example SIP/2.0\r\nv: SIP/2.0/UDP x\r\nuser-agent:\tsipsak 0.9.6\r\n\r\n".to_vec(),
     ));
+    rows.push(scanner(
+        "a folded User-Agent",
+        b"OPTIONS sip:100@pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP x\r\nUser-Agent:\r\n  friendly-scanner\r\nTo: <sip:100@pbx.example>\r\n\r\n".to_vec(),
+    ));
     let too_many: String = (0..40).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
     rows.push(RequestRow {
         uninspected: true,

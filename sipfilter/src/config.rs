@@ -29,6 +29,8 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/sipfilter/state.json";
 /// Where a packaged install keeps its configuration.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/sipfilter/sipfilter.toml";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9460";
+/// The interface name the packaged configuration ships with: refused until edited.
+pub const PLACEHOLDER_INTERFACE: &str = "CHANGE-ME";
 
 /// A configuration error that points at its place: `FILE:LINE: FIELD: what is wrong`.
 #[derive(Debug)]
@@ -487,6 +489,13 @@ impl Config {
             if let Some(ifaces) = agent.interfaces {
                 for i in ifaces {
                     let name = i.get_ref();
+                    if name == PLACEHOLDER_INTERFACE {
+                        return Err(err(
+                            Some(i.span()),
+                            Some("agent.interfaces"),
+                            "the packaged placeholder: set your PBX-facing interface (e.g. [\"eth0\"])".into(),
+                        ));
+                    }
                     if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
                         return Err(err(
                             Some(i.span()),
@@ -948,6 +957,10 @@ metrics_listen = "off"
             (
                 "[calls]\noutside_line = \"nine\"\n",
                 "/etc/sipfilter.toml:2: calls.outside_line: 'nine' is not 1 to 8 digits",
+            ),
+            (
+                "[agent]\ninterfaces = [\"CHANGE-ME\"]\n",
+                "/etc/sipfilter.toml:2: agent.interfaces: the packaged placeholder",
             ),
             (
                 "[calls]\ncalls_to_one_number = 40\n",

@@ -47,6 +47,32 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (sipfilter.8, and sipfilter-COMMAND.8 for each command) into DIR
+    /// (the package is built with them).
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// sipfilter(8), and a page per command: `man sipfilter-ban`.
+fn manpages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command().version(env!("CARGO_PKG_VERSION"));
+    let write = |name: &str, c: clap::Command| -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).section("8").render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.8")), out)?;
+        Ok(())
+    };
+    write("sipfilter", cmd.clone())?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // clap wants a 'static name here; this command runs once and exits.
+        let name: &'static str = Box::leak(format!("sipfilter-{}", sub.get_name()).into_boxed_str());
+        write(name, sub.clone().name(name).version(env!("CARGO_PKG_VERSION")))?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -61,6 +87,7 @@ fn main() -> ExitCode {
         },
         Command::Fraud { cmd } => cli::fraud::run(cmd),
         Command::Manage(cmd) => cli::execute(&cli.pin_dir, cmd),
+        Command::Manpages { dir } => manpages(&dir),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sipfilter", &mut std::io::stdout());
             Ok(())

@@ -11,6 +11,7 @@ mod demo;
 #[allow(dead_code)]
 #[path = "../../tests/src/netns.rs"]
 mod netns;
+mod package;
 mod setup;
 #[allow(dead_code)]
 #[path = "../../tests/src/sipp.rs"]
@@ -65,6 +66,8 @@ enum Task {
     },
     /// Remove network namespaces, bpffs mounts and attachments left by an interrupted test run.
     Cleanup,
+    /// Set up, then build the Debian package (target/debian/sipfilter_*.deb) and run lintian.
+    Package,
     /// Set up, build the agent, then run a lab in network namespaces: a robot probes, sweeps
     /// extensions, brute-forces a password and floods a SIPp PBX while a SIPp phone keeps
     /// registering, with `sipfilter run` watching the PBX (needs root).
@@ -116,6 +119,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
             demo::run(compare, flood_secs)
+        }
+        Task::Package => {
+            setup::run()?;
+            package::run().map(|_| ())
         }
         Task::Cleanup => {
             cleanup::run();

@@ -18,7 +18,7 @@ pub const LLVM_MAJOR: u32 = 22;
 /// prometheus (promtool) for the agent's end-to-end tests and the demo; kamailio as the
 /// real registrar the answer-reading tests judge sources against; nftables and iptables, the
 /// peers `cargo xtask bench --peers` measures sipfilter against; DejaVu fonts for the text
-/// of the PNG charts (the scale benchmark's, the dashboard test's).
+/// of the PNG charts (the scale benchmark's, the dashboard test's); lintian for the package.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "fonts-dejavu-core",
+    "lintian",
 ];
 
 /// PyPI packages (name, module): SIPVicious (svmap, svwar, svcrack), the scanner the tests
@@ -43,6 +44,7 @@ pub fn run() -> anyhow::Result<()> {
     pip_packages()?;
     ebpf_toolchain()?;
     bpf_linker()?;
+    cargo_deb()?;
     check_llvm_majors()?;
     mount_bpffs()?;
     Ok(())
@@ -155,6 +157,19 @@ fn bpf_linker() -> anyhow::Result<()> {
             // Without it the build script finds Debian's default llvm-config (LLVM 14).
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")),
     )
+}
+
+/// cargo-deb, which `cargo xtask package` builds the .deb with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+fn cargo_deb() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo-deb").arg("--version"));
+    if version.is_some_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        return Ok(());
+    }
+    say(&format!("installing cargo-deb {CARGO_DEB_VERSION}"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(cargo).args(["install", "--locked", &format!("cargo-deb@{CARGO_DEB_VERSION}")]))
 }
 
 /// The nightly's LLVM and bpf-linker's libLLVM must be the same major version.

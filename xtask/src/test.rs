@@ -13,6 +13,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     // The CLI and agent tests drive the real binary, which `cargo test` does not build for
     // another package's tests.
     setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
+    // The package test installs the .deb: build it (and run lintian) first.
+    crate::package::run()?;
     // All test binaries run even when one fails, so one failure does not hide others.
     let mut args: Vec<&str> = vec!["test", "--workspace", "--no-fail-fast"];
     if !extra.is_empty() {

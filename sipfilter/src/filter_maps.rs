@@ -41,6 +41,8 @@ impl ListKind {
 /// (`u64::MAX`: none does).
 pub struct Sweep {
     pub bans: usize,
+    /// The sources whose bans were removed.
+    pub lifted: Vec<SourceKey>,
     pub entries: usize,
     pub next_expiry_ns: u64,
 }
@@ -281,6 +283,7 @@ impl FilterMaps {
         let now = clock::boot_ns();
         let mut next_expiry_ns = u64::MAX;
         let mut bans = 0;
+        let mut lifted = Vec::new();
         for (key, b) in self.bans()? {
             if b.expires_ns > now {
                 if b.expires_ns != PERMANENT {
@@ -290,6 +293,7 @@ impl FilterMaps {
             }
             if self.ban_table.get(&key, 0).is_ok_and(|b| b.expires_ns <= now) && self.ban_table.remove(&key).is_ok() {
                 bans += 1;
+                lifted.push(key);
             }
         }
         let mut entries = 0;
@@ -312,6 +316,7 @@ impl FilterMaps {
         }
         Ok(Sweep {
             bans,
+            lifted,
             entries,
             next_expiry_ns,
         })

@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod event_log;
 pub mod events;
 pub mod filter_maps;
 pub mod fraud_file;

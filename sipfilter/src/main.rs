@@ -34,6 +34,9 @@ pub enum Command {
     /// Validate a configuration file (and the list files it names) without loading anything.
     #[command(after_help = cli::check::EXAMPLES)]
     Check(cli::check::CheckArgs),
+    /// The audit trail: bans, lifts, cracked extensions and blocked calls, with their times.
+    #[command(after_help = cli::events::EXAMPLES)]
+    Events(cli::events::EventsArgs),
     /// Calls blocked by the destination and call-burst rules.
     #[command(after_help = cli::fraud::EXAMPLES)]
     Fraud {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(2),
             Err(e) => Err(e),
         },
+        Command::Events(args) => cli::events::run(args),
         Command::Fraud { cmd } => cli::fraud::run(cmd),
         Command::Manage(cmd) => cli::execute(&cli.pin_dir, cmd),
         Command::Manpages { dir } => manpages(&dir),

@@ -1266,3 +1266,54 @@ fn the_agent_notifies_systemd_when_ready_reloading_and_stopping() -> anyhow::Res
     agent.wait(Duration::from_secs(10))?;
     Ok(())
 }
+
+/// `sipfilter events --json` for this lab's agent.
+fn trail(lab: &Lab) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = lab.cli(&["events", "--json", "--state-file", &lab.state_file()])?;
+    out.lines()
+        .map(|l| serde_json::from_str(l).context("an events line is JSON"))
+        .collect()
+}
+
+fn has_event(events: &[serde_json::Value], event: &str, source: &str, detail: &str) -> bool {
+    events.iter().any(|e| {
+        e["event"] == event && e["source"] == source && e["detail"].as_str().is_some_and(|d| d.contains(detail))
+    })
+}
+
+#[test]
+fn the_audit_trail_records_bans_and_lifts_with_their_times_across_restarts() -> anyhow::Result<()> {
+    let lab = Lab::with_net("events", "10.212.0")?;
+    let attacker_ip = lab.v4(2);
+    let attacker = lab.sender(&attacker_ip)?;
+    let agent = lab.agent("agent1", &[])?;
+    send_to(&attacker, &lab.v4(1), "REGISTER", 300)?;
+    eventually("the flood's ban in the trail", || {
+        Ok(has_event(&trail(&lab)?, "ban", &attacker_ip, "reason=rate_register"))
+    })?;
+    // An operator lifts it; another ban runs out.
+    lab.cli(&["ban", "del", &attacker_ip])?;
+    let short = lab.v4(9);
+    lab.cli(&["ban", "add", &short, "--for", "2s"])?;
+    eventually("the operator's lift", || {
+        Ok(has_event(&trail(&lab)?, "lift", &attacker_ip, "reason=removed"))
+    })?;
+    eventually("the expiry", || {
+        Ok(has_event(&trail(&lab)?, "lift", &short, "reason=expired"))
+    })?;
+    agent.stop()?;
+    let before = trail(&lab)?;
+    let _agent = lab.agent("agent2", &[])?;
+    let after = trail(&lab)?;
+    assert!(after.len() >= before.len(), "the trail outlives a restart");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    for e in &after {
+        let t = e["time"].as_u64().context("time")?;
+        assert!(t <= now && now - t < 600, "wall-clock times: {e}");
+    }
+    let table = lab.cli(&["events", "--state-file", &lab.state_file()])?;
+    assert!(table.contains("ban") && table.contains(&attacker_ip), "{table}");
+    Ok(())
+}

@@ -24,6 +24,7 @@ use sipfilter::{
     addr::display_source,
     clock,
     config::{AttachMode, Config},
+    event_log::{self, Event},
     events,
     filter_maps::ListKind,
     fraud_file::{self, BlockedCall},
@@ -188,7 +189,25 @@ struct Agent {
     last_calibration: Instant,
     /// When the ban table and lists must be read again.
     ban_watch: ban_watch::BanWatch,
+    /// Audit-trail entries waiting to be written (once a second, not one write per ban).
+    pending_events: Vec<Event>,
     _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// An audit-trail entry from one of the agent's log lines (`ban source=X reason=…`): the
+/// source, and the rest as the detail.
+fn trail_entry(kind: &str, line: &str) -> Event {
+    let mut source = String::new();
+    let mut detail = Vec::new();
+    for word in line.split(' ').skip(1) {
+        match word.strip_prefix("source=") {
+            Some(s) if source.is_empty() => source = s.to_string(),
+            _ => detail.push(word),
+        }
+    }
+    // "blocked call source=…": the first word after "blocked" is "call".
+    let detail: Vec<&str> = detail.into_iter().filter(|w| *w != "call").collect();
+    Event::now(kind, source, detail.join(" "))
 }
 
 /// Metrics requests served at once; more are closed at once.
@@ -347,6 +366,7 @@ impl Agent {
             last_aggregate_check: Instant::now(),
             last_calibration: Instant::now(),
             ban_watch: Default::default(),
+            pending_events: Vec::new(),
             _stats: stats,
         };
         agent.save_state_if_changed(true)?;
@@ -430,9 +450,16 @@ impl Agent {
 
     fn on_ban_event(&mut self, e: &sipfilter_common::BanEvent) {
         self.ban_watch.ban_event();
-        log(ban_log::ban_line(e, self.config.ipv6_prefix));
+        let line = ban_log::ban_line(e, self.config.ipv6_prefix);
+        log(&line);
+        self.pending_events.push(trail_entry("ban", &line));
         if let Some(alert) = ban_log::cracked_line(e) {
-            log(alert);
+            log(&alert);
+            self.pending_events.push(Event::now(
+                "cracked",
+                display_source(&e.source, 128),
+                alert.trim_start_matches("CRACKED ").to_string(),
+            ));
         }
         self.metrics.ban_event(e.reason);
         if e.monitor == 0 {
@@ -450,12 +477,26 @@ impl Agent {
     fn on_blocked_calls(&mut self, events: &[sipfilter_common::calls::CallEvent]) {
         let calls: Vec<BlockedCall> = events.iter().map(BlockedCall::from_event).collect();
         for c in &calls {
-            log(c.log_line());
+            let line = c.log_line();
+            log(&line);
+            self.pending_events.push(trail_entry("blocked_call", &line));
         }
         let path = fraud_file::path_for(&self.config.state_file);
         if let Err(e) = fraud_file::append(&path, &calls) {
             log(format!("warning: cannot record blocked calls: {e:#}"));
         }
+    }
+
+    /// Writes the waiting audit-trail entries (`sipfilter events`).
+    fn flush_events(&mut self) {
+        if self.pending_events.is_empty() {
+            return;
+        }
+        let path = event_log::path_for(&self.config.state_file);
+        if let Err(e) = event_log::append(&path, &self.pending_events) {
+            log(format!("warning: cannot write the audit trail: {e:#}"));
+        }
+        self.pending_events.clear();
     }
 
     fn prefix_policy(&self) -> prefix_evidence::Policy {
@@ -483,10 +524,12 @@ impl Agent {
             u32::from(sipfilter_common::counters::ban_reason::PREFIX),
         ) {
             Ok(_) => {
-                log(format!(
+                let line = format!(
                     "ban source={prefix} reason=prefix duration={}s ({why})",
                     self.config.ban_duration.as_secs()
-                ));
+                );
+                log(&line);
+                self.pending_events.push(trail_entry("ban", &line));
                 self.metrics.ban_event(sipfilter_common::counters::ban_reason::PREFIX);
             }
             Err(e) => log(format!("warning: cannot ban {prefix}: {e:#}")),
@@ -543,6 +586,10 @@ impl Agent {
         let read_tables = self.ban_watch.due(clock::boot_ns(), generation);
         if read_tables {
             let sweep = self.loaded.maps.sweep()?;
+            for key in &sweep.lifted {
+                self.pending_events
+                    .push(Event::now("lift", display_source(key, 128), "reason=expired"));
+            }
             let generation = self.loaded.maps.read_config()?.generation;
             self.ban_watch.read(generation, sweep.next_expiry_ns);
         }
@@ -565,6 +612,7 @@ impl Agent {
         }
         trust::upkeep(&mut self.loaded, &self.config)?;
         self.save_state(false, read_tables)?;
+        self.flush_events();
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
             self.last_calibration = Instant::now();
             let (ns_per_jiffy, offset) = self.loaded.calibrate_clock()?;
@@ -618,6 +666,20 @@ impl Agent {
             && trust_seconds(&known, &cracked) == trust_seconds(&self.saved_trust.0, &self.saved_trust.1)
         {
             return Ok(());
+        }
+        if read_tables || force {
+            // Bans gone from the table before their end: lifted by an operator (`ban del`,
+            // an allowlist entry covering them), not by expiry (the sweep reports those).
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let current: std::collections::HashSet<_> = bans.iter().map(|b| b.source).collect();
+            for gone in self.saved.0.iter().filter(|b| !current.contains(&b.source)) {
+                if gone.expires_unix_ms.is_none_or(|end| end > now_ms + 1000) {
+                    self.pending_events
+                        .push(Event::now("lift", gone.source.to_string(), "reason=removed"));
+                }
+            }
         }
         self.state.bans = bans.clone();
         self.state.lists = lists.clone();
@@ -696,6 +758,7 @@ impl Agent {
 
     fn stop(mut self) -> anyhow::Result<()> {
         notify::notify("STOPPING=1");
+        self.flush_events();
         self.save_state_if_changed(true)?;
         if self.args.detach_on_exit {
             for iface in &self.attached {

@@ -1,12 +1,7 @@
 //! `sipfilter fraud list`: the calls the destination and call-burst rules blocked lately
 //! (time, source, extension, number), from the agent's record beside its state file.
 
-use std::path::PathBuf;
-
-use sipfilter::{
-    config::{Config, DEFAULT_CONFIG_FILE, DEFAULT_STATE_FILE},
-    fraud_file,
-};
+use sipfilter::fraud_file;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -23,14 +18,8 @@ pub enum FraudCommand {
 
 #[derive(clap::Args)]
 pub struct ListArgs {
-    /// The agent's configuration (its `agent.state_file` says where the record is); without
-    /// it, the default state folder (/var/lib/sipfilter).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The agent's state file (as given to `sipfilter run --state-file`); the record is
-    /// beside it. Overrides --config.
-    #[arg(long, value_name = "FILE")]
-    state_file: Option<PathBuf>,
+    #[command(flatten)]
+    state: super::state_folder::StateArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -38,17 +27,7 @@ pub struct ListArgs {
 
 pub fn run(cmd: FraudCommand) -> anyhow::Result<()> {
     let FraudCommand::List(args) = cmd;
-    let state_file = match (&args.state_file, &args.config) {
-        (Some(file), _) => file.clone(),
-        (None, Some(path)) => Config::load(path)?.state_file,
-        (None, None) => {
-            let default = PathBuf::from(DEFAULT_CONFIG_FILE);
-            match default.exists() {
-                true => Config::load(&default)?.state_file,
-                false => PathBuf::from(DEFAULT_STATE_FILE),
-            }
-        }
-    };
+    let state_file = args.state.state_file()?;
     let path = fraud_file::path_for(&state_file);
     let (calls, bad) = fraud_file::read(&path)?;
     if args.json {

@@ -6,10 +6,12 @@
 
 mod ban;
 pub mod check;
+pub mod events;
 pub mod fraud;
 mod import;
 mod lists;
 mod output;
+mod state_folder;
 mod stats;
 mod status;
 mod top;

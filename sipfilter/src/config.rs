@@ -98,12 +98,16 @@ pub struct Config {
     pub ipv6_prefix: u8,
     pub monitor: bool,
     pub allow: Vec<Cidr>,
+    /// Allowlist entries given as DNS names (resolved by the agent, at their TTL).
+    pub allow_names: Vec<String>,
     pub deny: Vec<Cidr>,
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
     pub egress: EgressAttach,
     pub state_file: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// The resolver for allowlist names (`[agent] dns_server`); None: /etc/resolv.conf's.
+    pub dns_server: Option<SocketAddr>,
     pub trust: TrustSettings,
     /// `[scanners] user_agents`: the User-Agent tokens that name an attack tool.
     pub scanner_user_agents: Vec<String>,
@@ -257,12 +261,14 @@ impl Default for Config {
             ipv6_prefix: defaults::IPV6_PREFIX_LEN,
             monitor: false,
             allow: Vec::new(),
+            allow_names: Vec::new(),
             deny: Vec::new(),
             interfaces: Vec::new(),
             mode: AttachMode::Auto,
             egress: EgressAttach::Auto,
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+            dns_server: None,
             trust: TrustSettings::default(),
             scanner_user_agents: DEFAULT_TOKENS.iter().map(|t| t.to_string()).collect(),
             calls: CallSettings::default(),
@@ -443,11 +449,15 @@ impl Config {
                 ("deny", lists.deny, lists.deny_files, &mut c.deny),
             ] {
                 for entry in inline.unwrap_or_default() {
-                    let cidr = entry
-                        .get_ref()
-                        .parse::<Cidr>()
-                        .map_err(|e| err(Some(entry.span()), Some(&format!("lists.{kind}")), e.0))?;
-                    out.push(cidr);
+                    let text = entry.get_ref();
+                    match text.parse::<Cidr>() {
+                        Ok(cidr) => out.push(cidr),
+                        // A trunk's host or a home office's dynamic-DNS name: the agent resolves it.
+                        Err(_) if kind == "allow" && crate::dns::is_host_name(text) => {
+                            c.allow_names.push(text.trim_end_matches('.').to_ascii_lowercase())
+                        }
+                        Err(e) => return Err(err(Some(entry.span()), Some(&format!("lists.{kind}")), e.0)),
+                    }
                 }
                 for file in files.unwrap_or_default() {
                     let list_path = base.join(file.get_ref());
@@ -520,6 +530,20 @@ impl Config {
             }
             if let Some(s) = agent.state_file {
                 c.state_file = PathBuf::from(s.into_inner());
+            }
+            if let Some(d) = agent.dns_server {
+                let text = d.get_ref().trim();
+                let addr = text
+                    .parse::<SocketAddr>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        err(
+                            Some(d.span()),
+                            Some("agent.dns_server"),
+                            format!("'{text}' is not an address or address:port"),
+                        )
+                    })?;
+                c.dns_server = Some(addr);
             }
             if let Some(m) = agent.metrics_listen {
                 let text = m.get_ref().trim();
@@ -819,6 +843,7 @@ struct RawAgent {
     egress: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    dns_server: Option<Spanned<String>>,
 }
 
 #[cfg(test)]

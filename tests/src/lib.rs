@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod bench;
 pub mod chart;
+pub mod crowdsec;
+pub mod dns;
 pub mod harness;
 pub mod kamailio;
 pub mod netns;

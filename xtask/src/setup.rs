@@ -1,7 +1,10 @@
 //! `cargo xtask setup`: everything a fresh Debian 12 root machine needs, installed only
 //! where missing.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Context as _};
 
@@ -18,7 +21,9 @@ pub const LLVM_MAJOR: u32 = 22;
 /// prometheus (promtool) for the agent's end-to-end tests and the demo; kamailio as the
 /// real registrar the answer-reading tests judge sources against; nftables and iptables, the
 /// peers `cargo xtask bench --peers` measures sipfilter against; DejaVu fonts for the text
-/// of the PNG charts (the scale benchmark's, the dashboard test's); lintian for the package.
+/// of the PNG charts (the scale benchmark's, the dashboard test's); lintian for the package;
+/// crowdsec (1.4.6: the Local API and cscli) as the real CrowdSec the bouncer and alert tests
+/// talk to (they run a Local API of their own: tests/src/crowdsec.rs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -33,13 +38,21 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "fonts-dejavu-core",
     "lintian",
+    "crowdsec",
 ];
+
+/// Debian's crowdsec registers with CrowdSec's Central API when installed (its postinst runs
+/// `cscli capi register` when this file is missing or empty), which must not happen here:
+/// the tests are offline, and offline the registration would fail and leave the package
+/// half-configured. A file holding only a comment stops it (the postinst's own rule).
+const CROWDSEC_CAPI_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
 
 /// PyPI packages (name, module): SIPVicious (svmap, svwar, svcrack), the scanner the tests
 /// replay. The tests run its modules with the same `python3`, wherever pip put the scripts.
 const PIP_PACKAGES: &[(&str, &str)] = &[("sipvicious", "sipvicious.svwar")];
 
 pub fn run() -> anyhow::Result<()> {
+    crowdsec_offline()?;
     apt_packages()?;
     pip_packages()?;
     ebpf_toolchain()?;
@@ -103,6 +116,26 @@ fn apt_packages() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .context("apt-get install failed (are you root?)")
+}
+
+/// Before apt installs crowdsec: [`CROWDSEC_CAPI_CREDENTIALS`] with a comment, unless it
+/// already holds something (an earlier run's comment, or an admin's real credentials).
+fn crowdsec_offline() -> anyhow::Result<()> {
+    let path = Path::new(CROWDSEC_CAPI_CREDENTIALS);
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    say(&format!(
+        "writing {CROWDSEC_CAPI_CREDENTIALS} (no Central API registration)"
+    ));
+    let dir = path.parent().context("no parent folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (are you root?)", dir.display()))?;
+    std::fs::write(
+        path,
+        "# No Central API: written by `cargo xtask setup` so that installing crowdsec does not\n\
+         # register online. sipfilter's tests run a Local API of their own (tests/src/crowdsec.rs).\n",
+    )
+    .with_context(|| format!("cannot write {CROWDSEC_CAPI_CREDENTIALS} (are you root?)"))
 }
 
 fn pip_packages() -> anyhow::Result<()> {

@@ -30,6 +30,8 @@ pub struct Metrics {
     calls_checked: IntCounter,
     calls_blocked: IntCounterVec,
     requests_uninspected: IntCounter,
+    allow_name_failures: IntCounter,
+    allow_names_stale: IntGauge,
     known_sources: IntGauge,
     cracked_extensions: IntGauge,
     /// Kernel totals at the previous scrape: counters move by the difference.
@@ -145,6 +147,16 @@ impl Metrics {
         for v in 1..=3 {
             calls_blocked.with_label_values(&[sipfilter_common::calls::call_verdict::name(v)]);
         }
+        let allow_name_failures = IntCounter::new(
+            "sipfilter_allow_name_failures_total",
+            "Resolutions of allowlist names that failed (the last good addresses were kept).",
+        )?;
+        let allow_names_stale = IntGauge::new(
+            "sipfilter_allow_names_stale",
+            "Allowlist names served from their last good answer now (their resolution fails).",
+        )?;
+        registry.register(Box::new(allow_name_failures.clone()))?;
+        registry.register(Box::new(allow_names_stale.clone()))?;
         let known_sources = IntGauge::new("sipfilter_known_sources", "Sources known now (earned by registering).")?;
         let cracked_extensions = IntGauge::new(
             "sipfilter_cracked_extensions",
@@ -206,12 +218,20 @@ impl Metrics {
             calls_checked,
             calls_blocked,
             requests_uninspected,
+            allow_name_failures,
+            allow_names_stale,
             known_sources,
             cracked_extensions,
             last: Counters::default(),
             last_run_ns: 0,
             last_runs: 0,
         })
+    }
+
+    /// Allowlist names: new failed resolutions, and how many names are stale now.
+    pub fn allow_names(&self, new_failures: u64, stale: usize) {
+        self.allow_name_failures.inc_by(new_failures);
+        self.allow_names_stale.set(stale as i64);
     }
 
     /// The trust tables' sizes now.

@@ -2,6 +2,7 @@
 //! configuration, sweeps expired bans, keeps the state file, logs ban events and serves
 //! metrics; `sipfilter detach` removes the attachment it leaves behind.
 
+pub(crate) mod allow_names;
 mod answers_attach;
 mod attach;
 mod ban_log;
@@ -191,6 +192,8 @@ struct Agent {
     ban_watch: ban_watch::BanWatch,
     /// Audit-trail entries waiting to be written (once a second, not one write per ban).
     pending_events: Vec<Event>,
+    /// Allowlist entries given as DNS names.
+    allow_names: allow_names::AllowNames,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -352,6 +355,7 @@ impl Agent {
             attached.push(a.iface);
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        let config_state_file = config.state_file.clone();
         let mut agent = Agent {
             pin_dir: pin_dir.to_owned(),
             args,
@@ -367,8 +371,10 @@ impl Agent {
             last_calibration: Instant::now(),
             ban_watch: Default::default(),
             pending_events: Vec::new(),
+            allow_names: allow_names::AllowNames::load(&config_state_file),
             _stats: stats,
         };
+        agent.refresh_allow_names(true);
         agent.save_state_if_changed(true)?;
         Ok(agent)
     }
@@ -484,6 +490,26 @@ impl Agent {
         let path = fraud_file::path_for(&self.config.state_file);
         if let Err(e) = fraud_file::append(&path, &calls) {
             log(format!("warning: cannot record blocked calls: {e:#}"));
+        }
+    }
+
+    /// Resolves the allowlist's names that are due (all of them when `all`: at start and on
+    /// reload) and writes what they stand for now.
+    fn refresh_allow_names(&mut self, all: bool) {
+        if self.config.allow_names.is_empty() && !all {
+            return;
+        }
+        let before = self.allow_names.failures;
+        let lines = self.allow_names.refresh(&mut self.loaded.maps, &self.config, all);
+        for l in &lines {
+            log(l);
+        }
+        self.metrics
+            .allow_names(self.allow_names.failures - before, self.allow_names.stale());
+        if (!lines.is_empty() || all) && !(self.config.allow_names.is_empty() && lines.is_empty()) {
+            if let Err(e) = self.allow_names.save(&self.config.state_file) {
+                log(format!("warning: cannot write the allowlist names: {e:#}"));
+            }
         }
     }
 
@@ -611,6 +637,7 @@ impl Agent {
             }
         }
         trust::upkeep(&mut self.loaded, &self.config)?;
+        self.refresh_allow_names(false);
         self.save_state(false, read_tables)?;
         self.flush_events();
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
@@ -747,6 +774,8 @@ impl Agent {
             state_file: keep_state_file,
             ..new
         };
+        // Names are resolved again on every reload (and names dropped from the file removed).
+        self.refresh_allow_names(true);
         log(format!(
             "reloaded {}: thresholds and lists updated, bans and buckets kept",
             path.display()

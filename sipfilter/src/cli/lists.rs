@@ -60,6 +60,9 @@ pub enum ListCommand {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Where the agent's files are (for the names the allowlist's addresses come from).
+        #[command(flatten)]
+        state: super::state_folder::StateArgs,
     },
 }
 
@@ -89,7 +92,15 @@ pub fn run(maps: &mut FilterMaps, kind: ListKind, cmd: ListCommand) -> anyhow::R
             println!("removed {cidr} from the {}", list_name(kind));
             Ok(())
         }
-        ListCommand::List { json } => list(maps, kind, json),
+        ListCommand::List { json, state } => {
+            let names = match kind {
+                ListKind::Allow => {
+                    crate::agent::allow_names::read(&crate::agent::allow_names::path_for(&state.state_file()?))
+                }
+                ListKind::Deny => Vec::new(),
+            };
+            list(maps, kind, json, &names)
+        }
     }
 }
 
@@ -120,7 +131,21 @@ fn add(maps: &mut FilterMaps, kind: ListKind, cidr: &Cidr, duration: Option<Dura
     Ok(())
 }
 
-fn list(maps: &FilterMaps, kind: ListKind, json: bool) -> anyhow::Result<()> {
+/// The names (from `allow-names.json`) an allowlist entry stands for.
+fn names_of(c: &Cidr, names: &[crate::agent::allow_names::NameEntry]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| n.addresses.iter().any(|a| Cidr::host(*a).to_string() == c.to_string()))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+fn list(
+    maps: &FilterMaps,
+    kind: ListKind,
+    json: bool,
+    names: &[crate::agent::allow_names::NameEntry],
+) -> anyhow::Result<()> {
     let now = boot_ns();
     let entries: Vec<_> = maps
         .list(kind)?
@@ -136,6 +161,7 @@ fn list(maps: &FilterMaps, kind: ListKind, json: bool) -> anyhow::Result<()> {
                     "expires_ns": e.expires_ns,
                     "expires_in_secs": json_remaining(e.expires_ns, now),
                     "permanent": e.expires_ns == PERMANENT,
+                    "names": names_of(c, names),
                 })
             })
             .collect();
@@ -145,11 +171,22 @@ fn list(maps: &FilterMaps, kind: ListKind, json: bool) -> anyhow::Result<()> {
         println!("the {} is empty", list_name(kind));
         return Ok(());
     }
-    let mut t = Table::new(&[("CIDR", false), ("EXPIRES", false)]);
+    let mut t = Table::new(&[("CIDR", false), ("EXPIRES", false), ("NAME", false)]);
     for (c, e) in &entries {
-        t.row(vec![c.to_string(), human_expiry(e.expires_ns, now)]);
+        t.row(vec![
+            c.to_string(),
+            human_expiry(e.expires_ns, now),
+            names_of(c, names).join(", "),
+        ]);
     }
     print!("{}", t.render());
+    for n in names.iter().filter(|n| n.error.is_some()) {
+        println!(
+            "note: {} does not resolve now ({}); its last addresses stay allowlisted",
+            n.name,
+            n.error.as_deref().unwrap_or("")
+        );
+    }
     println!(
         "{} on the {}",
         count(entries.len(), "entry", "entries"),

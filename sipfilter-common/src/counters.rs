@@ -182,6 +182,8 @@ pub mod ban_reason {
     pub const MANUAL: u8 = 10;
     /// Restored from the agent's state file.
     pub const RESTORED: u8 = 11;
+    /// A CrowdSec decision pulled from the Local API (the fleet's; never pushed back).
+    pub const CROWDSEC: u8 = 12;
 
     pub fn name(reason: u8) -> &'static str {
         match reason {
@@ -197,6 +199,7 @@ pub mod ban_reason {
             CALL_BURST => "call_burst",
             MANUAL => "manual",
             RESTORED => "restored",
+            CROWDSEC => "crowdsec",
             _ => "unknown",
         }
     }

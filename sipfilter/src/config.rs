@@ -108,10 +108,32 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The resolver for allowlist names (`[agent] dns_server`); None: /etc/resolv.conf's.
     pub dns_server: Option<SocketAddr>,
+    /// `[crowdsec]`: the fleet's decisions pulled, our bans pushed (None: off).
+    pub crowdsec: Option<CrowdsecSettings>,
     pub trust: TrustSettings,
     /// `[scanners] user_agents`: the User-Agent tokens that name an attack tool.
     pub scanner_user_agents: Vec<String>,
     pub calls: CallSettings,
+}
+
+/// `[crowdsec]` (README, "Fleet").
+#[derive(Clone, PartialEq, Eq)]
+pub struct CrowdsecSettings {
+    pub lapi: crate::crowdsec::Lapi,
+    pub pull_interval: Duration,
+    /// Push our bans as alerts (needs the machine credentials).
+    pub push: bool,
+}
+
+impl std::fmt::Debug for CrowdsecSettings {
+    // The keys never reach a log line, even a debug one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrowdsecSettings")
+            .field("url", &format!("http://{}:{}", self.lapi.host, self.lapi.port))
+            .field("pull_interval", &self.pull_interval)
+            .field("push", &self.push)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[calls]`: destination rules and call bursts (README, "Destination rules", "Call bursts").
@@ -269,6 +291,7 @@ impl Default for Config {
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
             dns_server: None,
+            crowdsec: None,
             trust: TrustSettings::default(),
             scanner_user_agents: DEFAULT_TOKENS.iter().map(|t| t.to_string()).collect(),
             calls: CallSettings::default(),
@@ -495,6 +518,10 @@ impl Config {
             apply_calls(calls, &mut c.calls, path, &err)?;
         }
 
+        if let Some(cs) = raw.crowdsec {
+            c.crowdsec = Some(crowdsec_settings(cs, path, &err)?);
+        }
+
         if let Some(agent) = raw.agent {
             if let Some(ifaces) = agent.interfaces {
                 for i in ifaces {
@@ -632,6 +659,22 @@ struct RawConfig {
     trust: Option<RawTrust>,
     scanners: Option<RawScanners>,
     calls: Option<RawCalls>,
+    crowdsec: Option<RawCrowdsec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrowdsec {
+    url: Spanned<String>,
+    bouncer_key: Option<Spanned<String>>,
+    bouncer_key_file: Option<Spanned<String>>,
+    machine_id: Option<Spanned<String>>,
+    machine_password: Option<Spanned<String>>,
+    machine_password_file: Option<Spanned<String>>,
+    pull_interval: Option<Spanned<String>>,
+    scopes: Option<Vec<Spanned<String>>>,
+    origins: Option<Vec<Spanned<String>>>,
+    push: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -656,6 +699,122 @@ struct RawCalls {
     calls_to_one_number: Option<Spanned<i64>>,
     window: Option<Spanned<String>>,
     international_per_minute: Option<Spanned<i64>>,
+}
+
+/// A secret inline or from a root-only file (first line), never both.
+fn secret(
+    inline: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    field: &str,
+    path: &Path,
+    err: &ErrorAt<'_>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(v), None) => Ok(Some(v.into_inner())),
+        (None, Some(f)) => {
+            let p = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                err(
+                    Some(f.span()),
+                    Some(&format!("{field}_file")),
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            let meta = std::fs::metadata(&p).map_err(|e| err(Some(f.span()), None, e.to_string()))?;
+            if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+                return Err(err(
+                    Some(f.span()),
+                    Some(&format!("{field}_file")),
+                    format!("{} is readable by others than its owner: chmod 600 it", p.display()),
+                ));
+            }
+            Ok(Some(text.lines().next().unwrap_or("").trim().to_string()))
+        }
+        (Some(v), Some(_)) => Err(err(
+            Some(v.span()),
+            Some(field),
+            format!("give {field} or {field}_file, not both"),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn crowdsec_settings(raw: RawCrowdsec, path: &Path, err: &ErrorAt<'_>) -> Result<CrowdsecSettings, ConfigError> {
+    let (host, port) = crate::crowdsec::Lapi::parse_url(raw.url.get_ref())
+        .map_err(|m| err(Some(raw.url.span()), Some("crowdsec.url"), m))?;
+    let url_span = raw.url.span();
+    let bouncer_key = secret(raw.bouncer_key, raw.bouncer_key_file, "crowdsec.bouncer_key", path, err)?
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            err(
+                Some(url_span.clone()),
+                Some("crowdsec.bouncer_key"),
+                "the bouncer key is missing (cscli bouncers add NAME)".into(),
+            )
+        })?;
+    let password = secret(
+        raw.machine_password,
+        raw.machine_password_file,
+        "crowdsec.machine_password",
+        path,
+        err,
+    )?;
+    let machine = match (raw.machine_id, password) {
+        (Some(id), Some(pw)) => Some((id.into_inner(), pw)),
+        (None, None) => None,
+        (Some(id), None) => {
+            return Err(err(
+                Some(id.span()),
+                Some("crowdsec.machine_password"),
+                "a machine_id needs its password".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                Some(url_span),
+                Some("crowdsec.machine_id"),
+                "a password needs its machine_id".into(),
+            ))
+        }
+    };
+    let mut scopes = vec!["ip".to_string(), "range".to_string()];
+    if let Some(list) = raw.scopes {
+        scopes = Vec::new();
+        for s in list {
+            let v = s.get_ref().to_ascii_lowercase();
+            if v != "ip" && v != "range" {
+                return Err(err(
+                    Some(s.span()),
+                    Some("crowdsec.scopes"),
+                    format!("'{v}' is not \"ip\" or \"range\""),
+                ));
+            }
+            scopes.push(v);
+        }
+    }
+    let origins = raw
+        .origins
+        .unwrap_or_default()
+        .into_iter()
+        .map(Spanned::into_inner)
+        .collect();
+    let pull_interval = match raw.pull_interval {
+        Some(v) => parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), Some("crowdsec.pull_interval"), m))?,
+        None => Duration::from_secs(10),
+    };
+    let push = raw.push.unwrap_or(machine.is_some());
+    Ok(CrowdsecSettings {
+        lapi: crate::crowdsec::Lapi {
+            host,
+            port,
+            bouncer_key,
+            machine,
+            scopes,
+            origins,
+        },
+        pull_interval,
+        push,
+    })
 }
 
 /// `[calls]` onto the defaults.
@@ -984,6 +1143,22 @@ metrics_listen = "off"
                 "/etc/sipfilter.toml:2: calls.outside_line: 'nine' is not 1 to 8 digits",
             ),
             (
+                "[crowdsec]\nurl = \"https://lapi:8080\"\nbouncer_key = \"k\"\n",
+                "/etc/sipfilter.toml:2: crowdsec.url: 'https://lapi:8080' is not an http:// URL",
+            ),
+            (
+                "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\n",
+                "/etc/sipfilter.toml:2: crowdsec.bouncer_key: the bouncer key is missing",
+            ),
+            (
+                "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\nbouncer_key = \"k\"\nmachine_id = \"gw\"\n",
+                "/etc/sipfilter.toml:4: crowdsec.machine_password: a machine_id needs its password",
+            ),
+            (
+                "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\nbouncer_key = \"k\"\nscopes = [\"country\"]\n",
+                "/etc/sipfilter.toml:4: crowdsec.scopes: 'country' is not",
+            ),
+            (
                 "[agent]\ninterfaces = [\"CHANGE-ME\"]\n",
                 "/etc/sipfilter.toml:2: agent.interfaces: the packaged placeholder",
             ),
@@ -1031,6 +1206,31 @@ metrics_listen = "off"
         assert!(
             Config::default().calls.rules.len() >= 30,
             "the shipped list is on by default"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn crowdsec_keys_from_root_only_files_and_never_in_debug_output() {
+        let dir = std::env::temp_dir().join(format!("sipfilter-cs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("bouncer.key");
+        std::fs::write(&key, "secret-bouncer-key\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = dir.join("c.toml");
+        let text = "[crowdsec]\nurl = \"http://10.0.0.1:8080\"\nbouncer_key_file = \"bouncer.key\"\n";
+        let e = Config::parse(text, &cfg).unwrap_err().to_string();
+        assert!(e.contains("readable by others"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(text, &cfg).unwrap();
+        let cs = c.crowdsec.as_ref().unwrap();
+        assert_eq!(cs.lapi.bouncer_key, "secret-bouncer-key");
+        assert_eq!(cs.pull_interval, Duration::from_secs(10));
+        assert!(!cs.push, "no machine: pull only");
+        assert!(
+            !format!("{c:?}").contains("secret-bouncer-key"),
+            "the key stays out of debug output"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -6,6 +6,7 @@ pub mod addr;
 pub mod bpffs;
 pub mod clock;
 pub mod config;
+pub mod crowdsec;
 pub mod dns;
 pub mod duration;
 pub mod event_log;

@@ -32,6 +32,10 @@ pub struct Metrics {
     requests_uninspected: IntCounter,
     allow_name_failures: IntCounter,
     allow_names_stale: IntGauge,
+    crowdsec_up: IntGauge,
+    crowdsec_last_pull: IntGauge,
+    crowdsec_decisions: IntCounterVec,
+    crowdsec_pushed: IntCounter,
     known_sources: IntGauge,
     cracked_extensions: IntGauge,
     /// Kernel totals at the previous scrape: counters move by the difference.
@@ -155,6 +159,29 @@ impl Metrics {
             "sipfilter_allow_names_stale",
             "Allowlist names served from their last good answer now (their resolution fails).",
         )?;
+        let crowdsec_up = IntGauge::new(
+            "sipfilter_crowdsec_up",
+            "1 while CrowdSec's Local API answers the pulls (0: down, or not configured).",
+        )?;
+        let crowdsec_last_pull = IntGauge::new(
+            "sipfilter_crowdsec_last_success_timestamp_seconds",
+            "Unix time of the last pull the Local API answered.",
+        )?;
+        let crowdsec_decisions = cv(
+            "sipfilter_crowdsec_decisions_total",
+            "CrowdSec decisions pulled, by what became of them.",
+            "result",
+        )?;
+        let crowdsec_pushed = IntCounter::new(
+            "sipfilter_crowdsec_alerts_pushed_total",
+            "Kernel bans pushed to the Local API as alerts.",
+        )?;
+        for r in ["applied", "lifted", "ignored", "refused"] {
+            crowdsec_decisions.with_label_values(&[r]);
+        }
+        registry.register(Box::new(crowdsec_up.clone()))?;
+        registry.register(Box::new(crowdsec_last_pull.clone()))?;
+        registry.register(Box::new(crowdsec_pushed.clone()))?;
         registry.register(Box::new(allow_name_failures.clone()))?;
         registry.register(Box::new(allow_names_stale.clone()))?;
         let known_sources = IntGauge::new("sipfilter_known_sources", "Sources known now (earned by registering).")?;
@@ -220,12 +247,46 @@ impl Metrics {
             requests_uninspected,
             allow_name_failures,
             allow_names_stale,
+            crowdsec_up,
+            crowdsec_last_pull,
+            crowdsec_decisions,
+            crowdsec_pushed,
             known_sources,
             cracked_extensions,
             last: Counters::default(),
             last_run_ns: 0,
             last_runs: 0,
         })
+    }
+
+    pub fn fleet_up(&self, up: bool) {
+        self.crowdsec_up.set(up as i64);
+        if up {
+            self.fleet_pulled_now();
+        }
+    }
+
+    fn fleet_pulled_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.crowdsec_last_pull.set(now as i64);
+    }
+
+    pub fn fleet_applied(&self, applied: usize, lifted: usize, ignored: usize, refused: usize) {
+        self.fleet_pulled_now();
+        for (r, n) in [
+            ("applied", applied),
+            ("lifted", lifted),
+            ("ignored", ignored),
+            ("refused", refused),
+        ] {
+            self.crowdsec_decisions.with_label_values(&[r]).inc_by(n as u64);
+        }
+    }
+
+    pub fn fleet_pushed(&self, n: usize) {
+        self.crowdsec_pushed.inc_by(n as u64);
     }
 
     /// Allowlist names: new failed resolutions, and how many names are stale now.

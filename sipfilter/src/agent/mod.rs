@@ -8,6 +8,7 @@ mod attach;
 mod ban_log;
 mod ban_watch;
 mod event_reader;
+mod fleet;
 mod metrics;
 mod notify;
 mod prefix_evidence;
@@ -194,7 +195,13 @@ struct Agent {
     pending_events: Vec<Event>,
     /// Allowlist entries given as DNS names.
     allow_names: allow_names::AllowNames,
+    /// CrowdSec's Local API, when configured: where our bans go.
+    fleet: Option<fleet::Fleet>,
     _stats: Option<std::os::fd::OwnedFd>,
+}
+
+fn ban_reason_name(reason: u8) -> &'static str {
+    sipfilter_common::counters::ban_reason::name(reason)
 }
 
 /// An audit-trail entry from one of the agent's log lines (`ban source=X reason=…`): the
@@ -372,6 +379,7 @@ impl Agent {
             ban_watch: Default::default(),
             pending_events: Vec::new(),
             allow_names: allow_names::AllowNames::load(&config_state_file),
+            fleet: None,
             _stats: stats,
         };
         agent.refresh_allow_names(true);
@@ -386,6 +394,25 @@ impl Agent {
             self.loaded.take_call_events()?,
             events::decode_as::<sipfilter_common::calls::CallEvent>,
         )?;
+        let mut fleet_news = match &self.config.crowdsec {
+            Some(settings) => {
+                let (fleet, news) = fleet::Fleet::start(settings)?;
+                self.fleet = Some(fleet);
+                log(format!(
+                    "crowdsec: pulling decisions from http://{}:{} every {}s{}",
+                    settings.lapi.host,
+                    settings.lapi.port,
+                    settings.pull_interval.as_secs(),
+                    if settings.push && settings.lapi.machine.is_some() {
+                        ", pushing our bans"
+                    } else {
+                        ""
+                    }
+                ));
+                Some(news)
+            }
+            None => None,
+        };
         let listener = match listener {
             Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
             None => None,
@@ -417,6 +444,12 @@ impl Agent {
                         self.on_ban_event(&e);
                     }
                 }
+                Some(news) = async {
+                    match &mut fleet_news {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_fleet_news(news),
                 Some(e) = calls.recv() => {
                     let mut blocked = vec![e];
                     while let Ok(e) = calls.try_recv() {
@@ -469,6 +502,14 @@ impl Agent {
         }
         self.metrics.ban_event(e.reason);
         if e.monitor == 0 {
+            if let Some(fleet) = &self.fleet {
+                fleet.push(sipfilter::crowdsec::BanAlert {
+                    value: display_source(&e.source, 128),
+                    range: false,
+                    reason: ban_reason_name(e.reason).to_string(),
+                    duration_secs: e.duration_ns / 1_000_000_000,
+                });
+            }
             let policy = self.prefix_policy();
             if let Some(prefix) = self
                 .prefix_evidence
@@ -476,6 +517,46 @@ impl Agent {
             {
                 self.ban_prefix(&prefix, "several of its addresses were banned");
             }
+        }
+    }
+
+    /// What the CrowdSec thread reports: decisions to apply, and changes of its state.
+    fn on_fleet_news(&mut self, news: fleet::News) {
+        match news {
+            fleet::News::Pulled(stream, took) => {
+                if stream.new.is_empty() && stream.deleted.is_empty() {
+                    self.metrics.fleet_applied(0, 0, 0, 0);
+                    return;
+                }
+                let started = Instant::now();
+                let a = fleet::apply(&mut self.loaded.maps, &stream);
+                self.ban_watch.ban_event();
+                self.metrics
+                    .fleet_applied(a.bans + a.ranges, a.lifted, a.ignored, a.refused);
+                log(format!(
+                    "crowdsec: {} ban(s), {} range(s), {} lifted, {} ignored (not bans), {} refused (allowlisted) — pulled in {} ms, applied in {} ms",
+                    a.bans,
+                    a.ranges,
+                    a.lifted,
+                    a.ignored,
+                    a.refused,
+                    took.as_millis(),
+                    started.elapsed().as_millis()
+                ));
+            }
+            fleet::News::Up => {
+                self.metrics.fleet_up(true);
+                log("crowdsec: the Local API answers");
+            }
+            fleet::News::Down(why) => {
+                self.metrics.fleet_up(false);
+                log(format!(
+                    "crowdsec: the Local API does not answer ({why}); filtering goes on with what is in force, retrying"
+                ));
+            }
+            fleet::News::Pushed(n) => self.metrics.fleet_pushed(n),
+            fleet::News::PushFailed(why) => log(format!("crowdsec: cannot push bans yet ({why}); they wait")),
+            fleet::News::QueueFull(n) => log(format!("crowdsec: push queue full, {n} ban(s) not sent")),
         }
     }
 

@@ -3,6 +3,7 @@
 //! The `sipfilter` binary (agent and CLI) and the privileged tests are built on this library.
 
 pub mod addr;
+pub mod blocklist;
 pub mod bpffs;
 pub mod clock;
 pub mod config;

@@ -171,7 +171,12 @@ pub fn load(path: &Path) -> anyhow::Result<StateFile> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StateFile::default()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    serde_json::from_str(&text).with_context(|| format!("{} is not a sipfilter state file", path.display()))
+    parse(&text).with_context(|| format!("{} is not a sipfilter state file", path.display()))
+}
+
+/// A state file's text (also what the fuzzer feeds).
+pub fn parse(text: &str) -> anyhow::Result<StateFile> {
+    Ok(serde_json::from_str(text)?)
 }
 
 /// What [`restore`] did.

@@ -6,6 +6,7 @@
 mod bench;
 mod cleanup;
 mod demo;
+mod fuzz;
 // The tests' namespace and process helpers, shared as source: xtask cannot depend on the
 // tests crate, which needs the eBPF toolchain that `xtask setup` installs.
 #[allow(dead_code)]
@@ -68,6 +69,11 @@ enum Task {
     Cleanup,
     /// Set up, then build the Debian package (target/debian/sipfilter_*.deb) and run lintian.
     Package,
+    /// Set up, then run every fuzz target (cargo fuzz) for --secs seconds each.
+    Fuzz {
+        #[arg(long, default_value_t = 60, value_name = "N")]
+        secs: u64,
+    },
     /// Set up, build the agent, then run a lab in network namespaces: a robot probes, sweeps
     /// extensions, brute-forces a password and floods a SIPp PBX while a SIPp phone keeps
     /// registering, with `sipfilter run` watching the PBX (needs root).
@@ -119,6 +125,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
             demo::run(compare, flood_secs)
+        }
+        Task::Fuzz { secs } => {
+            setup::run()?;
+            fuzz::run(secs)
         }
         Task::Package => {
             setup::run()?;

@@ -58,6 +58,7 @@ pub fn run() -> anyhow::Result<()> {
     ebpf_toolchain()?;
     bpf_linker()?;
     cargo_deb()?;
+    cargo_fuzz()?;
     check_llvm_majors()?;
     mount_bpffs()?;
     Ok(())
@@ -203,6 +204,16 @@ fn cargo_deb() -> anyhow::Result<()> {
     say(&format!("installing cargo-deb {CARGO_DEB_VERSION}"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(Command::new(cargo).args(["install", "--locked", &format!("cargo-deb@{CARGO_DEB_VERSION}")]))
+}
+
+/// cargo-fuzz, which `cargo xtask fuzz` (and the smoke in `cargo xtask test`) runs.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(Command::new("cargo-fuzz").arg("--version")).is_some() {
+        return Ok(());
+    }
+    say("installing cargo-fuzz");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(cargo).args(["install", "--locked", "cargo-fuzz"]))
 }
 
 /// The nightly's LLVM and bpf-linker's libLLVM must be the same major version.

@@ -23,7 +23,9 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     }
     let result = setup::cargo(&args);
     cleanup::run();
-    result
+    result?;
+    // A short smoke of every fuzz target (`cargo xtask fuzz` runs them longer).
+    crate::fuzz::run(10)
 }
 
 unsafe extern "C" {

@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# Runs the privileged test binaries (BPF_PROG_TEST_RUN against the real programs) inside a
+# small VM booted on Debian 12's own kernel (linux-image-amd64, 6.1.x), so that a verifier
+# that refuses a program on the kernels our users run is seen here, not in the field.
+#
+#   xtask/kernel-test/run.sh [--kernel VMLINUZ] [TEST_BINARY...]
+#
+# Without TEST_BINARY: the newest build of each of fixtures, calls, answers and sequences
+# in target/debug/deps (build them with `cargo test -p sipfilter-tests --no-run`).
+#
+# Environment (all optional):
+#   KERNEL_TEST_DIR      where the kernel is cached and the log is kept (target/kernel-test)
+#   KERNEL_TEST_KERNEL   a vmlinuz to boot instead of Debian's linux-image-amd64
+#   KERNEL_TEST_PACKAGE  the Debian kernel package (default: what linux-image-amd64 names)
+#   KERNEL_TEST_TIMEOUT  seconds the VM may run (default 600 with KVM, 2400 without)
+#   KERNEL_TEST_MEM      the VM's memory in MiB (default 1024)
+#   KERNEL_TEST_ARGS     extra libtest arguments for every binary (a test name filter, say)
+#
+# Needs (Debian): qemu-system-x86, busybox-static, cpio, binutils; bpftool is copied in
+# when present (one test runs it). Root is not needed on the host: only read-write access
+# to /dev/kvm for speed (TCG, much slower, otherwise).
+#
+# Prints per binary the tests passed and failed, the failures' output (the verifier's log
+# when the kernel refused a program), and closes with `kernel-test: N passed, M failed`.
+# Exits non-zero when a test failed, a binary did not finish or the VM did not finish.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out_dir=${KERNEL_TEST_DIR:-$repo/target/kernel-test}
+mem=${KERNEL_TEST_MEM:-1024}
+test_args=${KERNEL_TEST_ARGS:-}
+kernel=${KERNEL_TEST_KERNEL:-}
+default_tests=(fixtures calls answers sequences)
+
+say() { echo "kernel-test: $*" >&2; }
+die() { say "error: $*"; exit 2; }
+
+binaries=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --kernel) kernel=${2:?--kernel needs a file}; shift 2 ;;
+        --kernel=*) kernel=${1#--kernel=}; shift ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) binaries+=("$1"); shift ;;
+    esac
+done
+
+for tool in qemu-system-x86_64 busybox cpio gzip timeout; do
+    command -v "$tool" >/dev/null || die "$tool is missing (cargo xtask setup installs it)"
+done
+busybox_path=$(command -v busybox)
+if ldd "$busybox_path" >/dev/null 2>&1; then
+    die "$busybox_path is dynamically linked: install busybox-static"
+fi
+
+mkdir -p "$out_dir"
+work=$(mktemp -d "${TMPDIR:-/tmp}/sipfilter-kernel-test.XXXXXX")
+cleanup() {
+    # A VM left running (the script interrupted): stop it, then drop the temporary files.
+    local pid
+    pid=$(cat "$work/qemu.pid" 2>/dev/null) || pid=
+    if [ -n "$pid" ] && grep -qs '^qemu-system' "/proc/$pid/comm"; then
+        kill "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- The kernel: Debian's own image, fetched once with apt and kept in $out_dir. ----------
+fetch_kernel() {
+    local pkg=${KERNEL_TEST_PACKAGE:-}
+    if [ -z "$pkg" ]; then
+        # The metapackage names the current ABI: linux-image-6.1.0-NN-amd64 on Debian 12.
+        pkg=$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null |
+            sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -n1) || true
+    fi
+    [ -n "$pkg" ] || return 1
+    local abi=${pkg#linux-image-}
+    local cached=$out_dir/vmlinuz-$abi
+    if [ ! -s "$cached" ]; then
+        say "fetching $pkg (Debian's kernel) with apt-get download"
+        local dl=$work/deb
+        mkdir -p "$dl"
+        (cd "$dl" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$pkg" >&2) ||
+            return 1
+        dpkg-deb --fsys-tarfile "$dl"/"$pkg"_*.deb |
+            tar -x -C "$dl" --wildcards './boot/vmlinuz-*'
+        local v
+        v=$(ls "$dl"/boot/vmlinuz-* | head -n1)
+        cp "$v" "$cached.tmp" && mv "$cached.tmp" "$cached"
+        rm -rf "$dl"
+    fi
+    echo "$cached"
+}
+
+if [ -z "$kernel" ]; then
+    kernel=$(fetch_kernel) || kernel=
+fi
+if [ -z "$kernel" ]; then
+    # Offline: the newest kernel fetched before, else an installed Debian 12 kernel.
+    kernel=$(ls -t "$out_dir"/vmlinuz-6.1.* /boot/vmlinuz-6.1.* 2>/dev/null | head -n1) || true
+fi
+[ -n "$kernel" ] && [ -r "$kernel" ] ||
+    die "no kernel: apt could not fetch linux-image-amd64 and none is cached or in /boot (or pass --kernel)"
+
+# --- The test binaries. -------------------------------------------------------------------
+if [ ${#binaries[@]} -eq 0 ]; then
+    for name in "${default_tests[@]}"; do
+        newest=
+        for f in "$repo"/target/debug/deps/"$name"-*; do
+            [[ $(basename "$f") =~ ^$name-[0-9a-f]{16}$ ]] && [ -x "$f" ] || continue
+            if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest=$f; fi
+        done
+        [ -n "$newest" ] ||
+            die "no $name test binary in target/debug/deps: run cargo test -p sipfilter-tests --no-run"
+        binaries+=("$newest")
+    done
+fi
+for b in "${binaries[@]}"; do
+    [ -x "$b" ] || die "$b is not an executable"
+done
+
+# --- The root filesystem: busybox, the binaries and their libraries, an /init. ---------------
+root=$work/root
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,tests,etc}
+cp "$busybox_path" "$root/bin/busybox"
+for applet in $("$busybox_path" --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+
+# Copies the shared libraries (and the loader) that `ldd` lists for $1, at the same paths.
+copy_libs() {
+    local lib
+    for lib in $(ldd "$1" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        if [ ! -e "$root$lib" ]; then
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        fi
+    done
+}
+
+names=()
+for b in "${binaries[@]}"; do
+    name=$(basename "$b")
+    name=${name%-*}
+    # Debug info makes the binaries 6x larger; symbols stay for backtraces.
+    if command -v objcopy >/dev/null; then
+        objcopy --strip-debug "$b" "$root/tests/$name"
+    else
+        cp "$b" "$root/tests/$name"
+    fi
+    copy_libs "$b"
+    names+=("$name")
+done
+if bpftool=$(command -v bpftool); then
+    cp -L "$bpftool" "$root/usr/sbin/bpftool"
+    copy_libs "$bpftool"
+fi
+
+cat >"$root/init" <<EOF
+#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TMPDIR=/tmp RUST_BACKTRACE=0
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /sys/fs/bpf
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /tmp
+echo "KERNEL-TEST: kernel \$(uname -r) \$(uname -v)"
+for t in ${names[*]}; do
+    echo "KERNEL-TEST: begin \$t"
+    /tests/\$t --test-threads=1 --color never $test_args
+    echo "KERNEL-TEST: end \$t rc=\$?"
+done
+echo "KERNEL-TEST: all done"
+sync
+poweroff -f
+sleep 2
+echo o >/proc/sysrq-trigger
+EOF
+chmod +x "$root/init"
+
+initrd=$work/initrd.cpio.gz
+(cd "$root" && find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -1 >"$initrd"
+
+# --- Boot. ----------------------------------------------------------------------------------
+# KVM needs hardware virtualization (vmx/svm) besides /dev/kvm: a /dev/kvm without it (PVM,
+# kvm_pvm, as on some cloud sandboxes) runs only guests built for it, and a stock kernel
+# hangs in its decompressor there. KERNEL_TEST_ACCEL=kvm|tcg overrides the choice.
+accel_kind=${KERNEL_TEST_ACCEL:-}
+if [ -z "$accel_kind" ]; then
+    if [ -r /dev/kvm ] && [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+        accel_kind=kvm
+    else
+        accel_kind=tcg
+        if [ -e /dev/kvm ]; then
+            say "/dev/kvm exists but the CPU has no vmx/svm (a PVM host?): emulating (TCG) instead"
+        else
+            say "no /dev/kvm: emulating (TCG)"
+        fi
+    fi
+fi
+case $accel_kind in
+    kvm) accel=(-accel kvm -cpu host); limit=${KERNEL_TEST_TIMEOUT:-600} ;;
+    tcg) accel=(-accel tcg -cpu max); limit=${KERNEL_TEST_TIMEOUT:-2400} ;;
+    *) die "KERNEL_TEST_ACCEL must be kvm or tcg" ;;
+esac
+log=$out_dir/kernel-test.log
+say "booting $(basename "$kernel") (${accel[1]}, ${mem} MiB) with: ${names[*]}; log: $log"
+start=$(date +%s)
+set +e
+# --foreground: Ctrl-C reaches qemu too (timeout would otherwise shield it).
+timeout --foreground --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" \
+    -machine q35 -smp 2 -m "$mem" -nodefaults -no-user-config -display none \
+    -serial stdio -monitor none -nic none -no-reboot -pidfile "$work/qemu.pid" \
+    -kernel "$kernel" -initrd "$initrd" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null |
+    tr -d '\r' | tee "$log"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+elapsed=$(($(date +%s) - start))
+
+# --- Summary. -------------------------------------------------------------------------------
+echo
+echo "===== kernel-test summary ====="
+kernel_line=$(sed -n 's/^KERNEL-TEST: kernel //p' "$log" | head -n1)
+echo "kernel: ${kernel_line:-unknown (did not boot?)}  ($(basename "$kernel"), ${accel[1]}, ${elapsed}s)"
+total_pass=0 total_fail=0 bad=0
+for name in "${names[@]}"; do
+    section=$(sed -n "/^KERNEL-TEST: begin $name\$/,/^KERNEL-TEST: end $name rc=/p" "$log")
+    rc=$(sed -n "s/^KERNEL-TEST: end $name rc=//p" <<<"$section")
+    result=$(grep -E '^test result: ' <<<"$section" | tail -n1 || true)
+    pass=$(sed -n 's/.* \([0-9]*\) passed;.*/\1/p' <<<"$result")
+    fail=$(sed -n 's/.* \([0-9]*\) failed;.*/\1/p' <<<"$result")
+    pass=${pass:-0} fail=${fail:-0}
+    total_pass=$((total_pass + pass)) total_fail=$((total_fail + fail))
+    if [ -z "$rc" ]; then
+        echo "$name: did not finish (${pass} passed, ${fail} failed before it stopped)"
+        bad=1
+    elif [ -z "$result" ]; then
+        echo "$name: exited with $rc before running its tests"
+        bad=1
+    else
+        echo "$name: $pass passed, $fail failed (exit $rc)"
+        [ "$rc" = 0 ] || bad=1
+    fi
+    grep -E '^test .* \.\.\. FAILED$' <<<"$section" | sed 's/^test /    FAILED /; s/ \.\.\. FAILED$//' || true
+done
+if grep -q '^KERNEL-TEST: all done' "$log"; then
+    :
+else
+    echo "the VM did not finish (qemu exit $qemu_rc; 124 is the ${limit}s timeout)"
+    bad=1
+fi
+if [ "$total_fail" -gt 0 ]; then
+    echo
+    echo "===== failures (first 3 and last 30 lines of each; whole output in $log) ====="
+    for name in "${names[@]}"; do
+        sed -n "/^KERNEL-TEST: begin $name\$/,/^KERNEL-TEST: end $name rc=/p" "$log" |
+            awk -v bin="$name" '
+                /^---- .* stdout ----$/ { flush(); title = $2; n = 0; next }
+                /^failures:$/ && title != "" { flush(); title = ""; next }
+                title != "" { lines[++n] = $0 }
+                function flush(   i) {
+                    if (title == "") return
+                    print "--- " bin " :: " title
+                    for (i = 1; i <= n; i++)
+                        if (i <= 3 || i > n - 30) print "    " lines[i]
+                        else if (i == 4) print "    [... " n - 33 " lines ...]"
+                }
+                END { flush() }'
+    done
+fi
+echo
+echo "kernel-test: $total_pass passed, $total_fail failed"
+[ "$bad" = 0 ] && [ "$total_fail" = 0 ]

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde_json::json;
 use sipfilter::{
-    blocklist::{parse, Parsed},
+    blocklist::parse,
     clock::boot_ns,
     filter_maps::ListKind,
     Cidr, FilterMaps,
@@ -162,7 +162,7 @@ fn apply(maps: &mut FilterMaps, entries: &[(usize, Cidr)], expires: u64, now: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sipfilter::blocklist::Format;
+    use sipfilter::blocklist::{Format, Parsed};
 
     fn cidrs(p: &Parsed) -> Vec<(usize, String)> {
         p.entries.iter().map(|(l, c)| (*l, c.to_string())).collect()

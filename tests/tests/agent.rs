@@ -1396,3 +1396,160 @@ fn an_allowlisted_name_follows_its_address_and_keeps_the_last_good_one() -> anyh
     drop(dns);
     Ok(())
 }
+
+/// The agent's resident memory (KiB).
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_flood_stops_no_drop_and_loses_no_ban() -> anyhow::Result<()> {
+    let lab = Lab::with_net("kill9", "10.216.0")?;
+    let rx = lab.receiver()?;
+    let attacker_ip = lab.v4(2);
+    let attacker = lab.sender(&attacker_ip)?;
+    let agent = lab.agent("agent1", &[])?;
+    lab.cli(&["ban", "add", &lab.v4(9), "--for", "1h"])?;
+    send_to(&attacker, &lab.v4(1), "REGISTER", 300)?;
+    eventually("the flood banned", || Ok(banned_sources(&lab)?.contains(&attacker_ip)))?;
+    // SIGKILL: no clean stop, no last state file write.
+    // SAFETY: kill on a pid this test started.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lab.has_xdp()?, "the program stays attached without its agent");
+    let reached = rx.from(&attacker_ip);
+    send_to(&attacker, &lab.v4(1), "REGISTER", 100)?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.from(&attacker_ip), reached, "dropping never stopped");
+    drop(agent);
+    let agent2 = lab.agent("agent2", &[])?;
+    assert!(agent2.log().contains("took over the attachment"), "{}", agent2.log());
+    let bans = banned_sources(&lab)?;
+    assert!(
+        bans.contains(&attacker_ip) && bans.contains(&lab.v4(9)),
+        "every ban kept: {bans:?}"
+    );
+    Ok(())
+}
+
+/// Unmounts a test's tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_state_folder_is_reported_once_and_written_again_when_space_returns() -> anyhow::Result<()> {
+    let lab = Lab::with_net("full", "10.217.0")?;
+    let small = lab.path("small");
+    std::fs::create_dir_all(&small)?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&small)
+        .status()?;
+    anyhow::ensure!(status.success(), "cannot mount a tmpfs");
+    let _mounted = Mounted(small.clone());
+    let state = small.join("state.json");
+    let args = [
+        "--iface",
+        &lab.pbx_if,
+        "--state-file",
+        state.to_str().context("path")?,
+        "--metrics-listen",
+        "127.0.0.1:9460",
+    ];
+    let mut agent = AgentProcess::start(&lab.pbx, &lab.pin_dir(), &lab.dir, "agent", &args)?;
+    // 2,000 CLI list entries: the state file outgrows the 16 KiB folder.
+    let list: String = (0..2000u32)
+        .map(|i| format!("172.{}.{}.0/24\n", 16 + (i >> 8), i & 255))
+        .collect();
+    let file = lab.path("blocklist.txt");
+    std::fs::write(&file, list)?;
+    lab.cli(&["import", file.to_str().context("path")?, "--for", "1h"])?;
+    agent.wait_for_log("cannot write the state file", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.log();
+    assert_eq!(
+        log.matches("cannot write the state file").count(),
+        1,
+        "said once:\n{log}"
+    );
+    let metrics = sipfilter_tests::agent::scrape(&lab.pbx, "127.0.0.1:9460")?;
+    let failures = sipfilter_tests::agent::sample(&metrics, "sipfilter_state_write_failures_total").unwrap_or(0.0);
+    assert!(failures >= 2.0, "every failed write counted: {failures}");
+    // Filtering goes on: a banned source is still dropped.
+    lab.cli(&["ban", "add", &lab.v4(2), "--for", "1h"])?;
+    let rx = lab.receiver()?;
+    let banned = lab.sender(&lab.v4(2))?;
+    send_to(&banned, &lab.v4(1), "REGISTER", 10)?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.from(&lab.v4(2)), 0, "dropped while the state folder is full");
+    // Space returns: written again, with everything.
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&small)
+        .status()?;
+    anyhow::ensure!(status.success(), "cannot grow the tmpfs");
+    agent.wait_for_log("again", Duration::from_secs(10))?;
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state)?)?;
+    assert!(
+        saved["lists"].as_array().context("lists")?.len() >= 2000,
+        "the whole state saved"
+    );
+    agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_sighup_storm_while_traffic_flows_loses_no_ban_and_leaks_no_memory() -> anyhow::Result<()> {
+    let lab = Lab::with_net("hupstorm", "10.218.0")?;
+    let config = lab.path("sipfilter.toml");
+    std::fs::write(&config, "[agent]\nmetrics_listen = \"off\"\n")?;
+    let mut agent = lab.agent("agent", &["--config", config.to_str().context("path")?])?;
+    let attacker_ip = lab.v4(2);
+    let attacker = lab.sender(&attacker_ip)?;
+    send_to(&attacker, &lab.v4(1), "REGISTER", 300)?;
+    eventually("the flood banned", || Ok(banned_sources(&lab)?.contains(&attacker_ip)))?;
+    lab.cli(&["ban", "add", &lab.v4(9), "--for", "1h"])?;
+    // Warm up (the first reloads allocate what later ones reuse), then measure.
+    for _ in 0..20 {
+        agent.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = agent.pid();
+    let before = rss_kib(pid)?;
+    let phone = lab.sender(&lab.v4(3))?;
+    for i in 0..300 {
+        agent.signal(libc::SIGHUP);
+        if i % 10 == 0 {
+            send_to(&phone, &lab.v4(1), "OPTIONS", 2)?;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid)?;
+    let reloads = agent.log().matches("reloaded").count();
+    eprintln!("{reloads} reloads logged; resident {before} KiB before, {after} KiB after");
+    assert!(reloads >= 50, "the agent reloaded many times: {reloads}");
+    let bans = banned_sources(&lab)?;
+    assert!(
+        bans.contains(&attacker_ip) && bans.contains(&lab.v4(9)),
+        "no ban lost: {bans:?}"
+    );
+    assert!(
+        after < before + 4096,
+        "no leak: {before} KiB before, {after} KiB after 300 reloads"
+    );
+    agent.wait_for_log("ready", Duration::from_secs(1))?;
+    Ok(())
+}

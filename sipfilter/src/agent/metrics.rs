@@ -36,6 +36,7 @@ pub struct Metrics {
     crowdsec_last_pull: IntGauge,
     crowdsec_decisions: IntCounterVec,
     crowdsec_pushed: IntCounter,
+    state_write_failures: IntCounter,
     known_sources: IntGauge,
     cracked_extensions: IntGauge,
     /// Kernel totals at the previous scrape: counters move by the difference.
@@ -179,6 +180,11 @@ impl Metrics {
         for r in ["applied", "lifted", "ignored", "refused"] {
             crowdsec_decisions.with_label_values(&[r]);
         }
+        let state_write_failures = IntCounter::new(
+            "sipfilter_state_write_failures_total",
+            "Writes of the state file that failed (a read-only or full state folder); retried every second.",
+        )?;
+        registry.register(Box::new(state_write_failures.clone()))?;
         registry.register(Box::new(crowdsec_up.clone()))?;
         registry.register(Box::new(crowdsec_last_pull.clone()))?;
         registry.register(Box::new(crowdsec_pushed.clone()))?;
@@ -251,12 +257,17 @@ impl Metrics {
             crowdsec_last_pull,
             crowdsec_decisions,
             crowdsec_pushed,
+            state_write_failures,
             known_sources,
             cracked_extensions,
             last: Counters::default(),
             last_run_ns: 0,
             last_runs: 0,
         })
+    }
+
+    pub fn state_write_failed(&self) {
+        self.state_write_failures.inc();
     }
 
     pub fn fleet_up(&self, up: bool) {

@@ -197,6 +197,8 @@ struct Agent {
     allow_names: allow_names::AllowNames,
     /// CrowdSec's Local API, when configured: where our bans go.
     fleet: Option<fleet::Fleet>,
+    /// The last state-file write failed (logged once until one succeeds).
+    state_write_failing: bool,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -380,6 +382,7 @@ impl Agent {
             pending_events: Vec::new(),
             allow_names: allow_names::AllowNames::load(&config_state_file),
             fleet: None,
+            state_write_failing: false,
             _stats: stats,
         };
         agent.refresh_allow_names(true);
@@ -574,6 +577,30 @@ impl Agent {
         }
     }
 
+    /// Keeps going when the state folder cannot be written (read-only, full): one log line
+    /// when it starts failing and one when it works again, a metric for every failure, and the
+    /// next tick tries again with the tables read afresh. The filter never depends on it.
+    fn state_written(&mut self, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => {
+                if self.state_write_failing {
+                    self.state_write_failing = false;
+                    log(format!("writing {} again", self.config.state_file.display()));
+                }
+            }
+            Err(e) => {
+                self.metrics.state_write_failed();
+                self.ban_watch.ban_event();
+                if !self.state_write_failing {
+                    self.state_write_failing = true;
+                    log(format!(
+                        "warning: cannot write the state file ({e:#}); filtering goes on, bans are kept in the kernel, retrying every second"
+                    ));
+                }
+            }
+        }
+    }
+
     /// Resolves the allowlist's names that are due (all of them when `all`: at start and on
     /// reload) and writes what they stand for now.
     fn refresh_allow_names(&mut self, all: bool) {
@@ -600,10 +627,18 @@ impl Agent {
             return;
         }
         let path = event_log::path_for(&self.config.state_file);
-        if let Err(e) = event_log::append(&path, &self.pending_events) {
-            log(format!("warning: cannot write the audit trail: {e:#}"));
+        match event_log::append(&path, &self.pending_events) {
+            Ok(()) => self.pending_events.clear(),
+            Err(e) => {
+                // Kept for the next try (bounded: the oldest go first), said once per outage
+                // together with the state file.
+                if !self.state_write_failing {
+                    log(format!("warning: cannot write the audit trail: {e:#}"));
+                }
+                let excess = self.pending_events.len().saturating_sub(100_000);
+                self.pending_events.drain(..excess);
+            }
         }
-        self.pending_events.clear();
     }
 
     fn prefix_policy(&self) -> prefix_evidence::Policy {
@@ -719,7 +754,8 @@ impl Agent {
         }
         trust::upkeep(&mut self.loaded, &self.config)?;
         self.refresh_allow_names(false);
-        self.save_state(false, read_tables)?;
+        let saved = self.save_state(false, read_tables);
+        self.state_written(saved);
         self.flush_events();
         if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
             self.last_calibration = Instant::now();

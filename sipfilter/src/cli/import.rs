@@ -13,12 +13,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use serde_json::json;
-use sipfilter::{
-    blocklist::parse,
-    clock::boot_ns,
-    filter_maps::ListKind,
-    Cidr, FilterMaps,
-};
+use sipfilter::{blocklist::parse, clock::boot_ns, filter_maps::ListKind, Cidr, FilterMaps};
 use sipfilter_common::maps::PERMANENT;
 
 use sipfilter::duration::{format_ns, parse_duration};

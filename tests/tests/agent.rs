@@ -1553,3 +1553,46 @@ fn a_sighup_storm_while_traffic_flows_loses_no_ban_and_leaks_no_memory() -> anyh
     agent.wait_for_log("ready", Duration::from_secs(1))?;
     Ok(())
 }
+
+#[test]
+fn an_interface_deleted_and_created_again_is_attached_again() -> anyhow::Result<()> {
+    let lab = Lab::with_net("ifback", "10.219.0")?;
+    let mut agent = lab.agent("agent", &[])?;
+    lab.pbx.exec(&["ip", "link", "del", &lab.pbx_if])?;
+    agent.wait_for_log(&format!("{} is gone", lab.pbx_if), Duration::from_secs(5))?;
+    // The same names again, as a VLAN or a USB NIC comes back.
+    let status = std::process::Command::new("ip")
+        .args([
+            "link",
+            "add",
+            &lab.lan_if,
+            "netns",
+            &lab.lan.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+        ])
+        .args([&lab.pbx_if, "netns", &lab.pbx.name])
+        .status()?;
+    anyhow::ensure!(status.success(), "cannot create the veth pair again");
+    for a in [lab.v4(2), lab.v4(3)] {
+        lab.lan
+            .exec(&["ip", "addr", "add", &format!("{a}/24"), "dev", &lab.lan_if])?;
+    }
+    lab.pbx
+        .exec(&["ip", "addr", "add", &format!("{}/24", lab.v4(1)), "dev", &lab.pbx_if])?;
+    lab.lan.exec(&["ip", "link", "set", &lab.lan_if, "up"])?;
+    lab.pbx.exec(&["ip", "link", "set", &lab.pbx_if, "up"])?;
+    agent.wait_for_log(&format!("{} is back", lab.pbx_if), Duration::from_secs(5))?;
+    assert!(agent.log().contains("attached again"), "{}", agent.log());
+    assert!(lab.has_xdp()?, "XDP on the new interface");
+    // And it filters: a flood through the new interface is banned.
+    let attacker_ip = lab.v4(2);
+    let attacker = lab.sender(&attacker_ip)?;
+    send_to(&attacker, &lab.v4(1), "REGISTER", 300)?;
+    eventually("the flood through the new interface banned", || {
+        Ok(banned_sources(&lab)?.contains(&attacker_ip))
+    })?;
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod ban_log;
 mod ban_watch;
 mod event_reader;
 mod fleet;
+mod iface_watch;
 mod metrics;
 mod notify;
 mod prefix_evidence;
@@ -199,6 +200,8 @@ struct Agent {
     fleet: Option<fleet::Fleet>,
     /// The last state-file write failed (logged once until one succeeds).
     state_write_failing: bool,
+    /// The attached interfaces, watched for going away and coming back.
+    iface_watch: iface_watch::IfaceWatch,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -365,6 +368,7 @@ impl Agent {
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let config_state_file = config.state_file.clone();
+        let watch = iface_watch::IfaceWatch::new(&attached);
         let mut agent = Agent {
             pin_dir: pin_dir.to_owned(),
             args,
@@ -383,6 +387,7 @@ impl Agent {
             allow_names: allow_names::AllowNames::load(&config_state_file),
             fleet: None,
             state_write_failing: false,
+            iface_watch: watch,
             _stats: stats,
         };
         agent.refresh_allow_names(true);
@@ -577,6 +582,39 @@ impl Agent {
         }
     }
 
+    /// Attaches again to an interface that was deleted and re-created (the kernel ended the
+    /// old attachment with the old interface).
+    fn watch_interfaces(&mut self) {
+        for (iface, change) in self.iface_watch.changes() {
+            match change {
+                iface_watch::Change::Gone => log(format!(
+                    "{iface} is gone (its attachment ended with it); attaching again when it comes back"
+                )),
+                iface_watch::Change::Back(index) => {
+                    let attached = (|| -> anyhow::Result<()> {
+                        attach::attach(self.loaded.program_mut()?, &self.pin_dir, &iface, self.config.mode)?;
+                        answers_attach::attach(
+                            self.loaded.answers_program_mut()?,
+                            &self.pin_dir,
+                            &iface,
+                            self.config.egress,
+                        )?;
+                        Ok(())
+                    })();
+                    match attached {
+                        Ok(()) => log(format!(
+                            "{iface} is back (index {index}): attached again, ingress and egress"
+                        )),
+                        Err(e) => {
+                            log(format!("warning: {iface} is back but cannot be attached yet: {e:#}"));
+                            self.iface_watch.retry(&iface);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Keeps going when the state folder cannot be written (read-only, full): one log line
     /// when it starts failing and one when it works again, a metric for every failure, and the
     /// next tick tries again with the tables read afresh. The filter never depends on it.
@@ -753,6 +791,7 @@ impl Agent {
             }
         }
         trust::upkeep(&mut self.loaded, &self.config)?;
+        self.watch_interfaces();
         self.refresh_allow_names(false);
         let saved = self.save_state(false, read_tables);
         self.state_written(saved);

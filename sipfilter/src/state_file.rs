@@ -174,9 +174,17 @@ pub fn load(path: &Path) -> anyhow::Result<StateFile> {
     parse(&text).with_context(|| format!("{} is not a sipfilter state file", path.display()))
 }
 
-/// A state file's text (also what the fuzzer feeds).
+/// A state file's text (also what the fuzzer feeds). A file from a newer sipfilter is
+/// refused rather than half-understood.
 pub fn parse(text: &str) -> anyhow::Result<StateFile> {
-    Ok(serde_json::from_str(text)?)
+    let state: StateFile = serde_json::from_str(text)?;
+    if state.version > VERSION {
+        anyhow::bail!(
+            "it was written by a newer sipfilter (state file version {}; this one reads version {VERSION})",
+            state.version
+        );
+    }
+    Ok(state)
 }
 
 /// What [`restore`] did.

@@ -1596,3 +1596,49 @@ fn an_interface_deleted_and_created_again_is_attached_again() -> anyhow::Result<
     })?;
     Ok(())
 }
+
+#[test]
+fn a_truncated_garbage_or_future_state_file_is_moved_aside_and_the_pins_kept() -> anyhow::Result<()> {
+    let lab = Lab::with_net("badstate", "10.220.0")?;
+    let agent = lab.agent("agent0", &[])?;
+    lab.cli(&["ban", "add", &lab.v4(9), "--for", "1h"])?;
+    eventually("the ban saved", || Ok(saved_sources(&lab)?.contains(&lab.v4(9))))?;
+    agent.stop()?;
+    let good = std::fs::read_to_string(lab.state_file())?;
+    let future = good
+        .replacen("\"version\":1", "\"version\":99", 1)
+        .replacen("\"version\": 1", "\"version\": 99", 1);
+    assert_ne!(future, good, "the state file names its version");
+    for (i, (what, text)) in [
+        ("truncated", good[..good.len() / 2].to_string()),
+        ("garbage", "\u{0}\u{1}not json at all".to_string()),
+        ("from a future version", future),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(lab.state_file(), &text)?;
+        let agent = lab.agent(&format!("agent{}", i + 1), &[])?;
+        let log = agent.log();
+        let said: Vec<&str> = log.lines().filter(|l| l.contains("moved it to")).collect();
+        assert_eq!(said.len(), 1, "{what}: one sentence:\n{log}");
+        if what == "from a future version" {
+            assert!(said[0].contains("newer sipfilter"), "{what}: {}", said[0]);
+        }
+        let aside = std::fs::read_dir(&lab.dir)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("state.corrupt-"));
+        assert!(aside, "{what}: the bad file kept for a human");
+        assert!(
+            banned_sources(&lab)?.contains(&lab.v4(9)),
+            "{what}: the pinned ban kept"
+        );
+        agent.stop()?;
+        for e in std::fs::read_dir(&lab.dir)?.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with("state.corrupt-") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    Ok(())
+}

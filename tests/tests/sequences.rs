@@ -644,3 +644,37 @@ fn maps_pinned_by_an_incompatible_version_are_refused_with_what_to_do() -> anyho
     assert!(err.contains("detach; rm -r"), "{err}");
     Ok(())
 }
+
+/// A spoofed flood that has filled the ban table: a new offender's ban cannot be stored
+/// (counted), its packet is still dropped, and no ban already in the table is evicted (the
+/// table is a plain hash, not an LRU).
+#[test]
+fn a_full_ban_table_keeps_its_bans_and_still_drops_new_offenders() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&small_limits())?;
+    let capacity = sipfilter_common::maps::BAN_TABLE_SIZE;
+    let mut filled = 0u32;
+    for i in 0..capacity {
+        let a = Ipv4Addr::from(0x0b00_0000 + i);
+        if f.maps()
+            .add_ban(&source_key(a.into(), 128), Some(3600 * NS_PER_SEC), ban_reason::MANUAL)
+            .is_err()
+        {
+            break;
+        }
+        filled += 1;
+    }
+    assert!(filled as f64 > capacity as f64 * 0.99, "filled {filled} of {capacity}");
+    let offender = v4(200);
+    let frame = register(offender);
+    let burst = small_limits().limits[RateClass::Register as usize].burst as usize;
+    let (_, dropped) = f.run_n(&frame, burst + 5)?;
+    assert!(dropped >= 5, "a new offender is still dropped ({dropped})");
+    let c = f.counters()?;
+    assert!(c.ban_table_full >= 1, "the ban that did not fit is counted");
+    // Every ban in the table is still there.
+    let bans = f.maps().bans()?.len();
+    assert!(bans as u32 >= filled, "{bans} bans after, {filled} before");
+    let first = source_key(Ipv4Addr::from(0x0b00_0000).into(), 128);
+    assert!(f.maps().ban(&first)?.is_some(), "the oldest ban kept");
+    Ok(())
+}

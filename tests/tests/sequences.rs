@@ -678,3 +678,65 @@ fn a_full_ban_table_keeps_its_bans_and_still_drops_new_offenders() -> anyhow::Re
     assert!(f.maps().ban(&first)?.is_some(), "the oldest ban kept");
     Ok(())
 }
+
+/// One million spoofed source addresses, one REGISTER each, through the real program, with a
+/// registered phone's REGISTERs in between: every one of the phone's passes (and keeps its
+/// budget), no real ban is evicted, and the flood's per-packet cost is reported.
+#[test]
+fn a_million_spoofed_sources_leave_a_registered_phone_and_the_real_bans_alone() -> anyhow::Result<()> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let mut config = KernelConfig::default();
+    config.flags |= sipfilter_common::config::FLAG_TRUST;
+    let mut f = TestFilter::with_config(&config)?;
+    let phone_ip = v4(20);
+    {
+        let mut phone = sipfilter_tests::peer::Peer::new(&f, phone_ip);
+        assert_eq!(phone.login("201", "200 OK"), Some(sipfilter_tests::harness::TC_ACT_OK));
+    }
+    let robot = v4(66);
+    f.maps().add_ban(
+        &source_key(robot.into(), 128),
+        Some(3600 * NS_PER_SEC),
+        ban_reason::MANUAL,
+    )?;
+    let mut frame = register(Ipv4Addr::new(10, 0, 0, 1));
+    const SRC_AT: usize = 14 + 12;
+    let phone_frame = register(phone_ip);
+    let (mut phone_passed, mut total_ns) = (0, 0u128);
+    let n = 1_000_000u32;
+    let prog = f.loaded.program()?;
+    for i in 0..n {
+        let a = Ipv4Addr::from(0x0a00_0000 | (i.wrapping_mul(2_654_435_761) & 0x00ff_ffff));
+        frame[SRC_AT..SRC_AT + 4].copy_from_slice(&a.octets());
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        total_ns += r.duration.as_nanos();
+        if i % 10_000 == 0 {
+            let action = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&phone_frame),
+                    repeat: 1,
+                    ..Default::default()
+                })?
+                .return_value;
+            phone_passed += usize::from(action == XDP_PASS);
+        }
+    }
+    eprintln!(
+        "1,000,000 spoofed sources: {:.0} ns per packet (kernel-measured, single runs); the phone passed {phone_passed} of 100",
+        total_ns as f64 / f64::from(n)
+    );
+    assert_eq!(phone_passed, 100, "every REGISTER of the registered phone passed");
+    assert!(
+        f.maps().ban(&source_key(robot.into(), 128))?.is_some(),
+        "the real ban is kept"
+    );
+    assert!(
+        f.maps().ban(&source_key(phone_ip.into(), 128))?.is_none(),
+        "the phone is not banned"
+    );
+    Ok(())
+}

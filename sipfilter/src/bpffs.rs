@@ -81,3 +81,13 @@ pub fn pinned_object_fd(path: &Path) -> anyhow::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel returned a new fd that we now own.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }
+
+/// Creates a folder under the pins (the links' folders) root's alone, whatever the umask.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}

@@ -147,17 +147,34 @@ pub fn snapshot(maps: &FilterMaps) -> anyhow::Result<Vec<SavedBan>> {
 pub fn save(path: &Path, state: &StateFile) -> anyhow::Result<()> {
     let mut state = state.clone();
     state.version = VERSION;
-    let text = serde_json::to_string_pretty(&state)?;
+    let text = serde_json::to_string_pretty(&state)? + "\n";
+    write_private(path, text.as_bytes())
+}
+
+/// Writes one of the agent's files atomically (a temporary file in the same folder, synced,
+/// renamed), readable by root only whatever the umask; a folder it has to create is root's
+/// only too. The state folder holds who is banned and who is trusted.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
     }
     let tmp = path.with_extension("tmp");
     {
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;

@@ -1642,3 +1642,62 @@ fn a_truncated_garbage_or_future_state_file_is_moved_aside_and_the_pins_kept() -
     }
     Ok(())
 }
+
+/// What an unprivileged user of the machine could reach: nothing of sipfilter's but the
+/// metrics on localhost. The pins, the state folder and every file the agent writes there are
+/// root's alone, whatever the umask.
+#[test]
+fn nothing_of_the_agents_is_readable_by_other_users() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::with_net("perms", "10.221.0")?;
+    let state_dir = lab.path("var-lib-sipfilter");
+    let state = state_dir.join("state.json");
+    let config = lab.path("sipfilter.toml");
+    std::fs::write(
+        &config,
+        "[lists]\nallow = [\"office.perms.test\"]\n[agent]\ndns_server = \"127.0.0.1:5353\"\n",
+    )?;
+    // A permissive umask, as a shell might have: the agent must not rely on it.
+    // SAFETY: umask has no preconditions; it is restored below.
+    let old = unsafe { libc::umask(0o000) };
+    let started = AgentProcess::start(
+        &lab.pbx,
+        &lab.pin_dir(),
+        &lab.dir,
+        "agent",
+        &[
+            "--config",
+            config.to_str().context("path")?,
+            "--iface",
+            &lab.pbx_if,
+            "--state-file",
+            state.to_str().context("path")?,
+        ],
+    );
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let agent = started?;
+    let attacker = lab.sender(&lab.v4(2))?;
+    send_to(&attacker, &lab.v4(1), "REGISTER", 300)?;
+    eventually("the state, trail and names written", || {
+        Ok(state.exists() && state_dir.join("events.jsonl").exists() && state_dir.join("allow-names.json").exists())
+    })?;
+    let mode = |p: &std::path::Path| -> anyhow::Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o777) };
+    assert_eq!(mode(&lab.pin_dir())?, 0o700, "the pin folder");
+    assert_eq!(mode(&state_dir)?, 0o700, "the state folder the agent created");
+    for f in ["state.json", "events.jsonl", "allow-names.json"] {
+        assert_eq!(mode(&state_dir.join(f))? & 0o077, 0, "{f} is root's alone");
+    }
+    let links = lab.pin_dir().join("links");
+    assert_eq!(mode(&links)? & 0o077, 0, "the pinned links");
+    // The metrics listen on the namespace's loopback only, by default.
+    let listening = lab.pbx.exec(&["ss", "-ltnH"])?;
+    assert!(
+        listening
+            .lines()
+            .all(|l| !l.contains("9460") || l.contains("127.0.0.1:9460")),
+        "metrics on localhost only:\n{listening}"
+    );
+    drop(agent);
+    Ok(())
+}

@@ -156,10 +156,7 @@ impl AllowNames {
     pub fn save(&self, state_file: &Path) -> anyhow::Result<()> {
         let path = path_for(state_file);
         let entries: Vec<&NameEntry> = self.entries.values().collect();
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&entries)? + "\n")?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        sipfilter::state_file::write_private(&path, (serde_json::to_string_pretty(&entries)? + "\n").as_bytes())
     }
 }
 

@@ -87,7 +87,7 @@ fn attach_tcx(prog: &mut SchedClassifier, pin_dir: &Path, iface: &str) -> anyhow
         .with_context(|| format!("cannot attach the answers program to the egress of {iface}"))?;
     let link = prog.take_link(id).context("attached link vanished")?;
     let fd_link: FdLink = link.try_into().context("tcx gave no bpf_link")?;
-    std::fs::create_dir_all(pin.parent().expect("pin has a parent"))?;
+    sipfilter::bpffs::create_private_dir(pin.parent().expect("pin has a parent"))?;
     let pinned = fd_link
         .pin(&pin)
         .with_context(|| format!("cannot pin the egress link at {}", pin.display()))?;

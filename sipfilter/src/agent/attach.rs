@@ -90,8 +90,7 @@ pub fn attach(prog: &mut Xdp, pin_dir: &Path, iface: &str, mode: AttachMode) -> 
     let fd_link: FdLink = link
         .try_into()
         .context("the kernel did not give a bpf_link (kernel older than 5.9?)")?;
-    std::fs::create_dir_all(pin.parent().expect("pin has a parent"))
-        .with_context(|| format!("cannot create {}", pin.display()))?;
+    sipfilter::bpffs::create_private_dir(pin.parent().expect("pin has a parent"))?;
     let pinned = fd_link
         .pin(&pin)
         .with_context(|| format!("cannot pin the link at {}", pin.display()))?;

@@ -69,6 +69,12 @@ enum Task {
     Cleanup,
     /// Set up, then build the Debian package (target/debian/sipfilter_*.deb) and run lintian.
     Package,
+    /// Set up, then run the differential test (the program against the reference model) on
+    /// --frames generated frames with a fresh seed.
+    Soak {
+        #[arg(long, default_value_t = 5_000_000, value_name = "N")]
+        frames: u64,
+    },
     /// Set up, then run every fuzz target (cargo fuzz) for --secs seconds each.
     Fuzz {
         #[arg(long, default_value_t = 60, value_name = "N")]
@@ -125,6 +131,21 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
             demo::run(compare, flood_secs)
+        }
+        Task::Soak { frames } => {
+            setup::run()?;
+            // SAFETY: single-threaded here, before any child is spawned.
+            unsafe { std::env::set_var("SIPFILTER_FRAMES", frames.to_string()) };
+            setup::cargo(&[
+                "test",
+                "--release",
+                "--package",
+                "sipfilter-tests",
+                "--test",
+                "differential",
+                "--",
+                "--nocapture",
+            ])
         }
         Task::Fuzz { secs } => {
             setup::run()?;

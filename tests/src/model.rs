@@ -1,0 +1,342 @@
+//! A reference model of what the XDP program decides for one frame, written from the
+//! protocols' definitions rather than from the kernel's parser (`sipfilter-ebpf/src/parse.rs`)
+//! so the two can disagree, and a generator of frames to compare them on (`tests/tests/
+//! differential.rs`, `cargo xtask soak`).
+//!
+//! The model covers the stateless part of the decision, under a configuration with no lists,
+//! no trust tiers and buckets no frame can empty: how a frame is parsed (Ethernet with up to
+//! two VLAN tags, IPv4 with options and fragments, IPv6 with up to six extension headers, UDP
+//! to the SIP port) and how its SIP message is classified (the classifier is shared with the
+//! kernel: it is pure logic, tested on its own). The stateful rules have their own sequence
+//! tests.
+
+use sipfilter_common::{sip::CLASSIFY_LEN, Method, Outcome};
+
+/// What the program must do with a frame: its outcome and the SIP method it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub outcome: Outcome,
+    pub method: Option<Method>,
+}
+
+const SIP_PORT: u16 = 5060;
+/// How far into a frame the program promises to find the UDP header (and reads the start of
+/// the SIP message); beyond it a frame is malformed for the program.
+const MAX_HEADERS: usize = 1024;
+
+fn be16(f: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]))
+}
+
+/// The model's verdict on one frame (at least 14 bytes: BPF_PROG_TEST_RUN takes no less).
+pub fn expect(frame: &[u8]) -> Expected {
+    let malformed = Expected {
+        outcome: Outcome::Malformed,
+        method: None,
+    };
+    let mut at = 12;
+    let Some(mut ethertype) = be16(frame, at) else {
+        return malformed;
+    };
+    at += 2;
+    // 802.1Q or 802.1ad tags: two at most.
+    for _ in 0..2 {
+        if ethertype == 0x8100 || ethertype == 0x88a8 {
+            let Some(inner) = be16(frame, at + 2) else {
+                return malformed;
+            };
+            ethertype = inner;
+            at += 4;
+        }
+    }
+    let l4 = match ethertype {
+        0x0800 => match ipv4(frame, at) {
+            Ok(l4) => l4,
+            Err(e) => return e,
+        },
+        0x86dd => match ipv6(frame, at) {
+            Ok(l4) => l4,
+            Err(e) => return e,
+        },
+        0x8100 | 0x88a8 => return malformed,
+        _ => {
+            return Expected {
+                outcome: Outcome::NotIp,
+                method: None,
+            }
+        }
+    };
+    // UDP: eight bytes of header.
+    if l4 + 8 > frame.len() || l4 > MAX_HEADERS {
+        return malformed;
+    }
+    let Some(dport) = be16(frame, l4 + 2) else {
+        return malformed;
+    };
+    if dport != SIP_PORT {
+        return Expected {
+            outcome: Outcome::NotSipPort,
+            method: None,
+        };
+    }
+    // The message: receivers skip CRLFs before the start line (two at most here).
+    let mut start = l4 + 8;
+    for _ in 0..2 {
+        if frame.get(start..start + 2) == Some(b"\r\n") {
+            start += 2;
+        }
+    }
+    let method = match frame.get(start..start + CLASSIFY_LEN) {
+        Some(head) => sipfilter_common::classify(head.try_into().expect("16 bytes")),
+        None => Method::Unknown,
+    };
+    Expected {
+        outcome: Outcome::Accepted,
+        method: Some(method),
+    }
+}
+
+/// IPv4 at `at`: the UDP header's offset, or the verdict.
+fn ipv4(f: &[u8], at: usize) -> Result<usize, Expected> {
+    let out = |o| Expected {
+        outcome: o,
+        method: None,
+    };
+    if at + 20 > f.len() {
+        return Err(out(Outcome::Malformed));
+    }
+    let (version, ihl) = (f[at] >> 4, usize::from(f[at] & 0x0f) * 4);
+    if version != 4 || ihl < 20 {
+        return Err(out(Outcome::Malformed));
+    }
+    let fragment_offset = be16(f, at + 6).unwrap_or(0) & 0x1fff;
+    if fragment_offset != 0 {
+        return Err(out(Outcome::Fragment));
+    }
+    if f[at + 9] != 17 {
+        return Err(out(Outcome::NotUdp));
+    }
+    Ok(at + ihl)
+}
+
+/// IPv6 at `at`, through its extension headers: the UDP header's offset, or the verdict.
+fn ipv6(f: &[u8], at: usize) -> Result<usize, Expected> {
+    let out = |o| Expected {
+        outcome: o,
+        method: None,
+    };
+    if at + 40 > f.len() || f[at] >> 4 != 6 {
+        return Err(out(Outcome::Malformed));
+    }
+    let mut next = f[at + 6];
+    let mut l4 = at + 40;
+    let mut later_fragment = false;
+    for _ in 0..6 {
+        match next {
+            0 | 43 | 60 => {
+                if l4 + 2 > f.len() {
+                    return Err(out(Outcome::Malformed));
+                }
+                next = f[l4];
+                l4 += (usize::from(f[l4 + 1]) + 1) * 8;
+            }
+            44 => {
+                if l4 + 8 > f.len() {
+                    return Err(out(Outcome::Malformed));
+                }
+                next = f[l4];
+                if be16(f, l4 + 2).unwrap_or(0) & 0xfff8 != 0 {
+                    later_fragment = true;
+                }
+                l4 += 8;
+            }
+            _ => break,
+        }
+        if l4 > MAX_HEADERS {
+            return Err(out(Outcome::Malformed));
+        }
+    }
+    if later_fragment {
+        return Err(out(Outcome::Fragment));
+    }
+    match next {
+        17 => Ok(l4),
+        0 | 43 | 60 | 44 => Err(out(Outcome::Malformed)),
+        _ => Err(out(Outcome::NotUdp)),
+    }
+}
+
+/// A small deterministic generator (xorshift64*): a failing case is reproduced from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// SIP text a frame may carry: start lines of every kind, keep-alives, garbage.
+fn sip_text(r: &mut Rng) -> Vec<u8> {
+    const STARTS: &[&[u8]] = &[
+        b"REGISTER sip:pbx SIP/2.0\r\n",
+        b"INVITE sip:+23276123456@pbx SIP/2.0\r\n",
+        b"OPTIONS sip:100@pbx SIP/2.0\r\n",
+        b"SIP/2.0 200 OK\r\n",
+        b"\r\nREGISTER sip:pbx SIP/2.0\r\n",
+        b"\r\n\r\nBYE sip:x SIP/2.0\r\n",
+        b"\r\n\r\n\r\nACK sip:x SIP/2.0\r\n",
+        b"register sip:x SIP/2.0\r\n",
+        b"REGISTERX sip:x SIP/2.0\r\n",
+        b"SUBSCRIBE sip:x SIP/2.0\r\n",
+        b"\r\n\r\n",
+        b"",
+        b"GET / HTTP/1.1\r\n",
+    ];
+    let mut t = STARTS[r.below(STARTS.len() as u64) as usize].to_vec();
+    t.extend_from_slice(b"Via: SIP/2.0/UDP 10.0.0.1\r\nCall-ID: x\r\nUser-Agent: Yealink\r\n\r\n");
+    let cut = r.below(t.len() as u64 + 1) as usize;
+    t.truncate(if r.chance(20) { cut } else { t.len() });
+    t
+}
+
+/// A frame: a valid one from the layers below (VLAN tags, IPv4 with options and fragments,
+/// IPv6 with extension headers, UDP to the SIP port or another), then maybe mutated
+/// (truncated, bytes flipped, random bytes).
+pub fn frame(r: &mut Rng) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    for _ in 0..r.below(4) {
+        f.extend_from_slice(if r.chance(50) { &[0x81, 0x00] } else { &[0x88, 0xa8] });
+        f.extend_from_slice(&(r.below(4096) as u16).to_be_bytes());
+    }
+    let payload = sip_text(r);
+    let dport: u16 = if r.chance(80) { SIP_PORT } else { r.below(65536) as u16 };
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&5060u16.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&payload);
+    let proto = if r.chance(90) { 17u8 } else { r.below(256) as u8 };
+    match r.below(10) {
+        0 => {
+            // Not IP.
+            f.extend_from_slice(&(r.below(65536) as u16).to_be_bytes());
+            f.extend((0..r.below(80)).map(|_| r.below(256) as u8));
+        }
+        1..=5 => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let options = 4 * r.below(11) as usize;
+            let ihl = 5 + options / 4;
+            f.push(0x40 | ihl as u8);
+            f.push(0);
+            f.extend_from_slice(&((20 + options + udp.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 1]);
+            let frag: u16 = match r.below(10) {
+                0 => 0x2000,                 // more fragments, first
+                1 => r.below(0x2000) as u16, // a later fragment (or offset 0)
+                _ => 0x4000,                 // don't fragment
+            };
+            f.extend_from_slice(&frag.to_be_bytes());
+            f.push(64);
+            f.push(proto);
+            f.extend_from_slice(&[0, 0]);
+            f.extend((0..4).map(|_| r.below(256) as u8));
+            f.extend_from_slice(&[192, 0, 2, 1]);
+            f.extend(std::iter::repeat_n(1u8, options));
+            f.extend_from_slice(&udp);
+        }
+        _ => {
+            f.extend_from_slice(&[0x86, 0xdd]);
+            let mut exts = Vec::new();
+            let count = r.below(8);
+            let kinds: Vec<u8> = (0..count).map(|_| [0u8, 43, 60, 44][r.below(4) as usize]).collect();
+            for (i, k) in kinds.iter().enumerate() {
+                let next = kinds.get(i + 1).copied().unwrap_or(proto);
+                if *k == 44 {
+                    let off: u16 = if r.chance(20) { (r.below(0x2000) as u16) << 3 } else { 1 };
+                    exts.extend_from_slice(&[next, 0]);
+                    exts.extend_from_slice(&off.to_be_bytes());
+                    exts.extend_from_slice(&[0, 0, 0, 1]);
+                } else {
+                    let len = r.below(3) as u8;
+                    exts.push(next);
+                    exts.push(len);
+                    exts.extend(std::iter::repeat_n(0u8, 6 + 8 * usize::from(len)));
+                }
+            }
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&((exts.len() + udp.len()) as u16).to_be_bytes());
+            f.push(kinds.first().copied().unwrap_or(proto));
+            f.push(64);
+            f.extend((0..16).map(|_| r.below(256) as u8));
+            f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            f.extend_from_slice(&exts);
+            f.extend_from_slice(&udp);
+        }
+    }
+    // Mutations.
+    if r.chance(15) {
+        let keep = 14 + r.below(f.len().saturating_sub(14) as u64 + 1) as usize;
+        f.truncate(keep.min(f.len()));
+    }
+    if r.chance(15) {
+        for _ in 0..=r.below(3) {
+            let i = r.below(f.len() as u64) as usize;
+            f[i] ^= 1 << r.below(8);
+        }
+    }
+    if f.len() < 14 {
+        f.resize(14, 0);
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_reads_plain_frames_as_the_protocols_say() {
+        let f = crate::packet::PacketBuilder::sip4("192.0.2.7".parse().unwrap(), "REGISTER")
+            .build()
+            .bytes;
+        assert_eq!(
+            expect(&f),
+            Expected {
+                outcome: Outcome::Accepted,
+                method: Some(Method::Register)
+            }
+        );
+        let f = crate::packet::PacketBuilder::sip6("2001:db8::7".parse().unwrap(), "INVITE")
+            .ext(0, 8)
+            .build()
+            .bytes;
+        assert_eq!(
+            expect(&f),
+            Expected {
+                outcome: Outcome::Accepted,
+                method: Some(Method::Invite)
+            }
+        );
+        let mut r = Rng::new(7);
+        for _ in 0..1000 {
+            let f = frame(&mut r);
+            assert!(f.len() >= 14);
+            let _ = expect(&f);
+        }
+    }
+}

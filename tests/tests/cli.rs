@@ -669,6 +669,9 @@ fn status_shows_attachment_program_and_counts() -> anyhow::Result<()> {
     // From outside the namespace: the attachment is still listed, the mode cannot be read.
     let human = ok(&f, &["status"]);
     assert!(human.contains("mode") && human.contains("enforcing"), "{human}");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    assert!(human.contains(kernel.trim()), "status names the kernel: {human}");
+    assert!(human.contains("egress attach"), "{human}");
     assert!(human.contains("2 sources (1 permanent), 1 CIDR"), "{human}");
     let row = human
         .lines()

@@ -74,6 +74,16 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
         .iter()
         .fold((0, 0), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
     let ns_per_packet = (runs > 0).then(|| time as f64 / runs as f64);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    // The answers program's attachment: a pinned tcx link (kernels 6.6 and later), else a
+    // clsact filter (kept by the qdisc, nothing pinned).
+    let egress_dir = pin_dir.join("links").join("egress");
+    let egress_path = match std::fs::read_dir(&egress_dir).map(|mut d| d.next().is_some()) {
+        Ok(true) => "tcx (pinned links)",
+        _ => "clsact filter (or not attached)",
+    };
 
     if args.json {
         return print_json(&json!({
@@ -91,6 +101,8 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
             "denylist_entries": deny.len(),
             "allowlist_entries": allow,
             "bpf_stats_enabled": stats_enabled,
+            "kernel": kernel,
+            "egress_attach": egress_path,
             "programs": programs.iter().map(|p| json!({
                 "id": p.id,
                 "run_count": p.run_count,
@@ -117,6 +129,8 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let mut t = Table::new(&[("", false), ("", false)]);
     let mut kv = |k: &str, v: String| t.row(vec![k.to_string(), v]);
     kv("pin dir", pin_dir.display().to_string());
+    kv("kernel", kernel.clone());
+    kv("egress attach", egress_path.to_string());
     kv(
         "mode",
         if config.monitor() {

@@ -438,7 +438,9 @@ pub fn uri_user<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<Extension> {
         }
         let colon = forget(b, colon);
         if colon >= value + 3 {
-            let w = b.word(colon - 3)? | LOWER;
+            // Laundered: a compiler that knows colon >= 3 reads bytes at (colon - 3) + k as
+            // colon + (k - 3), a negative offset older verifiers (6.1) cannot bound.
+            let w = b.word(forget(b, colon - 3))? | LOWER;
             let (s0, s1, s2) = (w as u8, (w >> 8) as u8, (w >> 16) as u8);
             let sip = (s0 == b's' && s1 == b'i' && s2 == b'p') || (s0 == b'i' && s1 == b'p' && s2 == b's');
             let tel = s0 == b't' && s1 == b'e' && s2 == b'l';

@@ -132,6 +132,15 @@ impl ScanWindow {
         }
         let n = if payload > SCAN_LIMIT { SCAN_LIMIT } else { payload };
         let buf = SCAN_BUFFER.get_ptr_mut(0)? as *mut u8;
+        // The copy's length laundered and bounded to 1..=SCAN_LIMIT in a form the compiler
+        // cannot fold away: older verifiers (6.1) lose the range of `n` computed above and
+        // refuse a helper length that might be negative.
+        // SAFETY: a slot in the buffer's tail that no copy reaches.
+        let n = unsafe {
+            let slot = buf.add(2 * SCAN_LIMIT - 24) as *mut u64;
+            core::ptr::write_volatile(slot, (n - 1) as u64);
+            (core::ptr::read_volatile(slot) as usize & (SCAN_LIMIT - 1)) + 1
+        };
         Some((buf, n, payload > SCAN_LIMIT))
     }
 }
@@ -163,6 +172,22 @@ impl Bytes for ScanWindow {
     #[inline(always)]
     fn truncated(&self) -> bool {
         self.cut
+    }
+
+    /// As the trait's, with the last word's offset laundered: knowing the window is at most
+    /// SCAN_LIMIT long, the compiler reads the tail at `buf + len - 7`, an offset older
+    /// verifiers (6.1) cannot bound.
+    #[inline(always)]
+    fn word_or_tail(&self, off: usize) -> Option<u64> {
+        if let Some(w) = self.word(off) {
+            return Some(w);
+        }
+        let len = self.len;
+        if len < 8 || off >= len || off + 8 <= len {
+            return None;
+        }
+        let last = self.word(self.forget(len - 8))?;
+        Some(last >> (8 * ((off + 8 - len) & 7)))
     }
 
     #[inline(always)]
@@ -232,6 +257,28 @@ pub enum L3 {
     Skip(Outcome),
 }
 
+/// The headers' offsets with what the verifier knows of them erased (a store and a load of
+/// map memory): every way through the Ethernet, VLAN and IPv6 extension-header walk reaches
+/// the rest of the program in one state. Older verifiers (Debian 12's 6.1) do not prune those
+/// paths and walk the whole program once for each.
+#[inline(always)]
+pub fn launder(h: Headers) -> Headers {
+    let Some(slot) = crate::maps::LAUNDER.get_ptr_mut(0) else {
+        return h;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        let slot = slot as *mut u64;
+        core::ptr::write_volatile(slot, h.l3 as u64);
+        core::ptr::write_volatile(slot.add(1), h.udp as u64);
+        Headers {
+            l3: (core::ptr::read_volatile(slot) as usize) & (2 * MAX_L4_OFFSET - 1),
+            udp: (core::ptr::read_volatile(slot.add(1)) as usize) & (2 * MAX_L4_OFFSET - 1),
+            ..h
+        }
+    }
+}
+
 #[inline(always)]
 pub fn parse_l3<F: Frame>(ctx: &F) -> L3 {
     let Some(eth) = ptr_at::<EthHdr, F>(ctx, 0) else {
@@ -258,6 +305,17 @@ pub fn parse_l3<F: Frame>(ctx: &F) -> L3 {
         L3::Skip(Outcome::Malformed)
     } else {
         L3::Skip(Outcome::NotIp)
+    }
+}
+
+impl L3 {
+    /// A UDP datagram's offsets laundered (see [`launder`]); anything else as it is.
+    #[inline(always)]
+    pub fn laundered(self) -> L3 {
+        match self {
+            L3::Udp(h) => L3::Udp(launder(h)),
+            other => other,
+        }
     }
 }
 

@@ -3,16 +3,18 @@
 # small VM booted on Debian 12's own kernel (linux-image-amd64, 6.1.x), so that a verifier
 # that refuses a program on the kernels our users run is seen here, not in the field.
 #
-#   xtask/kernel-test/run.sh [--kernel VMLINUZ] [TEST_BINARY...]
+#   xtask/kernel-test/run.sh [--kernel VMLINUZ] [TEST...]
 #
-# Without TEST_BINARY: the newest build of each of fixtures, calls, answers and sequences
-# in target/debug/deps (build them with `cargo test -p sipfilter-tests --no-run`).
+# TEST: a test binary's path, or a test target's name (fixtures) for its newest build in
+# target/debug/deps. Default: fixtures calls answers sequences (build them first with
+# `cargo test -p sipfilter-tests --no-run`).
 #
 # Environment (all optional):
 #   KERNEL_TEST_DIR      where the kernel is cached and the log is kept (target/kernel-test)
 #   KERNEL_TEST_KERNEL   a vmlinuz to boot instead of Debian's linux-image-amd64
 #   KERNEL_TEST_PACKAGE  the Debian kernel package (default: what linux-image-amd64 names)
-#   KERNEL_TEST_TIMEOUT  seconds the VM may run (default 600 with KVM, 2400 without)
+#   KERNEL_TEST_TIMEOUT  seconds the VM may run (default 600 with KVM, 3600 without)
+#   KERNEL_TEST_ACCEL    kvm or tcg (default: kvm where /dev/kvm and vmx/svm are there)
 #   KERNEL_TEST_MEM      the VM's memory in MiB (default 1024)
 #   KERNEL_TEST_ARGS     extra libtest arguments for every binary (a test name filter, say)
 #
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --kernel) kernel=${2:?--kernel needs a file}; shift 2 ;;
         --kernel=*) kernel=${1#--kernel=}; shift ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) binaries+=("$1"); shift ;;
     esac
 done
@@ -106,21 +108,27 @@ fi
     die "no kernel: apt could not fetch linux-image-amd64 and none is cached or in /boot (or pass --kernel)"
 
 # --- The test binaries. -------------------------------------------------------------------
-if [ ${#binaries[@]} -eq 0 ]; then
-    for name in "${default_tests[@]}"; do
-        newest=
-        for f in "$repo"/target/debug/deps/"$name"-*; do
-            [[ $(basename "$f") =~ ^$name-[0-9a-f]{16}$ ]] && [ -x "$f" ] || continue
-            if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest=$f; fi
-        done
-        [ -n "$newest" ] ||
-            die "no $name test binary in target/debug/deps: run cargo test -p sipfilter-tests --no-run"
-        binaries+=("$newest")
+newest_build() {
+    local name=$1 f newest=
+    for f in "$repo"/target/debug/deps/"$name"-*; do
+        [[ $(basename "$f") =~ ^$name-[0-9a-f]{16}$ ]] && [ -x "$f" ] || continue
+        if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest=$f; fi
     done
-fi
+    [ -n "$newest" ] && echo "$newest"
+}
+[ ${#binaries[@]} -gt 0 ] || binaries=("${default_tests[@]}")
+resolved=()
 for b in "${binaries[@]}"; do
-    [ -x "$b" ] || die "$b is not an executable"
+    if [[ $b == */* ]] || [ -f "$b" ]; then
+        [ -f "$b" ] && [ -x "$b" ] || die "$b is not an executable"
+        resolved+=("$b")
+    else
+        newest=$(newest_build "$b") ||
+            die "no $b test binary in target/debug/deps: run cargo test -p sipfilter-tests --no-run"
+        resolved+=("$newest")
+    fi
 done
+binaries=("${resolved[@]}")
 
 # --- The root filesystem: busybox, the binaries and their libraries, an /init. ---------------
 root=$work/root
@@ -144,7 +152,7 @@ copy_libs() {
 names=()
 for b in "${binaries[@]}"; do
     name=$(basename "$b")
-    name=${name%-*}
+    if [[ $name =~ ^(.*)-[0-9a-f]{16}$ ]]; then name=${BASH_REMATCH[1]}; fi
     # Debug info makes the binaries 6x larger; symbols stay for backtraces.
     if command -v objcopy >/dev/null; then
         objcopy --strip-debug "$b" "$root/tests/$name"
@@ -204,7 +212,7 @@ if [ -z "$accel_kind" ]; then
 fi
 case $accel_kind in
     kvm) accel=(-accel kvm -cpu host); limit=${KERNEL_TEST_TIMEOUT:-600} ;;
-    tcg) accel=(-accel tcg -cpu max); limit=${KERNEL_TEST_TIMEOUT:-2400} ;;
+    tcg) accel=(-accel tcg -cpu max); limit=${KERNEL_TEST_TIMEOUT:-3600} ;;
     *) die "KERNEL_TEST_ACCEL must be kvm or tcg" ;;
 esac
 log=$out_dir/kernel-test.log
@@ -256,22 +264,31 @@ else
 fi
 if [ "$total_fail" -gt 0 ]; then
     echo
-    echo "===== failures (first 3 and last 30 lines of each; whole output in $log) ====="
-    for name in "${names[@]}"; do
-        sed -n "/^KERNEL-TEST: begin $name\$/,/^KERNEL-TEST: end $name rc=/p" "$log" |
-            awk -v bin="$name" '
-                /^---- .* stdout ----$/ { flush(); title = $2; n = 0; next }
-                /^failures:$/ && title != "" { flush(); title = ""; next }
-                title != "" { lines[++n] = $0 }
-                function flush(   i) {
-                    if (title == "") return
-                    print "--- " bin " :: " title
-                    for (i = 1; i <= n; i++)
-                        if (i <= 3 || i > n - 30) print "    " lines[i]
-                        else if (i == 4) print "    [... " n - 33 " lines ...]"
-                }
-                END { flush() }'
-    done
+    echo "===== failures (a refusal's first 3 and last 30 lines once; all of it in $log) ====="
+    awk '
+        function flush(   i, key) {
+            if (title == "") return
+            while (n > 0 && lines[n] == "") n--
+            print "--- " bin " :: " title
+            key = lines[1]
+            sub(/ Verifier output:.*/, "", key)
+            if (key in seen) {
+                print "    " substr(key, 1, 300)
+                print "    (as in " seen[key] " above)"
+            } else {
+                seen[key] = bin " :: " title
+                for (i = 1; i <= n; i++)
+                    if (i <= 3 || i > n - 30) print "    " substr(lines[i], 1, 400)
+                    else if (i == 4) print "    [... " n - 33 " lines ...]"
+            }
+            title = ""
+        }
+        /^KERNEL-TEST: begin / { flush(); bin = $3; next }
+        /^KERNEL-TEST: end / { flush(); next }
+        /^---- .* stdout ----$/ { flush(); title = $2; n = 0; next }
+        /^failures:$/ { flush(); next }
+        title != "" { lines[++n] = $0 }
+        END { flush() }' "$log"
 fi
 echo
 echo "kernel-test: $total_pass passed, $total_fail failed"

@@ -31,6 +31,9 @@ pub struct Loaded {
     /// Scanner User-Agents and destination rules.
     pub request_rules: RequestRuleMaps,
     pub pin_dir: PathBuf,
+    /// Why the kernel refused the answers (TC) programs, if it did: the filter then runs
+    /// without reading the PBX's answers (older verifiers, README "Reliability").
+    pub answers_refused: Option<String>,
 }
 
 impl Loaded {
@@ -56,19 +59,27 @@ impl Loaded {
                 .map_err(|e| anyhow!("the kernel refused the {what} program: {e}"))?;
         }
         link_ingress_programs(&mut ebpf)?;
-        tc_mut(&mut ebpf, ANSWERS_PROGRAM)?
-            .load()
-            .map_err(|e| anyhow!("the kernel refused the answers program: {e}"))?;
-        tc_mut(&mut ebpf, JUDGE_PROGRAM)?
-            .load()
-            .map_err(|e| anyhow!("the kernel refused the answers' judge program: {e}"))?;
-        tc_mut(&mut ebpf, CALLER_PROGRAM)?
-            .load()
-            .map_err(|e| anyhow!("the kernel refused the answers' caller program: {e}"))?;
-        tc_mut(&mut ebpf, IDENTIFY_PROGRAM)?
-            .load()
-            .map_err(|e| anyhow!("the kernel refused the answers' identify program: {e}"))?;
-        link_egress_programs(&mut ebpf)?;
+        // The answers programs are the most demanding of the verifier: a kernel that refuses
+        // them (Debian 12's 6.1 today) still gets the XDP filter, without trust tiers.
+        let answers_refused = (|| -> anyhow::Result<()> {
+            for (name, what) in [
+                (ANSWERS_PROGRAM, "answers"),
+                (JUDGE_PROGRAM, "answers' judge"),
+                (CALLER_PROGRAM, "answers' caller"),
+                (IDENTIFY_PROGRAM, "answers' identify"),
+            ] {
+                tc_mut(&mut ebpf, name)?
+                    .load()
+                    .map_err(|e| anyhow!("the kernel refused the {what} program: {e}"))?;
+            }
+            link_egress_programs(&mut ebpf)
+        })()
+        .err()
+        .map(|e| {
+            // The first line says which program and why; the verifier's log follows it.
+            let text = format!("{e:#}");
+            text.lines().next().unwrap_or("").chars().take(300).collect::<String>()
+        });
         let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
         let trust = TrustMaps::from_ebpf(&mut ebpf)?;
         let request_rules = RequestRuleMaps::from_ebpf(&mut ebpf)?;
@@ -84,6 +95,7 @@ impl Loaded {
             trust,
             request_rules,
             pin_dir: pin_dir.to_owned(),
+            answers_refused,
         };
         let (ns_per_jiffy, offset) = loaded.calibrate_clock()?;
         config.ns_per_jiffy = ns_per_jiffy;

@@ -283,6 +283,14 @@ impl Agent {
             false => Some(FilterMaps::open_pinned(pin_dir)?.read_config()?.ipv6_prefix_len()),
         };
         let mut loaded = Loaded::load(pin_dir, &config.kernel_config())?;
+        let mut config = config;
+        if let Some(why) = &loaded.answers_refused {
+            log(format!(
+                "warning: {why}; running without reading the PBX's answers: no trust tiers, stealth, quarantine or cracked-extension detection (every source gets [limits]); the XDP filter, bans, lists, scanner and call rules work"
+            ));
+            config.trust.enabled = false;
+            loaded.maps.write_config(&config.kernel_config())?;
+        }
         loaded.request_rules.write(&config)?;
         // Sources are keyed by the full IPv6 address since the answers/trust version; maps
         // pinned by an older one keyed by prefix are refused by the loader.
@@ -357,13 +365,15 @@ impl Agent {
                     attach::link_pin(pin_dir, iface).display()
                 ));
             }
-            let answers = loaded.answers_program_mut()?;
-            let e = answers_attach::attach(answers, pin_dir, iface, config.egress)?;
-            log(format!(
-                "{} the answers program on the egress of {iface} ({})",
-                if e.adopted { "took over" } else { "attached" },
-                e.path
-            ));
+            if loaded.answers_refused.is_none() {
+                let answers = loaded.answers_program_mut()?;
+                let e = answers_attach::attach(answers, pin_dir, iface, config.egress)?;
+                log(format!(
+                    "{} the answers program on the egress of {iface} ({})",
+                    if e.adopted { "took over" } else { "attached" },
+                    e.path
+                ));
+            }
             attached.push(a.iface);
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -892,6 +902,11 @@ impl Agent {
                 return;
             }
         };
+        let mut new = new;
+        if self.loaded.answers_refused.is_some() {
+            // No answers program: the tiers stay off (see `start`).
+            new.trust.enabled = false;
+        }
         if new.ipv6_prefix != self.config.ipv6_prefix {
             log(format!(
                 "reload failed, keeping the running configuration: ban.ipv6_prefix changed (/{} to /{}), which re-keys every IPv6 ban and bucket; restart the agent to apply it",

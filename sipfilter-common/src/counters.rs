@@ -286,6 +286,10 @@ pub struct Counters {
     pub ban_table_full: u64,
     /// Ban events the ring buffer had no room for.
     pub events_lost: u64,
+    /// Not a counter: where the programs launder the parsed headers' offsets (this CPU's
+    /// record is at hand, and a store and a load of map memory erase what the verifier knows
+    /// of them). Userspace ignores it.
+    pub scratch: [u64; 2],
 }
 
 impl Default for Counters {
@@ -306,6 +310,7 @@ impl Default for Counters {
             requests_uninspected: 0,
             ban_table_full: 0,
             events_lost: 0,
+            scratch: [0; 2],
         }
     }
 }

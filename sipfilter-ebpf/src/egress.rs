@@ -86,7 +86,7 @@ pub fn sipfilter_judge(_ctx: TcContext) -> i32 {
 /// says which program goes on with it.
 #[inline(always)]
 fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) -> Option<u32> {
-    let L3::Udp(h) = parse_l3(ctx).laundered() else {
+    let L3::Udp(h) = parse_l3(ctx).laundered(&mut counters.scratch) else {
         return None;
     };
     let Some((src_port_be, dst_port_be)) = udp_ports(ctx, &h) else {

@@ -87,7 +87,7 @@ fn finish(config: &KernelConfig, c: &mut Counters, outcome: Outcome) -> u32 {
 #[inline(always)]
 fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters) -> Outcome {
     let h = match parse_l3(ctx) {
-        L3::Udp(h) => crate::parse::launder(h),
+        L3::Udp(h) => crate::parse::launder(h, &mut counters.scratch),
         L3::Other(outcome, h) => {
             // With scope "all", a banned or denylisted source loses its non-SIP traffic too.
             if config.scope_all() {

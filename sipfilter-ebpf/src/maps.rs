@@ -185,7 +185,3 @@ pub static PENDING_ANSWER: PerCpuArray<PendingAnswer> = PerCpuArray::with_max_en
 /// Scratch for a new source's state on its way into the overflow table (per CPU).
 #[map(name = "new_state")]
 pub static NEW_STATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
-
-/// Where the ingress program launders the parsed headers' offsets (see `ingress::launder`).
-#[map(name = "launder")]
-pub static LAUNDER: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

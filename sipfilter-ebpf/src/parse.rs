@@ -262,13 +262,10 @@ pub enum L3 {
 /// the rest of the program in one state. Older verifiers (Debian 12's 6.1) do not prune those
 /// paths and walk the whole program once for each.
 #[inline(always)]
-pub fn launder(h: Headers) -> Headers {
-    let Some(slot) = crate::maps::LAUNDER.get_ptr_mut(0) else {
-        return h;
-    };
-    // SAFETY: this CPU's slot.
+pub fn launder(h: Headers, scratch: &mut [u64; 2]) -> Headers {
+    // SAFETY: this CPU's counters record (see `Counters::scratch`).
     unsafe {
-        let slot = slot as *mut u64;
+        let slot = scratch.as_mut_ptr();
         core::ptr::write_volatile(slot, h.l3 as u64);
         core::ptr::write_volatile(slot.add(1), h.udp as u64);
         Headers {
@@ -311,9 +308,9 @@ pub fn parse_l3<F: Frame>(ctx: &F) -> L3 {
 impl L3 {
     /// A UDP datagram's offsets laundered (see [`launder`]); anything else as it is.
     #[inline(always)]
-    pub fn laundered(self) -> L3 {
+    pub fn laundered(self, scratch: &mut [u64; 2]) -> L3 {
         match self {
-            L3::Udp(h) => L3::Udp(launder(h)),
+            L3::Udp(h) => L3::Udp(launder(h, scratch)),
             other => other,
         }
     }

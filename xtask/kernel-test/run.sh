@@ -70,6 +70,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# --- The test binaries. -------------------------------------------------------------------
+newest_build() {
+    local name=$1 f newest=
+    for f in "$repo"/target/debug/deps/"$name"-*; do
+        [[ $(basename "$f") =~ ^$name-[0-9a-f]{16}$ ]] && [ -x "$f" ] || continue
+        if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest=$f; fi
+    done
+    [ -n "$newest" ] && echo "$newest"
+}
+[ ${#binaries[@]} -gt 0 ] || binaries=("${default_tests[@]}")
+resolved=()
+for b in "${binaries[@]}"; do
+    if [[ $b == */* ]] || [ -f "$b" ]; then
+        [ -f "$b" ] && [ -x "$b" ] || die "$b is not an executable"
+        resolved+=("$b")
+    else
+        newest=$(newest_build "$b") ||
+            die "no $b test binary in target/debug/deps: run cargo test -p sipfilter-tests --no-run"
+        resolved+=("$newest")
+    fi
+done
+binaries=("${resolved[@]}")
+
 # --- The kernel: Debian's own image, fetched once with apt and kept in $out_dir. ----------
 fetch_kernel() {
     local pkg=${KERNEL_TEST_PACKAGE:-}
@@ -106,29 +129,6 @@ if [ -z "$kernel" ]; then
 fi
 [ -n "$kernel" ] && [ -r "$kernel" ] ||
     die "no kernel: apt could not fetch linux-image-amd64 and none is cached or in /boot (or pass --kernel)"
-
-# --- The test binaries. -------------------------------------------------------------------
-newest_build() {
-    local name=$1 f newest=
-    for f in "$repo"/target/debug/deps/"$name"-*; do
-        [[ $(basename "$f") =~ ^$name-[0-9a-f]{16}$ ]] && [ -x "$f" ] || continue
-        if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest=$f; fi
-    done
-    [ -n "$newest" ] && echo "$newest"
-}
-[ ${#binaries[@]} -gt 0 ] || binaries=("${default_tests[@]}")
-resolved=()
-for b in "${binaries[@]}"; do
-    if [[ $b == */* ]] || [ -f "$b" ]; then
-        [ -f "$b" ] && [ -x "$b" ] || die "$b is not an executable"
-        resolved+=("$b")
-    else
-        newest=$(newest_build "$b") ||
-            die "no $b test binary in target/debug/deps: run cargo test -p sipfilter-tests --no-run"
-        resolved+=("$newest")
-    fi
-done
-binaries=("${resolved[@]}")
 
 # --- The root filesystem: busybox, the binaries and their libraries, an /init. ---------------
 root=$work/root

@@ -17,6 +17,7 @@
 #   KERNEL_TEST_ACCEL    kvm or tcg (default: kvm where /dev/kvm and vmx/svm are there)
 #   KERNEL_TEST_MEM      the VM's memory in MiB (default 1024)
 #   KERNEL_TEST_ARGS     extra libtest arguments for every binary (a test name filter, say)
+#   KERNEL_TEST_APPEND   extra kernel command line (loglevel=7 shows the kernel's messages)
 #
 # Needs (Debian): qemu-system-x86, busybox-static, cpio, binutils; bpftool is copied in
 # when present (one test runs it). Root is not needed on the host: only read-write access
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --kernel) kernel=${2:?--kernel needs a file}; shift 2 ;;
         --kernel=*) kernel=${1#--kernel=}; shift ;;
-        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) binaries+=("$1"); shift ;;
     esac
 done
@@ -224,7 +225,7 @@ timeout --foreground --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" \
     -machine q35 -smp 2 -m "$mem" -nodefaults -no-user-config -display none \
     -serial stdio -monitor none -nic none -no-reboot -pidfile "$work/qemu.pid" \
     -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null |
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 ${KERNEL_TEST_APPEND:-}" </dev/null |
     tr -d '\r' | tee "$log"
 qemu_rc=${PIPESTATUS[0]}
 set -e

@@ -36,10 +36,11 @@ pub const INGRESS_PROGRAMS: &str = "ingress_programs";
 /// The egress (TC) program that reads the PBX's answers, and its empty floor.
 pub const ANSWERS_PROGRAM: &str = "sipfilter_answers";
 pub const TC_FLOOR_PROGRAM: &str = "tc_floor";
-/// The answers' judge (tail-called by the answers program) and its tail-call table.
-pub const JUDGE_PROGRAM: &str = "sipfilter_judge";
-pub const CALLER_PROGRAM: &str = "sipfilter_caller";
+/// The answers program's helpers (tail-called, in this order) and their tail-call table.
+pub const ANSWER_HEADERS_PROGRAM: &str = "sipfilter_answer_headers";
 pub const IDENTIFY_PROGRAM: &str = "sipfilter_identify";
+pub const EXTENSION_PROGRAM: &str = "sipfilter_extension";
+pub const JUDGE_PROGRAM: &str = "sipfilter_judge";
 pub const EGRESS_PROGRAMS: &str = "egress_programs";
 
 /// Capacities. Bans are a plain hash (not LRU) so a flood of spoofed sources cannot evict

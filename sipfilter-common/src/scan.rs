@@ -21,12 +21,17 @@ use crate::sip::{mask, word, Method};
 pub const SCAN_LIMIT: usize = 1024;
 /// A header line longer than this (a Via with a huge branch, say) ends the scan.
 pub const MAX_LINE: usize = 256;
-/// Most lines the scan visits: a typical REGISTER or 401 has its To and CSeq within the
-/// first eight (Via, From, To, Call-ID, CSeq, with up to three more Vias). More is what the
-/// kernel verifier refuses today (10 already exceeds its budget in the inspection program,
-/// which reads to the end of the headers when a request carries no credentials); an answer
-/// with its To or CSeq further down is passed and counted as uninspected.
+/// Most lines one [`scan_lines`] call visits: a round. The kernel verifier walks a round once
+/// per program and refuses much more than this (10 lines already exceeded its budget in the
+/// inspection program); the kernel goes on in another program run (a tail call) from the
+/// scan's `resume_at`, up to [`MAX_SCAN_ROUNDS`] rounds.
 pub const MAX_LINES: usize = 8;
+/// Rounds of [`MAX_LINES`] lines the kernel scans a message in at most: 32 header lines, more
+/// than any phone sends before its User-Agent (a Yealink REGISTER has 12) and than an answer
+/// carries before its CSeq through several proxies. What lies further down is counted
+/// uninspected. Each round is a tail call (a few ns); the bound keeps a chain far from the
+/// kernel's 33 tail calls.
+pub const MAX_SCAN_ROUNDS: u32 = 4;
 /// Bytes of an extension (URI user part) kept; longer ones are compared and shown by their
 /// first 16 bytes.
 pub const EXT_LEN: usize = 16;

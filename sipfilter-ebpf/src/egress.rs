@@ -12,7 +12,10 @@ use sipfilter_common::{
     answers::{Answer, AnswerClass, Judgement},
     config::{FLAG_TRUST, FLAG_WITHHOLD},
     counters::{ban_reason, AnswerKind},
-    scan::{cseq, first_header_line, request_identity, scan_lines, status_code, uri_user, Bytes, Found, Scan, Wanted},
+    scan::{
+        cseq, first_header_line, request_identity, scan_lines, status_code, uri_user, Bytes, Found, Scan, Wanted,
+        EXT_LEN, MAX_SCAN_ROUNDS,
+    },
     Counters, CrackedExtension, KernelConfig, KnownSource, Method, NS_PER_SEC,
 };
 
@@ -20,8 +23,8 @@ use crate::{
     bans::{ban, Cause},
     clock::now,
     maps::{
-        PendingAnswer, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, IDENTIFY_SLOT, JUDGE_ANSWER_SLOT,
-        KNOWN_SOURCES, PENDING_ANSWER, READ_CALLER_SLOT,
+        PendingAnswer, ANSWER_HEADERS_SLOT, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, EXTENSION_SLOT,
+        IDENTIFY_SLOT, JUDGE_ANSWER_SLOT, KNOWN_SOURCES, PENDING_ANSWER,
     },
     parse::{load_address, parse_l3, udp_ports, Datagram, ScanWindow, L3},
     source_state::{ensure_fresh, existing_state, top_up},
@@ -37,11 +40,13 @@ pub fn tc_floor(_ctx: TcContext) -> i32 {
 }
 
 /// Reads an answer leaving from a SIP port; if it is one that says something about the source
-/// it goes to, notes what it says in this CPU's [`PENDING_ANSWER`] and hands the packet to
-/// the next program by tail call (`sipfilter_identify`, then `sipfilter_caller` where the
-/// caller is needed, then `sipfilter_judge`). Several programs, because the verifier walks the
-/// header scan once for every distinct state that reaches it: each reads at most two headers
-/// from a clean start, and judging (with its map lookups and branches) comes last.
+/// it goes to, notes it in this CPU's [`PENDING_ANSWER`] and hands the packet on by tail
+/// call: `sipfilter_answer_headers` finds its headers, `sipfilter_identify` tells which
+/// request it answers, `sipfilter_extension` reads the extension at stake and
+/// `sipfilter_judge` judges. Several programs, because the verifier walks each header read
+/// once for every distinct state that reaches it: each program does one read from a clean
+/// start (the way the request inspection is split too), and the smallest verifier our users
+/// run (Debian 12's 6.1) takes each of them.
 #[classifier]
 pub fn sipfilter_answers(ctx: TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
@@ -52,40 +57,16 @@ pub fn sipfilter_answers(ctx: TcContext) -> i32 {
     };
     // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
     let counters = unsafe { &mut *counters };
-    if let Some(next) = read_answer(&ctx, config, counters) {
-        // SAFETY: a tail call does not return unless it fails (nothing loaded there): then
-        // the answer passes unjudged.
-        unsafe { EGRESS_PROGRAMS.tail_call(&ctx, next) };
+    if let Some(pending) = read_answer(&ctx, config, counters) {
+        pass_on(&ctx, pending, ANSWER_HEADERS_SLOT);
     }
     TC_ACT_OK as i32
 }
 
-/// Judges the answer [`sipfilter_answers`] read; drops it only to withhold a cracked guess's
-/// proof.
-#[classifier]
-pub fn sipfilter_judge(_ctx: TcContext) -> i32 {
-    let Some(config) = CONFIG.get(0) else {
-        return TC_ACT_OK as i32;
-    };
-    let Some(counters) = COUNTERS.get_ptr_mut(0) else {
-        return TC_ACT_OK as i32;
-    };
-    let Some(pending) = waiting_answer() else {
-        return TC_ACT_OK as i32;
-    };
-    // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
-    let counters = unsafe { &mut *counters };
-    pending.ready = 0;
-    if judge(pending, config, counters) && !config.monitor() {
-        return TC_ACT_SHOT as i32;
-    }
-    TC_ACT_OK as i32
-}
-
-/// Reads one outgoing packet: for an answer worth judging, notes it in [`PENDING_ANSWER`] and
-/// says which program goes on with it.
+/// Reads one outgoing packet: for an answer worth judging, notes what the status line and the
+/// addresses say in [`PENDING_ANSWER`] and starts its header scan there.
 #[inline(always)]
-fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) -> Option<u32> {
+fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) -> Option<&'static mut PendingAnswer> {
     let L3::Udp(h) = parse_l3(ctx).laundered(&mut counters.scratch) else {
         return None;
     };
@@ -115,49 +96,47 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     let Some(peer) = load_address(ctx, &h, true) else {
         return None;
     };
-    // To and CSeq here; the From (the caller) of an answer to anything but a REGISTER is
-    // read by `sipfilter_caller`: three headers in one scan are more paths than the
-    // verifier walks.
-    let wanted = Wanted {
-        to: true,
-        cseq: true,
-        ..Wanted::NONE
-    };
-    let found = scan_in_map(&bytes, wanted);
-    let Some((cseq_id, method)) = cseq(&bytes, found.cseq_at) else {
+    let Some(first) = first_header_line(&bytes, 0) else {
         counters.uninspected += 1;
         return None;
     };
-    let Some(pending) = PENDING_ANSWER.get_ptr_mut(0) else {
-        return None;
-    };
+    let pending = PENDING_ANSWER.get_ptr_mut(0)?;
     // SAFETY: this CPU's record.
     let pending = unsafe { &mut *pending };
     pending.peer = peer.addr;
     pending.peer_v6 = peer.is_v6 as u32;
     pending.code = code as u32;
-    pending.method = method as u32;
-    pending.cseq = cseq_id;
+    pending.method = Method::Unknown as u32;
+    pending.cseq = 0;
+    pending.ext = [0; EXT_LEN];
     pending.peer_port = u16::from_be(dst_port_be) as u32;
     pending.window_len = Bytes::len(&bytes) as u32;
     pending.window_cut = bytes.truncated() as u32;
-    if method == Method::Register {
-        // The extension at stake in a REGISTER's answer: the registering user.
-        let Some(ext) = uri_user(&bytes, found.to_at) else {
-            counters.uninspected += 1;
-            return None;
-        };
-        pending.ext = ext;
-    }
+    // The request's top Via and CSeq tell which request this answers; the extension at stake
+    // is the To user of a REGISTER's answer, the From user (the caller) of the rest.
+    pending.scan = Scan {
+        wanted: Wanted {
+            via: true,
+            to: true,
+            from: true,
+            cseq: true,
+            ..Wanted::NONE
+        },
+        found: Found {
+            resume_at: first,
+            ..Found::default()
+        },
+    };
+    pending.rounds = 0;
     pending.ready = 1;
-    Some(IDENTIFY_SLOT)
+    Some(pending)
 }
 
-/// Tells which request the answer is for (`scan::request_identity`: its top Via and CSeq),
-/// then hands the packet on: to the judge for a REGISTER's answer, to `sipfilter_caller`
-/// for the rest. A program of its own, like each header read, for the verifier.
+/// Finds the answer's headers, a round of [`MAX_LINES`](sipfilter_common::scan::MAX_LINES)
+/// lines per run (it calls itself for the next round, up to [`MAX_SCAN_ROUNDS`]), with the
+/// scan's progress in map memory, where the verifier does not track it (see `Scan`).
 #[classifier]
-pub fn sipfilter_identify(ctx: TcContext) -> i32 {
+pub fn sipfilter_answer_headers(ctx: TcContext) -> i32 {
     let Some(pending) = waiting_answer() else {
         return TC_ACT_OK as i32;
     };
@@ -165,27 +144,70 @@ pub fn sipfilter_identify(ctx: TcContext) -> i32 {
         pending.ready = 0;
         return TC_ACT_OK as i32;
     };
-    let wanted = Wanted {
-        via: true,
-        ..Wanted::NONE
-    };
-    let found = scan_in_map(&bytes, wanted);
-    pending.cseq = request_identity(&bytes, found.via_at, pending.cseq);
-    let next = if pending.method == Method::Register as u32 {
-        JUDGE_ANSWER_SLOT
+    scan_lines(&bytes, pending.scan.found.resume_at, &mut pending.scan);
+    pending.rounds += 1;
+    if pending.scan.found.resume_at != 0 && pending.rounds < MAX_SCAN_ROUNDS {
+        pass_on(&ctx, pending, ANSWER_HEADERS_SLOT);
     } else {
-        READ_CALLER_SLOT
-    };
-    // SAFETY: see `sipfilter_answers`.
-    unsafe { EGRESS_PROGRAMS.tail_call(&ctx, next) };
-    pending.ready = 0;
+        pass_on(&ctx, pending, IDENTIFY_SLOT);
+    }
     TC_ACT_OK as i32
 }
 
-/// Reads the caller (From user) of an answer to anything but a REGISTER: whose credentials
-/// the answer is about. Then hands the packet to the judge.
+/// Tells which request the answer is for (`scan::request_identity`: its top Via and CSeq)
+/// and the method it answers.
 #[classifier]
-pub fn sipfilter_caller(ctx: TcContext) -> i32 {
+pub fn sipfilter_identify(ctx: TcContext) -> i32 {
+    let Some((pending, bytes, counters)) = resume() else {
+        return TC_ACT_OK as i32;
+    };
+    let found = pending.scan.found;
+    match cseq(&bytes, found.cseq_at) {
+        Some((cseq_id, method)) => {
+            pending.method = method as u32;
+            pending.cseq = request_identity(&bytes, found.via_at, cseq_id);
+            pass_on(&ctx, pending, EXTENSION_SLOT);
+        }
+        None => {
+            counters.uninspected += 1;
+            pending.ready = 0;
+        }
+    }
+    TC_ACT_OK as i32
+}
+
+/// Reads the extension at stake: the registering user (To) of a REGISTER's answer, the
+/// caller (From) of the rest, whose credentials the answer is about.
+#[classifier]
+pub fn sipfilter_extension(ctx: TcContext) -> i32 {
+    let Some((pending, bytes, counters)) = resume() else {
+        return TC_ACT_OK as i32;
+    };
+    let at = if pending.method == Method::Register as u32 {
+        pending.scan.found.to_at
+    } else {
+        pending.scan.found.from_at
+    };
+    match uri_user(&bytes, at) {
+        Some(ext) => {
+            pending.ext = ext;
+            pass_on(&ctx, pending, JUDGE_ANSWER_SLOT);
+        }
+        None => {
+            counters.uninspected += 1;
+            pending.ready = 0;
+        }
+    }
+    TC_ACT_OK as i32
+}
+
+/// Judges the answer the programs before it read; drops it only to withhold a cracked guess's
+/// proof.
+#[classifier]
+pub fn sipfilter_judge(_ctx: TcContext) -> i32 {
+    let Some(config) = CONFIG.get(0) else {
+        return TC_ACT_OK as i32;
+    };
     let Some(counters) = COUNTERS.get_ptr_mut(0) else {
         return TC_ACT_OK as i32;
     };
@@ -194,48 +216,36 @@ pub fn sipfilter_caller(ctx: TcContext) -> i32 {
     };
     // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
     let counters = unsafe { &mut *counters };
-    let Some(bytes) = pending.window() else {
-        pending.ready = 0;
-        return TC_ACT_OK as i32;
-    };
-    let wanted = Wanted {
-        from: true,
-        ..Wanted::NONE
-    };
-    let found = scan_in_map(&bytes, wanted);
-    match uri_user(&bytes, found.from_at) {
-        Some(ext) => {
-            pending.ext = ext;
-            // SAFETY: see `sipfilter_answers`.
-            unsafe { EGRESS_PROGRAMS.tail_call(&ctx, JUDGE_ANSWER_SLOT) };
-        }
-        None => counters.uninspected += 1,
-    }
     pending.ready = 0;
+    if judge(pending, config, counters) && !config.monitor() {
+        return TC_ACT_SHOT as i32;
+    }
     TC_ACT_OK as i32
 }
 
-/// Scans the answer's headers with the scan's progress in this CPU's pending record: in map
-/// memory, where the verifier does not track it (see `Scan`).
+/// Hands the packet to the program in `slot`. A tail call does not return unless it fails
+/// (nothing loaded there): then the answer passes unjudged and the record is let go.
 #[inline(always)]
-fn scan_in_map(bytes: &ScanWindow, wanted: Wanted) -> Found {
-    let Some(p) = PENDING_ANSWER.get_ptr_mut(0) else {
-        return Found {
-            incomplete: true,
-            ..Found::default()
-        };
-    };
-    // SAFETY: this CPU's record.
-    let p = unsafe { &mut *p };
-    p.scan = Scan {
-        wanted,
-        found: Found::default(),
-    };
-    match first_header_line(bytes, 0) {
-        Some(first) => scan_lines(bytes, first, &mut p.scan),
-        None => p.scan.found.incomplete = true,
+fn pass_on(ctx: &TcContext, pending: &mut PendingAnswer, slot: u32) {
+    // SAFETY: see above.
+    unsafe { EGRESS_PROGRAMS.tail_call(ctx, slot) };
+    pending.ready = 0;
+}
+
+/// The waiting answer, its scan window and this CPU's counters, for a program of the chain.
+#[inline(always)]
+fn resume() -> Option<(&'static mut PendingAnswer, ScanWindow, &'static mut Counters)> {
+    let counters = COUNTERS.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU value: only this CPU touches it while the program runs.
+    let counters = unsafe { &mut *counters };
+    let pending = waiting_answer()?;
+    match pending.window() {
+        Some(bytes) => Some((pending, bytes, counters)),
+        None => {
+            pending.ready = 0;
+            None
+        }
     }
-    p.scan.found
 }
 
 /// This CPU's answer read by an earlier program of the chain, if one waits (a TC program runs

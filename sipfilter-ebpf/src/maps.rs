@@ -146,15 +146,17 @@ pub static CALL_EVENTS: RingBuf = RingBuf::pinned(CALL_EVENTS_BYTES, 0);
 #[map(name = "scan_buffer")]
 pub static SCAN_BUFFER: PerCpuArray<[u8; 2 * sipfilter_common::scan::SCAN_LIMIT]> = PerCpuArray::with_max_entries(1, 0);
 
-/// The egress programs reached by tail call: [`JUDGE_ANSWER_SLOT`] judges what the answers
-/// program read, [`READ_CALLER_SLOT`] reads the caller first where the answer needs it. Not pinned: each loader fills its own.
+/// The answers program's helpers reached by tail call, in the order an answer goes through
+/// them (see `egress`): [`ANSWER_HEADERS_SLOT`] finds its headers (and calls itself to go on
+/// past a round's line bound), [`IDENTIFY_SLOT`] tells which request it answers,
+/// [`EXTENSION_SLOT`] reads the extension at stake, [`JUDGE_ANSWER_SLOT`] judges. Not
+/// pinned: each loader fills its own, in this slot order.
 #[map(name = "egress_programs")]
-pub static EGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(3, 0);
-pub const JUDGE_ANSWER_SLOT: u32 = 0;
-/// Reads the caller of an answer to anything but a REGISTER.
-pub const READ_CALLER_SLOT: u32 = 1;
-/// Tells which request an answer is for.
-pub const IDENTIFY_SLOT: u32 = 2;
+pub static EGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+pub const ANSWER_HEADERS_SLOT: u32 = 0;
+pub const IDENTIFY_SLOT: u32 = 1;
+pub const EXTENSION_SLOT: u32 = 2;
+pub const JUDGE_ANSWER_SLOT: u32 = 3;
 
 /// An answer read by the answers program, waiting for the judge (one per CPU: a TC program
 /// runs to completion on its CPU, tail call included).
@@ -177,6 +179,8 @@ pub struct PendingAnswer {
     pub peer_port: u32,
     /// The scan of the answer's headers (kept here, in map memory: see `Scan`).
     pub scan: Scan,
+    /// Scan rounds done.
+    pub rounds: u32,
 }
 
 #[map(name = "pending_answer")]

@@ -5,7 +5,7 @@
 //!
 //! - `sipfilter_inspect` finds the headers, [`MAX_LINES`](sipfilter_common::scan::MAX_LINES) lines a round; a request whose
 //!   wanted headers lie further down gets another round (the program tail-calls itself), up
-//!   to [`MAX_ROUNDS`] rounds, and what is still not found is counted uninspected.
+//!   to [`MAX_SCAN_ROUNDS`] rounds, and what is still not found is counted uninspected.
 //! - `sipfilter_user_agent` searches the User-Agent for scanner tokens.
 //! - `sipfilter_calls` reads the dialed number and applies the destination and call-burst
 //!   rules.
@@ -19,7 +19,7 @@ use aya_ebpf::{
 use sipfilter_common::{
     calls::{call_id_hash, call_verdict, CallEvent, CallKey, CallTimes, DestinationRule, NumberKey},
     dialed::Dialed,
-    scan::{first_header_line, scan_lines, uri_user, Bytes, Found, Wanted},
+    scan::{first_header_line, scan_lines, uri_user, Bytes, Found, Wanted, MAX_SCAN_ROUNDS},
     Counters, KernelConfig, SourceKey,
 };
 
@@ -34,10 +34,6 @@ use crate::{
     parse::{load_address, parse_l3, ScanWindow, L3},
 };
 
-/// Scan rounds at most: 4 × [`MAX_LINES`](sipfilter_common::scan::MAX_LINES) = 32 header lines, more than any phone sends
-/// before its User-Agent (a Yealink REGISTER has 12). A tail call costs a few ns; the bound
-/// keeps the chain far from the kernel's 33 tail calls.
-pub const MAX_ROUNDS: u32 = 4;
 
 /// This CPU's inspection record.
 #[inline(always)]
@@ -147,7 +143,7 @@ pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
     scan_lines(&bytes, insp.scan.found.resume_at, &mut insp.scan);
     let found = insp.scan.found;
     insp.rounds += 1;
-    if found.resume_at != 0 && insp.rounds < MAX_ROUNDS {
+    if found.resume_at != 0 && insp.rounds < MAX_SCAN_ROUNDS {
         // SAFETY: see `judge`.
         unsafe { INGRESS_PROGRAMS.tail_call(&ctx, INSPECT_SLOT) };
     }

@@ -10,8 +10,8 @@ use aya::{
 };
 use sipfilter_common::{
     maps::{
-        ANSWERS_PROGRAM, BAN_EVENTS, CALLER_PROGRAM, CALLS_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS,
-        FLOOR_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM,
+        ANSWERS_PROGRAM, ANSWER_HEADERS_PROGRAM, BAN_EVENTS, CALLS_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS,
+        EXTENSION_PROGRAM, FLOOR_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM,
         USER_AGENT_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
@@ -34,6 +34,8 @@ pub struct Loaded {
     /// Why the kernel refused the answers (TC) programs, if it did: the filter then runs
     /// without reading the PBX's answers (older verifiers, README "Reliability").
     pub answers_refused: Option<String>,
+    /// The last lines of the verifier's log when it refused them: where and why it stopped.
+    pub answers_verifier_log: Option<String>,
 }
 
 impl Loaded {
@@ -61,12 +63,13 @@ impl Loaded {
         link_ingress_programs(&mut ebpf)?;
         // The answers programs are the most demanding of the verifier: a kernel that refuses
         // them (Debian 12's 6.1 today) still gets the XDP filter, without trust tiers.
-        let answers_refused = (|| -> anyhow::Result<()> {
+        let answers_error = (|| -> anyhow::Result<()> {
             for (name, what) in [
                 (ANSWERS_PROGRAM, "answers"),
+                (ANSWER_HEADERS_PROGRAM, "answers' header scan"),
+                (IDENTIFY_PROGRAM, "answers' request identification"),
+                (EXTENSION_PROGRAM, "answers' extension reader"),
                 (JUDGE_PROGRAM, "answers' judge"),
-                (CALLER_PROGRAM, "answers' caller"),
-                (IDENTIFY_PROGRAM, "answers' identify"),
             ] {
                 tc_mut(&mut ebpf, name)?
                     .load()
@@ -75,10 +78,15 @@ impl Loaded {
             link_egress_programs(&mut ebpf)
         })()
         .err()
-        .map(|e| {
-            // The first line says which program and why; the verifier's log follows it.
-            let text = format!("{e:#}");
-            text.lines().next().unwrap_or("").chars().take(300).collect::<String>()
+        .map(|e| format!("{e:#}"));
+        // The first line says which program and why; the verifier's log follows it, and its
+        // last lines say where it stopped.
+        let answers_refused = answers_error
+            .as_deref()
+            .map(|text| text.lines().next().unwrap_or("").chars().take(300).collect::<String>());
+        let answers_verifier_log = answers_error.as_deref().map(|text| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
         });
         let mut maps = FilterMaps::from_ebpf(&mut ebpf)?;
         let trust = TrustMaps::from_ebpf(&mut ebpf)?;
@@ -96,6 +104,7 @@ impl Loaded {
             request_rules,
             pin_dir: pin_dir.to_owned(),
             answers_refused,
+            answers_verifier_log,
         };
         let (ns_per_jiffy, offset) = loaded.calibrate_clock()?;
         config.ns_per_jiffy = ns_per_jiffy;
@@ -359,18 +368,19 @@ fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedCla
         .with_context(|| format!("{name} is not a TC program"))
 }
 
-/// Fills the answers program's tail-call table: the judge, the caller reader and the
-/// request identification, in their slots.
+/// Fills the answers program's tail-call table: its helpers in the order an answer goes
+/// through them (slots as in the kernel's `maps.rs`).
 fn link_egress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let judge = tc(ebpf, JUDGE_PROGRAM)?.fd()?.try_clone()?;
-    let caller = tc(ebpf, CALLER_PROGRAM)?.fd()?.try_clone()?;
-    let identify = tc(ebpf, IDENTIFY_PROGRAM)?.fd()?.try_clone()?;
+    let mut fds = Vec::new();
+    for name in [ANSWER_HEADERS_PROGRAM, IDENTIFY_PROGRAM, EXTENSION_PROGRAM, JUDGE_PROGRAM] {
+        fds.push(tc(ebpf, name)?.fd()?.try_clone()?);
+    }
     let map = ebpf
         .map_mut(EGRESS_PROGRAMS)
         .context("the object has no egress_programs map")?;
     let mut table = aya::maps::ProgramArray::try_from(map)?;
-    table.set(0, &judge, 0)?;
-    table.set(1, &caller, 0)?;
-    table.set(2, &identify, 0)?;
+    for (slot, fd) in fds.iter().enumerate() {
+        table.set(slot as u32, fd, 0)?;
+    }
     Ok(())
 }

@@ -134,6 +134,11 @@ impl TestFilter {
     /// Runs one outgoing frame through the answers program (and the programs it tail-calls)
     /// and returns its TC action.
     pub fn run_answer(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        if let Some(why) = &self.loaded.answers_refused {
+            // Say why, with where the verifier stopped, rather than "not loaded".
+            let log = self.loaded.answers_verifier_log.as_deref().unwrap_or("");
+            bail!("{why}\n... the verifier's log ends:\n{log}");
+        }
         let prog = self.loaded.answers_program()?;
         let result = prog
             .test_run(TestRunOptions {

@@ -7,7 +7,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use sipfilter_common::{counters::AnswerKind, Method, Outcome, Verdict};
+use sipfilter_common::{
+    counters::AnswerKind,
+    scan::{MAX_LINES, MAX_SCAN_ROUNDS},
+    Method, Outcome, Verdict,
+};
 use sipfilter_tests::{
     harness::{action_name, TestFilter, TC_ACT_OK, XDP_DROP, XDP_PASS},
     packet::{sip_answer, sip_request, sip_response, PacketBuilder as P, TPID_8021AD, TPID_8021Q},
@@ -583,18 +587,30 @@ fn answer_table() -> Vec<AnswerRow> {
         Some(Challenge),
         true,
     ));
-    let mut long = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
-    for i in 0..12 {
-        long.extend_from_slice(format!("Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK-{i}\r\n").as_bytes());
-    }
-    long.extend_from_slice(b"To: <sip:201@h>\r\nCSeq: 1 REGISTER\r\n\r\n");
+    // The line bound: MAX_SCAN_ROUNDS rounds of MAX_LINES lines (32). Short Vias keep both
+    // messages well inside the byte bound, so the line bound is what decides.
+    let bound = MAX_SCAN_ROUNDS as usize * MAX_LINES;
+    let vias = |n: usize| {
+        let mut m = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+        for i in 0..n {
+            m.extend_from_slice(format!("v: SIP/2.0/UDP p{i}\r\n").as_bytes());
+        }
+        m.extend_from_slice(b"From: <sip:201@h>;tag=1\r\nTo: <sip:201@h>\r\nCSeq: 1 REGISTER\r\n\r\n");
+        m
+    };
     rows.push(answer(
-        "To and CSeq beyond the line bound",
-        &long,
+        format!("CSeq on line {} (the last the bound reads)", bound),
+        &vias(bound - 3),
+        Some(Challenge),
+        false,
+    ));
+    rows.push(answer(
+        format!("CSeq on line {} (beyond the line bound)", bound + 1),
+        &vias(bound - 2),
         Some(Challenge),
         true,
     ));
-    // Through three proxies (four Vias): To and CSeq are lines 6 and 8, the last the bound reads.
+    // Through three proxies (four Vias, each 60 bytes).
     let mut proxied = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
     for i in 0..3 {
         proxied.extend_from_slice(format!("Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK-p{i}\r\n").as_bytes());

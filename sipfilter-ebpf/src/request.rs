@@ -34,7 +34,6 @@ use crate::{
     parse::{load_address, parse_l3, ScanWindow, L3},
 };
 
-
 /// This CPU's inspection record.
 #[inline(always)]
 fn record() -> Option<&'static mut Inspection> {

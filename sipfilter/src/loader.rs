@@ -10,9 +10,9 @@ use aya::{
 };
 use sipfilter_common::{
     maps::{
-        ANSWERS_PROGRAM, ANSWER_HEADERS_PROGRAM, BAN_EVENTS, CALLS_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP, EGRESS_PROGRAMS,
-        EXTENSION_PROGRAM, FLOOR_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM, JUDGE_PROGRAM, TC_FLOOR_PROGRAM,
-        USER_AGENT_PROGRAM, XDP_PROGRAM,
+        ANSWERS_PROGRAM, ANSWER_HEADERS_PROGRAM, BAN_EVENTS, CALLS_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP,
+        EGRESS_PROGRAMS, EXTENSION_PROGRAM, FLOOR_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM,
+        JUDGE_PROGRAM, TC_FLOOR_PROGRAM, USER_AGENT_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
 };
@@ -372,7 +372,12 @@ fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedCla
 /// through them (slots as in the kernel's `maps.rs`).
 fn link_egress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let mut fds = Vec::new();
-    for name in [ANSWER_HEADERS_PROGRAM, IDENTIFY_PROGRAM, EXTENSION_PROGRAM, JUDGE_PROGRAM] {
+    for name in [
+        ANSWER_HEADERS_PROGRAM,
+        IDENTIFY_PROGRAM,
+        EXTENSION_PROGRAM,
+        JUDGE_PROGRAM,
+    ] {
         fds.push(tc(ebpf, name)?.fd()?.try_clone()?);
     }
     let map = ebpf

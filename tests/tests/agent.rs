@@ -1210,6 +1210,44 @@ fn the_answers_program_works_through_a_clsact_filter_too() -> anyhow::Result<()>
     Ok(())
 }
 
+/// The egress attach path follows the kernel: tcx from 6.6, a clsact filter before (Debian
+/// 12's 6.1; `cargo xtask test` runs this in its kernel-test VM too). `sipfilter status`
+/// names the kernel and the path, and the answers are read either way.
+#[test]
+fn the_egress_attach_path_follows_the_kernel_and_status_names_both() -> anyhow::Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>());
+    let (major, minor) = match (numbers.next(), numbers.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b),
+        _ => anyhow::bail!("cannot read the kernel release {release:?}"),
+    };
+    let expected = if (major, minor) >= (6, 6) { "tcx" } else { "clsact" };
+
+    let lab = Lab::with_net("egresspath", "10.210.0")?;
+    let phone = lab.v4(3);
+    let _pbx = Responder::spawn(&lab, &[("201", "Pw-201-phone")])?;
+    let mut agent = lab.agent("agent", &[])?;
+    agent.wait_for_log("answers program on the egress", Duration::from_secs(10))?;
+    assert!(
+        agent.log().contains(&format!("({expected})")),
+        "kernel {release}: expected {expected}: {}",
+        agent.log()
+    );
+    let status: serde_json::Value = serde_json::from_str(&lab.cli(&["status", "--json"])?)?;
+    assert_eq!(status["kernel"].as_str(), Some(release.as_str()), "{status}");
+    let path = status["egress_attach"].as_str().unwrap_or("");
+    assert!(path.starts_with(expected), "kernel {release}: status says {path:?}");
+
+    let mut p = Registering::new(&lab, &phone)?;
+    assert_eq!(p.register("201", None)?, Some(401));
+    assert_eq!(p.register("201", Some("Pw-201-phone"))?, Some(200));
+    eventually("the phone is known", || {
+        Ok(known(&lab)? == vec![(phone.clone(), "201".to_string())])
+    })?;
+    agent.stop()?;
+    Ok(())
+}
+
 /// `Type=notify`: the agent tells systemd (the socket in `$NOTIFY_SOCKET`) when it is ready,
 /// reloading and stopping.
 #[test]

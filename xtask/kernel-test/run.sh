@@ -6,12 +6,15 @@
 #   xtask/kernel-test/run.sh [--kernel VMLINUZ] [TEST...]
 #
 # TEST: a test binary's path, or a test target's name (fixtures) for its newest build in
-# target/debug/deps. Default: fixtures calls answers sequences (build them first with
+# target/debug/deps, optionally followed by :FILTER, a test name filter for it alone
+# (agent:egress_attach_path). Default: fixtures veth answers calls sequences (build them first with
 # `cargo test -p sipfilter-tests --no-run`).
 #
 # Environment (all optional):
 #   KERNEL_TEST_DIR      where the kernel is cached and the log is kept (target/kernel-test)
 #   KERNEL_TEST_KERNEL   a vmlinuz to boot instead of Debian's linux-image-amd64
+#   KERNEL_TEST_MODULES  a folder holding that kernel's veth.ko, sch_ingress.ko and cls_bpf.ko
+#   KERNEL_TEST_AGENT    the sipfilter binary the agent tests run (target/debug/sipfilter)
 #   KERNEL_TEST_PACKAGE  the Debian kernel package (default: what linux-image-amd64 names)
 #   KERNEL_TEST_TIMEOUT  seconds the VM may run (default 600 with KVM, 3600 without)
 #   KERNEL_TEST_ACCEL    kvm or tcg (default: kvm where /dev/kvm and vmx/svm are there)
@@ -19,7 +22,7 @@
 #   KERNEL_TEST_ARGS     extra libtest arguments for every binary (a test name filter, say)
 #   KERNEL_TEST_APPEND   extra kernel command line (loglevel=7 shows the kernel's messages)
 #
-# Needs (Debian): qemu-system-x86, busybox-static, cpio, binutils; bpftool is copied in
+# Needs (Debian): qemu-system-x86, busybox-static, cpio, binutils, iproute2; bpftool is copied in
 # when present (one test runs it). Root is not needed on the host: only read-write access
 # to /dev/kvm for speed (TCG, much slower, otherwise).
 #
@@ -34,7 +37,7 @@ out_dir=${KERNEL_TEST_DIR:-$repo/target/kernel-test}
 mem=${KERNEL_TEST_MEM:-1024}
 test_args=${KERNEL_TEST_ARGS:-}
 kernel=${KERNEL_TEST_KERNEL:-}
-default_tests=(fixtures calls answers sequences)
+default_tests=(fixtures veth answers calls sequences)
 
 say() { echo "kernel-test: $*" >&2; }
 die() { say "error: $*"; exit 2; }
@@ -81,8 +84,11 @@ newest_build() {
     [ -n "$newest" ] && echo "$newest"
 }
 [ ${#binaries[@]} -gt 0 ] || binaries=("${default_tests[@]}")
-resolved=()
-for b in "${binaries[@]}"; do
+resolved=() filters=()
+for spec in "${binaries[@]}"; do
+    # NAME or PATH, optionally :FILTER (a test name filter for that binary alone).
+    b=${spec%%:*} filter=
+    [ "$b" = "$spec" ] || filter=${spec#*:}
     if [[ $b == */* ]] || [ -f "$b" ]; then
         [ -f "$b" ] && [ -x "$b" ] || die "$b is not an executable"
         resolved+=("$b")
@@ -91,10 +97,15 @@ for b in "${binaries[@]}"; do
             die "no $b test binary in target/debug/deps: run cargo test -p sipfilter-tests --no-run"
         resolved+=("$newest")
     fi
+    filters+=("$filter")
 done
 binaries=("${resolved[@]}")
 
 # --- The kernel: Debian's own image, fetched once with apt and kept in $out_dir. ----------
+# The modules the tests need that Debian builds as modules: veth (the veth tests) and
+# sch_ingress and cls_bpf (clsact and its BPF filter: the egress attach path below 6.6).
+# Kept next to the kernel.
+modules=(kernel/drivers/net/veth.ko kernel/net/sched/sch_ingress.ko kernel/net/sched/cls_bpf.ko)
 fetch_kernel() {
     local pkg=${KERNEL_TEST_PACKAGE:-}
     if [ -z "$pkg" ]; then
@@ -104,15 +115,20 @@ fetch_kernel() {
     fi
     [ -n "$pkg" ] || return 1
     local abi=${pkg#linux-image-}
-    local cached=$out_dir/vmlinuz-$abi
-    if [ ! -s "$cached" ]; then
+    local cached=$out_dir/vmlinuz-$abi mods=$out_dir/modules-$abi m missing=
+    for m in "${modules[@]}"; do [ -s "$mods/$(basename "$m")" ] || missing=1; done
+    if [ ! -s "$cached" ] || [ -n "$missing" ]; then
         say "fetching $pkg (Debian's kernel) with apt-get download"
         local dl=$work/deb
-        mkdir -p "$dl"
+        mkdir -p "$dl" "$mods"
         (cd "$dl" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$pkg" >&2) ||
             return 1
-        dpkg-deb --fsys-tarfile "$dl"/"$pkg"_*.deb |
-            tar -x -C "$dl" --wildcards './boot/vmlinuz-*'
+        local patterns=('./boot/vmlinuz-*')
+        for m in "${modules[@]}"; do patterns+=("./lib/modules/*/$m"); done
+        dpkg-deb --fsys-tarfile "$dl"/"$pkg"_*.deb | tar -x -C "$dl" --wildcards "${patterns[@]}"
+        for m in "${modules[@]}"; do
+            cp "$dl"/lib/modules/*/"$m" "$mods/"
+        done
         local v
         v=$(ls "$dl"/boot/vmlinuz-* | head -n1)
         cp "$v" "$cached.tmp" && mv "$cached.tmp" "$cached"
@@ -130,6 +146,17 @@ if [ -z "$kernel" ]; then
 fi
 [ -n "$kernel" ] && [ -r "$kernel" ] ||
     die "no kernel: apt could not fetch linux-image-amd64 and none is cached or in /boot (or pass --kernel)"
+# The modules that go with it: fetched with it, else an installed kernel's, else none (the
+# tests that need them then fail saying so).
+abi=$(basename "$kernel"); abi=${abi#vmlinuz-}
+module_dir=${KERNEL_TEST_MODULES:-}
+if [ -z "$module_dir" ]; then
+    if [ -d "$out_dir/modules-$abi" ]; then
+        module_dir=$out_dir/modules-$abi
+    elif [ -d "/lib/modules/$abi" ]; then
+        module_dir=/lib/modules/$abi
+    fi
+fi
 
 # --- The root filesystem: busybox, the binaries and their libraries, an /init. ---------------
 root=$work/root
@@ -163,6 +190,33 @@ for b in "${binaries[@]}"; do
     copy_libs "$b"
     names+=("$name")
 done
+# The agent, for the agent tests (they look for it beside the test binaries).
+agent_bin=${KERNEL_TEST_AGENT:-$repo/target/debug/sipfilter}
+if [ -x "$agent_bin" ]; then
+    if command -v objcopy >/dev/null; then
+        objcopy --strip-debug "$agent_bin" "$root/tests/sipfilter"
+    else
+        cp "$agent_bin" "$root/tests/sipfilter"
+    fi
+    copy_libs "$agent_bin"
+fi
+# iproute2's ip and tc: the veth and agent tests make namespaces and veth pairs with it (busybox's cannot).
+ip_path=$(command -v ip) || die "ip (iproute2) is missing"
+cp -L "$ip_path" "$root/bin/ip.iproute2"
+ln -sf ip.iproute2 "$root/bin/ip"
+copy_libs "$ip_path"
+if tc_path=$(command -v tc); then
+    cp -L "$tc_path" "$root/bin/tc.iproute2"
+    ln -sf tc.iproute2 "$root/bin/tc"
+    copy_libs "$tc_path"
+fi
+mkdir -p "$root/modules"
+if [ -n "$module_dir" ]; then
+    for m in "${modules[@]}"; do
+        f=$(find "$module_dir" -name "$(basename "$m")" -print -quit 2>/dev/null)
+        [ -n "$f" ] && cp "$f" "$root/modules/"
+    done
+fi
 if bpftool=$(command -v bpftool); then
     cp -L "$bpftool" "$root/usr/sbin/bpftool"
     copy_libs "$bpftool"
@@ -177,12 +231,16 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /sys/fs/bpf
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
+mkdir -p /run/netns /var && ln -s /run /var/run
+for m in /modules/*.ko; do [ -e "\$m" ] && insmod "\$m"; done
+ip link set lo up
 echo "KERNEL-TEST: kernel \$(uname -r) \$(uname -v)"
-for t in ${names[*]}; do
-    echo "KERNEL-TEST: begin \$t"
-    /tests/\$t --test-threads=1 --color never $test_args
-    echo "KERNEL-TEST: end \$t rc=\$?"
-done
+$(for i in "${!names[@]}"; do
+    t=${names[$i]}
+    echo "echo \"KERNEL-TEST: begin $t\""
+    echo "/tests/$t --test-threads=1 --color never $test_args ${filters[$i]}"
+    echo "echo \"KERNEL-TEST: end $t rc=\$?\""
+done)
 echo "KERNEL-TEST: all done"
 sync
 poweroff -f

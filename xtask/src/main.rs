@@ -7,6 +7,7 @@ mod bench;
 mod cleanup;
 mod demo;
 mod fuzz;
+mod kernel_test;
 // The tests' namespace and process helpers, shared as source: xtask cannot depend on the
 // tests crate, which needs the eBPF toolchain that `xtask setup` installs.
 #[allow(dead_code)]
@@ -76,11 +77,15 @@ enum Task {
         frames: u64,
     },
     /// Set up, build the privileged test binaries, then boot Debian 12's own kernel (6.1, from
-    /// linux-image-amd64) in a qemu VM and run them there (xtask/kernel-test/run.sh). Not in
-    /// CI yet: 6.1's verifier refuses the XDP program (README, "Reliability").
+    /// linux-image-amd64) in a qemu VM and run them there (xtask/kernel-test/run.sh). CI
+    /// (`cargo xtask test`) runs the fixture tables and the veth flood this way.
     KernelTest {
-        /// Test binaries to run (default: fixtures calls answers sequences).
+        /// Test targets of sipfilter-tests to run (default: fixtures veth answers calls
+        /// sequences).
         tests: Vec<String>,
+        /// A test name filter for every binary (libtest's).
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
     },
     /// Set up, then run every fuzz target (cargo fuzz) for --secs seconds each.
     Fuzz {
@@ -139,13 +144,13 @@ fn main() -> anyhow::Result<()> {
             setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
             demo::run(compare, flood_secs)
         }
-        Task::KernelTest { tests } => {
+        Task::KernelTest { tests, filter } => {
             setup::run()?;
-            setup::cargo(&["test", "--package", "sipfilter-tests", "--no-run"])?;
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-test/run.sh");
-            let status = std::process::Command::new(script).args(&tests).status()?;
-            anyhow::ensure!(status.success(), "kernel-test failed (its log says why)");
-            Ok(())
+            let tests = match tests.is_empty() {
+                true => kernel_test::DEFAULT_TESTS.iter().map(|t| t.to_string()).collect(),
+                false => tests,
+            };
+            kernel_test::run(&tests, filter.as_deref())
         }
         Task::Soak { frames } => {
             setup::run()?;

@@ -1,9 +1,10 @@
 //! `cargo xtask test`: unit tests and the privileged kernel tests, then a sweep for anything
-//! a crashed test left behind (namespaces, bpffs mounts), whether the tests passed or not.
+//! a crashed test left behind (namespaces, bpffs mounts), whether the tests passed or not;
+//! then the fixture tables and the veth flood on Debian 12's own kernel, in a VM.
 
 use anyhow::bail;
 
-use crate::{cleanup, setup};
+use crate::{cleanup, kernel_test, setup};
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -23,7 +24,17 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     }
     let result = setup::cargo(&args);
     cleanup::run();
+    // The same programs on Debian 12's own kernel (6.1), in a VM: the fixture tables and the
+    // veth flood. Skipped when the caller passed test arguments (a filter).
+    let on_debian_kernel = match extra.is_empty() {
+        true => {
+            let names: Vec<String> = kernel_test::CI_TESTS.iter().map(|t| t.to_string()).collect();
+            kernel_test::run(&names, None)
+        }
+        false => Ok(()),
+    };
     result?;
+    on_debian_kernel?;
     // A short smoke of every fuzz target (`cargo xtask fuzz` runs them longer).
     crate::fuzz::run(10)
 }

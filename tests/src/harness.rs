@@ -158,6 +158,14 @@ impl TestFilter {
         self.loaded.maps.write_config(&k)
     }
 
+    /// Moves the programs' clock back, as if that time had not passed: for a sequence whose
+    /// outcome must not depend on how long a step took (a reload in an emulated VM).
+    pub fn rewind_clock(&mut self, by: std::time::Duration) -> anyhow::Result<()> {
+        let mut k = self.loaded.maps.read_config()?;
+        k.jiffies_offset_ns = k.jiffies_offset_ns.wrapping_sub(by.as_nanos() as u64);
+        self.loaded.maps.write_config(&k)
+    }
+
     /// Runs a frame and insists on the action (a readable failure beats a bare number).
     pub fn expect(&self, frame: &[u8], action: u32, what: &str) -> anyhow::Result<()> {
         let got = self.run(frame)?;

@@ -3,12 +3,19 @@
 //! so the two can disagree, and a generator of frames to compare them on (`tests/tests/
 //! differential.rs`, `cargo xtask soak`).
 //!
-//! The model covers the stateless part of the decision, under a configuration with no lists,
-//! no trust tiers and buckets no frame can empty: how a frame is parsed (Ethernet with up to
-//! two VLAN tags, IPv4 with options and fragments, IPv6 with up to six extension headers, UDP
-//! to the SIP port) and how its SIP message is classified (the classifier is shared with the
-//! kernel: it is pure logic, tested on its own). The stateful rules have their own sequence
-//! tests.
+//! [`expect`] is the stateless part: how a frame is parsed (Ethernet with up to two VLAN tags,
+//! IPv4 with options and fragments, IPv6 with up to six extension headers, UDP to the SIP
+//! port) and how its SIP message is classified (the classifier is shared with the kernel: it
+//! is pure logic, tested on its own). [`Model`] adds the state a sequence of frames builds:
+//! the allowlist and denylist, each source's flood buckets, and the bans that emptying one
+//! makes — under a clock that does not move (the test stops the program's) and with the trust
+//! tiers off (every source has the one set of buckets). Tiers, answers and the request rules
+//! have their own sequence tests.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use sipfilter_common::{sip::CLASSIFY_LEN, Method, Outcome};
 
@@ -28,8 +35,32 @@ fn be16(f: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]))
 }
 
-/// The model's verdict on one frame (at least 14 bytes: BPF_PROG_TEST_RUN takes no less).
+/// The model's verdict on one frame (at least 14 bytes: BPF_PROG_TEST_RUN takes no less),
+/// before any state: what a source with nothing against it gets.
 pub fn expect(frame: &[u8]) -> Expected {
+    expect_from(frame).0
+}
+
+/// [`expect`], with the source address of a frame it accepts as SIP.
+pub fn expect_from(frame: &[u8]) -> (Expected, Option<IpAddr>) {
+    let e = stateless(frame);
+    if e.outcome != Outcome::Accepted {
+        return (e, None);
+    }
+    // Accepted: the IP header is whole, after the tags.
+    let mut at = 12;
+    while matches!(be16(frame, at), Some(0x8100 | 0x88a8)) {
+        at += 4;
+    }
+    let source = match be16(frame, at) {
+        Some(0x0800) => <[u8; 4]>::try_from(&frame[at + 14..at + 18]).ok().map(IpAddr::from),
+        Some(0x86dd) => <[u8; 16]>::try_from(&frame[at + 10..at + 26]).ok().map(IpAddr::from),
+        _ => None,
+    };
+    (e, source)
+}
+
+fn stateless(frame: &[u8]) -> Expected {
     let malformed = Expected {
         outcome: Outcome::Malformed,
         method: None,
@@ -215,8 +246,28 @@ fn sip_text(r: &mut Rng) -> Vec<u8> {
 
 /// A frame: a valid one from the layers below (VLAN tags, IPv4 with options and fragments,
 /// IPv6 with extension headers, UDP to the SIP port or another), then maybe mutated
-/// (truncated, bytes flipped, random bytes).
+/// (truncated, bytes flipped, random bytes). Its source is random.
 pub fn frame(r: &mut Rng) -> Vec<u8> {
+    frame_among(r, &[], 0)
+}
+
+/// [`frame`], from a source of `pool` (of the frame's IP version) `percent` of the time: a
+/// few sources sending many frames, so that buckets empty and bans are made.
+pub fn frame_among(r: &mut Rng, pool: &[IpAddr], percent: u64) -> Vec<u8> {
+    let v4: Vec<[u8; 4]> = pool
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let v6: Vec<[u8; 16]> = pool
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(a) => Some(a.octets()),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     for _ in 0..r.below(4) {
         f.extend_from_slice(if r.chance(50) { &[0x81, 0x00] } else { &[0x88, 0xa8] });
@@ -254,7 +305,10 @@ pub fn frame(r: &mut Rng) -> Vec<u8> {
             f.push(64);
             f.push(proto);
             f.extend_from_slice(&[0, 0]);
-            f.extend((0..4).map(|_| r.below(256) as u8));
+            match (v4.is_empty(), r.chance(percent)) {
+                (false, true) => f.extend_from_slice(&v4[r.below(v4.len() as u64) as usize]),
+                _ => f.extend((0..4).map(|_| r.below(256) as u8)),
+            }
             f.extend_from_slice(&[192, 0, 2, 1]);
             f.extend(std::iter::repeat_n(1u8, options));
             f.extend_from_slice(&udp);
@@ -282,7 +336,10 @@ pub fn frame(r: &mut Rng) -> Vec<u8> {
             f.extend_from_slice(&((exts.len() + udp.len()) as u16).to_be_bytes());
             f.push(kinds.first().copied().unwrap_or(proto));
             f.push(64);
-            f.extend((0..16).map(|_| r.below(256) as u8));
+            match (v6.is_empty(), r.chance(percent)) {
+                (false, true) => f.extend_from_slice(&v6[r.below(v6.len() as u64) as usize]),
+                _ => f.extend((0..16).map(|_| r.below(256) as u8)),
+            }
             f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
             f.extend_from_slice(&exts);
             f.extend_from_slice(&udp);
@@ -303,6 +360,102 @@ pub fn frame(r: &mut Rng) -> Vec<u8> {
         f.resize(14, 0);
     }
     f
+}
+
+/// The state a sequence of frames builds, as the program must keep it: see the module's
+/// comment for what is and is not modelled.
+pub struct Model {
+    /// Each rate class's burst (the class of a method is the shared `Method::class`).
+    bursts: [u64; 3],
+    allow: Vec<(IpAddr, u8)>,
+    deny: Vec<(IpAddr, u8)>,
+    /// Tokens left, by source and class; a source starts with full buckets.
+    tokens: HashMap<(IpAddr, usize), u64>,
+    /// The sources banned so far (each address is its own source: the /128 default).
+    pub banned: BTreeSet<IpAddr>,
+}
+
+impl Model {
+    pub fn new(bursts: [u64; 3], allow: &[(IpAddr, u8)], deny: &[(IpAddr, u8)]) -> Model {
+        Model {
+            bursts,
+            allow: allow.to_vec(),
+            deny: deny.to_vec(),
+            tokens: HashMap::new(),
+            banned: BTreeSet::new(),
+        }
+    }
+
+    /// What the program must do with the next frame, and the state it leaves.
+    pub fn judge(&mut self, frame: &[u8]) -> Expected {
+        let (e, source) = expect_from(frame);
+        let (Some(method), Some(source)) = (e.method, source) else {
+            return e;
+        };
+        let outcome = |outcome| Expected {
+            outcome,
+            method: Some(method),
+        };
+        // The allowlist before everything (an allowlisted address is never dropped), then the
+        // denylist, then a ban.
+        if self.allow.iter().any(|n| within(source, *n)) {
+            return outcome(Outcome::Allowlisted);
+        }
+        if self.deny.iter().any(|n| within(source, *n)) {
+            return outcome(Outcome::Denylisted);
+        }
+        if self.banned.contains(&source) {
+            return outcome(Outcome::Banned);
+        }
+        let class = method.class();
+        let left = self
+            .tokens
+            .entry((source, class as usize))
+            .or_insert(self.bursts[class as usize]);
+        if *left == 0 {
+            // The first request over the burst is dropped and bans its source.
+            self.banned.insert(source);
+            return outcome(Outcome::rate_limited(class));
+        }
+        *left -= 1;
+        outcome(Outcome::Accepted)
+    }
+}
+
+/// Whether `addr` is in the network `(net, len)` (of the same IP version).
+fn within(addr: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The sources the differential test sends most frames from: 16 IPv4 and 8 IPv6 addresses,
+/// some of them inside [`POOL_ALLOWLIST`] and [`POOL_DENYLIST`].
+pub fn pool() -> Vec<IpAddr> {
+    let mut p: Vec<IpAddr> = (1..=16).map(|i| IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))).collect();
+    p.extend((1..=8).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, i))));
+    p
+}
+
+/// Networks allowlisted for the differential test: 198.51.100.0/30 (.1–.3 of the pool) and
+/// 2001:db8:5::/126 (::1–::3).
+pub const POOL_ALLOWLIST: &[(&str, u8)] = &[("198.51.100.0", 30), ("2001:db8:5::", 126)];
+/// Networks denylisted: 198.51.100.8/30 (.8–.11) and 2001:db8:5::4/127 (::4, ::5).
+pub const POOL_DENYLIST: &[(&str, u8)] = &[("198.51.100.8", 30), ("2001:db8:5::4", 127)];
+
+/// A list of [`POOL_ALLOWLIST`] or [`POOL_DENYLIST`] as addresses and lengths.
+pub fn networks(list: &[(&str, u8)]) -> Vec<(IpAddr, u8)> {
+    list.iter()
+        .map(|(a, l)| (a.parse().expect("a literal address"), *l))
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,19 +1,31 @@
 //! The XDP program against the reference model (`tests/src/model.rs`): generated frames —
-//! valid ones from every layer, then truncated, bit-flipped or random — through the real
-//! program with BPF_PROG_TEST_RUN, one after another on one loaded program (its per-source
-//! state accumulates), comparing the verdict and the outcome and method counters with the
-//! model's. 100,000 frames here; `cargo xtask soak` runs millions. The seed is printed, and
-//! `SIPFILTER_SEED=N` replays a run.
+//! valid ones from every layer, then truncated, bit-flipped or random, most of them from a
+//! pool of 24 sources (some allowlisted, some denylisted) so that buckets empty and bans are
+//! made — through the real program with BPF_PROG_TEST_RUN, one after another on one loaded
+//! program (its per-source state accumulates), comparing the verdict, the outcome and method
+//! counters, and every 1,000 frames the ban table, with the model's. 100,000 frames here;
+//! `cargo xtask soak` runs millions. The seed is printed, and `SIPFILTER_SEED=N` replays a
+//! run.
 
-use sipfilter_common::{config::MAX_BURST, config::MAX_RATE, ClassLimit, KernelConfig, Method, Outcome};
+use std::{collections::BTreeSet, net::IpAddr};
+
+use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
+use sipfilter_common::{ClassLimit, KernelConfig, Method, Outcome, SourceKey};
 use sipfilter_tests::{
     harness::{TestFilter, XDP_DROP, XDP_PASS},
-    model::{self, Expected, Rng},
+    model::{self, Expected, Model, Rng},
 };
 
 fn hex(f: &[u8]) -> String {
     f.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Share of the frames sent from the pool (the rest from random addresses).
+const FROM_POOL: u64 = 90;
+/// Bursts (REGISTER, INVITE, other): in a 100,000-frame run the pool's sources that are on
+/// no list empty one about half way through, so a run judges full, emptying and banned
+/// sources side by side.
+const BURSTS: [u64; 3] = [120, 60, 600];
 
 #[test]
 fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
@@ -30,24 +42,45 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     eprintln!("differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {frames} frames");
-    // No lists, no tiers, buckets no frame can empty: the model's configuration.
-    let big = ClassLimit {
-        rate_per_sec: MAX_RATE as u32,
-        burst: MAX_BURST as u32,
+    // The model's configuration: no tiers (the default kernel record has none), the bursts
+    // above, the pool's lists.
+    let limit = |burst: u64| ClassLimit {
+        rate_per_sec: 1,
+        burst: burst as u32,
     };
     let config = KernelConfig {
-        limits: [big; 3],
-        unknown_limits: [big; 3],
+        limits: BURSTS.map(limit),
+        unknown_limits: BURSTS.map(limit),
         ..KernelConfig::default()
     };
-    let filter = TestFilter::with_config(&config)?;
+    let mut filter = TestFilter::with_config(&config)?;
+    let (allow, deny) = (
+        model::networks(model::POOL_ALLOWLIST),
+        model::networks(model::POOL_DENYLIST),
+    );
+    for (kind, list) in [(ListKind::Allow, &allow), (ListKind::Deny, &deny)] {
+        for (addr, len) in list {
+            let cidr: Cidr = format!("{addr}/{len}").parse()?;
+            filter.maps().list_add(kind, &cidr, u64::MAX)?;
+        }
+    }
+    // Stop the program's clock: it reads jiffies × 1 ns, a few ns a second, so no bucket
+    // refills and no ban ends during the run (a token is 10⁹ nano-tokens at 1/s).
+    let mut k = filter.maps().read_config()?;
+    k.ns_per_jiffy = 1;
+    k.jiffies_offset_ns = 0;
+    filter.maps().write_config(&k)?;
+    let prefix = k.ipv6_prefix_len();
+
+    let pool = model::pool();
+    let mut m = Model::new(BURSTS, &allow, &deny);
     let mut r = Rng::new(seed);
     let mut before = filter.counters()?;
     let mut disagreements = Vec::new();
     let mut by_outcome = std::collections::BTreeMap::<&str, u64>::new();
     for i in 0..frames {
-        let frame = model::frame(&mut r);
-        let want = model::expect(&frame);
+        let frame = model::frame_among(&mut r, &pool, FROM_POOL);
+        let want = m.judge(&frame);
         let action = filter.run(&frame)?;
         let after = filter.counters()?;
         let outcome = Outcome::ALL
@@ -68,18 +101,54 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
                 "frame {i}: program {got:?} (action {action}), model {want:?}\n  {}",
                 hex(&frame)
             ));
-            if disagreements.len() >= 10 {
-                break;
+        }
+        if (i + 1) % 1000 == 0 || i + 1 == frames {
+            if let Some(d) = compare_bans(&mut filter, &m, prefix)? {
+                disagreements.push(format!("after frame {i}: {d}"));
             }
+        }
+        if disagreements.len() >= 10 {
+            break;
         }
         *by_outcome.entry(want.outcome.name()).or_default() += 1;
         before = after;
     }
-    eprintln!("frames by outcome: {by_outcome:?}");
+    eprintln!(
+        "frames by outcome: {by_outcome:?}; {} of the pool's {} sources banned",
+        m.banned.len(),
+        pool.len()
+    );
     assert!(
         disagreements.is_empty(),
         "the program and the model disagree (seed {seed}):\n{}",
         disagreements.join("\n")
     );
+    // The run exercised what it is for: bans made, lists hit, buckets emptied.
+    for o in [
+        Outcome::Banned,
+        Outcome::Allowlisted,
+        Outcome::Denylisted,
+        Outcome::Accepted,
+    ] {
+        assert!(
+            by_outcome.get(o.name()).is_some_and(|n| *n > 0),
+            "no {} frame",
+            o.name()
+        );
+    }
     Ok(())
+}
+
+/// The ban table against the model's bans: None when they hold the same sources.
+fn compare_bans(filter: &mut TestFilter, m: &Model, prefix: u8) -> anyhow::Result<Option<String>> {
+    let table: BTreeSet<SourceKey> = filter.maps().bans()?.into_iter().map(|(k, _)| k).collect();
+    let model: BTreeSet<SourceKey> = m.banned.iter().map(|a: &IpAddr| source_key(*a, prefix)).collect();
+    if table == model {
+        return Ok(None);
+    }
+    let only_table: Vec<_> = table.difference(&model).collect();
+    let only_model: Vec<_> = model.difference(&table).collect();
+    Ok(Some(format!(
+        "ban table differs: only in the table {only_table:?}, only in the model {only_model:?}"
+    )))
 }

@@ -7,17 +7,25 @@
 //! IPv4 with options and fragments, IPv6 with up to six extension headers, UDP to the SIP
 //! port) and how its SIP message is classified (the classifier is shared with the kernel: it
 //! is pure logic, tested on its own). [`Model`] adds the state a sequence of frames builds:
-//! the allowlist and denylist, each source's flood buckets, and the bans that emptying one
-//! makes — under a clock that does not move (the test stops the program's) and with the trust
-//! tiers off (every source has the one set of buckets). Tiers, answers and the request rules
-//! have their own sequence tests.
+//! the allowlist and denylist, the trust tiers (known sources as userspace lists them, every
+//! other source unknown: its tight buckets throttle, stealth silences its OPTIONS), each
+//! source's flood buckets and the bans that emptying one makes, and the header scan of an
+//! unknown source's request for a scanner User-Agent (the scanner and the token matcher are
+//! the shared pure logic; the window, the rounds and the order of the checks are the
+//! model's) — under a clock that does not move (the test stops the program's). How sources
+//! earn trust (the answers) and the call and quarantine rules have their own sequence tests.
 
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use sipfilter_common::{sip::CLASSIFY_LEN, Method, Outcome};
+use sipfilter_common::{
+    scan::{first_header_line, scan_lines, Found, Scan, Wanted, MAX_SCAN_ROUNDS, SCAN_LIMIT},
+    sip::CLASSIFY_LEN,
+    user_agent::{Candidates, ScannerUserAgents},
+    Method, Outcome,
+};
 
 /// What the program must do with a frame: its outcome and the SIP method it counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +51,7 @@ pub fn expect(frame: &[u8]) -> Expected {
 
 /// [`expect`], with the source address of a frame it accepts as SIP.
 pub fn expect_from(frame: &[u8]) -> (Expected, Option<IpAddr>) {
-    let e = stateless(frame);
+    let e = stateless(frame).0;
     if e.outcome != Outcome::Accepted {
         return (e, None);
     }
@@ -60,21 +68,28 @@ pub fn expect_from(frame: &[u8]) -> (Expected, Option<IpAddr>) {
     (e, source)
 }
 
-fn stateless(frame: &[u8]) -> Expected {
+/// [`expect`], with where the SIP message starts (after the CRLFs receivers skip).
+fn stateless(frame: &[u8]) -> (Expected, usize) {
+    let (e, start) = parse(frame);
+    (e, start.unwrap_or(0))
+}
+
+fn parse(frame: &[u8]) -> (Expected, Option<usize>) {
+    let verdict = |e: Expected| (e, None);
     let malformed = Expected {
         outcome: Outcome::Malformed,
         method: None,
     };
     let mut at = 12;
     let Some(mut ethertype) = be16(frame, at) else {
-        return malformed;
+        return verdict(malformed);
     };
     at += 2;
     // 802.1Q or 802.1ad tags: two at most.
     for _ in 0..2 {
         if ethertype == 0x8100 || ethertype == 0x88a8 {
             let Some(inner) = be16(frame, at + 2) else {
-                return malformed;
+                return verdict(malformed);
             };
             ethertype = inner;
             at += 4;
@@ -83,32 +98,32 @@ fn stateless(frame: &[u8]) -> Expected {
     let l4 = match ethertype {
         0x0800 => match ipv4(frame, at) {
             Ok(l4) => l4,
-            Err(e) => return e,
+            Err(e) => return verdict(e),
         },
         0x86dd => match ipv6(frame, at) {
             Ok(l4) => l4,
-            Err(e) => return e,
+            Err(e) => return verdict(e),
         },
-        0x8100 | 0x88a8 => return malformed,
+        0x8100 | 0x88a8 => return verdict(malformed),
         _ => {
-            return Expected {
+            return verdict(Expected {
                 outcome: Outcome::NotIp,
                 method: None,
-            }
+            })
         }
     };
     // UDP: eight bytes of header.
     if l4 + 8 > frame.len() || l4 > MAX_HEADERS {
-        return malformed;
+        return verdict(malformed);
     }
     let Some(dport) = be16(frame, l4 + 2) else {
-        return malformed;
+        return verdict(malformed);
     };
     if dport != SIP_PORT {
-        return Expected {
+        return verdict(Expected {
             outcome: Outcome::NotSipPort,
             method: None,
-        };
+        });
     }
     // The message: receivers skip CRLFs before the start line (two at most here).
     let mut start = l4 + 8;
@@ -121,10 +136,13 @@ fn stateless(frame: &[u8]) -> Expected {
         Some(head) => sipfilter_common::classify(head.try_into().expect("16 bytes")),
         None => Method::Unknown,
     };
-    Expected {
-        outcome: Outcome::Accepted,
-        method: Some(method),
-    }
+    (
+        Expected {
+            outcome: Outcome::Accepted,
+            method: Some(method),
+        },
+        Some(start),
+    )
 }
 
 /// IPv4 at `at`: the UDP header's offset, or the verdict.
@@ -237,8 +255,29 @@ fn sip_text(r: &mut Rng) -> Vec<u8> {
         b"",
         b"GET / HTTP/1.1\r\n",
     ];
+    // Scanners rarely (1 in 100): a pool source must live long enough to empty its
+    // buckets too.
+    const BENIGN: &[&[u8]] = &[
+        b"User-Agent: Yealink SIP-T46S\r\n",
+        b"User-Agent : fri\r\n endly-scanner\r\n",
+        b"X-User-Agent: friendly-scanner\r\n",
+        b"",
+    ];
+    const SCANNERS: &[&[u8]] = &[
+        b"User-Agent: friendly-scanner\r\n",
+        b"user-agent:   SIPVicious 0.3.4\r\n",
+        b"User-Agent: pplsip\r\n",
+        b"User-Agent: Linphone (sipsak-like)\r\n",
+    ];
     let mut t = STARTS[r.below(STARTS.len() as u64) as usize].to_vec();
-    t.extend_from_slice(b"Via: SIP/2.0/UDP 10.0.0.1\r\nCall-ID: x\r\nUser-Agent: Yealink\r\n\r\n");
+    t.extend_from_slice(b"Via: SIP/2.0/UDP 10.0.0.1\r\nCall-ID: x\r\n");
+    // Lines before the User-Agent: none to past the program's 32-line bound.
+    for i in 0..r.below(40) {
+        t.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "p".repeat(r.below(30) as usize)).as_bytes());
+    }
+    let agents = if r.chance(1) { SCANNERS } else { BENIGN };
+    t.extend_from_slice(agents[r.below(agents.len() as u64) as usize]);
+    t.extend_from_slice(b"\r\n");
     let cut = r.below(t.len() as u64 + 1) as usize;
     t.truncate(if r.chance(20) { cut } else { t.len() });
     t
@@ -365,30 +404,59 @@ pub fn frame_among(r: &mut Rng, pool: &[IpAddr], percent: u64) -> Vec<u8> {
 /// The state a sequence of frames builds, as the program must keep it: see the module's
 /// comment for what is and is not modelled.
 pub struct Model {
-    /// Each rate class's burst (the class of a method is the shared `Method::class`).
+    /// Each rate class's flood burst (the class of a method is the shared `Method::class`).
     bursts: [u64; 3],
+    /// Each rate class's tight burst, for unknown sources.
+    unknown_bursts: [u64; 3],
     allow: Vec<(IpAddr, u8)>,
     deny: Vec<(IpAddr, u8)>,
-    /// Tokens left, by source and class; a source starts with full buckets.
+    /// The sources known to the program; everyone else is unknown.
+    known: Vec<IpAddr>,
+    /// Stealth: unknown sources' OPTIONS dropped unanswered.
+    stealth: bool,
+    /// The scanner User-Agent tokens unknown sources' requests are read for, if on.
+    scanners: Option<ScannerUserAgents>,
+    /// Flood tokens left, by source and class; a source starts with full buckets.
     tokens: HashMap<(IpAddr, usize), u64>,
+    /// Tight tokens left (unknown sources), by source and class.
+    tight: HashMap<(IpAddr, usize), u64>,
     /// The sources banned so far (each address is its own source: the /128 default).
     pub banned: BTreeSet<IpAddr>,
 }
 
 impl Model {
-    pub fn new(bursts: [u64; 3], allow: &[(IpAddr, u8)], deny: &[(IpAddr, u8)]) -> Model {
+    /// Trust tiers on (`unknown_bursts`, `known`) with stealth for OPTIONS.
+    pub fn new(
+        bursts: [u64; 3],
+        unknown_bursts: [u64; 3],
+        allow: &[(IpAddr, u8)],
+        deny: &[(IpAddr, u8)],
+        known: &[IpAddr],
+    ) -> Model {
         Model {
             bursts,
+            unknown_bursts,
             allow: allow.to_vec(),
             deny: deny.to_vec(),
+            known: known.to_vec(),
+            stealth: true,
+            scanners: None,
             tokens: HashMap::new(),
+            tight: HashMap::new(),
             banned: BTreeSet::new(),
         }
+    }
+
+    /// Reads unknown sources' requests for these scanner User-Agent tokens.
+    pub fn with_scanners(mut self, rules: ScannerUserAgents) -> Model {
+        self.scanners = Some(rules);
+        self
     }
 
     /// What the program must do with the next frame, and the state it leaves.
     pub fn judge(&mut self, frame: &[u8]) -> Expected {
         let (e, source) = expect_from(frame);
+        let start = stateless(frame).1;
         let (Some(method), Some(source)) = (e.method, source) else {
             return e;
         };
@@ -407,18 +475,76 @@ impl Model {
         if self.banned.contains(&source) {
             return outcome(Outcome::Banned);
         }
-        let class = method.class();
-        let left = self
-            .tokens
-            .entry((source, class as usize))
-            .or_insert(self.bursts[class as usize]);
+        let known = self.known.contains(&source);
+        // An unknown source's request (not an answer or a keep-alive) is read for its
+        // User-Agent, once it is within its rate.
+        let read = !known && self.scanners.is_some() && !matches!(method, Method::Response | Method::Unknown);
+        let silenced = !known && self.stealth && method == Method::Options;
+        // Stealth comes before the buckets when nothing is to be read: a silenced probe costs
+        // the source no token. Otherwise it waits for the read (a probe that names a scanner
+        // is banned, not only silenced).
+        if silenced && !read {
+            return outcome(Outcome::Stealth);
+        }
+        let class = method.class() as usize;
+        let left = self.tokens.entry((source, class)).or_insert(self.bursts[class]);
         if *left == 0 {
-            // The first request over the burst is dropped and bans its source.
+            // The first request over the flood burst is dropped and bans its source.
             self.banned.insert(source);
-            return outcome(Outcome::rate_limited(class));
+            return outcome(Outcome::rate_limited(method.class()));
         }
         *left -= 1;
+        if known {
+            return outcome(Outcome::Accepted);
+        }
+        // An unknown source also draws from its tight bucket: over it, dropped, not banned.
+        let tight = self.tight.entry((source, class)).or_insert(self.unknown_bursts[class]);
+        if *tight == 0 {
+            return outcome(Outcome::Throttled);
+        }
+        *tight -= 1;
+        if read && self.names_a_scanner(&frame[start..]) {
+            self.banned.insert(source);
+            return outcome(Outcome::Scanner);
+        }
+        if silenced {
+            return outcome(Outcome::Stealth);
+        }
         outcome(Outcome::Accepted)
+    }
+
+    /// Whether the message's User-Agent holds a scanner token, as far as the program reads:
+    /// its first [`SCAN_LIMIT`] bytes (none at all below 8), [`MAX_SCAN_ROUNDS`] rounds of
+    /// header lines.
+    fn names_a_scanner(&self, message: &[u8]) -> bool {
+        let Some(rules) = &self.scanners else {
+            return false;
+        };
+        if message.len() < 8 {
+            return false;
+        }
+        let window = &message[..message.len().min(SCAN_LIMIT)];
+        let Some(first) = first_header_line(window, 0) else {
+            return false;
+        };
+        let mut scan = Scan {
+            wanted: Wanted {
+                user_agent: true,
+                ..Wanted::NONE
+            },
+            found: Found {
+                resume_at: first,
+                ..Found::default()
+            },
+        };
+        for _ in 0..MAX_SCAN_ROUNDS {
+            scan_lines(window, scan.found.resume_at, &mut scan);
+            if scan.found.resume_at == 0 {
+                break;
+            }
+        }
+        let at = scan.found.user_agent_at;
+        at != 0 && rules.find(window, at, &mut Candidates::default()).is_some()
     }
 }
 
@@ -443,6 +569,16 @@ pub fn pool() -> Vec<IpAddr> {
     let mut p: Vec<IpAddr> = (1..=16).map(|i| IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))).collect();
     p.extend((1..=8).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, i))));
     p
+}
+
+/// Sources known to the program in the differential test (put in its known-sources table as
+/// the agent would after their registrations): two of the pool's IPv4 addresses on no list,
+/// one IPv6.
+pub fn pool_known() -> Vec<IpAddr> {
+    ["198.51.100.4", "198.51.100.5", "2001:db8:5::6"]
+        .iter()
+        .map(|a| a.parse().expect("a literal address"))
+        .collect()
 }
 
 /// Networks allowlisted for the differential test: 198.51.100.0/30 (.1–.3 of the pool) and

@@ -1,7 +1,7 @@
 //! The XDP program against the reference model (`tests/src/model.rs`): generated frames —
 //! valid ones from every layer, then truncated, bit-flipped or random, most of them from a
-//! pool of 24 sources (some allowlisted, some denylisted) so that buckets empty and bans are
-//! made — through the real program with BPF_PROG_TEST_RUN, one after another on one loaded
+//! pool of 24 sources (some allowlisted, some denylisted, some known, the rest unknown) so
+//! that buckets empty and bans are made — through the real program with BPF_PROG_TEST_RUN, one after another on one loaded
 //! program (its per-source state accumulates), comparing the verdict, the outcome and method
 //! counters, and every 1,000 frames the ban table, with the model's. 100,000 frames here;
 //! `cargo xtask soak` runs millions. The seed is printed, and `SIPFILTER_SEED=N` replays a
@@ -10,7 +10,10 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use sipfilter::{addr::source_key, filter_maps::ListKind, Cidr};
-use sipfilter_common::{ClassLimit, KernelConfig, Method, Outcome, SourceKey};
+use sipfilter_common::{
+    config::{FLAG_SCANNER_USER_AGENTS, FLAG_STEALTH, FLAG_TRUST},
+    ClassLimit, KernelConfig, KnownSource, Method, Outcome, SourceKey,
+};
 use sipfilter_tests::{
     harness::{TestFilter, XDP_DROP, XDP_PASS},
     model::{self, Expected, Model, Rng},
@@ -26,6 +29,9 @@ const FROM_POOL: u64 = 90;
 /// no list empty one about half way through, so a run judges full, emptying and banned
 /// sources side by side.
 const BURSTS: [u64; 3] = [120, 60, 600];
+/// Unknown sources' tight bursts: they throttle an unknown source before its flood burst
+/// bans it.
+const UNKNOWN_BURSTS: [u64; 3] = [10, 5, 50];
 
 #[test]
 fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
@@ -42,15 +48,16 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     eprintln!("differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {frames} frames");
-    // The model's configuration: no tiers (the default kernel record has none), the bursts
-    // above, the pool's lists.
+    // The model's configuration: trust tiers, stealth and the scanner User-Agents (the
+    // shipped tokens) on, the bursts above, the pool's lists and known sources.
     let limit = |burst: u64| ClassLimit {
         rate_per_sec: 1,
         burst: burst as u32,
     };
     let config = KernelConfig {
         limits: BURSTS.map(limit),
-        unknown_limits: BURSTS.map(limit),
+        unknown_limits: UNKNOWN_BURSTS.map(limit),
+        flags: FLAG_TRUST | FLAG_STEALTH | FLAG_SCANNER_USER_AGENTS,
         ..KernelConfig::default()
     };
     let mut filter = TestFilter::with_config(&config)?;
@@ -64,16 +71,28 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
             filter.maps().list_add(kind, &cidr, u64::MAX)?;
         }
     }
+    let settings = sipfilter::config::Config::default();
+    filter.loaded.request_rules.write(&settings)?;
+    let known = model::pool_known();
+    let prefix = config.ipv6_prefix_len();
+    for addr in &known {
+        let record = KnownSource {
+            until_ns: u64::MAX,
+            last_success_ns: 0,
+            extension: [0; 16],
+        };
+        filter.loaded.trust.insert_known(&source_key(*addr, prefix), &record)?;
+    }
+    filter.maps().bump_generation()?;
     // Stop the program's clock: it reads jiffies × 1 ns, a few ns a second, so no bucket
     // refills and no ban ends during the run (a token is 10⁹ nano-tokens at 1/s).
     let mut k = filter.maps().read_config()?;
     k.ns_per_jiffy = 1;
     k.jiffies_offset_ns = 0;
     filter.maps().write_config(&k)?;
-    let prefix = k.ipv6_prefix_len();
 
     let pool = model::pool();
-    let mut m = Model::new(BURSTS, &allow, &deny);
+    let mut m = Model::new(BURSTS, UNKNOWN_BURSTS, &allow, &deny, &known).with_scanners(settings.scanner_rules());
     let mut r = Rng::new(seed);
     let mut before = filter.counters()?;
     let mut disagreements = Vec::new();
@@ -113,11 +132,7 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
         *by_outcome.entry(want.outcome.name()).or_default() += 1;
         before = after;
     }
-    eprintln!(
-        "frames by outcome: {by_outcome:?}; {} of the pool's {} sources banned",
-        m.banned.len(),
-        pool.len()
-    );
+    eprintln!("frames by outcome: {by_outcome:?}; {} sources banned", m.banned.len());
     assert!(
         disagreements.is_empty(),
         "the program and the model disagree (seed {seed}):\n{}",
@@ -129,6 +144,9 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
         Outcome::Allowlisted,
         Outcome::Denylisted,
         Outcome::Accepted,
+        Outcome::Throttled,
+        Outcome::Stealth,
+        Outcome::Scanner,
     ] {
         assert!(
             by_outcome.get(o.name()).is_some_and(|n| *n > 0),

@@ -62,7 +62,8 @@ impl Loaded {
         }
         link_ingress_programs(&mut ebpf)?;
         // The answers programs are the most demanding of the verifier: a kernel that refuses
-        // them (Debian 12's 6.1 today) still gets the XDP filter, without trust tiers.
+        // them (none we test: Debian 12's 6.1 takes them since they were split) still gets
+        // the XDP filter, without trust tiers.
         let answers_error = (|| -> anyhow::Result<()> {
             for (name, what) in [
                 (ANSWERS_PROGRAM, "answers"),

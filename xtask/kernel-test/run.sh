@@ -120,18 +120,24 @@ fetch_kernel() {
     if [ ! -s "$cached" ] || [ -n "$missing" ]; then
         say "fetching $pkg (Debian's kernel) with apt-get download"
         local dl=$work/deb
-        mkdir -p "$dl" "$mods"
+        mkdir -p "$dl"
         (cd "$dl" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$pkg" >&2) ||
             return 1
         local patterns=('./boot/vmlinuz-*')
         for m in "${modules[@]}"; do patterns+=("./lib/modules/*/$m"); done
-        dpkg-deb --fsys-tarfile "$dl"/"$pkg"_*.deb | tar -x -C "$dl" --wildcards "${patterns[@]}"
+        # (set -e does not apply in a function called from $(...) ||: every step is checked.)
+        dpkg-deb --fsys-tarfile "$dl"/"$pkg"_*.deb | tar -x -C "$dl" --wildcards "${patterns[@]}" ||
+            return 1
+        # The modules folder appears whole or not at all: a partial one would hide the
+        # installed kernel's modules.
+        mkdir -p "$dl/modules"
         for m in "${modules[@]}"; do
-            cp "$dl"/lib/modules/*/"$m" "$mods/"
+            cp "$dl"/lib/modules/*/"$m" "$dl/modules/" || return 1
         done
+        rm -rf "$mods" && mv "$dl/modules" "$mods" || return 1
         local v
-        v=$(ls "$dl"/boot/vmlinuz-* | head -n1)
-        cp "$v" "$cached.tmp" && mv "$cached.tmp" "$cached"
+        v=$(ls "$dl"/boot/vmlinuz-* | head -n1) && [ -n "$v" ] || return 1
+        cp "$v" "$cached.tmp" && mv "$cached.tmp" "$cached" || return 1
         rm -rf "$dl"
     fi
     echo "$cached"
@@ -151,11 +157,15 @@ fi
 abi=$(basename "$kernel"); abi=${abi#vmlinuz-}
 module_dir=${KERNEL_TEST_MODULES:-}
 if [ -z "$module_dir" ]; then
-    if [ -d "$out_dir/modules-$abi" ]; then
-        module_dir=$out_dir/modules-$abi
-    elif [ -d "/lib/modules/$abi" ]; then
-        module_dir=/lib/modules/$abi
-    fi
+    for d in "$out_dir/modules-$abi" "/lib/modules/$abi"; do
+        whole=1
+        for m in "${modules[@]}"; do
+            [ -n "$(find "$d" -name "$(basename "$m")" -print -quit 2>/dev/null)" ] || whole=
+        done
+        if [ -n "$whole" ]; then module_dir=$d; break; fi
+    done
+    [ -n "$module_dir" ] ||
+        say "warning: no folder holds $abi's ${modules[*]##*/}: the veth and agent tests will fail"
 fi
 
 # --- The root filesystem: busybox, the binaries and their libraries, an /init. ---------------
@@ -181,6 +191,11 @@ names=()
 for b in "${binaries[@]}"; do
     name=$(basename "$b")
     if [[ $name =~ ^(.*)-[0-9a-f]{16}$ ]]; then name=${BASH_REMATCH[1]}; fi
+    # A name given twice (agent:a agent:b) runs under a name of its own: the summary reads
+    # each run's section by its name.
+    for seen in "${names[@]}"; do
+        if [ "$seen" = "$name" ]; then name=$name-run$((${#names[@]} + 1)); break; fi
+    done
     # Debug info makes the binaries 6x larger; symbols stay for backtraces.
     if command -v objcopy >/dev/null; then
         objcopy --strip-debug "$b" "$root/tests/$name"
@@ -222,6 +237,11 @@ if bpftool=$(command -v bpftool); then
     copy_libs "$bpftool"
 fi
 
+# $1 in single quotes for a POSIX shell.
+quote() {
+    printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+
 cat >"$root/init" <<EOF
 #!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TMPDIR=/tmp RUST_BACKTRACE=0
@@ -238,7 +258,14 @@ echo "KERNEL-TEST: kernel \$(uname -r) \$(uname -v)"
 $(for i in "${!names[@]}"; do
     t=${names[$i]}
     echo "echo \"KERNEL-TEST: begin $t\""
-    echo "/tests/$t --test-threads=1 --color never $test_args ${filters[$i]}"
+    # Every argument quoted for the VM's shell: KERNEL_TEST_ARGS split into words (not
+    # globbed), a binary's filter kept whole.
+    args=""
+    set -f
+    for a in $test_args; do args+=" $(quote "$a")"; done
+    set +f
+    [ -z "${filters[$i]}" ] || args+=" $(quote "${filters[$i]}")"
+    echo "/tests/$t --test-threads=1 --color never$args"
     echo "echo \"KERNEL-TEST: end $t rc=\$?\""
 done)
 echo "KERNEL-TEST: all done"

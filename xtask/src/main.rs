@@ -78,7 +78,8 @@ enum Task {
     },
     /// Set up, build the privileged test binaries, then boot Debian 12's own kernel (6.1, from
     /// linux-image-amd64) in a qemu VM and run them there (xtask/kernel-test/run.sh). CI
-    /// (`cargo xtask test`) runs the fixture tables and the veth flood this way.
+    /// (`cargo xtask test`) runs the fixture tables, the veth flood and the agent's egress
+    /// attach this way.
     KernelTest {
         /// Test targets of sipfilter-tests to run (default: fixtures veth answers calls
         /// sequences).

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: unit tests and the privileged kernel tests, then a sweep for anything
 //! a crashed test left behind (namespaces, bpffs mounts), whether the tests passed or not;
-//! then the fixture tables and the veth flood on Debian 12's own kernel, in a VM.
+//! then the fixture tables, the veth flood and the agent's egress attach on Debian 12's own
+//! kernel, in a VM.
 
 use anyhow::bail;
 
@@ -24,8 +25,9 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     }
     let result = setup::cargo(&args);
     cleanup::run();
-    // The same programs on Debian 12's own kernel (6.1), in a VM: the fixture tables and the
-    // veth flood. Skipped when the caller passed test arguments (a filter).
+    // The same programs on Debian 12's own kernel (6.1), in a VM: the fixture tables, the
+    // veth flood and the agent's egress attach (kernel_test::CI_TESTS). Skipped when the
+    // caller passed test arguments (a filter).
     let on_debian_kernel = match extra.is_empty() {
         true => {
             let names: Vec<String> = kernel_test::CI_TESTS.iter().map(|t| t.to_string()).collect();

@@ -15,6 +15,7 @@
 
 use crate::{
     config::{Budget, TierPolicy, TrustConfig},
+    devices::{DeviceState, Walk},
     scan::Extension,
     sip::Method,
     NS_PER_SEC,
@@ -57,8 +58,30 @@ pub struct AnswerState {
     /// First challenges in a row answered to one source port of the source, and that port.
     pub port_challenges: u32,
     pub last_port: u32,
+    /// First challenges let through to this (unknown) source that no request with
+    /// credentials has answered yet (the ingress program counts them down).
+    pub unanswered: u32,
+    /// The new-device budget (`devices::NEW_DEVICE_BUDGET`).
+    pub device_debt_ns: u64,
+    /// The request whose 2xx was withheld as suspect: its retransmission is let through.
+    pub withheld_cseq: u32,
     pub _pad: u32,
 }
+
+/// An unknown source may have this many first challenges unanswered (no request with
+/// credentials after them); the next challenges and not-found answers to it are withheld
+/// until it answers one, or becomes known. A phone answers its challenge within a round trip;
+/// an enumerator never does, and so learns at most this many extensions, and nothing from
+/// the difference between 401 and 404. An office's first round after a power cut is slowed
+/// by one retransmission (500 ms), until its first phone registers.
+pub const UNANSWERED_CHALLENGES: u32 = 5;
+
+/// A known source's failure and not-found budgets are per device (the tier's); over all its
+/// devices together it has these: sustained, one a second, with room for a hundred.
+pub const KNOWN_SOURCE_FAILURES: Budget = Budget {
+    capacity: 100,
+    leak_secs: 1,
+};
 
 /// First challenges for this many extensions in a row to one source port, with no credentials
 /// ever sent, is a scanner: every phone behind a NAT has a port of its own, and even a
@@ -95,8 +118,19 @@ pub enum Judgement {
     Nothing,
     /// Exceeded a budget: ban with this reason.
     Ban(u8),
-    /// A 2xx after failures on at least the tier's number of other extensions.
+    /// A guessed password: ban, quarantine the extension, withhold the 2xx. An unknown
+    /// source's device that failed on another extension and then moved on to this one
+    /// (`devices::Walk::MovedOn`), or an unknown source whose devices are not told apart
+    /// with failures on the tier's number of other extensions.
     Cracked { other_extensions: u32 },
+    /// Ambiguous: withhold this one 2xx and alert, ban nobody. A known source's device that
+    /// moved on, or an unknown source with failures on other extensions from other devices
+    /// (an office with stale passwords looks like that too). A phone retransmits and gets in
+    /// on the PBX's next answer; a robot that moved on never sees it.
+    Suspect { other_extensions: u32 },
+    /// Withhold this challenge or not-found answer: the source's challenges go unanswered
+    /// (see [`UNANSWERED_CHALLENGES`]).
+    Withhold,
     /// A clean 2xx to a REGISTER: the source is (again) known.
     Promote,
 }
@@ -140,13 +174,13 @@ fn halves(e: &Extension) -> (u64, u64) {
 }
 
 #[inline(always)]
-fn same(a: &Extension, b: &Extension) -> bool {
+pub(crate) fn same(a: &Extension, b: &Extension) -> bool {
     // Two word compares; the extension is 16 bytes.
     halves(a) == halves(b)
 }
 
 #[inline(always)]
-fn empty(a: &Extension) -> bool {
+pub(crate) fn empty(a: &Extension) -> bool {
     halves(a) == (0, 0)
 }
 
@@ -246,23 +280,55 @@ impl AnswerState {
         at
     }
 
+    /// A credential failure on `ext`; `device_over`: it filled the device's own budget.
     #[inline(always)]
-    fn credential_failure(&mut self, ext: &Extension, policy: &TierPolicy, now: u64) -> Judgement {
+    fn credential_failure(
+        &mut self,
+        ext: &Extension,
+        policy: &TierPolicy,
+        known: bool,
+        device_over: bool,
+        now: u64,
+    ) -> Judgement {
         self.failures = self.failures.wrapping_add(1);
         self.remember_failed(ext);
         self.last_failure_ns = now;
-        let fast = charge(&mut self.failure_debt_ns, &policy.failures, now);
-        let slow = charge(&mut self.slow_failure_debt_ns, &policy.slow_failures, now);
-        if fast || slow {
+        let over = if known {
+            // Per device; the source's total only against a guesser rotating its port.
+            device_over | charge(&mut self.failure_debt_ns, &KNOWN_SOURCE_FAILURES, now)
+        } else {
+            let fast = charge(&mut self.failure_debt_ns, &policy.failures, now);
+            let slow = charge(&mut self.slow_failure_debt_ns, &policy.slow_failures, now);
+            fast | slow
+        };
+        if over {
             Judgement::Ban(crate::counters::ban_reason::AUTH_FAILURE)
         } else {
             Judgement::Nothing
         }
     }
 
-    /// Takes in one answer sent to the source and says what follows from it.
+    /// Withholds an answer to an unknown source whose challenges go unanswered.
     #[inline(always)]
-    pub fn judge(&mut self, answer: &Answer, known: bool, trust: &TrustConfig, now: u64) -> Judgement {
+    fn unanswered_verdict(&self, known: bool) -> Judgement {
+        if !known && self.unanswered >= UNANSWERED_CHALLENGES {
+            Judgement::Withhold
+        } else {
+            Judgement::Nothing
+        }
+    }
+
+    /// Takes in one answer sent to the source (to its `device`, when the source's devices
+    /// are told apart) and says what follows from it.
+    #[inline(always)]
+    pub fn judge(
+        &mut self,
+        answer: &Answer,
+        known: bool,
+        device: Option<&mut DeviceState>,
+        trust: &TrustConfig,
+        now: u64,
+    ) -> Judgement {
         let policy = if known { &trust.known } else { &trust.unknown };
         // Suspicion fades: failures older than the window no longer make a success "cracked".
         if self.last_failure_ns != 0
@@ -278,6 +344,8 @@ impl AnswerState {
         match AnswerClass::of(answer.code) {
             AnswerClass::Success => {
                 self.successes = self.successes.wrapping_add(1);
+                // The source answers its challenges.
+                self.unanswered = 0;
                 if let Some(i) = self.challenge_of(ext) {
                     if let Some(c) = self.challenged.get_mut(i) {
                         clear(c);
@@ -286,14 +354,39 @@ impl AnswerState {
                 if !matches!(answer.method, Method::Register | Method::Invite) || empty(ext) {
                     return Judgement::Nothing;
                 }
-                let others = self.others_failed(ext);
-                if policy.crack_min_extensions != 0 && others >= policy.crack_min_extensions {
-                    return Judgement::Cracked {
-                        other_extensions: others,
-                    };
+                // The retransmission of the request whose 2xx was withheld as suspect: the
+                // device behaves as a phone does.
+                let retransmitted = self.withheld_cseq != 0 && self.withheld_cseq == answer.cseq;
+                if retransmitted {
+                    self.withheld_cseq = 0;
                 }
-                if answer.method == Method::Register && !self.has_failed(ext) {
-                    return Judgement::Promote;
+                let others = self.others_failed(ext);
+                let walk = match &device {
+                    Some(d) => d.walk(ext, trust.suspect_window_secs, now),
+                    None => Walk::Clean,
+                };
+                let cracked_by_totals =
+                    !known && policy.crack_min_extensions != 0 && others >= policy.crack_min_extensions;
+                if !retransmitted {
+                    let other_extensions = if others == 0 { 1 } else { others };
+                    if walk == Walk::MovedOn && !known {
+                        return Judgement::Cracked { other_extensions };
+                    }
+                    if cracked_by_totals && device.is_none() {
+                        return Judgement::Cracked { other_extensions };
+                    }
+                    if walk == Walk::MovedOn || cracked_by_totals {
+                        self.withheld_cseq = if answer.cseq == 0 { 1 } else { answer.cseq };
+                        return Judgement::Suspect { other_extensions };
+                    }
+                }
+                if answer.method == Method::Register {
+                    if let Some(d) = device {
+                        d.registered(ext, now);
+                    }
+                    if retransmitted || !self.has_failed(ext) {
+                        return Judgement::Promote;
+                    }
                 }
                 Judgement::Nothing
             }
@@ -302,16 +395,23 @@ impl AnswerState {
                 if empty(ext) {
                     return Judgement::Nothing;
                 }
+                let mut device_over = false;
+                if let Some(d) = device {
+                    if d.challenge(ext, answer.cseq, now) && known {
+                        device_over = charge(&mut d.failure_debt_ns, &policy.failures, now);
+                    }
+                }
                 if let Some(i) = self.challenge_of(ext) {
                     let open = self.challenged_cseq.get(i).copied().unwrap_or(0);
                     if open == answer.cseq {
-                        // The challenged request again: a retransmission.
-                        return Judgement::Nothing;
+                        // The challenged request again: a retransmission (withheld as its
+                        // first answer was, if it was).
+                        return self.unanswered_verdict(known);
                     }
                     if let Some(c) = self.challenged_cseq.get_mut(i) {
                         *c = answer.cseq;
                     }
-                    return self.credential_failure(ext, policy, now);
+                    return self.credential_failure(ext, policy, known, device_over, now);
                 }
                 // A free entry (closed by a success) first, else the oldest.
                 let mut i = (self.next_challenged as usize) % RECENT;
@@ -351,13 +451,24 @@ impl AnswerState {
                 {
                     return Judgement::Ban(crate::counters::ban_reason::ENUMERATION);
                 }
-                Judgement::Nothing
+                let v = self.unanswered_verdict(known);
+                if v == Judgement::Nothing && !known {
+                    self.unanswered = self.unanswered.wrapping_add(1);
+                }
+                v
             }
             AnswerClass::Forbidden => {
                 if empty(ext) {
                     return Judgement::Nothing;
                 }
-                self.credential_failure(ext, policy, now)
+                let mut device_over = false;
+                if let Some(d) = device {
+                    d.fail(ext, now);
+                    if known {
+                        device_over = charge(&mut d.failure_debt_ns, &policy.failures, now);
+                    }
+                }
+                self.credential_failure(ext, policy, known, device_over, now)
             }
             AnswerClass::NotFound => {
                 self.not_found = self.not_found.wrapping_add(1);
@@ -366,10 +477,20 @@ impl AnswerState {
                 }
                 self.remember_failed(ext);
                 self.last_failure_ns = now;
-                if charge(&mut self.not_found_debt_ns, &policy.not_found, now) {
+                let over = if known {
+                    let mut device_over = false;
+                    if let Some(d) = device {
+                        d.not_found = d.not_found.wrapping_add(1);
+                        device_over = charge(&mut d.not_found_debt_ns, &policy.not_found, now);
+                    }
+                    device_over | charge(&mut self.not_found_debt_ns, &KNOWN_SOURCE_FAILURES, now)
+                } else {
+                    charge(&mut self.not_found_debt_ns, &policy.not_found, now)
+                };
+                if over {
                     return Judgement::Ban(crate::counters::ban_reason::NOT_FOUND);
                 }
-                Judgement::Nothing
+                self.unanswered_verdict(known)
             }
             AnswerClass::Other => Judgement::Nothing,
         }
@@ -403,16 +524,16 @@ mod tests {
         for round in 0..100u32 {
             let now = T0 + round as u64 * 60 * S;
             assert_eq!(
-                st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now),
+                st.judge(&ans(401, Method::Register, 2 * round, "201"), false, None, &trust, now),
                 Judgement::Nothing
             );
             // A retransmission of the challenged REGISTER is answered again: not a failure.
             assert_eq!(
-                st.judge(&ans(401, Method::Register, 2 * round, "201"), false, &trust, now),
+                st.judge(&ans(401, Method::Register, 2 * round, "201"), false, None, &trust, now),
                 Judgement::Nothing
             );
             assert_eq!(
-                st.judge(&ans(200, Method::Register, 2 * round + 1, "201"), false, &trust, now),
+                st.judge(&ans(200, Method::Register, 2 * round + 1, "201"), false, None, &trust, now),
                 Judgement::Promote
             );
         }
@@ -424,11 +545,12 @@ mod tests {
         let trust = TrustConfig::default();
         let mut st = AnswerState::default();
         let now = T0;
-        st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, now);
+        st.judge(&ans(401, Method::Register, 1, "201"), false, None, &trust, now);
         for guess in 1..=5u32 {
             let v = st.judge(
                 &ans(401, Method::Register, 1 + guess, "201"),
                 false,
+                None,
                 &trust,
                 now + guess as u64 * S / 10,
             );
@@ -445,11 +567,11 @@ mod tests {
         let trust = TrustConfig::default();
         for (gap, within) in [(2u64, 30u64), (20, 600)] {
             let mut st = AnswerState::default();
-            st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, T0);
+            st.judge(&ans(401, Method::Register, 1, "201"), false, None, &trust, T0);
             let mut banned = None;
             for guess in 1..1000u32 {
                 let now = T0 + guess as u64 * gap * S;
-                if let Judgement::Ban(r) = st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, &trust, now) {
+                if let Judgement::Ban(r) = st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, None, &trust, now) {
                     assert_eq!(r, ban_reason::AUTH_FAILURE);
                     banned = Some(guess as u64 * gap);
                     break;
@@ -468,6 +590,7 @@ mod tests {
             let v = st.judge(
                 &ans(404, Method::Register, 1, ext),
                 false,
+                None,
                 &trust,
                 T0 + i as u64 * S / 10,
             );
@@ -481,15 +604,15 @@ mod tests {
         let mut st = AnswerState::default();
         let now = T0;
         // 200: not found; 201: wrong password (challenge, then re-challenge); 202: right.
-        st.judge(&ans(404, Method::Register, 1, "200"), false, &trust, now);
-        st.judge(&ans(401, Method::Register, 1, "201"), false, &trust, now);
+        st.judge(&ans(404, Method::Register, 1, "200"), false, None, &trust, now);
+        st.judge(&ans(401, Method::Register, 1, "201"), false, None, &trust, now);
         assert_eq!(
-            st.judge(&ans(401, Method::Register, 2, "201"), false, &trust, now),
+            st.judge(&ans(401, Method::Register, 2, "201"), false, None, &trust, now),
             Judgement::Nothing
         );
-        st.judge(&ans(401, Method::Register, 1, "202"), false, &trust, now);
+        st.judge(&ans(401, Method::Register, 1, "202"), false, None, &trust, now);
         assert_eq!(
-            st.judge(&ans(200, Method::Register, 2, "202"), false, &trust, now),
+            st.judge(&ans(200, Method::Register, 2, "202"), false, None, &trust, now),
             Judgement::Cracked { other_extensions: 2 }
         );
     }
@@ -504,7 +627,7 @@ mod tests {
         for tick in 0..20u64 {
             let now = T0 + tick * 15 * S;
             cseq += 1;
-            let v = st.judge(&ans(401, Method::Register, cseq, "299"), known, &trust, now);
+            let v = st.judge(&ans(401, Method::Register, cseq, "299"), known, None, &trust, now);
             assert!(!matches!(v, Judgement::Ban(_)), "banned at tick {tick}");
             for phone in 0..3 {
                 let ext = ext_from(["201", "202", "203"][phone]);
@@ -515,7 +638,7 @@ mod tests {
                     ext,
                     port: 5060,
                 };
-                st.judge(&a, known, &trust, now);
+                st.judge(&a, known, None, &trust, now);
                 let ok = Answer {
                     code: 200,
                     method: Method::Register,
@@ -523,7 +646,7 @@ mod tests {
                     ext,
                     port: 5060,
                 };
-                match st.judge(&ok, known, &trust, now) {
+                match st.judge(&ok, known, None, &trust, now) {
                     Judgement::Promote => known = true,
                     Judgement::Nothing => {}
                     v => panic!("tick {tick}: {v:?}"),
@@ -556,6 +679,7 @@ mod tests {
                     port,
                 },
                 false,
+                None,
                 &trust,
                 now,
             ) {
@@ -578,9 +702,14 @@ mod tests {
                 ext,
                 port: 5060,
             };
-            if svwar.judge(&a, false, &trust, T0) != Judgement::Nothing {
-                at = Some(i + 1);
-                break;
+            match svwar.judge(&a, false, None, &trust, T0) {
+                // It learns the first five extensions; the challenges after are withheld.
+                Judgement::Nothing => assert!(i < UNANSWERED_CHALLENGES, "challenge {} passed", i + 1),
+                Judgement::Withhold => assert!(i >= UNANSWERED_CHALLENGES),
+                _ => {
+                    at = Some(i + 1);
+                    break;
+                }
             }
         }
         assert_eq!(at, Some(PORT_ENUMERATION));
@@ -596,8 +725,24 @@ mod tests {
                 ext,
                 port: 20000 + i as u16,
             };
-            assert_eq!(office.judge(&a, false, &trust, T0), Judgement::Nothing, "phone {i}");
+            // The first phones' challenges pass; the rest are withheld (never banned) until
+            // a phone answers (each phone retransmits its REGISTER 500 ms later).
+            let want = if i < UNANSWERED_CHALLENGES {
+                Judgement::Nothing
+            } else {
+                Judgement::Withhold
+            };
+            assert_eq!(office.judge(&a, false, None, &trust, T0), want, "phone {i}");
         }
+        // The first phone registers: the office answers its challenges; nothing is withheld.
+        let ok = Answer {
+            code: 200,
+            method: Method::Register,
+            cseq: 1000,
+            ext: ext_from("201"),
+            port: 20000,
+        };
+        assert_eq!(office.judge(&ok, false, None, &trust, T0), Judgement::Promote);
         for line in 0..6u32 {
             let ext = ext_from(&format!("{}", 301 + line));
             let a = Answer {
@@ -607,11 +752,13 @@ mod tests {
                 ext,
                 port: 5062,
             };
-            assert_eq!(office.judge(&a, false, &trust, T0), Judgement::Nothing, "line {line}");
+            // Known from its first 2xx on: nothing is withheld.
+            assert_eq!(office.judge(&a, true, None, &trust, T0), Judgement::Nothing, "line {line}");
         }
         // Its phones send credentials at once: later challenges on one port never count as
         // enumeration (what remains is the challenge budget until its first success).
         office.credentialed = 1;
+        office.unanswered = 0;
         for i in 0..3u32 {
             let ext = ext_from(&format!("{}", 401 + i));
             let a = Answer {
@@ -621,7 +768,7 @@ mod tests {
                 ext,
                 port: 5062,
             };
-            assert_eq!(office.judge(&a, false, &trust, T0 + 10 * S), Judgement::Nothing);
+            assert_eq!(office.judge(&a, false, None, &trust, T0 + 10 * S), Judgement::Nothing);
         }
     }
 

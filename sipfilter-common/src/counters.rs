@@ -184,6 +184,9 @@ pub mod ban_reason {
     pub const RESTORED: u8 = 11;
     /// A CrowdSec decision pulled from the Local API (the fleet's; never pushed back).
     pub const CROWDSEC: u8 = 12;
+    /// Not a ban: an alert the egress program reports on the ban events ring (duration 0)
+    /// when it withholds a suspect 2xx (`answers::Judgement::Suspect`).
+    pub const SUSPECT: u8 = 13;
 
     pub fn name(reason: u8) -> &'static str {
         match reason {
@@ -200,6 +203,7 @@ pub mod ban_reason {
             MANUAL => "manual",
             RESTORED => "restored",
             CROWDSEC => "crowdsec",
+            SUSPECT => "suspect",
             _ => "unknown",
         }
     }
@@ -270,6 +274,12 @@ pub struct Counters {
     pub promoted: u64,
     /// 2xx answers withheld from a source that guessed a password.
     pub withheld: u64,
+    /// 2xx answers withheld once as suspect (a device that moved on from a failed extension,
+    /// at a known source; failures on other extensions from other devices): nobody banned.
+    pub suspect: u64,
+    /// Challenges and not-found answers withheld from an unknown source whose challenges go
+    /// unanswered (`answers::UNANSWERED_CHALLENGES`).
+    pub withheld_challenges: u64,
     /// Answers whose headers could not be read within the scan bound (passed, not judged).
     pub uninspected: u64,
     /// Requests matched by each scanner User-Agent token (by its place in the list).
@@ -303,6 +313,8 @@ impl Default for Counters {
             cracked: 0,
             promoted: 0,
             withheld: 0,
+            suspect: 0,
+            withheld_challenges: 0,
             uninspected: 0,
             scanner_tokens: [0; crate::user_agent::MAX_TOKENS],
             calls_blocked: [0; 3],
@@ -331,6 +343,8 @@ impl Counters {
         self.cracked = self.cracked.wrapping_add(o.cracked);
         self.promoted = self.promoted.wrapping_add(o.promoted);
         self.withheld = self.withheld.wrapping_add(o.withheld);
+        self.suspect = self.suspect.wrapping_add(o.suspect);
+        self.withheld_challenges = self.withheld_challenges.wrapping_add(o.withheld_challenges);
         self.uninspected = self.uninspected.wrapping_add(o.uninspected);
         sum(&mut self.scanner_tokens, &o.scanner_tokens);
         sum(&mut self.calls_blocked, &o.calls_blocked);

@@ -12,6 +12,7 @@ pub mod bucket;
 pub mod calls;
 pub mod config;
 pub mod counters;
+pub mod devices;
 pub mod dialed;
 pub mod maps;
 pub mod scan;
@@ -46,6 +47,8 @@ mod pod {
     unsafe impl aya::Pod for KnownSource {}
     unsafe impl aya::Pod for AnswerState {}
     unsafe impl aya::Pod for CrackedExtension {}
+    unsafe impl aya::Pod for crate::devices::DeviceKey {}
+    unsafe impl aya::Pod for crate::devices::DeviceState {}
     unsafe impl aya::Pod for crate::user_agent::ScannerUserAgents {}
     unsafe impl aya::Pod for crate::calls::DestinationRule {}
     unsafe impl aya::Pod for crate::calls::CallEvent {}

@@ -23,6 +23,7 @@ pub const RECENT_CALLS: &str = "recent_calls";
 pub const CALLS_TO_NUMBER: &str = "calls_to_number";
 pub const INTERNATIONAL_CALLS: &str = "international_calls";
 pub const CALL_EVENTS: &str = "call_events";
+pub const DEVICES: &str = "devices";
 
 /// The XDP program, and the empty program the benchmark measures as its floor.
 pub const XDP_PROGRAM: &str = "sipfilter";
@@ -72,6 +73,9 @@ pub const RECENT_CALLS_SIZE: u32 = 65_536;
 /// Sources (and source-number pairs) whose international calls are counted (LRU).
 pub const CALL_SOURCES_SIZE: u32 = 16_384;
 pub const CALL_EVENTS_BYTES: u32 = 64 * 1024;
+/// Devices (source + port) the answers went to (LRU: a device quiet the longest goes first;
+/// each source adds at most `devices::NEW_DEVICES`, so one robot cannot take it over).
+pub const DEVICES_SIZE: u32 = 32_768;
 
 /// A traffic source: an IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`),
 /// or an IPv6 address masked to the configured prefix. One key type lets one set of maps
@@ -243,6 +247,9 @@ pub struct BanEvent {
     pub extension: crate::scan::Extension,
     /// The extensions that failed recently (as many as are remembered).
     pub tried: [crate::scan::Extension; crate::answers::RECENT],
+    /// Answer-based bans and alerts: the source port of the device answered (0: none).
+    pub device_port: u32,
+    pub _pad2: u32,
 }
 
 /// A source that earned trust: a clean 2xx to a REGISTER.

@@ -12,6 +12,8 @@ pub struct Cause<'a> {
     pub reason: u8,
     pub method: Method,
     pub answers: Option<(&'a AnswerState, &'a Extension)>,
+    /// The device (source port) answered, for answer-based bans (0: none).
+    pub port: u16,
 }
 
 /// Bans `key` for its strike's duration and tells userspace. Returns when the ban ends.
@@ -49,11 +51,28 @@ pub fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, cause: &Cau
     };
     let _ = OFFENSE_HISTORY.insert(key, &history, 0);
 
-    let sent = match BAN_EVENTS.reserve::<BanEvent>(0) {
+    let sent = report(config, key, duration, strike, cause);
+    if let Some(b) = c.bans.get_mut(cause.reason as usize) {
+        *b += 1;
+    }
+    if !stored {
+        c.ban_table_full += 1;
+    }
+    if !sent {
+        c.events_lost += 1;
+    }
+    expires
+}
+
+/// Tells userspace of a ban (or, `duration` 0, an alert: a suspect 2xx withheld). True when
+/// the event fit in the ring buffer.
+#[inline(always)]
+pub fn report(config: &KernelConfig, key: &SourceKey, duration: u64, strike: u32, cause: &Cause) -> bool {
+    match BAN_EVENTS.reserve::<BanEvent>(0) {
         Some(mut slot) => {
             let e = slot.as_mut_ptr();
             // SAFETY: the reserved record is ours until submitted; fields written one by one
-            // (no struct on the stack: the event is 120 bytes).
+            // (no struct on the stack: the event is 128 bytes).
             unsafe {
                 (*e).source = *key;
                 (*e).duration_ns = duration;
@@ -62,6 +81,8 @@ pub fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, cause: &Cau
                 (*e).method = cause.method as u8;
                 (*e).monitor = config.monitor() as u8;
                 (*e)._pad = 0;
+                (*e).device_port = cause.port as u32;
+                (*e)._pad2 = 0;
                 match cause.answers {
                     Some((a, ext)) => {
                         (*e).failures = a.failures;
@@ -81,16 +102,5 @@ pub fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, cause: &Cau
             true
         }
         None => false,
-    };
-
-    if let Some(b) = c.bans.get_mut(cause.reason as usize) {
-        *b += 1;
     }
-    if !stored {
-        c.ban_table_full += 1;
-    }
-    if !sent {
-        c.events_lost += 1;
-    }
-    expires
 }

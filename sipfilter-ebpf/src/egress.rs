@@ -9,22 +9,23 @@ use aya_ebpf::{
 };
 use network_types::udp::UdpHdr;
 use sipfilter_common::{
-    answers::{Answer, AnswerClass, Judgement},
+    answers::{charge, Answer, AnswerClass, AnswerState, Judgement},
     config::{FLAG_TRUST, FLAG_WITHHOLD},
+    devices::{DeviceKey, DeviceState, NEW_DEVICE_BUDGET},
     counters::{ban_reason, AnswerKind},
     scan::{
         cseq, first_header_line, request_identity, scan_lines, status_code, uri_user, Bytes, Found, Scan, Wanted,
         EXT_LEN, MAX_SCAN_ROUNDS,
     },
-    Counters, CrackedExtension, KernelConfig, KnownSource, Method, NS_PER_SEC,
+    Counters, CrackedExtension, KernelConfig, KnownSource, Method, SourceKey, NS_PER_SEC,
 };
 
 use crate::{
-    bans::{ban, Cause},
+    bans::{ban, report, Cause},
     clock::now,
     maps::{
-        PendingAnswer, ANSWER_HEADERS_SLOT, CONFIG, COUNTERS, CRACKED_EXTENSIONS, EGRESS_PROGRAMS, EXTENSION_SLOT,
-        IDENTIFY_SLOT, JUDGE_ANSWER_SLOT, KNOWN_SOURCES, PENDING_ANSWER,
+        PendingAnswer, ANSWER_HEADERS_SLOT, CONFIG, COUNTERS, CRACKED_EXTENSIONS, DEVICES, EGRESS_PROGRAMS,
+        EXTENSION_SLOT, IDENTIFY_SLOT, JUDGE_ANSWER_SLOT, KNOWN_SOURCES, NEW_DEVICE, PENDING_ANSWER,
     },
     parse::{load_address, parse_l3, udp_ports, Datagram, ScanWindow, L3},
     source_state::{ensure_fresh, existing_state, top_up},
@@ -266,7 +267,35 @@ impl PendingAnswer {
     }
 }
 
-/// Judges a read answer; true when it is a 2xx to withhold.
+/// The device (source port) under the source an answer goes to: its entry, created for a
+/// new device while the source's new-device budget lasts (None after: its answers are judged
+/// by the source's totals alone).
+#[inline(always)]
+fn device_state(key: &SourceKey, port: u16, answers: &mut AnswerState, now: u64) -> Option<&'static mut DeviceState> {
+    let device = DeviceKey {
+        source: *key,
+        port: port as u32,
+    };
+    if let Some(d) = DEVICES.get_ptr_mut(&device) {
+        // SAFETY: a valid entry; the egress program is its only writer.
+        return Some(unsafe { &mut *d });
+    }
+    if charge(&mut answers.device_debt_ns, &NEW_DEVICE_BUDGET, now) {
+        return None;
+    }
+    let fresh = NEW_DEVICE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch record, ours while the program runs.
+    unsafe {
+        core::ptr::write_bytes(fresh, 0, 1);
+        (*fresh).first_seen_ns = now;
+        let _ = DEVICES.insert(&device, &*fresh, 0);
+    }
+    let d = DEVICES.get_ptr_mut(&device)?;
+    // SAFETY: as above.
+    Some(unsafe { &mut *d })
+}
+
+/// Judges a read answer; true when it is an answer to withhold.
 #[inline(always)]
 fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters) -> bool {
     if !config.flag(FLAG_TRUST) {
@@ -300,14 +329,37 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
         port: pending.peer_port as u16,
     };
     let known = state.answers.known_until_ns > now;
-    match state.answers.judge(&answer, known, &config.trust, now) {
+    let device = device_state(&key, answer.port, &mut state.answers, now);
+    match state.answers.judge(&answer, known, device, &config.trust, now) {
         Judgement::Nothing => false,
+        Judgement::Withhold => {
+            if config.monitor() {
+                return false;
+            }
+            counters.withheld_challenges += 1;
+            true
+        }
+        Judgement::Suspect { .. } => {
+            let cause = Cause {
+                reason: ban_reason::SUSPECT,
+                method,
+                answers: Some((&state.answers, &ext)),
+                port: answer.port,
+            };
+            if !report(config, &key, 0, 0, &cause) {
+                counters.events_lost += 1;
+            }
+            counters.suspect += 1;
+            // Monitor mode withholds nothing.
+            config.flag(FLAG_WITHHOLD) && !config.monitor()
+        }
         Judgement::Ban(reason) => {
             if state.ban_until_ns <= now {
                 let cause = Cause {
                     reason,
                     method,
                     answers: Some((&state.answers, &ext)),
+                    port: answer.port,
                 };
                 state.ban_until_ns = ban(config, counters, &key, &cause, now);
             }
@@ -326,6 +378,7 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
                 reason: ban_reason::CRACKED,
                 method,
                 answers: Some((&state.answers, &ext)),
+                port: answer.port,
             };
             state.ban_until_ns = ban(config, counters, &key, &cause, now);
             // It never becomes known, even if it was.

@@ -166,6 +166,7 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
                     reason,
                     method,
                     answers: None,
+                    port: 0,
                 };
                 state.ban_until_ns = ban(config, counters, &key, &cause, now);
             }
@@ -242,7 +243,8 @@ fn judge_request(
         // quarantined, or the source was challenged and has not yet shown it answers
         // challenges with credentials (what tells a phone from a scanner).
         let quarantine = config.flag(FLAG_QUARANTINE);
-        let challenged = state.answers.first_challenges != 0 && state.answers.credentialed == 0;
+        let challenged = (state.answers.first_challenges != 0 && state.answers.credentialed == 0)
+            || state.answers.unanswered != 0;
         if (quarantine || challenged) && matches!(method, Method::Register | Method::Invite) {
             wanted |= wants::CREDENTIALS;
             if quarantine {
@@ -322,6 +324,8 @@ fn findings(insp: &Inspection, counters: &mut Counters, state: &mut RateState, k
     }
     if insp.credentials != 0 {
         state.answers.credentialed = state.answers.credentialed.wrapping_add(1);
+        // One challenge answered: the next challenge to the source may pass.
+        state.answers.unanswered = state.answers.unanswered.saturating_sub(1);
     }
     if insp.scanner != 0 {
         if let Some(n) = counters.scanner_tokens.get_mut(insp.scanner as usize - 1) {
@@ -410,6 +414,7 @@ fn rate_limit(
             reason: ban_reason::RATE + method.class() as u8,
             method,
             answers: None,
+            port: 0,
         };
         state.ban_until_ns = ban(config, counters, key, &cause, now);
         return Outcome::rate_limited(method.class());

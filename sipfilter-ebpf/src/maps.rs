@@ -8,8 +8,9 @@ use sipfilter_common::{
     calls::{CallKey, CallTimes, DestinationRule, NumberKey},
     maps::{
         BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CALL_EVENTS_BYTES, CALL_SOURCES_SIZE, CRACKED_SIZE, DESTINATIONS_SIZE,
-        KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, RECENT_CALLS_SIZE,
+        DEVICES_SIZE, KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, RECENT_CALLS_SIZE,
     },
+    devices::{DeviceKey, DeviceState},
     scan::Extension,
     scan::Scan,
     user_agent::{Candidates, ScannerUserAgents},
@@ -189,3 +190,12 @@ pub static PENDING_ANSWER: PerCpuArray<PendingAnswer> = PerCpuArray::with_max_en
 /// Scratch for a new source's state on its way into the overflow table (per CPU).
 #[map(name = "new_state")]
 pub static NEW_STATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The devices under each source the answers went to (sipfilter-common's `devices`).
+#[map(name = "devices")]
+pub static DEVICES: LruHashMap<DeviceKey, DeviceState> = LruHashMap::pinned(DEVICES_SIZE, 0);
+
+/// Scratch for a new device's state on its way into [`DEVICES`] (per CPU): too large for
+/// the stack next to the rest of the judge.
+#[map(name = "new_device")]
+pub static NEW_DEVICE: PerCpuArray<DeviceState> = PerCpuArray::with_max_entries(1, 0);

@@ -113,6 +113,9 @@ pub fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey,
         put(&mut a.credentialed, 0);
         put(&mut a.port_challenges, 0);
         put(&mut a.last_port, 0);
+        put(&mut a.unanswered, 0);
+        put(&mut a.device_debt_ns, 0);
+        put(&mut a.withheld_cseq, 0);
     }
 }
 

@@ -223,7 +223,7 @@ impl Loaded {
 /// The layout each pinned map must have for this version: (name, key size, value size,
 /// max entries). The loader reuses pins by name without comparing them, so a version that
 /// changed a layout would otherwise fail in the verifier, or worse, misread the data.
-fn expected_layouts() -> [(&'static str, usize, usize, u32); 17] {
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 18] {
     use sipfilter_common::{
         calls::{CallKey, CallTimes, DestinationRule, NumberKey},
         maps::*,
@@ -276,6 +276,12 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 17] {
             CALL_SOURCES_SIZE,
         ),
         (CALL_EVENTS, 0, 0, CALL_EVENTS_BYTES),
+        (
+            DEVICES,
+            size_of::<sipfilter_common::devices::DeviceKey>(),
+            size_of::<sipfilter_common::devices::DeviceState>(),
+            DEVICES_SIZE,
+        ),
     ]
 }
 

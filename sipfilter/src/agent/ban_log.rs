@@ -46,16 +46,60 @@ pub fn ban_line(e: &BanEvent, ipv6_prefix: u8) -> String {
     );
     if answer_based(e.reason) {
         line.push_str(&format!(
-            " failures={} not_found={} extensions={}",
+            " rule={} failures={} not_found={} extensions={}",
+            rule(e.reason),
             e.failures,
             e.not_found,
             extensions(e).join(",")
         ));
+        if e.device_port != 0 {
+            line.push_str(&format!(" device={}", device(e)));
+        }
     }
     if e.monitor != 0 {
         line.push_str(" monitor=true (not dropped)");
     }
     line
+}
+
+/// The device an answer-based event is about: `address:port` (`[v6]:port`).
+pub fn device(e: &BanEvent) -> String {
+    let source = display_source(&e.source, 128);
+    if source.contains(':') {
+        format!("[{source}]:{}", e.device_port)
+    } else {
+        format!("{source}:{}", e.device_port)
+    }
+}
+
+/// Which rule of the README's judging section made an answer-based ban.
+fn rule(reason: u8) -> &'static str {
+    match reason {
+        ban_reason::AUTH_FAILURE => "failure-budget",
+        ban_reason::NOT_FOUND => "not-found-budget",
+        ban_reason::CRACKED => "moved-on-to-a-2xx",
+        ban_reason::ENUMERATION => "unanswered-challenges",
+        _ => "-",
+    }
+}
+
+/// The alert for a suspect 2xx withheld once (None for other events): nobody is banned.
+pub fn suspect_line(e: &BanEvent) -> Option<String> {
+    if e.reason != ban_reason::SUSPECT {
+        return None;
+    }
+    Some(format!(
+        "SUSPECT extension={} source={} device={} after {} failures on other extensions: its 2xx withheld once (a phone retransmits and gets in; a robot that moved on does not){}",
+        ext_str(&e.extension as &Extension),
+        display_source(&e.source, 128),
+        device(e),
+        e.failures + e.not_found,
+        if e.monitor != 0 {
+            " (monitor mode: nothing withheld)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// The alert for a cracked extension (None for other bans).
@@ -69,9 +113,10 @@ pub fn cracked_line(e: &BanEvent) -> Option<String> {
         .filter(|t| !ext_str(t).is_empty() && **t != e.extension)
         .count();
     Some(format!(
-        "CRACKED extension={} source={} after {} failures on {} extensions — change its password{}",
+        "CRACKED extension={} source={} device={} after {} failures on {} extensions — change its password{}",
         ext_str(&e.extension as &Extension),
         display_source(&e.source, 128),
+        device(e),
         e.failures + e.not_found,
         others,
         if e.monitor != 0 {
@@ -100,13 +145,24 @@ mod tests {
             not_found: 1,
             extension: ext_from("202"),
             tried: [ext_from("200"), ext_from("201"), [0; 16], [0; 16]],
+            device_port: 5062,
             ..Default::default()
         };
         assert_eq!(
             cracked_line(&e).unwrap(),
-            "CRACKED extension=202 source=203.0.113.9 after 2 failures on 2 extensions — change its password"
+            "CRACKED extension=202 source=203.0.113.9 device=203.0.113.9:5062 after 2 failures on 2 extensions — change its password"
         );
-        assert!(ban_line(&e, 64).contains("reason=cracked"));
-        assert!(ban_line(&e, 64).ends_with("extensions=202,200,201"));
+        let line = ban_line(&e, 64);
+        assert!(line.contains("reason=cracked"), "{line}");
+        assert!(line.contains("rule=moved-on-to-a-2xx"), "{line}");
+        assert!(line.ends_with("extensions=202,200,201 device=203.0.113.9:5062"), "{line}");
+        assert!(suspect_line(&e).is_none());
+        let suspect = BanEvent {
+            reason: ban_reason::SUSPECT,
+            duration_ns: 0,
+            ..e
+        };
+        let alert = suspect_line(&suspect).unwrap();
+        assert!(alert.starts_with("SUSPECT extension=202 source=203.0.113.9 device=203.0.113.9:5062"), "{alert}");
     }
 }

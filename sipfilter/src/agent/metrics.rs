@@ -25,6 +25,8 @@ pub struct Metrics {
     cracked: IntCounter,
     promoted: IntCounter,
     withheld: IntCounter,
+    suspect: IntCounter,
+    withheld_challenges: IntCounter,
     uninspected: IntCounter,
     scanner_matches: IntCounter,
     calls_checked: IntCounter,
@@ -125,6 +127,14 @@ impl Metrics {
             "sipfilter_withheld_answers_total",
             "2xx answers withheld from a source that guessed a password.",
         )?;
+        let suspect = IntCounter::new(
+            "sipfilter_suspect_answers_total",
+            "2xx answers withheld once as suspect (nobody banned): a device that moved on from a failed extension at a known source, or failures on other extensions from other devices.",
+        )?;
+        let withheld_challenges = IntCounter::new(
+            "sipfilter_withheld_challenges_total",
+            "Challenges and not-found answers withheld from an unknown source whose challenges go unanswered.",
+        )?;
         let uninspected = IntCounter::new(
             "sipfilter_uninspected_total",
             "SIP messages whose headers lay beyond the scan bound (passed, not judged).",
@@ -195,7 +205,7 @@ impl Metrics {
             "sipfilter_cracked_extensions",
             "Extensions on the cracked list now (until an operator clears them).",
         )?;
-        for c in [&cracked, &promoted, &withheld, &uninspected] {
+        for c in [&cracked, &promoted, &withheld, &suspect, &withheld_challenges, &uninspected] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(known_sources.clone()))?;
@@ -246,6 +256,8 @@ impl Metrics {
             cracked,
             promoted,
             withheld,
+            suspect,
+            withheld_challenges,
             uninspected,
             scanner_matches,
             calls_checked,
@@ -358,6 +370,8 @@ impl Metrics {
         sync(&self.cracked, self.last.cracked, c.cracked);
         sync(&self.promoted, self.last.promoted, c.promoted);
         sync(&self.withheld, self.last.withheld, c.withheld);
+        sync(&self.suspect, self.last.suspect, c.suspect);
+        sync(&self.withheld_challenges, self.last.withheld_challenges, c.withheld_challenges);
         sync(&self.uninspected, self.last.uninspected, c.uninspected);
         sync(
             &self.scanner_matches,

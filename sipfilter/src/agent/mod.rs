@@ -506,6 +506,17 @@ impl Agent {
     }
 
     fn on_ban_event(&mut self, e: &sipfilter_common::BanEvent) {
+        if let Some(alert) = ban_log::suspect_line(e) {
+            // Not a ban: one 2xx withheld.
+            log(&alert);
+            self.pending_events.push(Event::now(
+                "suspect",
+                display_source(&e.source, 128),
+                alert.trim_start_matches("SUSPECT ").to_string(),
+            ));
+            self.metrics.ban_event(e.reason);
+            return;
+        }
         self.ban_watch.ban_event();
         let line = ban_log::ban_line(e, self.config.ipv6_prefix);
         log(&line);

@@ -386,3 +386,250 @@ fn monitor_mode_records_what_it_would_do_and_drops_nothing() -> anyhow::Result<(
     assert_eq!(counters.withheld, 0);
     Ok(())
 }
+
+/// One device behind an office's address: its extension, whether its password is stale,
+/// and its CSeq numbering (kept between rounds, as a phone keeps its Call-ID).
+struct Phone {
+    ip: Ipv4Addr,
+    port: u16,
+    ext: String,
+    stale: bool,
+    cseq: u32,
+}
+
+impl Phone {
+    /// One registration as a phone does it: REGISTER, 401, REGISTER with credentials, the
+    /// PBX's answer; a withheld 2xx is retransmitted once (RFC 3261's timer E) and the PBX
+    /// answers it again. Some(true): registered; Some(false): refused (stale); None: a
+    /// REGISTER dropped or the retransmission's 2xx withheld too.
+    fn register(&mut self, f: &TestFilter) -> Option<bool> {
+        let mut p = Peer {
+            f,
+            ip: self.ip,
+            port: self.port,
+            cseq: self.cseq,
+        };
+        let status = if self.stale { "401 Unauthorized" } else { "200 OK" };
+        let got = p.login_with_credentials(&self.ext, status);
+        let out = match got {
+            None => None,
+            Some(TC_ACT_OK) => Some(!self.stale),
+            Some(_) => {
+                // Withheld: the phone retransmits, the PBX answers the same request again.
+                (p.answer_again(status, &self.ext) == TC_ACT_OK).then_some(!self.stale)
+            }
+        };
+        self.cseq = p.cseq + 10;
+        out
+    }
+}
+
+/// Bans among the events (SUSPECT alerts are not bans).
+fn bans(events: &[sipfilter_common::BanEvent]) -> Vec<&sipfilter_common::BanEvent> {
+    events.iter().filter(|e| e.reason != ban_reason::SUSPECT).collect()
+}
+
+#[test]
+fn the_seed_robot_is_caught_at_its_first_2xx_with_the_weak_extension_second_or_fifth() -> anyhow::Result<()> {
+    for weak_at in [2usize, 5] {
+        let mut f = TestFilter::with_config(&trusted_config())?;
+        // The seed's robot: password = extension, from 200 upwards, one port, a phone's
+        // User-Agent (these programs never see it: the scanner rule is off here).
+        let ip = addr(100 + weak_at as u8);
+        let mut robot = Peer::device(&f, ip, 40123);
+        let mut answers = Vec::new();
+        for (i, ext) in (200..210).map(|e| e.to_string()).enumerate() {
+            let weak = i + 1 == weak_at;
+            match robot.login_with_credentials(&ext, if weak { "200 OK" } else { "401 Unauthorized" }) {
+                Some(v) => answers.push((ext, v)),
+                None => break,
+            }
+        }
+        // The robot saw its guesses refused and the right one's 200 OK withheld; then nothing.
+        let learned: Vec<_> = answers.iter().filter(|(_, v)| *v == TC_ACT_OK).map(|(e, _)| e.clone()).collect();
+        assert_eq!(answers.len(), weak_at, "weak {weak_at}: {answers:?}");
+        assert_eq!(answers.last().unwrap().1, TC_ACT_SHOT, "the 2xx is withheld: {answers:?}");
+        assert_eq!(learned.len(), weak_at - 1, "only its refusals passed");
+        let events = f.ban_events();
+        let b = bans(&events);
+        assert_eq!(b.len(), 1, "{events:?}");
+        assert_eq!(b[0].reason, ban_reason::CRACKED);
+        assert_eq!(b[0].device_port, 40123, "the ban names the device");
+        let weak_ext = (199 + weak_at).to_string();
+        assert_eq!(ext_str(&b[0].extension), weak_ext);
+        let cracked = f.loaded.trust.cracked()?;
+        assert_eq!(cracked.len(), 1);
+        assert_eq!(ext_str(&cracked[0].0), weak_ext, "quarantined");
+        assert_eq!(f.counters()?.withheld, 1);
+        // A phone of another address is untouched by it.
+        let mut phone = Peer::device(&f, addr(99), 5062);
+        assert_eq!(phone.login_with_credentials("210", "200 OK"), Some(TC_ACT_OK));
+    }
+    Ok(())
+}
+
+/// An office behind one address, known from yesterday: a power cut, all its phones register
+/// at once, `stale` of them with the password the administrator has just changed; each
+/// retries every 15 s for five minutes; at 3 minutes the stale phones are given the new one.
+/// Nobody is banned, no healthy phone ever waits, the stale ones get in once fixed.
+fn office_after_a_power_cut(phones: usize, stale: usize, last: u8) -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let ip = addr(last);
+    let mut office: Vec<Phone> = (0..phones)
+        .map(|i| Phone {
+            ip,
+            port: 20000 + i as u16,
+            ext: (200 + i).to_string(),
+            // The stale ones spread among the others.
+            stale: stale != 0 && i % (phones / stale) == phones / stale - 1 && i / (phones / stale) < stale,
+            cseq: 1,
+        })
+        .collect();
+    assert_eq!(office.iter().filter(|p| p.stale).count(), stale);
+    // Yesterday: every phone registered with the old passwords (the address is known).
+    for p in office.iter_mut() {
+        let was = p.stale;
+        p.stale = false;
+        assert_eq!(p.register(&f), Some(true));
+        p.stale = was;
+    }
+    f.advance_clock(Duration::from_secs(24 * 3600))?;
+    let mut refused = 0;
+    for tick in 0..20 {
+        if tick == 12 {
+            for p in office.iter_mut() {
+                p.stale = false;
+            }
+        }
+        for p in office.iter_mut() {
+            let stale = p.stale;
+            let got = p.register(&f);
+            assert_eq!(got, Some(!stale), "tick {tick}, {} (stale {stale}): the office was cut off", p.ext);
+            refused += stale as usize;
+        }
+        f.advance_clock(Duration::from_secs(15))?;
+    }
+    let events = f.ban_events();
+    assert!(events.is_empty(), "{phones} phones, {stale} stale: {events:?}");
+    let c = f.counters()?;
+    assert_eq!((c.withheld, c.suspect, c.withheld_challenges), (0, 0, 0));
+    assert_eq!(refused, stale * 12);
+    assert!(f.loaded.trust.cracked()?.is_empty());
+    eprintln!("{phones} phones, {stale} stale: every healthy registration passed, {refused} refusals, no ban, no alert");
+    Ok(())
+}
+
+#[test]
+fn offices_of_20_and_50_phones_with_stale_passwords_after_a_power_cut_are_never_banned() -> anyhow::Result<()> {
+    for (n, (phones, stale)) in [(20, 0), (20, 1), (20, 4), (20, 10), (50, 10)].into_iter().enumerate() {
+        office_after_a_power_cut(phones, stale, 120 + n as u8)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_never_seen_office_whose_first_phones_are_stale_withholds_one_2xx_and_bans_nobody() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let ip = addr(130);
+    // Four stale phones answer first, then the healthy ones: failures on four extensions,
+    // then a 2xx, from other devices: ambiguous. One 2xx is withheld and alerted; the phone
+    // retransmits and gets in; the office becomes known.
+    let mut office: Vec<Phone> = (0..20)
+        .map(|i| Phone {
+            ip,
+            port: 30000 + i as u16,
+            ext: (300 + i).to_string(),
+            stale: i < 4,
+            cseq: 1,
+        })
+        .collect();
+    for p in office.iter_mut() {
+        let stale = p.stale;
+        assert_eq!(p.register(&f), Some(!stale), "{}", p.ext);
+    }
+    let events = f.ban_events();
+    assert!(bans(&events).is_empty(), "{events:?}");
+    let alerts: Vec<_> = events.iter().filter(|e| e.reason == ban_reason::SUSPECT).collect();
+    assert_eq!(alerts.len(), 1, "{events:?}");
+    assert_eq!(ext_str(&alerts[0].extension), "304");
+    assert_eq!(alerts[0].device_port, 30004);
+    assert_eq!(f.counters()?.suspect, 1);
+    assert!(f.loaded.trust.known(&source_key(ip.into(), 64))?.is_some());
+    assert!(f.loaded.trust.cracked()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_known_device_that_moves_on_to_a_2xx_has_it_withheld_once_and_is_not_banned() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let ip = addr(131);
+    let mut phone = Peer::device(&f, ip, 5062);
+    assert_eq!(phone.login_with_credentials("201", "200 OK"), Some(TC_ACT_OK));
+    // A robot on another device of the known address: fails 202, then guesses 203.
+    let mut robot = Peer::device(&f, ip, 41000);
+    assert_eq!(robot.login_with_credentials("202", "401 Unauthorized"), Some(TC_ACT_OK));
+    assert_eq!(robot.login_with_credentials("203", "200 OK"), Some(TC_ACT_SHOT));
+    // It moved on without retransmitting: it never learned 203's password. The phone stays.
+    assert_eq!(robot.login_with_credentials("204", "401 Unauthorized"), Some(TC_ACT_OK));
+    assert_eq!(phone.login_with_credentials("201", "200 OK"), Some(TC_ACT_OK));
+    let events = f.ban_events();
+    assert!(bans(&events).is_empty(), "{events:?}");
+    let alert = events.iter().find(|e| e.reason == ban_reason::SUSPECT).expect("an alert");
+    assert_eq!((ext_str(&alert.extension), alert.device_port), ("203", 41000));
+    Ok(())
+}
+
+#[test]
+fn an_enumerator_from_one_port_or_a_new_port_per_request_learns_at_most_five_extensions() -> anyhow::Result<()> {
+    // 200..219 exist; the PBX answers the others 404 (kamailio) or challenges everyone
+    // (Asterisk-like). Five threads walk 200..299 in chunks of 20, interleaved, with no
+    // credentials ever; from one port, or a new source port for every REGISTER.
+    for (n, (challenge_all, new_ports)) in [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut f = TestFilter::with_config(&trusted_config())?;
+        let ip = addr(140 + n as u8);
+        let mut learned = Vec::new();
+        let mut sent = 0;
+        // Five REGISTERs a second (under every flood limit: the answers must stop it),
+        // each extension once (a dropped one is not retried).
+        for i in 0..100u16 {
+            let ext = (200 + (i % 5) * 20 + i / 5).to_string();
+            let port = if new_ports { 42000 + i } else { 42000 };
+            f.advance_clock(Duration::from_millis(200))?;
+            let mut probe = Peer::device(&f, ip, port);
+            probe.cseq = i as u32 * 3;
+            if probe.register(&ext) != XDP_PASS {
+                continue;
+            }
+            sent += 1;
+            let exists = ext.parse::<u16>()? < 220;
+            let status = if exists || challenge_all { "401 Unauthorized" } else { "404 Not Found" };
+            // What the robot learns: an extension answered differently from one that does
+            // not exist (a 401 where the PBX answers 404 to strangers).
+            if probe.answer(status, "REGISTER", &ext, &ext) == TC_ACT_OK && exists {
+                learned.push(ext);
+            }
+        }
+        let c = f.counters()?;
+        let events = f.ban_events();
+        let b = bans(&events);
+        eprintln!(
+            "challenge all {challenge_all}, new port per request {new_ports}: {sent} REGISTERs passed, \
+             401s to existing extensions passed {learned:?}, {} answers withheld, banned {:?}",
+            c.withheld_challenges,
+            b.first().map(|e| ban_reason::name(e.reason))
+        );
+        assert!(learned.len() <= 5, "learned {learned:?}");
+        assert!(!b.is_empty(), "never banned");
+        assert!(matches!(b[0].reason, ban_reason::ENUMERATION | ban_reason::NOT_FOUND));
+        if challenge_all {
+            assert!(c.withheld_challenges > 0);
+        }
+        // A phone elsewhere registers meanwhile.
+        let mut phone = Peer::device(&f, addr(150 + n as u8), 5060);
+        assert_eq!(phone.login_with_credentials("201", "200 OK"), Some(TC_ACT_OK));
+    }
+    Ok(())
+}

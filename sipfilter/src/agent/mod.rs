@@ -713,6 +713,13 @@ impl Agent {
     /// Bans a whole IPv6 prefix: a timed denylist entry (an allowlisted address inside it
     /// still passes: the allowlist comes first).
     fn ban_prefix(&mut self, prefix: &Cidr, why: &str) {
+        // A prefix ban already in force is neither made nor logged again.
+        let now = clock::boot_ns();
+        match self.loaded.maps.list(ListKind::Deny) {
+            Ok(deny) if deny.iter().any(|(c, e)| c == prefix && e.expires_ns > now) => return,
+            Ok(_) => {}
+            Err(e) => log(format!("warning: cannot read the denylist: {e:#}")),
+        }
         if self.config.monitor {
             log(format!("would ban source={prefix} reason=prefix ({why}; monitor mode)"));
             return;

@@ -40,8 +40,15 @@ struct Aggregate {
 pub struct PrefixEvidence {
     offenders: HashMap<Cidr, Vec<(Ipv6Addr, Instant)>>,
     aggregate: HashMap<Cidr, Aggregate>,
-    /// Each IPv6 source's message count at the last tick.
+    /// Each IPv6 source's count of messages let through at the last tick.
     last_requests: HashMap<SourceKey, u64>,
+}
+
+/// The messages a source's state says were let through: what a banned (or throttled)
+/// address keeps sending is dropped at the filter and costs the PBX nothing, so it never
+/// counts toward its prefix (a phone sharing the /64 with a banned flooder keeps its service).
+fn let_through(state: &RateState) -> u64 {
+    state.requests.saturating_sub(state.drops)
 }
 
 /// The IPv6 address of a source key (None for IPv4).
@@ -97,10 +104,11 @@ impl PrefixEvidence {
         let mut seen = HashMap::new();
         for (key, state) in states {
             let Some(addr) = v6(key) else { continue };
+            let now_through = let_through(state);
             let before = self.last_requests.get(key).copied().unwrap_or(0);
-            let delta = state.requests.checked_sub(before).unwrap_or(state.requests);
+            let delta = now_through.checked_sub(before).unwrap_or(now_through);
             *sent.entry(prefix_of(addr, policy.prefix_len)).or_default() += delta;
-            seen.insert(*key, state.requests);
+            seen.insert(*key, now_through);
         }
         self.last_requests = seen;
         let (burst, rate) = policy.budget();
@@ -197,5 +205,30 @@ mod tests {
             banned.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             vec!["2001:db8:3:1::/64"]
         );
+    }
+
+    #[test]
+    fn a_banned_address_that_keeps_flooding_does_not_spend_its_prefix() {
+        let mut e = PrefixEvidence::default();
+        let p = policy();
+        let t0 = Instant::now();
+        // One address banned for a flood keeps sending 5,000 messages a second, all dropped;
+        // a phone in the same /64 sends 2 a second.
+        for s in 1..=30u64 {
+            let flooder = RateState {
+                requests: 200 + 5_000 * s,
+                drops: 5_000 * s,
+                ..Default::default()
+            };
+            let phone = RateState {
+                requests: 2 * s,
+                ..Default::default()
+            };
+            let states = vec![
+                (key("2001:db8:4:1::66"), flooder),
+                (key("2001:db8:4:1::20"), phone),
+            ];
+            assert!(e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(), "second {s}");
+        }
     }
 }

@@ -477,17 +477,22 @@ impl AnswerState {
                 }
                 self.remember_failed(ext);
                 self.last_failure_ns = now;
-                let over = if known {
+                if known {
+                    // One device of a known source over its not-found budget (odd messages,
+                    // a misconfigured device, an enumerator inside the office) has its
+                    // not-founds withheld: it learns nothing, and the office stays up. The
+                    // source's total over all its devices still bans.
                     let mut device_over = false;
                     if let Some(d) = device {
                         d.not_found = d.not_found.wrapping_add(1);
                         device_over = charge(&mut d.not_found_debt_ns, &policy.not_found, now);
                     }
-                    device_over | charge(&mut self.not_found_debt_ns, &KNOWN_SOURCE_FAILURES, now)
-                } else {
-                    charge(&mut self.not_found_debt_ns, &policy.not_found, now)
-                };
-                if over {
+                    if charge(&mut self.not_found_debt_ns, &KNOWN_SOURCE_FAILURES, now) {
+                        return Judgement::Ban(crate::counters::ban_reason::NOT_FOUND);
+                    }
+                    return if device_over { Judgement::Withhold } else { Judgement::Nothing };
+                }
+                if charge(&mut self.not_found_debt_ns, &policy.not_found, now) {
                     return Judgement::Ban(crate::counters::ban_reason::NOT_FOUND);
                 }
                 self.unanswered_verdict(known)

@@ -235,7 +235,7 @@ fn sipp_stat(p: &Background, label: &str) -> u64 {
         .find(|l| l.trim_start().starts_with(label))
         .and_then(|l| l.split('|').nth(2))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {label:?} in SIPp's screen:\n{text}"))
+        .unwrap_or_else(|| panic!("no {label:?} in SIPp's screen:\n{text}\nSIPp's output:\n{}", p.output()))
 }
 
 /// A dictionary of `len` wrong passwords, with `right` at 1-based position `at` if given.
@@ -793,5 +793,263 @@ fn svwar_as_it_comes_learns_nothing() -> anyhow::Result<()> {
         .ban_of(&robot)
         .unwrap_or_else(|| panic!("svwar was not banned:\n{}", agent.log()));
     assert_eq!(ban["reason"], "scanner", "{ban:#}");
+    Ok(())
+}
+
+/// Users 200..=219 with strong passwords, but for `weak` (its password is its number).
+fn office_users(weak: Option<&str>) -> Vec<(String, String)> {
+    (200..220)
+        .map(|e| {
+            let e = e.to_string();
+            let pw = if Some(e.as_str()) == weak { e.clone() } else { format!("Pw-{e}-{STRONG}") };
+            (e, pw)
+        })
+        .collect()
+}
+
+fn as_refs(users: &[(String, String)]) -> Vec<(&str, &str)> {
+    users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect()
+}
+
+/// The seed's robot with a phone's User-Agent (SIPp, "Yealink SIP-T46S"): REGISTER with
+/// password = extension from 200 upwards, 100 a second, one port; 201 is weak, the second
+/// extension it tries. It must be caught at 201's 200 OK: ban, CRACKED, quarantine, and the
+/// 200 OK withheld, so the robot never learns the password. The office next door registers.
+#[test]
+fn the_seed_robot_from_200_does_not_crack_201_its_second_extension() -> anyhow::Result<()> {
+    let lab = Lab::new("10.240.0")?;
+    let (robot, office) = (lab.ip(2), lab.ip(3));
+    let mut agent = lab.agent()?;
+    let users = office_users(Some("201"));
+    let reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let csv: Vec<String> = (200..220).map(|e| format!("{e};{e}")).collect();
+    let mut sipp = lab.sipp(
+        "robot",
+        "register_auth.xml",
+        &robot,
+        &csv,
+        &["-r", "100", "-rp", "1000", "-m", "20", "-recv_timeout", "2000"],
+    )?;
+    agent.wait_for_log("CRACKED extension=201", Duration::from_secs(15))?;
+    sipp_done(&mut sipp, Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.log();
+    let line = log.lines().find(|l| l.contains("CRACKED")).unwrap().to_owned();
+    let ban = lab
+        .ban_of(&robot)
+        .unwrap_or_else(|| panic!("the robot is not banned:\n{log}"));
+    let (all, credentialed) = registers(&reg, &robot, None);
+    let later: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.source == robot && !["200", "201"].contains(&r.to_user.as_str()))
+        .collect();
+    let learned = sipp_stat(&sipp, "Successful call");
+    eprintln!(
+        "seed robot: {line}\nkamailio received {all} REGISTERs from it ({credentialed} with credentials), {} for \
+         extensions after 201; the robot saw {learned} 200 OK",
+        later.len()
+    );
+    assert_eq!(ban["reason"], "cracked", "{ban:#}");
+    assert!(line.contains(&format!("source={robot} device={robot}:5060")), "{line}");
+    assert!(log.contains("rule=moved-on-to-a-2xx"), "{log}");
+    assert_eq!(replies(&reg, &robot, 200), vec!["201".to_owned()], "kamailio accepted the guess");
+    assert_eq!(learned, 0, "the robot saw the 200 OK");
+    assert!(later.len() <= 2, "REGISTERs after the crack reached kamailio: {later:?}");
+    let cracked = lab.cli_json(&["cracked", "list", "--json"]);
+    assert!(
+        cracked.as_array().unwrap().iter().any(|c| c["extension"] == "201"),
+        "{cracked:#}"
+    );
+    // The office's phone (another address) registers its own extension.
+    let mut phone = lab.sipp(
+        "phone",
+        "register_auth.xml",
+        &office,
+        &[format!("205;{}", users[5].1)],
+        &["-m", "1", "-recv_timeout", "3000"],
+    )?;
+    sipp_done(&mut phone, Duration::from_secs(20))?;
+    assert_eq!(sipp_stat(&phone, "Successful call"), 1, "the office's phone registered");
+    assert!(lab.ban_of(&office).is_none());
+    Ok(())
+}
+
+/// An enumerator with a phone's User-Agent: REGISTER for 200..299 without credentials, five
+/// calls at a time, each from a new source port (SIPp `-t un`), retransmitting as a phone
+/// would. What it learns is the 401s it sees (200..219 exist); it must learn at most five
+/// and be banned, while a phone of another address registers.
+fn threaded_enumerator(net: &str, unknown: UnknownUsers) -> anyhow::Result<()> {
+    let lab = Lab::new(net)?;
+    let (robot, office) = (lab.ip(2), lab.ip(3));
+    let agent = lab.agent()?;
+    let users = office_users(None);
+    let reg = lab.registrar(unknown, &as_refs(&users))?;
+    let csv: Vec<String> = (200..300).map(|e| e.to_string()).collect();
+    let mut sipp = lab.sipp(
+        "enumerator",
+        "register_probe.xml",
+        &robot,
+        &csv,
+        &["-t", "un", "-max_socket", "1000", "-l", "5", "-r", "50", "-rp", "1000", "-m", "100", "-recv_timeout", "1500"],
+    )?;
+    sipp_done(&mut sipp, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let learned = sipp_stat(&sipp, "Successful call");
+    let (reached, _) = registers(&reg, &robot, None);
+    let challenged = replies(&reg, &robot, 401).len();
+    let ban = lab.ban_of(&robot);
+    let stats = lab.cli_json(&["stats", "--json"]);
+    eprintln!(
+        "threaded enumerator ({unknown:?}): learned {learned} extensions; {reached} REGISTERs reached kamailio, \
+         it sent {challenged} 401s; ban {:?}; withheld {}",
+        ban.as_ref().map(|b| b["reason"].clone()),
+        stats["withheld_challenges"]
+    );
+    let ban = ban.unwrap_or_else(|| panic!("the enumerator is not banned:\n{}", agent.log()));
+    assert!(
+        ["enumeration", "not_found"].contains(&ban["reason"].as_str().unwrap()),
+        "{ban:#}"
+    );
+    assert!(learned <= 5, "the enumerator learned {learned} extensions");
+    let mut phone = lab.sipp(
+        "phone",
+        "register_auth.xml",
+        &office,
+        &[format!("207;{}", users[7].1)],
+        &["-m", "1", "-recv_timeout", "3000"],
+    )?;
+    sipp_done(&mut phone, Duration::from_secs(20))?;
+    assert_eq!(sipp_stat(&phone, "Successful call"), 1, "the phone registered");
+    assert!(lab.ban_of(&office).is_none());
+    Ok(())
+}
+
+#[test]
+fn a_threaded_enumerator_with_a_new_port_per_request_learns_at_most_five_404_registrar() -> anyhow::Result<()> {
+    threaded_enumerator("10.241.0", UnknownUsers::NotFound)
+}
+
+#[test]
+fn a_threaded_enumerator_with_a_new_port_per_request_learns_at_most_five_asterisk_like_registrar(
+) -> anyhow::Result<()> {
+    threaded_enumerator("10.242.0", UnknownUsers::Challenge)
+}
+
+/// An office of 19 phones behind one address, known since yesterday; the administrator has
+/// changed four passwords and those phones still hold the old ones. Three rounds of
+/// registrations (each call from its own port, as NAT gives every phone one): nobody is
+/// banned or called cracked, every healthy phone registers every round.
+#[test]
+fn an_office_with_four_stale_passwords_after_a_change_is_never_banned() -> anyhow::Result<()> {
+    let lab = Lab::new("10.243.0")?;
+    let office = lab.ip(2);
+    let agent = lab.agent()?;
+    let users: Vec<(String, String)> = office_users(None).into_iter().take(19).collect();
+    let reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let stale = ["203", "207", "211", "215"];
+    let round = |name: &str, with_stale: bool| -> anyhow::Result<(u64, u64)> {
+        let csv: Vec<String> = users
+            .iter()
+            .map(|(u, p)| {
+                if with_stale && stale.contains(&u.as_str()) {
+                    format!("{u};old-{p}")
+                } else {
+                    format!("{u};{p}")
+                }
+            })
+            .collect();
+        let mut sipp = lab.sipp(
+            name,
+            "register_auth.xml",
+            &office,
+            &csv,
+            &["-t", "un", "-max_socket", "1000", "-r", "40", "-rp", "1000", "-m", "19", "-recv_timeout", "3000"],
+        )?;
+        sipp_done(&mut sipp, Duration::from_secs(30))?;
+        Ok((sipp_stat(&sipp, "Successful call"), sipp_stat(&sipp, "Failed call")))
+    };
+    assert_eq!(round("yesterday", false)?, (19, 0), "the office registered yesterday");
+    assert!(lab.is_known(&office));
+    let mut got = Vec::new();
+    for r in 0..3 {
+        got.push(round(&format!("round{r}"), true)?);
+    }
+    let log = agent.log();
+    eprintln!("office with 4 stale passwords, 3 rounds (registered, refused): {got:?}");
+    assert_eq!(got, vec![(15, 4); 3], "{log}");
+    assert!(lab.ban_of(&office).is_none(), "the office was banned:\n{log}");
+    assert!(!log.contains("CRACKED") && !log.contains("SUSPECT") && !log.contains("sipfilter: ban "), "{log}");
+    let cracked = lab.cli_json(&["cracked", "list", "--json"]);
+    assert!(cracked.as_array().unwrap().is_empty(), "{cracked:#}");
+    let refused = replies(&reg, &office, 401).len();
+    assert!(refused >= 19 + 3 * 23, "kamailio's challenges and refusals: {refused}");
+    Ok(())
+}
+
+/// Unusual and malformed SIP (what parser torture tests hold), each message once, from a
+/// registered phone's address but another port; then the phone refreshes its registration.
+/// Nothing makes the address a cracker or bans it.
+#[test]
+fn odd_and_malformed_messages_from_a_registered_phones_address_ban_nobody() -> anyhow::Result<()> {
+    let lab = Lab::new("10.244.0")?;
+    let office = lab.ip(2);
+    let agent = lab.agent()?;
+    let users = office_users(None);
+    let _reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let phone_csv = [format!("201;{}", users[1].1)];
+    let mut phone = lab.sipp("phone", "register_auth.xml", &office, &phone_csv, &["-m", "1", "-recv_timeout", "3000"])?;
+    sipp_done(&mut phone, Duration::from_secs(20))?;
+    assert_eq!(sipp_stat(&phone, "Successful call"), 1);
+    let pbx = lab.ip(1);
+    let users_odd = [
+        "", "%32%30%31", "201%00", "a b", "+4930123", "*97", "201;user=phone", "sip:201", "'201'", "2" ,
+        "ÿÿÿÿ", "201\\", "..", "%", "0000000000000000000000000000000000000000",
+    ];
+    let mut messages: Vec<String> = Vec::new();
+    for (i, u) in users_odd.iter().enumerate() {
+        for method in ["REGISTER", "INVITE", "OPTIONS"] {
+            messages.push(format!(
+                "{method} sip:{u}@{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {office}:5099;branch=z9hG4bK-t{i}{method}\r\n\
+                 From: <sip:{u}@{pbx}>;tag=t{i}\r\nTo: <sip:{u}@{pbx}>\r\nCall-ID: torture-{i}-{method}\r\n\
+                 CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContact: <sip:{u}@{office}:5099>\r\nContent-Length: 0\r\n\r\n"
+            ));
+        }
+    }
+    // Broken headers: duplicated To and CSeq, no CSeq, a negative Content-Length, folded lines.
+    messages.push(format!(
+        "REGISTER sip:{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {office}:5099;branch=z9hG4bK-d1\r\nFrom: <sip:201@{pbx}>;tag=d\r\n\
+         To: <sip:201@{pbx}>\r\nTo: <sip:202@{pbx}>\r\nCall-ID: dup-1\r\nCSeq: 1 REGISTER\r\nCSeq: 2 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    ));
+    messages.push(format!(
+        "REGISTER sip:{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {office}:5099;branch=z9hG4bK-d2\r\nFrom: <sip:203@{pbx}>;tag=d\r\n\
+         To: <sip:203@{pbx}>\r\nCall-ID: dup-2\r\nContent-Length: -5\r\n\r\n"
+    ));
+    messages.push(format!(
+        "REGISTER sip:{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {office}:5099;branch=z9hG4bK-d3\r\nFrom: <sip:204@{pbx}>;tag=d\r\n\
+         To:\r\n <sip:204@{pbx}>\r\nCall-ID: dup-3\r\nCSeq: 1 REGISTER\r\nAuthorization: Digest username=\"204\"\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let sent = messages.len();
+    let office_ip = office.clone();
+    let target = format!("{pbx}:5060");
+    lab.lan.run(move || {
+        let s = std::net::UdpSocket::bind(format!("{office_ip}:5099"))?;
+        for m in &messages {
+            s.send_to(m.as_bytes(), &target)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    // The phone refreshes, twice.
+    for n in 0..2 {
+        let mut phone = lab.sipp(&format!("refresh{n}"), "register_auth.xml", &office, &phone_csv, &["-m", "1", "-recv_timeout", "3000"])?;
+        sipp_done(&mut phone, Duration::from_secs(20))?;
+        assert_eq!(sipp_stat(&phone, "Successful call"), 1, "refresh {n}: the phone was cut off:\n{}", agent.log());
+    }
+    let log = agent.log();
+    eprintln!("{sent} odd and malformed messages from the phone's address, port 5099: no ban; the phone refreshed twice");
+    assert!(lab.ban_of(&office).is_none(), "{log}");
+    assert!(!log.contains("CRACKED") && !log.contains("sipfilter: ban "), "{log}");
     Ok(())
 }

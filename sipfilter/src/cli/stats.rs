@@ -119,6 +119,8 @@ pub fn to_json(c: &Counters) -> Value {
         "cracked": c.cracked,
         "promoted": c.promoted,
         "withheld": c.withheld,
+        "suspect": c.suspect,
+        "withheld_challenges": c.withheld_challenges,
         "uninspected": c.uninspected,
         "requests": {
             "scanner_matches": c.scanner_tokens.iter().sum::<u64>(),
@@ -179,6 +181,11 @@ pub fn render(c: &Counters) -> String {
     t.row(vec!["extensions cracked".into(), grouped(c.cracked)]);
     t.row(vec!["clean REGISTER successes (known)".into(), grouped(c.promoted)]);
     t.row(vec!["2xx withheld from a cracking source".into(), grouped(c.withheld)]);
+    t.row(vec!["2xx withheld once as suspect (nobody banned)".into(), grouped(c.suspect)]);
+    t.row(vec![
+        "challenges and not-founds withheld (unanswered challenges)".into(),
+        grouped(c.withheld_challenges),
+    ]);
     t.row(vec![
         "answers not inspected (beyond the bound)".into(),
         grouped(c.uninspected),

@@ -490,7 +490,11 @@ impl AnswerState {
                     if charge(&mut self.not_found_debt_ns, &KNOWN_SOURCE_FAILURES, now) {
                         return Judgement::Ban(crate::counters::ban_reason::NOT_FOUND);
                     }
-                    return if device_over { Judgement::Withhold } else { Judgement::Nothing };
+                    return if device_over {
+                        Judgement::Withhold
+                    } else {
+                        Judgement::Nothing
+                    };
                 }
                 if charge(&mut self.not_found_debt_ns, &policy.not_found, now) {
                     return Judgement::Ban(crate::counters::ban_reason::NOT_FOUND);
@@ -538,7 +542,13 @@ mod tests {
                 Judgement::Nothing
             );
             assert_eq!(
-                st.judge(&ans(200, Method::Register, 2 * round + 1, "201"), false, None, &trust, now),
+                st.judge(
+                    &ans(200, Method::Register, 2 * round + 1, "201"),
+                    false,
+                    None,
+                    &trust,
+                    now
+                ),
                 Judgement::Promote
             );
         }
@@ -576,7 +586,9 @@ mod tests {
             let mut banned = None;
             for guess in 1..1000u32 {
                 let now = T0 + guess as u64 * gap * S;
-                if let Judgement::Ban(r) = st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, None, &trust, now) {
+                if let Judgement::Ban(r) =
+                    st.judge(&ans(401, Method::Register, 1 + guess, "201"), false, None, &trust, now)
+                {
                     assert_eq!(r, ban_reason::AUTH_FAILURE);
                     banned = Some(guess as u64 * gap);
                     break;
@@ -758,7 +770,11 @@ mod tests {
                 port: 5062,
             };
             // Known from its first 2xx on: nothing is withheld.
-            assert_eq!(office.judge(&a, true, None, &trust, T0), Judgement::Nothing, "line {line}");
+            assert_eq!(
+                office.judge(&a, true, None, &trust, T0),
+                Judgement::Nothing,
+                "line {line}"
+            );
         }
         // Its phones send credentials at once: later challenges on one port never count as
         // enumeration (what remains is the challenge budget until its first success).

@@ -8,7 +8,7 @@
 //! cannot grow it without limit; past that its answers are judged by the source's totals).
 
 use crate::{
-    answers::{charge, same, empty},
+    answers::{charge, empty, same},
     config::Budget,
     scan::Extension,
     SourceKey, NS_PER_SEC,

@@ -11,8 +11,8 @@ use network_types::udp::UdpHdr;
 use sipfilter_common::{
     answers::{charge, Answer, AnswerClass, AnswerState, Judgement},
     config::{FLAG_TRUST, FLAG_WITHHOLD},
-    devices::{DeviceKey, DeviceState, NEW_DEVICE_BUDGET},
     counters::{ban_reason, AnswerKind},
+    devices::{DeviceKey, DeviceState, NEW_DEVICE_BUDGET},
     scan::{
         cseq, first_header_line, request_identity, scan_lines, status_code, uri_user, Bytes, Found, Scan, Wanted,
         EXT_LEN, MAX_SCAN_ROUNDS,

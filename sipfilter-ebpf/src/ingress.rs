@@ -243,8 +243,8 @@ fn judge_request(
         // quarantined, or the source was challenged and has not yet shown it answers
         // challenges with credentials (what tells a phone from a scanner).
         let quarantine = config.flag(FLAG_QUARANTINE);
-        let challenged = (state.answers.first_challenges != 0 && state.answers.credentialed == 0)
-            || state.answers.unanswered != 0;
+        let challenged =
+            (state.answers.first_challenges != 0 && state.answers.credentialed == 0) || state.answers.unanswered != 0;
         if (quarantine || challenged) && matches!(method, Method::Register | Method::Invite) {
             wanted |= wants::CREDENTIALS;
             if quarantine {

@@ -6,11 +6,12 @@ use aya_ebpf::{
 };
 use sipfilter_common::{
     calls::{CallKey, CallTimes, DestinationRule, NumberKey},
+    devices::{DeviceKey, DeviceState},
     maps::{
         BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CALL_EVENTS_BYTES, CALL_SOURCES_SIZE, CRACKED_SIZE, DESTINATIONS_SIZE,
-        DEVICES_SIZE, KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, RECENT_CALLS_SIZE,
+        DEVICES_SIZE, KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS,
+        RECENT_CALLS_SIZE,
     },
-    devices::{DeviceKey, DeviceState},
     scan::Extension,
     scan::Scan,
     user_agent::{Candidates, ScannerUserAgents},

@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod clock;
 pub mod config;
 pub mod crowdsec;
+pub mod devices;
 pub mod dns;
 pub mod duration;
 pub mod event_log;

@@ -20,7 +20,12 @@ pub struct Peer<'a> {
 
 impl<'a> Peer<'a> {
     pub fn new(f: &'a TestFilter, ip: Ipv4Addr) -> Self {
-        Peer { f, ip, port: 5060, cseq: 0 }
+        Peer {
+            f,
+            ip,
+            port: 5060,
+            cseq: 0,
+        }
     }
 
     /// Another device of the same address: its own source port (and CSeq numbering).
@@ -36,7 +41,11 @@ impl<'a> Peer<'a> {
     fn send_payload(&mut self, payload: Vec<u8>) -> u32 {
         self.cseq += 1;
         self.f
-            .run(&P::udp4(self.ip, Ipv4Addr::new(192, 0, 2, 1), self.port, 5060, &payload).build().bytes)
+            .run(
+                &P::udp4(self.ip, Ipv4Addr::new(192, 0, 2, 1), self.port, 5060, &payload)
+                    .build()
+                    .bytes,
+            )
             .expect("XDP run")
     }
 

@@ -446,9 +446,17 @@ fn the_seed_robot_is_caught_at_its_first_2xx_with_the_weak_extension_second_or_f
             }
         }
         // The robot saw its guesses refused and the right one's 200 OK withheld; then nothing.
-        let learned: Vec<_> = answers.iter().filter(|(_, v)| *v == TC_ACT_OK).map(|(e, _)| e.clone()).collect();
+        let learned: Vec<_> = answers
+            .iter()
+            .filter(|(_, v)| *v == TC_ACT_OK)
+            .map(|(e, _)| e.clone())
+            .collect();
         assert_eq!(answers.len(), weak_at, "weak {weak_at}: {answers:?}");
-        assert_eq!(answers.last().unwrap().1, TC_ACT_SHOT, "the 2xx is withheld: {answers:?}");
+        assert_eq!(
+            answers.last().unwrap().1,
+            TC_ACT_SHOT,
+            "the 2xx is withheld: {answers:?}"
+        );
         assert_eq!(learned.len(), weak_at - 1, "only its refusals passed");
         let events = f.ban_events();
         let b = bans(&events);
@@ -504,7 +512,12 @@ fn office_after_a_power_cut(phones: usize, stale: usize, last: u8) -> anyhow::Re
         for p in office.iter_mut() {
             let stale = p.stale;
             let got = p.register(&f);
-            assert_eq!(got, Some(!stale), "tick {tick}, {} (stale {stale}): the office was cut off", p.ext);
+            assert_eq!(
+                got,
+                Some(!stale),
+                "tick {tick}, {} (stale {stale}): the office was cut off",
+                p.ext
+            );
             refused += stale as usize;
         }
         f.advance_clock(Duration::from_secs(15))?;
@@ -515,7 +528,9 @@ fn office_after_a_power_cut(phones: usize, stale: usize, last: u8) -> anyhow::Re
     assert_eq!((c.withheld, c.suspect, c.withheld_challenges), (0, 0, 0));
     assert_eq!(refused, stale * 12);
     assert!(f.loaded.trust.cracked()?.is_empty());
-    eprintln!("{phones} phones, {stale} stale: every healthy registration passed, {refused} refusals, no ban, no alert");
+    eprintln!(
+        "{phones} phones, {stale} stale: every healthy registration passed, {refused} refusals, no ban, no alert"
+    );
     Ok(())
 }
 
@@ -574,7 +589,10 @@ fn a_known_device_that_moves_on_to_a_2xx_has_it_withheld_once_and_is_not_banned(
     assert_eq!(phone.login_with_credentials("201", "200 OK"), Some(TC_ACT_OK));
     let events = f.ban_events();
     assert!(bans(&events).is_empty(), "{events:?}");
-    let alert = events.iter().find(|e| e.reason == ban_reason::SUSPECT).expect("an alert");
+    let alert = events
+        .iter()
+        .find(|e| e.reason == ban_reason::SUSPECT)
+        .expect("an alert");
     assert_eq!((ext_str(&alert.extension), alert.device_port), ("203", 41000));
     Ok(())
 }
@@ -605,7 +623,11 @@ fn an_enumerator_from_one_port_or_a_new_port_per_request_learns_at_most_five_ext
             }
             sent += 1;
             let exists = ext.parse::<u16>()? < 220;
-            let status = if exists || challenge_all { "401 Unauthorized" } else { "404 Not Found" };
+            let status = if exists || challenge_all {
+                "401 Unauthorized"
+            } else {
+                "404 Not Found"
+            };
             // What the robot learns: an extension answered differently from one that does
             // not exist (a 401 where the PBX answers 404 to strangers).
             if probe.answer(status, "REGISTER", &ext, &ext) == TC_ACT_OK && exists {

@@ -865,8 +865,23 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
     assert_eq!(robot["failures"], 1);
     assert_eq!(robot["not_found"], 1);
     assert_eq!(robot["extensions_failed"], "200,201");
+    // The devices under each source: one port each here, what it registered and failed.
+    let phone_devices = phone["devices"].as_array().expect("devices");
+    assert_eq!(phone_devices.len(), 1, "{phone:#}");
+    assert_eq!(phone_devices[0]["port"], 5060);
+    assert_eq!(phone_devices[0]["registered"], serde_json::json!(["201"]));
+    let robot_devices = robot["devices"].as_array().expect("devices");
+    assert_eq!(
+        (
+            robot_devices[0]["last_failed"].as_str(),
+            robot_devices[0]["failures"].as_u64()
+        ),
+        (Some("201"), Some(1)),
+        "{robot:#}"
+    );
     let table = ok(&f, &["sources"]);
     assert!(table.contains("TIER") && table.contains("known"), "{table}");
+    assert!(table.contains("└ port 5060") && table.contains("lines 201"), "{table}");
     let top = json(&f, &["top", "--once", "--json"]);
     let phone_top = entry(&top["sources"], "source", "198.51.100.20");
     assert_eq!(phone_top["tier"], "known", "{phone_top:#}");

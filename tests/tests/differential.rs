@@ -47,7 +47,10 @@ fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
-    eprintln!("differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {frames} + {} frames", frames / 2);
+    eprintln!(
+        "differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {frames} + {} frames",
+        frames / 2
+    );
     // With the scanner User-Agents on, every unknown source's request is read, so stealth
     // waits for the read; without them stealth comes before the buckets. Both orders, the
     // second on half as many frames.

@@ -801,7 +801,11 @@ fn office_users(weak: Option<&str>) -> Vec<(String, String)> {
     (200..220)
         .map(|e| {
             let e = e.to_string();
-            let pw = if Some(e.as_str()) == weak { e.clone() } else { format!("Pw-{e}-{STRONG}") };
+            let pw = if Some(e.as_str()) == weak {
+                e.clone()
+            } else {
+                format!("Pw-{e}-{STRONG}")
+            };
             (e, pw)
         })
         .collect()
@@ -853,9 +857,16 @@ fn the_seed_robot_from_200_does_not_crack_201_its_second_extension() -> anyhow::
     assert_eq!(ban["reason"], "cracked", "{ban:#}");
     assert!(line.contains(&format!("source={robot} device={robot}:5060")), "{line}");
     assert!(log.contains("rule=moved-on-to-a-2xx"), "{log}");
-    assert_eq!(replies(&reg, &robot, 200), vec!["201".to_owned()], "kamailio accepted the guess");
+    assert_eq!(
+        replies(&reg, &robot, 200),
+        vec!["201".to_owned()],
+        "kamailio accepted the guess"
+    );
     assert_eq!(learned, 0, "the robot saw the 200 OK");
-    assert!(later.len() <= 2, "REGISTERs after the crack reached kamailio: {later:?}");
+    assert!(
+        later.len() <= 2,
+        "REGISTERs after the crack reached kamailio: {later:?}"
+    );
     let cracked = lab.cli_json(&["cracked", "list", "--json"]);
     assert!(
         cracked.as_array().unwrap().iter().any(|c| c["extension"] == "201"),
@@ -891,7 +902,22 @@ fn threaded_enumerator(net: &str, unknown: UnknownUsers) -> anyhow::Result<()> {
         "register_probe.xml",
         &robot,
         &csv,
-        &["-t", "un", "-max_socket", "1000", "-l", "5", "-r", "50", "-rp", "1000", "-m", "100", "-recv_timeout", "1500"],
+        &[
+            "-t",
+            "un",
+            "-max_socket",
+            "1000",
+            "-l",
+            "5",
+            "-r",
+            "50",
+            "-rp",
+            "1000",
+            "-m",
+            "100",
+            "-recv_timeout",
+            "1500",
+        ],
     )?;
     sipp_done(&mut sipp, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -931,8 +957,8 @@ fn a_threaded_enumerator_with_a_new_port_per_request_learns_at_most_five_404_reg
 }
 
 #[test]
-fn a_threaded_enumerator_with_a_new_port_per_request_learns_at_most_five_asterisk_like_registrar(
-) -> anyhow::Result<()> {
+fn a_threaded_enumerator_with_a_new_port_per_request_learns_at_most_five_asterisk_like_registrar() -> anyhow::Result<()>
+{
     threaded_enumerator("10.242.0", UnknownUsers::Challenge)
 }
 
@@ -964,7 +990,20 @@ fn an_office_with_four_stale_passwords_after_a_change_is_never_banned() -> anyho
             "register_auth.xml",
             &office,
             &csv,
-            &["-t", "un", "-max_socket", "1000", "-r", "40", "-rp", "1000", "-m", "19", "-recv_timeout", "3000"],
+            &[
+                "-t",
+                "un",
+                "-max_socket",
+                "1000",
+                "-r",
+                "40",
+                "-rp",
+                "1000",
+                "-m",
+                "19",
+                "-recv_timeout",
+                "3000",
+            ],
         )?;
         sipp_done(&mut sipp, Duration::from_secs(30))?;
         Ok((sipp_stat(&sipp, "Successful call"), sipp_stat(&sipp, "Failed call")))
@@ -979,7 +1018,10 @@ fn an_office_with_four_stale_passwords_after_a_change_is_never_banned() -> anyho
     eprintln!("office with 4 stale passwords, 3 rounds (registered, refused): {got:?}");
     assert_eq!(got, vec![(15, 4); 3], "{log}");
     assert!(lab.ban_of(&office).is_none(), "the office was banned:\n{log}");
-    assert!(!log.contains("CRACKED") && !log.contains("SUSPECT") && !log.contains("sipfilter: ban "), "{log}");
+    assert!(
+        !log.contains("CRACKED") && !log.contains("SUSPECT") && !log.contains("sipfilter: ban "),
+        "{log}"
+    );
     let cracked = lab.cli_json(&["cracked", "list", "--json"]);
     assert!(cracked.as_array().unwrap().is_empty(), "{cracked:#}");
     let refused = replies(&reg, &office, 401).len();
@@ -998,13 +1040,32 @@ fn odd_and_malformed_messages_from_a_registered_phones_address_ban_nobody() -> a
     let users = office_users(None);
     let _reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
     let phone_csv = [format!("201;{}", users[1].1)];
-    let mut phone = lab.sipp("phone", "register_auth.xml", &office, &phone_csv, &["-m", "1", "-recv_timeout", "3000"])?;
+    let mut phone = lab.sipp(
+        "phone",
+        "register_auth.xml",
+        &office,
+        &phone_csv,
+        &["-m", "1", "-recv_timeout", "3000"],
+    )?;
     sipp_done(&mut phone, Duration::from_secs(20))?;
     assert_eq!(sipp_stat(&phone, "Successful call"), 1);
     let pbx = lab.ip(1);
     let users_odd = [
-        "", "%32%30%31", "201%00", "a b", "+4930123", "*97", "201;user=phone", "sip:201", "'201'", "2" ,
-        "ÿÿÿÿ", "201\\", "..", "%", "0000000000000000000000000000000000000000",
+        "",
+        "%32%30%31",
+        "201%00",
+        "a b",
+        "+4930123",
+        "*97",
+        "201;user=phone",
+        "sip:201",
+        "'201'",
+        "2",
+        "ÿÿÿÿ",
+        "201\\",
+        "..",
+        "%",
+        "0000000000000000000000000000000000000000",
     ];
     let mut messages: Vec<String> = Vec::new();
     for (i, u) in users_odd.iter().enumerate() {
@@ -1043,12 +1104,25 @@ fn odd_and_malformed_messages_from_a_registered_phones_address_ban_nobody() -> a
     std::thread::sleep(Duration::from_millis(500));
     // The phone refreshes, twice.
     for n in 0..2 {
-        let mut phone = lab.sipp(&format!("refresh{n}"), "register_auth.xml", &office, &phone_csv, &["-m", "1", "-recv_timeout", "3000"])?;
+        let mut phone = lab.sipp(
+            &format!("refresh{n}"),
+            "register_auth.xml",
+            &office,
+            &phone_csv,
+            &["-m", "1", "-recv_timeout", "3000"],
+        )?;
         sipp_done(&mut phone, Duration::from_secs(20))?;
-        assert_eq!(sipp_stat(&phone, "Successful call"), 1, "refresh {n}: the phone was cut off:\n{}", agent.log());
+        assert_eq!(
+            sipp_stat(&phone, "Successful call"),
+            1,
+            "refresh {n}: the phone was cut off:\n{}",
+            agent.log()
+        );
     }
     let log = agent.log();
-    eprintln!("{sent} odd and malformed messages from the phone's address, port 5099: no ban; the phone refreshed twice");
+    eprintln!(
+        "{sent} odd and malformed messages from the phone's address, port 5099: no ban; the phone refreshed twice"
+    );
     assert!(lab.ban_of(&office).is_none(), "{log}");
     assert!(!log.contains("CRACKED") && !log.contains("sipfilter: ban "), "{log}");
     Ok(())

@@ -155,7 +155,10 @@ mod tests {
         let line = ban_line(&e, 64);
         assert!(line.contains("reason=cracked"), "{line}");
         assert!(line.contains("rule=moved-on-to-a-2xx"), "{line}");
-        assert!(line.ends_with("extensions=202,200,201 device=203.0.113.9:5062"), "{line}");
+        assert!(
+            line.ends_with("extensions=202,200,201 device=203.0.113.9:5062"),
+            "{line}"
+        );
         assert!(suspect_line(&e).is_none());
         let suspect = BanEvent {
             reason: ban_reason::SUSPECT,
@@ -163,6 +166,9 @@ mod tests {
             ..e
         };
         let alert = suspect_line(&suspect).unwrap();
-        assert!(alert.starts_with("SUSPECT extension=202 source=203.0.113.9 device=203.0.113.9:5062"), "{alert}");
+        assert!(
+            alert.starts_with("SUSPECT extension=202 source=203.0.113.9 device=203.0.113.9:5062"),
+            "{alert}"
+        );
     }
 }

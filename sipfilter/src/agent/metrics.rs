@@ -205,7 +205,14 @@ impl Metrics {
             "sipfilter_cracked_extensions",
             "Extensions on the cracked list now (until an operator clears them).",
         )?;
-        for c in [&cracked, &promoted, &withheld, &suspect, &withheld_challenges, &uninspected] {
+        for c in [
+            &cracked,
+            &promoted,
+            &withheld,
+            &suspect,
+            &withheld_challenges,
+            &uninspected,
+        ] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(known_sources.clone()))?;
@@ -371,7 +378,11 @@ impl Metrics {
         sync(&self.promoted, self.last.promoted, c.promoted);
         sync(&self.withheld, self.last.withheld, c.withheld);
         sync(&self.suspect, self.last.suspect, c.suspect);
-        sync(&self.withheld_challenges, self.last.withheld_challenges, c.withheld_challenges);
+        sync(
+            &self.withheld_challenges,
+            self.last.withheld_challenges,
+            c.withheld_challenges,
+        );
         sync(&self.uninspected, self.last.uninspected, c.uninspected);
         sync(
             &self.scanner_matches,

@@ -224,11 +224,11 @@ mod tests {
                 requests: 2 * s,
                 ..Default::default()
             };
-            let states = vec![
-                (key("2001:db8:4:1::66"), flooder),
-                (key("2001:db8:4:1::20"), phone),
-            ];
-            assert!(e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(), "second {s}");
+            let states = vec![(key("2001:db8:4:1::66"), flooder), (key("2001:db8:4:1::20"), phone)];
+            assert!(
+                e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(),
+                "second {s}"
+            );
         }
     }
 }

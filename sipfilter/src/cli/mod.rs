@@ -87,7 +87,12 @@ pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
         ManageCommand::Stats(args) => stats::run(&maps, pin_dir, args),
         ManageCommand::Top(args) => top::run(&maps, args),
         ManageCommand::Status(args) => status::run(&maps, pin_dir, args),
-        ManageCommand::Sources(args) => trust::sources(&maps, &TrustMaps::open_pinned(pin_dir)?, args),
+        ManageCommand::Sources(args) => trust::sources(
+            &maps,
+            &TrustMaps::open_pinned(pin_dir)?,
+            &sipfilter::devices::pinned_devices(pin_dir)?,
+            args,
+        ),
         ManageCommand::Known { cmd } => trust::known(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, cmd),
         ManageCommand::Cracked { cmd } => trust::cracked(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, cmd),
     }

@@ -181,7 +181,10 @@ pub fn render(c: &Counters) -> String {
     t.row(vec!["extensions cracked".into(), grouped(c.cracked)]);
     t.row(vec!["clean REGISTER successes (known)".into(), grouped(c.promoted)]);
     t.row(vec!["2xx withheld from a cracking source".into(), grouped(c.withheld)]);
-    t.row(vec!["2xx withheld once as suspect (nobody banned)".into(), grouped(c.suspect)]);
+    t.row(vec![
+        "2xx withheld once as suspect (nobody banned)".into(),
+        grouped(c.suspect),
+    ]);
     t.row(vec![
         "challenges and not-founds withheld (unanswered challenges)".into(),
         grouped(c.withheld_challenges),

@@ -4,7 +4,8 @@
 use anyhow::bail;
 use serde_json::json;
 use sipfilter::{addr::display_source, clock::boot_ns, Cidr, FilterMaps, TrustMaps};
-use sipfilter_common::{answers::level, scan::ext_str, TrustConfig};
+use sipfilter_common::{answers::level, devices::DeviceState, scan::ext_str, SourceKey, TrustConfig};
+use std::collections::BTreeMap;
 
 use super::{
     ipv6_prefix_len,
@@ -17,6 +18,9 @@ pub const SOURCES_EXAMPLES: &str = "\
 Examples:
   sipfilter sources                every source the filter tracks, with its tier and answers
   sipfilter sources --json         the same, for scripts
+
+Under each source, its devices (source ports: every phone behind a NAT has its own), with the
+lines each registered, its failures and the extension it last failed on.
 
 Tiers: allowlisted (configured), known (a clean 2xx to a REGISTER within the known time),
 unknown (everyone else, on the tight limits and failure budgets).";
@@ -83,7 +87,20 @@ fn tier(allowed: bool, known_until: u64, now: u64) -> &'static str {
     }
 }
 
-pub fn sources(maps: &FilterMaps, trust: &TrustMaps, args: SourcesArgs) -> anyhow::Result<()> {
+/// One device under a source, as `sources` shows it.
+fn device_json(port: u16, d: &DeviceState, now: u64) -> serde_json::Value {
+    let lines: Vec<&str> = d.registered.iter().map(ext_str).filter(|s| !s.is_empty()).collect();
+    json!({"port": port, "registered": lines, "last_failed": ext_str(&d.failed),
+           "failures": d.failures, "not_found": d.not_found, "successes": d.successes,
+           "last_answer_ago_seconds": now.saturating_sub(d.last_answer_ns) / 1_000_000_000})
+}
+
+pub fn sources(
+    maps: &FilterMaps,
+    trust: &TrustMaps,
+    devices: &BTreeMap<SourceKey, Vec<(u16, DeviceState)>>,
+    args: SourcesArgs,
+) -> anyhow::Result<()> {
     let now = boot_ns();
     let prefix = ipv6_prefix_len(maps)?;
     let policy = TrustConfig::default();
@@ -104,6 +121,7 @@ pub fn sources(maps: &FilterMaps, trust: &TrustMaps, args: SourcesArgs) -> anyho
             tried.join(","),
             st.requests,
             st.drops,
+            devices.get(&key).cloned().unwrap_or_default(),
         ));
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.8));
@@ -113,7 +131,8 @@ pub fn sources(maps: &FilterMaps, trust: &TrustMaps, args: SourcesArgs) -> anyho
             .map(|r| {
                 json!({"source": r.0, "tier": r.1, "failures": r.2, "not_found": r.3, "challenges": r.4,
                        "successes": r.5, "failure_budget_used": r.6, "extensions_failed": r.7,
-                       "messages": r.8, "dropped": r.9})
+                       "messages": r.8, "dropped": r.9,
+                       "devices": r.10.iter().map(|(p, d)| device_json(*p, d, now)).collect::<Vec<_>>()})
             })
             .collect();
         return print_json(&json!(list));
@@ -141,6 +160,29 @@ pub fn sources(maps: &FilterMaps, trust: &TrustMaps, args: SourcesArgs) -> anyho
             r.8.to_string(),
             r.9.to_string(),
         ]);
+        // Its devices (source ports) below it: what each registered and failed.
+        for (port, d) in &r.10 {
+            let lines: Vec<&str> = d.registered.iter().map(ext_str).filter(|s| !s.is_empty()).collect();
+            t.row(vec![
+                format!("  └ port {port}"),
+                if lines.is_empty() {
+                    "-".into()
+                } else {
+                    format!("lines {}", lines.join(","))
+                },
+                d.failures.to_string(),
+                d.not_found.to_string(),
+                "".into(),
+                d.successes.to_string(),
+                if ext_str(&d.failed).is_empty() {
+                    "-".into()
+                } else {
+                    ext_str(&d.failed).into()
+                },
+                "".into(),
+                "".into(),
+            ]);
+        }
     }
     print!("{}", t.render());
     Ok(())

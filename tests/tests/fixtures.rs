@@ -13,8 +13,9 @@ use sipfilter_common::{
     Method, Outcome, Verdict,
 };
 use sipfilter_tests::{
-    harness::{action_name, TestFilter, TC_ACT_OK, XDP_DROP, XDP_PASS},
+    harness::{action_name, TestFilter, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     packet::{sip_answer, sip_request, sip_response, PacketBuilder as P, TPID_8021AD, TPID_8021Q},
+    peer::Peer,
 };
 
 struct Row {
@@ -700,6 +701,199 @@ fn answer_table_through_the_answers_program() -> anyhow::Result<()> {
                 "uninspected moved by {moved}, expected {}",
                 u64::from(row.uninspected)
             ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", row.what, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// A row of the judgement table: registrations by devices (source ports) of one address,
+/// each step a device's REGISTER, 401, REGISTER with credentials and the PBX's final answer
+/// ("200 OK", or "401 Unauthorized" for a wrong password); what the last answer must meet.
+/// `known`: the address registered line 299 cleanly (port 5999) before the steps.
+struct JudgementRow {
+    what: &'static str,
+    known: bool,
+    steps: &'static [(u16, &'static str, &'static str)],
+    /// The TC action on the last step's final answer (TC_ACT_SHOT: withheld); None: one of
+    /// its REGISTERs was dropped (banned).
+    last: Option<u32>,
+    ban: Option<u8>,
+    suspect: u64,
+}
+
+const OK: &str = "200 OK";
+const WRONG: &str = "401 Unauthorized";
+
+fn judgement_table() -> Vec<JudgementRow> {
+    use sipfilter_common::counters::ban_reason::{AUTH_FAILURE, CRACKED};
+    let row = |what, known, steps, last, ban, suspect| JudgementRow {
+        what,
+        known,
+        steps,
+        last,
+        ban,
+        suspect,
+    };
+    vec![
+        row(
+            "one device fails 200, then 201's 2xx: it moved on (the seed robot)",
+            false,
+            &[(5060, "200", WRONG), (5060, "201", OK)],
+            Some(TC_ACT_SHOT),
+            Some(CRACKED),
+            0,
+        ),
+        row(
+            "one device fails 200 and 201, then 202's 2xx",
+            false,
+            &[(5060, "200", WRONG), (5060, "201", WRONG), (5060, "202", OK)],
+            Some(TC_ACT_SHOT),
+            Some(CRACKED),
+            0,
+        ),
+        row(
+            "one device fails its own line, then gets its 2xx (password fixed)",
+            false,
+            &[(5060, "201", WRONG), (5060, "201", OK)],
+            Some(TC_ACT_OK),
+            None,
+            0,
+        ),
+        row(
+            "a device fails its own line twice, then its 2xx",
+            false,
+            &[(5060, "201", WRONG), (5060, "201", WRONG), (5060, "201", OK)],
+            Some(TC_ACT_OK),
+            None,
+            0,
+        ),
+        row(
+            "a device guesses its own line's password fast: the failure budget, not cracked",
+            false,
+            &[
+                (5060, "201", WRONG),
+                (5060, "201", WRONG),
+                (5060, "201", WRONG),
+                (5060, "201", OK),
+            ],
+            None,
+            Some(AUTH_FAILURE),
+            0,
+        ),
+        row(
+            "one device fails 200, another device's 2xx for 201",
+            false,
+            &[(5060, "200", WRONG), (5062, "201", OK)],
+            Some(TC_ACT_OK),
+            None,
+            0,
+        ),
+        row(
+            "two devices fail their lines, a third's 2xx: ambiguous, withheld once",
+            false,
+            &[(5060, "200", WRONG), (5062, "202", WRONG), (5064, "201", OK)],
+            Some(TC_ACT_SHOT),
+            None,
+            1,
+        ),
+        row(
+            "known: a device fails 200, then 201's 2xx: withheld once, no ban",
+            true,
+            &[(5060, "200", WRONG), (5060, "201", OK)],
+            Some(TC_ACT_SHOT),
+            None,
+            1,
+        ),
+        row(
+            "known: four devices with stale passwords, a fifth's 2xx",
+            true,
+            &[
+                (5060, "203", WRONG),
+                (5062, "207", WRONG),
+                (5064, "211", WRONG),
+                (5066, "215", WRONG),
+                (5068, "201", OK),
+            ],
+            Some(TC_ACT_OK),
+            None,
+            0,
+        ),
+        row(
+            "known: a multi-line device registers 301, fails 302, refreshes 301",
+            true,
+            &[(5060, "301", OK), (5060, "302", WRONG), (5060, "301", OK)],
+            Some(TC_ACT_OK),
+            None,
+            0,
+        ),
+        row(
+            "a multi-line device registers 301 and 303, fails 302, refreshes 303",
+            false,
+            &[
+                (5060, "301", OK),
+                (5060, "303", OK),
+                (5060, "302", WRONG),
+                (5060, "303", OK),
+            ],
+            Some(TC_ACT_OK),
+            None,
+            0,
+        ),
+    ]
+}
+
+#[test]
+fn judgement_table_through_both_programs() -> anyhow::Result<()> {
+    let rows = judgement_table();
+    let mut failures = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let mut config = sipfilter_common::KernelConfig::default();
+        config.flags |= sipfilter_common::config::FLAG_TRUST | sipfilter_common::config::FLAG_WITHHOLD;
+        let mut f = TestFilter::with_config(&config)?;
+        let ip = Ipv4Addr::new(198, 18, 0, 10 + i as u8);
+        if row.known {
+            let mut first = Peer::device(&f, ip, 5999);
+            first.login_with_credentials("299", OK);
+        }
+        let mut last = None;
+        let mut cseqs = std::collections::HashMap::new();
+        for (port, ext, status) in row.steps {
+            let mut p = Peer::device(&f, ip, *port);
+            p.cseq = *cseqs.get(port).unwrap_or(&0);
+            last = p.login_with_credentials(ext, status);
+            cseqs.insert(*port, p.cseq + 10);
+        }
+        let mut problems = Vec::new();
+        if last != row.last {
+            let name = |a: Option<u32>| match a {
+                None => "a REGISTER dropped",
+                Some(TC_ACT_OK) => "passed",
+                Some(TC_ACT_SHOT) => "withheld",
+                Some(_) => "another TC action",
+            };
+            problems.push(format!("last answer: {}, expected {}", name(last), name(row.last)));
+        }
+        let events = f.ban_events();
+        let ban = events
+            .iter()
+            .find(|e| e.reason != sipfilter_common::counters::ban_reason::SUSPECT)
+            .map(|e| e.reason);
+        if ban != row.ban {
+            problems.push(format!("ban {ban:?}, expected {:?}", row.ban));
+        }
+        let suspect = f.counters()?.suspect;
+        if suspect != row.suspect {
+            problems.push(format!("suspect {suspect}, expected {}", row.suspect));
         }
         if !problems.is_empty() {
             failures.push(format!("{}: {}", row.what, problems.join("; ")));

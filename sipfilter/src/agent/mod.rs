@@ -807,7 +807,10 @@ impl Agent {
             self.last_aggregate_check = Instant::now();
             let policy = self.prefix_policy();
             let states = self.loaded.maps.rate_states()?;
-            for prefix in self.prefix_evidence.on_tick(&states, &policy, Instant::now()) {
+            for prefix in self
+                .prefix_evidence
+                .on_tick(&states, &policy, Instant::now(), clock::boot_ns())
+            {
                 if self
                     .loaded
                     .maps

@@ -40,15 +40,16 @@ struct Aggregate {
 pub struct PrefixEvidence {
     offenders: HashMap<Cidr, Vec<(Ipv6Addr, Instant)>>,
     aggregate: HashMap<Cidr, Aggregate>,
-    /// Each IPv6 source's count of messages let through at the last tick.
+    /// Each IPv6 source's message count at the last tick.
     last_requests: HashMap<SourceKey, u64>,
 }
 
-/// The messages a source's state says were let through: what a banned (or throttled)
-/// address keeps sending is dropped at the filter and costs the PBX nothing, so it never
-/// counts toward its prefix (a phone sharing the /64 with a banned flooder keeps its service).
-fn let_through(state: &RateState) -> u64 {
-    state.requests.saturating_sub(state.drops)
+/// Whether a source's messages since the last tick count toward its prefix: not while the
+/// source is banned or denylisted. What a banned address keeps sending is dropped at the
+/// filter and costs the PBX nothing; counting it would ban the phone sharing its /64. What a
+/// rotating robot's fresh addresses send counts, throttled or not: that is the evidence.
+fn counts(state: &RateState, now_ns: u64) -> bool {
+    state.ban_until_ns <= now_ns && state.deny_until_ns <= now_ns
 }
 
 /// The IPv6 address of a source key (None for IPv4).
@@ -99,16 +100,24 @@ impl PrefixEvidence {
 
     /// Once a second: the messages each IPv6 prefix sent since the last tick, against its
     /// aggregate budget. Returns the prefixes that exhausted it.
-    pub fn on_tick(&mut self, states: &[(SourceKey, RateState)], policy: &Policy, now: Instant) -> Vec<Cidr> {
+    /// `now_ns`: the programs' clock (CLOCK_BOOTTIME), for the states' ban times.
+    pub fn on_tick(
+        &mut self,
+        states: &[(SourceKey, RateState)],
+        policy: &Policy,
+        now: Instant,
+        now_ns: u64,
+    ) -> Vec<Cidr> {
         let mut sent: HashMap<Cidr, u64> = HashMap::new();
         let mut seen = HashMap::new();
         for (key, state) in states {
             let Some(addr) = v6(key) else { continue };
-            let now_through = let_through(state);
             let before = self.last_requests.get(key).copied().unwrap_or(0);
-            let delta = now_through.checked_sub(before).unwrap_or(now_through);
-            *sent.entry(prefix_of(addr, policy.prefix_len)).or_default() += delta;
-            seen.insert(*key, now_through);
+            let delta = state.requests.checked_sub(before).unwrap_or(state.requests);
+            if counts(state, now_ns) {
+                *sent.entry(prefix_of(addr, policy.prefix_len)).or_default() += delta;
+            }
+            seen.insert(*key, state.requests);
         }
         self.last_requests = seen;
         let (burst, rate) = policy.budget();
@@ -138,6 +147,8 @@ mod tests {
     use super::*;
     use sipfilter::addr::source_key;
     use sipfilter_common::config::defaults;
+
+    const NOW_NS: u64 = 1_000 * 1_000_000_000;
 
     fn policy() -> Policy {
         Policy {
@@ -192,7 +203,7 @@ mod tests {
                 .map(|i| (key(&format!("2001:db8:2:1::{i:x}")), state(10 * s)))
                 .collect();
             assert!(
-                e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(),
+                e.on_tick(&states, &p, t0 + Duration::from_secs(s), NOW_NS).is_empty(),
                 "second {s}"
             );
         }
@@ -200,7 +211,7 @@ mod tests {
         let states: Vec<_> = (0..100)
             .map(|i| (key(&format!("2001:db8:3:1::{i:x}")), state(60)))
             .collect();
-        let banned = e.on_tick(&states, &p, t0 + Duration::from_secs(61));
+        let banned = e.on_tick(&states, &p, t0 + Duration::from_secs(61), NOW_NS);
         assert_eq!(
             banned.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             vec!["2001:db8:3:1::/64"]
@@ -218,6 +229,7 @@ mod tests {
             let flooder = RateState {
                 requests: 200 + 5_000 * s,
                 drops: 5_000 * s,
+                ban_until_ns: NOW_NS + 300 * 1_000_000_000,
                 ..Default::default()
             };
             let phone = RateState {
@@ -226,7 +238,7 @@ mod tests {
             };
             let states = vec![(key("2001:db8:4:1::66"), flooder), (key("2001:db8:4:1::20"), phone)];
             assert!(
-                e.on_tick(&states, &p, t0 + Duration::from_secs(s)).is_empty(),
+                e.on_tick(&states, &p, t0 + Duration::from_secs(s), NOW_NS).is_empty(),
                 "second {s}"
             );
         }

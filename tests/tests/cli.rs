@@ -891,6 +891,7 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
         (Some("unknown"), Some(1))
     );
     assert_eq!(robot_top["extensions_failed"], "200,201");
+    assert_eq!(phone_top["devices"], 1, "{phone_top:#}");
 
     let known = json(&f, &["known", "list", "--json"]);
     assert_eq!(entry(&known, "source", "198.51.100.20")["extension"], "201");

@@ -85,7 +85,7 @@ pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
         ManageCommand::Deny { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Deny, cmd),
         ManageCommand::Import(args) => import::run(&mut maps, args),
         ManageCommand::Stats(args) => stats::run(&maps, pin_dir, args),
-        ManageCommand::Top(args) => top::run(&maps, args),
+        ManageCommand::Top(args) => top::run(&maps, pin_dir, args),
         ManageCommand::Status(args) => status::run(&maps, pin_dir, args),
         ManageCommand::Sources(args) => trust::sources(
             &maps,

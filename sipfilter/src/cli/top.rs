@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     io::{IsTerminal as _, Write as _},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -56,6 +57,8 @@ struct Sample {
     /// Every tracked source's totals, for the next refresh's rates.
     all: Totals,
     bans: HashMap<SourceKey, Ban>,
+    /// Devices (source ports) the answers saw under each source.
+    devices: HashMap<SourceKey, usize>,
     total: usize,
     now_ns: u64,
 }
@@ -63,7 +66,13 @@ struct Sample {
 /// The busiest `count` sources. With `previous` totals (refreshing), "busiest" means most
 /// messages since the previous refresh, so a flood that started a moment ago is on top even
 /// when older sources have larger totals; otherwise, largest totals.
-fn sample(maps: &FilterMaps, sort: SortBy, count: usize, previous: Option<&Totals>) -> anyhow::Result<Sample> {
+fn sample(
+    maps: &FilterMaps,
+    pin_dir: &Path,
+    sort: SortBy,
+    count: usize,
+    previous: Option<&Totals>,
+) -> anyhow::Result<Sample> {
     let mut sources = maps.rate_states()?;
     let total = sources.len();
     let since = |k: &SourceKey, s: &RateState| -> (u64, u64) {
@@ -92,19 +101,24 @@ fn sample(maps: &FilterMaps, sort: SortBy, count: usize, previous: Option<&Total
         .into_iter()
         .filter(|(_, b)| b.expires_ns > now_ns)
         .collect();
+    let devices = sipfilter::devices::pinned_devices(pin_dir)?
+        .into_iter()
+        .map(|(k, list)| (k, list.len()))
+        .collect();
     Ok(Sample {
         sources,
         all,
         bans,
+        devices,
         total,
         now_ns,
     })
 }
 
-pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
+pub fn run(maps: &FilterMaps, pin_dir: &Path, args: TopArgs) -> anyhow::Result<()> {
     let prefix = ipv6_prefix_len(maps)?;
     if args.json {
-        let s = sample(maps, args.sort, args.count, None)?;
+        let s = sample(maps, pin_dir, args.sort, args.count, None)?;
         let items: Vec<_> = s
             .sources
             .iter()
@@ -119,6 +133,7 @@ pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
                     "not_found": st.answers.not_found,
                     "successes": st.answers.successes,
                     "extensions_failed": extensions_failed(st),
+                    "devices": s.devices.get(k).copied().unwrap_or(0),
                     "banned": ban.is_some(),
                     "ban_reason": ban.map(|b| reason_name(b.reason)),
                     "ban_expires_in_secs": ban.map(|b| json_remaining(b.expires_ns, s.now_ns)),
@@ -128,14 +143,14 @@ pub fn run(maps: &FilterMaps, args: TopArgs) -> anyhow::Result<()> {
         return print_json(&json!({ "tracked_sources": s.total, "sources": items }));
     }
     if args.once || !std::io::stdout().is_terminal() {
-        let s = sample(maps, args.sort, args.count, None)?;
+        let s = sample(maps, pin_dir, args.sort, args.count, None)?;
         print!("{}", render(&s, prefix, None));
         return Ok(());
     }
     // Like top(1): redraw every second until interrupted (Ctrl-C ends the process).
     let mut previous: Option<(Instant, Totals)> = None;
     loop {
-        let s = sample(maps, args.sort, args.count, previous.as_ref().map(|(_, p)| p))?;
+        let s = sample(maps, pin_dir, args.sort, args.count, previous.as_ref().map(|(_, p)| p))?;
         let taken = Instant::now();
         let rates = previous.as_ref().map(|(at, prev)| (taken.duration_since(*at), prev));
         let body = render(&s, prefix, Some(rates));
@@ -173,6 +188,7 @@ fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
         ("FAIL", true),
         ("404", true),
         ("OK", true),
+        ("DEVICES", true),
         ("TRIED", false),
         ("BANNED", false),
     ]);
@@ -200,6 +216,7 @@ fn render(s: &Sample, prefix: u8, rates: Option<Rates<'_>>) -> String {
             st.answers.failures.to_string(),
             st.answers.not_found.to_string(),
             st.answers.successes.to_string(),
+            s.devices.get(k).copied().unwrap_or(0).to_string(),
             if tried.is_empty() { "-".into() } else { tried },
         ]);
         row.push(

@@ -194,6 +194,19 @@ fn clear(a: &mut Extension) {
     }
 }
 
+/// Where `ext` is in a list of remembered extensions (empty entries never match). Every
+/// entry is looked at, with no early exit: a loop the verifier walks once.
+#[inline(always)]
+pub(crate) fn position(list: &[Extension; RECENT], ext: &Extension) -> Option<usize> {
+    let mut at = None;
+    for (i, e) in list.iter().enumerate() {
+        if !empty(e) && same(e, ext) {
+            at = Some(i);
+        }
+    }
+    at
+}
+
 /// Charges one answer to a leaky budget; true when that fills it. Capacity 0: no budget.
 #[inline(always)]
 pub fn charge(debt_ns: &mut u64, budget: &Budget, now: u64) -> bool {
@@ -259,25 +272,13 @@ impl AnswerState {
 
     #[inline(always)]
     fn has_failed(&self, ext: &Extension) -> bool {
-        let mut hit = false;
-        for f in self.failed.iter() {
-            if same(f, ext) {
-                hit = true;
-            }
-        }
-        hit
+        position(&self.failed, ext).is_some()
     }
 
     /// The open challenge for `ext`: its index.
     #[inline(always)]
     fn challenge_of(&self, ext: &Extension) -> Option<usize> {
-        let mut at = None;
-        for (i, c) in self.challenged.iter().enumerate() {
-            if !empty(c) && same(c, ext) {
-                at = Some(i);
-            }
-        }
-        at
+        position(&self.challenged, ext)
     }
 
     /// A credential failure on `ext`; `device_over`: it filled the device's own budget.

@@ -8,14 +8,15 @@
 //! cannot grow it without limit; past that its answers are judged by the source's totals).
 
 use crate::{
-    answers::{charge, empty, same},
+    answers::{charge, empty, position, same},
     config::Budget,
     scan::Extension,
     SourceKey, NS_PER_SEC,
 };
 
-/// Lines (extensions) remembered per device: registered, and challenged.
-pub const DEVICE_LINES: usize = 4;
+/// Lines (extensions) remembered per device: registered, and challenged (as many as a
+/// source remembers, so one lookup serves both).
+pub const DEVICE_LINES: usize = crate::answers::RECENT;
 
 /// A source may add this many devices …
 pub const NEW_DEVICES: u32 = 128;
@@ -87,24 +88,12 @@ impl DeviceState {
 
     #[inline(always)]
     pub fn has_registered(&self, ext: &Extension) -> bool {
-        let mut hit = false;
-        for r in self.registered.iter() {
-            if same(r, ext) {
-                hit = true;
-            }
-        }
-        hit
+        position(&self.registered, ext).is_some()
     }
 
     #[inline(always)]
     fn challenge_of(&self, ext: &Extension) -> Option<usize> {
-        let mut at = None;
-        for (i, c) in self.challenged.iter().enumerate() {
-            if !empty(c) && same(c, ext) {
-                at = Some(i);
-            }
-        }
-        at
+        position(&self.challenged, ext)
     }
 
     /// A 401/407 to this device for `ext`: true when it answers a request that carried

@@ -207,6 +207,24 @@ pub(crate) fn position(list: &[Extension; RECENT], ext: &Extension) -> Option<us
     at
 }
 
+/// Where a new open challenge goes: a free entry (closed by a success) first, else the
+/// oldest (`next` turns round the list).
+#[inline(always)]
+pub(crate) fn open_slot(list: &[Extension; RECENT], next: &mut u32) -> usize {
+    let mut i = (*next as usize) % RECENT;
+    let mut free = false;
+    for (j, c) in list.iter().enumerate() {
+        if !free && empty(c) {
+            i = j;
+            free = true;
+        }
+    }
+    if !free {
+        *next = (i as u32 + 1) % RECENT as u32;
+    }
+    i
+}
+
 /// Charges one answer to a leaky budget; true when that fills it. Capacity 0: no budget.
 #[inline(always)]
 pub fn charge(debt_ns: &mut u64, budget: &Budget, now: u64) -> bool {
@@ -414,18 +432,7 @@ impl AnswerState {
                     }
                     return self.credential_failure(ext, policy, known, device_over, now);
                 }
-                // A free entry (closed by a success) first, else the oldest.
-                let mut i = (self.next_challenged as usize) % RECENT;
-                let mut free = false;
-                for (j, c) in self.challenged.iter().enumerate() {
-                    if !free && empty(c) {
-                        i = j;
-                        free = true;
-                    }
-                }
-                if !free {
-                    self.next_challenged = (i as u32 + 1) % RECENT as u32;
-                }
+                let i = open_slot(&self.challenged, &mut self.next_challenged);
                 if let Some(c) = self.challenged.get_mut(i) {
                     *c = *ext;
                 }

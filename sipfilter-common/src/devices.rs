@@ -8,7 +8,7 @@
 //! cannot grow it without limit; past that its answers are judged by the source's totals).
 
 use crate::{
-    answers::{charge, empty, position, same},
+    answers::{charge, empty, open_slot, position, same},
     config::Budget,
     scan::Extension,
     SourceKey, NS_PER_SEC,
@@ -113,18 +113,7 @@ impl DeviceState {
             self.fail(ext, now);
             return true;
         }
-        // A free slot first, else the oldest.
-        let mut i = (self.next_challenged as usize) % DEVICE_LINES;
-        let mut free = false;
-        for (j, c) in self.challenged.iter().enumerate() {
-            if !free && empty(c) {
-                i = j;
-                free = true;
-            }
-        }
-        if !free {
-            self.next_challenged = (i as u32 + 1) % DEVICE_LINES as u32;
-        }
+        let i = open_slot(&self.challenged, &mut self.next_challenged);
         if let Some(c) = self.challenged.get_mut(i) {
             *c = *ext;
         }

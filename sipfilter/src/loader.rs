@@ -152,7 +152,9 @@ impl Loaded {
         Ok((ns_per_jiffy, offset))
     }
 
-    fn clock_sample(&mut self) -> anyhow::Result<ClockSample> {
+    /// One reading of the kernel's jiffies and boot clock at the same instant (the clock
+    /// program through BPF_PROG_TEST_RUN); the differential tests set the programs' clock by it.
+    pub fn clock_sample(&mut self) -> anyhow::Result<ClockSample> {
         let prog = xdp(&self.ebpf, CLOCK_PROGRAM)?;
         // Any frame will do: the program only reads the clocks.
         let frame = [0u8; 64];

@@ -5,7 +5,8 @@
 //! program (its per-source state accumulates), comparing the verdict, the outcome and method
 //! counters, and every 1,000 frames the ban table, with the model's. 100,000 frames here;
 //! `cargo xtask soak` runs millions. The seed is printed, and `SIPFILTER_SEED=N` replays a
-//! run.
+//! run. A second test does the same for the judgement of answers with the devices under
+//! each source (3,000 generated registrations; `SIPFILTER_STEPS=N` for more).
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -192,4 +193,275 @@ fn compare_bans(filter: &mut TestFilter, m: &Model, prefix: u8) -> anyhow::Resul
     Ok(Some(format!(
         "ban table differs: only in the table {only_table:?}, only in the model {only_model:?}"
     )))
+}
+
+/// The judgement of answers, with the devices under each source: random registrations by
+/// devices (source ports) of a few addresses — right and wrong passwords, unknown users,
+/// probes that never answer their challenge, retransmissions of a withheld 2xx — through the
+/// real XDP and answers programs, against the shared judgement (`AnswerState::judge` with a
+/// `DeviceState` per device, run here on the host) under a model of what the programs keep
+/// around it: which request is dropped because its source is banned, when the ingress
+/// program counts credentials (an unknown source's answered challenges), the device table's
+/// admission, the known and cracked records, and which answer is withheld. What it catches:
+/// the kernel side keeping, caching or plumbing the state otherwise than the logic says.
+#[test]
+fn the_answers_program_agrees_with_the_judgement_model() -> anyhow::Result<()> {
+    use sipfilter_common::{
+        answers::{charge, Answer, AnswerState, Judgement},
+        config::{FLAG_TRUST, FLAG_WITHHOLD},
+        devices::{DeviceState, NEW_DEVICE_BUDGET},
+        scan::ext_from,
+        TrustConfig, NS_PER_SEC,
+    };
+    use sipfilter_tests::{
+        harness::{TC_ACT_OK, TC_ACT_SHOT},
+        peer::Peer,
+    };
+    use std::{collections::HashMap, net::Ipv4Addr};
+
+    let seed: u64 = std::env::var("SIPFILTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let steps: u64 = std::env::var("SIPFILTER_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_000);
+    eprintln!("judgement differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {steps} registrations");
+    // No flood limit or stealth in the way, bans that outlast the run: only the answers judge.
+    let big = ClassLimit {
+        rate_per_sec: 100_000,
+        burst: 1_000_000,
+    };
+    let mut config = KernelConfig {
+        limits: [big; 3],
+        unknown_limits: [big; 3],
+        flags: FLAG_TRUST | FLAG_WITHHOLD,
+        ..KernelConfig::default()
+    };
+    config.ban_base_ns = 30 * 24 * 3600 * NS_PER_SEC;
+    config.ban_max_ns = config.ban_base_ns;
+    let mut f = TestFilter::with_config(&config)?;
+    let mut k = f.maps().read_config()?;
+    k.ns_per_jiffy = 1;
+    f.maps().write_config(&k)?;
+    let trust = TrustConfig::default();
+
+    struct Source {
+        answers: AnswerState,
+        banned: bool,
+    }
+    let mut sources: HashMap<Ipv4Addr, Source> = HashMap::new();
+    let mut devices: HashMap<(Ipv4Addr, u16), DeviceState> = HashMap::new();
+    let mut r = Rng::new(seed);
+    // Event times: whole 100 ms steps plus one µs per step, so no two events are a whole
+    // number of seconds apart (the budgets' boundaries) and a tick of the kernel's jiffies
+    // between setting the clock and running cannot tip a comparison.
+    let mut model_now: u64 = 1_000 * NS_PER_SEC;
+    let mut disagreements = Vec::new();
+    let mut tally: HashMap<&'static str, u64> = HashMap::new();
+    for step in 0..steps {
+        model_now += r.below(30) * NS_PER_SEC / 10 + 1_000;
+        // The programs' clock reads exactly the model's time now.
+        let jiffies = f.loaded.clock_sample()?.jiffies;
+        let mut k = f.maps().read_config()?;
+        k.jiffies_offset_ns = model_now.wrapping_sub(jiffies);
+        f.maps().write_config(&k)?;
+        let now = model_now;
+
+        // 24 addresses; the first rotates its port on every request (it outgrows its device
+        // budget), the others use a few ports mostly.
+        let ip = Ipv4Addr::new(198, 19, 0, 1 + r.below(24) as u8);
+        let port = if ip.octets()[3] == 1 {
+            10_000 + step as u16
+        } else {
+            let spread = if r.chance(20) { 40 } else { 4 };
+            5060 + 2 * r.below(spread) as u16
+        };
+        let ext = (200 + r.below(8)).to_string();
+        // What the PBX answers: a stranger 404, a wrong password, the right one; a probe
+        // never answers its challenge.
+        // Addresses 17..24 behave as robots (mostly probes and wrong guesses), the rest as
+        // offices (mostly right passwords).
+        let kind = r.below(100);
+        let robot = ip.octets()[3] > 16;
+        let (probe, not_found, right) = if robot {
+            (kind < 40, (40..55).contains(&kind), kind >= 97)
+        } else {
+            (kind < 10, (10..20).contains(&kind), kind >= 60)
+        };
+        let src = sources.entry(ip).or_insert(Source {
+            answers: AnswerState::default(),
+            banned: false,
+        });
+        // Every request its own CSeq (and so its own identity, which the model compares as
+        // the programs compare the identity they read).
+        let mut peer = Peer::device(&f, ip, port);
+        peer.cseq = step as u32 * 10;
+
+        // The model of the ingress program for one request (`creds`: with credentials).
+        let ingress = |src: &mut Source, creds: bool| -> bool {
+            if src.banned {
+                return false;
+            }
+            let a = &mut src.answers;
+            let known = a.known_until_ns > now;
+            if !known {
+                if a.enumerating(now, trust.unknown.enumeration_challenges) {
+                    src.banned = true;
+                    return false;
+                }
+                let challenged = (a.first_challenges != 0 && a.credentialed == 0) || a.unanswered != 0;
+                if creds && challenged {
+                    a.credentialed = a.credentialed.wrapping_add(1);
+                    a.unanswered = a.unanswered.saturating_sub(1);
+                }
+            }
+            true
+        };
+        // The model of the answers program for one answer: the TC action.
+        let mut egress = |src: &mut Source, code: u16, cseq: u32| -> u32 {
+            let known = src.answers.known_until_ns > now;
+            let device = match devices.get_mut(&(ip, port)) {
+                Some(d) => Some(d),
+                None => {
+                    if charge(&mut src.answers.device_debt_ns, &NEW_DEVICE_BUDGET, now) {
+                        None
+                    } else {
+                        devices.insert((ip, port), DeviceState::new(now));
+                        devices.get_mut(&(ip, port))
+                    }
+                }
+            };
+            let answer = Answer {
+                code,
+                method: Method::Register,
+                cseq,
+                ext: ext_from(&ext),
+                port,
+            };
+            match src.answers.judge(&answer, known, device, &trust, now) {
+                Judgement::Nothing => TC_ACT_OK,
+                Judgement::Withhold | Judgement::Suspect { .. } => TC_ACT_SHOT,
+                Judgement::Ban(_) => {
+                    src.banned = true;
+                    TC_ACT_OK
+                }
+                Judgement::Cracked { .. } => {
+                    src.banned = true;
+                    src.answers.known_until_ns = 0;
+                    TC_ACT_SHOT
+                }
+                Judgement::Promote => {
+                    src.answers.known_until_ns = now + trust.known_ttl_secs as u64 * NS_PER_SEC;
+                    TC_ACT_OK
+                }
+            }
+        };
+
+        let mut check = |what: &str, program: u32, model: u32| {
+            if program != model && disagreements.len() < 20 {
+                disagreements.push(format!(
+                    "step {step} ({ip}:{port}, {ext}, {what}): program {program}, model {model}"
+                ));
+            }
+        };
+        // REGISTER without credentials, and its answer.
+        let want = ingress(src, false);
+        let got = peer.register(&ext) == XDP_PASS;
+        check("REGISTER", got as u32, want as u32);
+        if got && want {
+            let status = if not_found { "404 Not Found" } else { "401 Unauthorized" };
+            let code = if not_found { 404 } else { 401 };
+            let want = egress(src, code, peer.cseq);
+            check("its first answer", peer.answer(status, "REGISTER", &ext, &ext), want);
+            if !not_found && !probe {
+                // With credentials, and the verdict on them.
+                let want = ingress(src, true);
+                let got = peer.register_with_credentials(&ext) == XDP_PASS;
+                check("REGISTER with credentials", got as u32, want as u32);
+                if got && want {
+                    let (status, code) = if right {
+                        ("200 OK", 200)
+                    } else {
+                        ("401 Unauthorized", 401)
+                    };
+                    let want = egress(src, code, peer.cseq);
+                    let action = peer.answer(status, "REGISTER", &ext, &ext);
+                    check("its answer", action, want);
+                    *tally
+                        .entry(if action == TC_ACT_SHOT { "withheld" } else { "passed" })
+                        .or_default() += 1;
+                    if action == TC_ACT_SHOT && want == TC_ACT_SHOT && r.chance(50) {
+                        // A phone retransmits; the PBX answers the same request again.
+                        let want = if src.banned {
+                            None
+                        } else {
+                            Some(egress(src, code, peer.cseq))
+                        };
+                        if let Some(want) = want {
+                            check("the retransmission's answer", peer.answer_again(status, &ext), want);
+                            *tally.entry("retransmitted").or_default() += 1;
+                        }
+                    }
+                }
+            }
+        } else {
+            *tally.entry("dropped").or_default() += 1;
+        }
+    }
+    if let Some(first) = disagreements.first() {
+        // What each side kept for the source of the first disagreement.
+        let ip: Ipv4Addr = first.split(['(', ':']).nth(1).unwrap_or("").trim().parse()?;
+        let key = source_key(IpAddr::V4(ip), 64);
+        let kernel = f
+            .maps()
+            .rate_states()?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s.answers);
+        eprintln!(
+            "first disagreement: {first}\nprogram: {kernel:?}\nmodel:   {:?}",
+            sources.get(&ip).map(|s| s.answers)
+        );
+        let kernel_devices = sipfilter::devices::pinned_devices(&f.loaded.pin_dir)?;
+        for (port, d) in kernel_devices.get(&key).into_iter().flatten() {
+            let m = devices.get(&(ip, *port));
+            if m != Some(d) {
+                eprintln!("device {port}: program {d:?}\n           model {m:?}");
+            }
+        }
+    }
+    let banned = sources.values().filter(|s| s.banned).count();
+    let events = f.ban_events();
+    let program_banned: BTreeSet<_> = events
+        .iter()
+        .filter(|e| e.reason != sipfilter_common::counters::ban_reason::SUSPECT)
+        .map(|e| e.source)
+        .collect();
+    let model_banned: BTreeSet<_> = sources
+        .iter()
+        .filter(|(_, s)| s.banned)
+        .map(|(ip, _)| source_key(IpAddr::V4(*ip), 64))
+        .collect();
+    eprintln!(
+        "judgement differential: {tally:?}; {banned} of {} sources banned; {} devices",
+        sources.len(),
+        devices.len()
+    );
+    assert!(
+        disagreements.is_empty(),
+        "the programs and the judgement model disagree (seed {seed}):\n{}",
+        disagreements.join("\n")
+    );
+    assert_eq!(program_banned, model_banned, "banned sources (seed {seed})");
+    // The run exercised what it is for.
+    for what in ["withheld", "passed", "dropped"] {
+        assert!(tally.get(what).is_some_and(|n| *n > 0), "no {what} answer: {tally:?}");
+    }
+    Ok(())
 }

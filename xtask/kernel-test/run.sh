@@ -302,19 +302,43 @@ case $accel_kind in
     *) die "KERNEL_TEST_ACCEL must be kvm or tcg" ;;
 esac
 log=$out_dir/kernel-test.log
-say "booting $(basename "$kernel") (${accel[1]}, ${mem} MiB) with: ${names[*]}; log: $log"
+# How long it will take, said before it starts: the last run of this kernel under this
+# accelerator, if there was one; under TCG, what this kind of machine takes.
+timing=$out_dir/last-run-$(basename "$kernel")-$accel_kind
+if [ -s "$timing" ]; then
+    say "the last run on $(basename "$kernel") under $accel_kind took $(cat "$timing")"
+elif [ "$accel_kind" = tcg ]; then
+    say "TCG emulates every instruction: expect 1 to 3 minutes per suite (a 2-core machine ran fixtures, veth and agent in 3 minutes), at most ${limit}s"
+fi
+say "booting $(basename "$kernel") (${accel[1]}, ${mem} MiB) with: ${names[*]}; full output: $log"
 start=$(date +%s)
+# mawk (Debian's awk) reads a pipe in blocks unless told otherwise.
+awk_opts=()
+if awk -W version 2>&1 | grep -q mawk; then awk_opts=(-W interactive); fi
 set +e
-# --foreground: Ctrl-C reaches qemu too (timeout would otherwise shield it).
+# --foreground: Ctrl-C reaches qemu too (timeout would otherwise shield it). The console is
+# written to the log as it comes (sed -u: no buffering in the pipe), and the terminal gets a
+# line as each suite starts and ends (all of the console with KERNEL_TEST_VERBOSE=1).
 timeout --foreground --kill-after=10 "$limit" qemu-system-x86_64 "${accel[@]}" \
     -machine q35 -smp 2 -m "$mem" -nodefaults -no-user-config -display none \
     -serial stdio -monitor none -nic none -no-reboot -pidfile "$work/qemu.pid" \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3 ${KERNEL_TEST_APPEND:-}" </dev/null |
-    tr -d '\r' | tee "$log"
+    sed -u 's/\r$//' | tee "$log" |
+    awk "${awk_opts[@]}" -v start="$start" -v verbose="${KERNEL_TEST_VERBOSE:-0}" '
+        function stamp() { t = systime() - start; return sprintf("[%02d:%02d]", t / 60, t % 60) }
+        verbose == 1 { print; fflush(); next }
+        /^KERNEL-TEST: kernel / { print "kernel-test: " stamp() " booted " substr($0, 21); fflush(); next }
+        /^KERNEL-TEST: begin / { suite = $3; began = systime(); result = "";
+            print "kernel-test: " stamp() " " suite ": started"; fflush(); next }
+        /^test result: / { result = $4 " passed, " $6 " failed"; next }
+        /^KERNEL-TEST: end / { sub(/^rc=/, "", $4);
+            print "kernel-test: " stamp() " " $3 ": " (result == "" ? "no test result" : result) \
+                " (exit " $4 ", " systime() - began " s)"; fflush(); next }'
 qemu_rc=${PIPESTATUS[0]}
 set -e
 elapsed=$(($(date +%s) - start))
+echo "${elapsed}s for ${names[*]}" >"$timing"
 
 # --- Summary. -------------------------------------------------------------------------------
 echo

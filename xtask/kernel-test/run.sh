@@ -16,6 +16,7 @@
 #   KERNEL_TEST_MODULES  a folder holding that kernel's veth.ko, sch_ingress.ko and cls_bpf.ko
 #   KERNEL_TEST_AGENT    the sipfilter binary the agent tests run (target/debug/sipfilter)
 #   KERNEL_TEST_PACKAGE  the Debian kernel package (default: what linux-image-amd64 names)
+#   KERNEL_TEST_RELEASE  bookworm (Debian 12, 6.1; the default) or trixie (Debian 13, 6.12)
 #   KERNEL_TEST_TIMEOUT  seconds the VM may run (default 600 with KVM, 3600 without)
 #   KERNEL_TEST_ACCEL    kvm or tcg (default: kvm where /dev/kvm and vmx/svm are there)
 #   KERNEL_TEST_MEM      the VM's memory in MiB (default 1024)
@@ -106,11 +107,34 @@ binaries=("${resolved[@]}")
 # sch_ingress and cls_bpf (clsact and its BPF filter: the egress attach path below 6.6).
 # Kept next to the kernel.
 modules=(kernel/drivers/net/veth.ko kernel/net/sched/sch_ingress.ko kernel/net/sched/cls_bpf.ko)
+# Which Debian release's kernel: bookworm (12, 6.1: this machine's own archive) or trixie
+# (13, 6.12: the same archive's trixie suite, listed in a private apt state under $out_dir,
+# so the host's sources and packages are never touched).
+release=${KERNEL_TEST_RELEASE:-bookworm}
+apt_opts=(-o APT::Sandbox::User="$(id -un)")
+case $release in
+    bookworm) kernel_glob=6.1. ;;
+    trixie) kernel_glob=6.12.
+        aptdir=$out_dir/apt-trixie
+        apt_opts+=(-o Dir::Etc::SourceList="$aptdir/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+            -o Dir::State::Lists="$aptdir/lists" -o Dir::Cache="$aptdir/cache") ;;
+    *) die "KERNEL_TEST_RELEASE must be bookworm or trixie" ;;
+esac
+private_apt_update() {
+    [ "$release" = bookworm ] && return 0
+    mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial" || return 1
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $release main" \
+        >"$aptdir/sources.list" || return 1
+    say "listing $release's packages (private apt state in $aptdir)"
+    apt-get "${apt_opts[@]}" -q update >&2
+}
 fetch_kernel() {
     local pkg=${KERNEL_TEST_PACKAGE:-}
     if [ -z "$pkg" ]; then
-        # The metapackage names the current ABI: linux-image-6.1.0-NN-amd64 on Debian 12.
-        pkg=$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null |
+        private_apt_update || return 1
+        # The metapackage names the current ABI: linux-image-6.1.0-NN-amd64 on Debian 12,
+        # linux-image-6.12.NN+deb13-amd64 on Debian 13.
+        pkg=$(apt-cache "${apt_opts[@]}" show --no-all-versions linux-image-amd64 2>/dev/null |
             sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -n1) || true
     fi
     [ -n "$pkg" ] || return 1
@@ -121,18 +145,25 @@ fetch_kernel() {
         say "fetching $pkg (Debian's kernel) with apt-get download"
         local dl=$work/deb
         mkdir -p "$dl"
-        (cd "$dl" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$pkg" >&2) ||
+        (cd "$dl" && apt-get download -q "${apt_opts[@]}" "$pkg" >&2) ||
             return 1
+        # Debian 12 keeps modules in /lib, Debian 13 in /usr/lib and xz-compressed.
         local patterns=('./boot/vmlinuz-*')
-        for m in "${modules[@]}"; do patterns+=("./lib/modules/*/$m"); done
+        for m in "${modules[@]}"; do patterns+=("*/modules/*/$m*"); done
         # (set -e does not apply in a function called from $(...) ||: every step is checked.)
-        dpkg-deb --fsys-tarfile "$dl"/"$pkg"_*.deb | tar -x -C "$dl" --wildcards "${patterns[@]}" ||
-            return 1
+        local deb
+        deb=$(ls "$dl"/*.deb | head -n1) && [ -n "$deb" ] || return 1
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dl" --wildcards "${patterns[@]}" || return 1
         # The modules folder appears whole or not at all: a partial one would hide the
         # installed kernel's modules.
         mkdir -p "$dl/modules"
         for m in "${modules[@]}"; do
-            cp "$dl"/lib/modules/*/"$m" "$dl/modules/" || return 1
+            local f
+            f=$(find "$dl" -path "*/modules/*/$m*" -print -quit) && [ -n "$f" ] || return 1
+            case $f in
+                *.xz) xz -dc "$f" >"$dl/modules/$(basename "$m")" || return 1 ;;
+                *) cp "$f" "$dl/modules/" || return 1 ;;
+            esac
         done
         rm -rf "$mods" && mv "$dl/modules" "$mods" || return 1
         local v
@@ -148,7 +179,7 @@ if [ -z "$kernel" ]; then
 fi
 if [ -z "$kernel" ]; then
     # Offline: the newest kernel fetched before, else an installed Debian 12 kernel.
-    kernel=$(ls -t "$out_dir"/vmlinuz-6.1.* /boot/vmlinuz-6.1.* 2>/dev/null | head -n1) || true
+    kernel=$(ls -t "$out_dir"/vmlinuz-$kernel_glob* /boot/vmlinuz-$kernel_glob* 2>/dev/null | head -n1) || true
 fi
 [ -n "$kernel" ] && [ -r "$kernel" ] ||
     die "no kernel: apt could not fetch linux-image-amd64 and none is cached or in /boot (or pass --kernel)"

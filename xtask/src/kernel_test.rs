@@ -16,6 +16,36 @@ pub const DEFAULT_TESTS: &[&str] = &["fixtures", "veth", "answers", "calls", "se
 
 /// Builds the named test targets of sipfilter-tests (`NAME` or `NAME:FILTER`) and runs them
 /// in the VM; `filter` goes to every binary as libtest arguments (a test name filter).
+/// The Debian releases whose kernels the tests run on: (version, suite, kernel).
+pub const RELEASES: [(&str, &str, &str); 2] = [("12", "bookworm", "6.1"), ("13", "trixie", "6.12")];
+
+/// The suites of `debian`: "12", "13" or "all".
+pub fn releases(debian: &str) -> anyhow::Result<Vec<&'static str>> {
+    let picked: Vec<&str> = RELEASES
+        .iter()
+        .filter(|(v, _, _)| debian == "all" || debian == *v)
+        .map(|(_, suite, _)| *suite)
+        .collect();
+    anyhow::ensure!(!picked.is_empty(), "--debian takes 12, 13 or all, not {debian:?}");
+    Ok(picked)
+}
+
+/// Runs the test targets `names` on the kernel of each Debian suite in `suites` in turn;
+/// fails if any failed (after running them all).
+pub fn run_on(suites: &[&str], names: &[String], filter: Option<&str>) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for suite in suites {
+        // SAFETY: xtask is single-threaded here, before run.sh is spawned.
+        unsafe { std::env::set_var("KERNEL_TEST_RELEASE", suite) };
+        if let Err(e) = run(names, filter) {
+            eprintln!("kernel-test on {suite}'s kernel: {e:#}");
+            failed.push(*suite);
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "kernel-test failed on {}'s kernel", failed.join(" and "));
+    Ok(())
+}
+
 pub fn run(names: &[String], filter: Option<&str>) -> anyhow::Result<()> {
     // The agent tests run the agent binary; it goes into the VM beside them.
     crate::setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;

@@ -76,10 +76,10 @@ enum Task {
         #[arg(long, default_value_t = 5_000_000, value_name = "N")]
         frames: u64,
     },
-    /// Set up, build the privileged test binaries, then boot Debian 12's own kernel (6.1, from
-    /// linux-image-amd64) in a qemu VM and run them there (xtask/kernel-test/run.sh). CI
-    /// (`cargo xtask test`) runs the fixture tables, the veth flood and the agent's egress
-    /// attach this way.
+    /// Set up, build the privileged test binaries, then boot Debian's own kernel (12's 6.1 by
+    /// default, 13's 6.12 with --debian 13: what linux-image-amd64 names) in a qemu VM and run
+    /// them there (xtask/kernel-test/run.sh). CI (`cargo xtask test`) runs the fixture tables,
+    /// the veth flood and the agent's egress attach this way on both.
     KernelTest {
         /// Test targets of sipfilter-tests to run (default: fixtures veth answers calls
         /// sequences).
@@ -87,6 +87,9 @@ enum Task {
         /// A test name filter for every binary (libtest's).
         #[arg(long, value_name = "NAME")]
         filter: Option<String>,
+        /// Whose kernel: Debian 12 (6.1), 13 (6.12), or all (one after the other).
+        #[arg(long, value_name = "12|13|all", default_value = "12")]
+        debian: String,
     },
     /// Set up, then run every fuzz target (cargo fuzz) for --secs seconds each.
     Fuzz {
@@ -145,13 +148,13 @@ fn main() -> anyhow::Result<()> {
             setup::cargo(&["build", "--package", "sipfilter", "--bins"])?;
             demo::run(compare, flood_secs)
         }
-        Task::KernelTest { tests, filter } => {
+        Task::KernelTest { tests, filter, debian } => {
             setup::run()?;
             let tests = match tests.is_empty() {
                 true => kernel_test::DEFAULT_TESTS.iter().map(|t| t.to_string()).collect(),
                 false => tests,
             };
-            kernel_test::run(&tests, filter.as_deref())
+            kernel_test::run_on(&kernel_test::releases(&debian)?, &tests, filter.as_deref())
         }
         Task::Soak { frames } => {
             setup::run()?;

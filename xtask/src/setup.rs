@@ -22,8 +22,8 @@ pub const LLVM_MAJOR: u32 = 22;
 /// real registrar the answer-reading tests judge sources against; nftables and iptables, the
 /// peers `cargo xtask bench --peers` measures sipfilter against; DejaVu fonts for the text
 /// of the PNG charts (the scale benchmark's, the dashboard test's); lintian for the package;
-/// qemu, busybox-static and cpio for `cargo xtask kernel-test` (it fetches Debian's kernel
-/// itself); crowdsec (1.4.6: the Local API and cscli) as the real CrowdSec the bouncer and alert tests
+/// qemu, busybox-static, cpio and xz-utils for `cargo xtask kernel-test` (it fetches Debian's
+/// kernels itself; Debian 13's modules are xz-compressed); crowdsec (1.4.6: the Local API and cscli) as the real CrowdSec the bouncer and alert tests
 /// talk to (they run a Local API of their own: tests/src/crowdsec.rs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -43,6 +43,7 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "xz-utils",
 ];
 
 /// Debian's crowdsec registers with CrowdSec's Central API when installed (its postinst runs

@@ -25,13 +25,13 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     }
     let result = setup::cargo(&args);
     cleanup::run();
-    // The same programs on Debian 12's own kernel (6.1), in a VM: the fixture tables, the
-    // veth flood and the agent's egress attach (kernel_test::CI_TESTS). Skipped when the
-    // caller passed test arguments (a filter).
+    // The same programs on Debian 12's and Debian 13's own kernels (6.1, 6.12), in a VM: the
+    // fixture tables, the veth flood and the agent's egress attach (kernel_test::CI_TESTS).
+    // Skipped when the caller passed test arguments (a filter).
     let on_debian_kernel = match extra.is_empty() {
         true => {
             let names: Vec<String> = kernel_test::CI_TESTS.iter().map(|t| t.to_string()).collect();
-            kernel_test::run(&names, None)
+            kernel_test::run_on(&kernel_test::releases("all")?, &names, None)
         }
         false => Ok(()),
     };

@@ -277,8 +277,9 @@ pub struct Counters {
     /// 2xx answers withheld once as suspect (a device that moved on from a failed extension,
     /// at a known source; failures on other extensions from other devices): nobody banned.
     pub suspect: u64,
-    /// Challenges and not-found answers withheld from an unknown source whose challenges go
-    /// unanswered (`answers::UNANSWERED_CHALLENGES`).
+    /// Challenges and not-found answers withheld: to an unknown source whose challenges go
+    /// unanswered (`answers::UNANSWERED_CHALLENGES`), or a known source's not-founds to a
+    /// device over its own not-found budget.
     pub withheld_challenges: u64,
     /// Answers whose headers could not be read within the scan bound (passed, not judged).
     pub uninspected: u64,

@@ -133,7 +133,7 @@ impl Metrics {
         )?;
         let withheld_challenges = IntCounter::new(
             "sipfilter_withheld_challenges_total",
-            "Challenges and not-found answers withheld from an unknown source whose challenges go unanswered.",
+            "Challenges and not-found answers withheld: to an unknown source whose challenges go unanswered, or not-founds to a known source's device over its own budget.",
         )?;
         let uninspected = IntCounter::new(
             "sipfilter_uninspected_total",

@@ -8,7 +8,7 @@
 //! cannot grow it without limit; past that its answers are judged by the source's totals).
 
 use crate::{
-    answers::{charge, empty, open_slot, position, same},
+    answers::{empty, open_slot, position, same},
     config::Budget,
     scan::Extension,
     SourceKey, NS_PER_SEC,
@@ -133,12 +133,6 @@ impl DeviceState {
         self.failed = *ext;
         self.failed_ns = now;
         self.last_answer_ns = now;
-    }
-
-    /// Charges the device's own budget (`debt` is one of its debts); true when exceeded.
-    #[inline(always)]
-    pub fn charge(debt: &mut u64, budget: &Budget, now: u64) -> bool {
-        charge(debt, budget, now)
     }
 
     /// A 2xx for `ext`: what the device's walk says (read before [`Self::registered`]).

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use sipfilter_common::{
     devices::{DeviceKey, DeviceState},
     maps::DEVICES,
@@ -13,11 +13,8 @@ use sipfilter_common::{
 
 /// Every device in the pinned map under `dir`, grouped by source (ports ascending).
 pub fn pinned_devices(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<SourceKey, Vec<(u16, DeviceState)>>> {
-    let path = dir.join(DEVICES);
-    let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let map = Map::from_map_data(data).with_context(|| format!("{} is not a map sipfilter knows", path.display()))?;
-    let map: HashMap<MapData, DeviceKey, DeviceState> =
-        HashMap::try_from(map).with_context(|| format!("map {DEVICES} has an unexpected layout"))?;
+    let map: HashMap<MapData, DeviceKey, DeviceState> = HashMap::try_from(crate::filter_maps::open_pin(dir, DEVICES)?)
+        .with_context(|| format!("map {DEVICES} has an unexpected layout"))?;
     let mut out: std::collections::BTreeMap<SourceKey, Vec<(u16, DeviceState)>> = Default::default();
     for entry in map.iter() {
         let (k, v) = entry.context("cannot read the devices")?;

@@ -66,7 +66,8 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
         .with_context(|| format!("the XDP object has no map {name}"))
 }
 
-fn open_pin(dir: &Path, name: &str) -> anyhow::Result<Map> {
+/// The map pinned as `name` under `dir`.
+pub fn open_pin(dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("{} is not a map sipfilter knows", path.display()))

@@ -42,11 +42,7 @@ impl TrustMaps {
 
     /// Opens the maps pinned under `dir`.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
-        let open = |name: &str| -> anyhow::Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            Map::from_map_data(data).with_context(|| format!("{} is not a map sipfilter knows", path.display()))
-        };
+        let open = |name: &str| crate::filter_maps::open_pin(dir, name);
         Ok(TrustMaps {
             known_sources: typed(open(KNOWN_SOURCES)?, KNOWN_SOURCES)?,
             cracked_extensions: typed(open(CRACKED_EXTENSIONS)?, CRACKED_EXTENSIONS)?,

@@ -89,24 +89,27 @@ impl<'a> Peer<'a> {
     /// does (the ingress program counts the answered challenge): the answer's TC action, or
     /// None if a REGISTER was dropped.
     pub fn login_with_credentials(&mut self, ext: &str, final_status: &str) -> Option<u32> {
-        if self.register(ext) != XDP_PASS {
-            return None;
-        }
-        self.answer("401 Unauthorized", "REGISTER", ext, ext);
-        if self.register_with_credentials(ext) != XDP_PASS {
-            return None;
-        }
-        Some(self.answer(final_status, "REGISTER", ext, ext))
+        self.login_as(ext, final_status, true)
     }
 
     /// REGISTER, 401, REGISTER with credentials, `final_status`: the answer's TC action, or
     /// None if a REGISTER was dropped.
     pub fn login(&mut self, ext: &str, final_status: &str) -> Option<u32> {
+        self.login_as(ext, final_status, false)
+    }
+
+    /// The two logins; `authorization`: the second REGISTER carries an Authorization header.
+    fn login_as(&mut self, ext: &str, final_status: &str, authorization: bool) -> Option<u32> {
         if self.register(ext) != XDP_PASS {
             return None;
         }
         self.answer("401 Unauthorized", "REGISTER", ext, ext);
-        if self.register(ext) != XDP_PASS {
+        let second = if authorization {
+            self.register_with_credentials(ext)
+        } else {
+            self.register(ext)
+        };
+        if second != XDP_PASS {
             return None;
         }
         Some(self.answer(final_status, "REGISTER", ext, ext))

@@ -34,20 +34,27 @@ const BURSTS: [u64; 3] = [120, 60, 600];
 /// bans it.
 const UNKNOWN_BURSTS: [u64; 3] = [10, 5, 50];
 
-#[test]
-fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
-    let seed: u64 = std::env::var("SIPFILTER_SEED")
+/// The run's seed: `SIPFILTER_SEED`, else the clock (printed, so a run can be replayed).
+fn seed() -> u64 {
+    std::env::var("SIPFILTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-        });
-    let frames: u64 = std::env::var("SIPFILTER_FRAMES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        })
+}
+
+/// A count from the environment variable `var`, else `default`.
+fn count(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+#[test]
+fn the_program_agrees_with_the_model() -> anyhow::Result<()> {
+    let seed = seed();
+    let frames = count("SIPFILTER_FRAMES", 100_000);
     eprintln!(
         "differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {frames} + {} frames",
         frames / 2
@@ -219,18 +226,8 @@ fn the_answers_program_agrees_with_the_judgement_model() -> anyhow::Result<()> {
     };
     use std::{collections::HashMap, net::Ipv4Addr};
 
-    let seed: u64 = std::env::var("SIPFILTER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    let steps: u64 = std::env::var("SIPFILTER_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3_000);
+    let seed = seed();
+    let steps = count("SIPFILTER_STEPS", 3_000);
     eprintln!("judgement differential: seed {seed} (SIPFILTER_SEED={seed} replays it), {steps} registrations");
     // No flood limit or stealth in the way, bans that outlast the run: only the answers judge.
     let big = ClassLimit {

@@ -42,7 +42,11 @@ pub fn run_on(suites: &[&str], names: &[String], filter: Option<&str>) -> anyhow
             failed.push(*suite);
         }
     }
-    anyhow::ensure!(failed.is_empty(), "kernel-test failed on {}'s kernel", failed.join(" and "));
+    anyhow::ensure!(
+        failed.is_empty(),
+        "kernel-test failed on {}'s kernel",
+        failed.join(" and ")
+    );
     Ok(())
 }
 

@@ -87,10 +87,14 @@ fn tier(allowed: bool, known_until: u64, now: u64) -> &'static str {
     }
 }
 
+/// The lines a device registered.
+fn lines(d: &DeviceState) -> Vec<&str> {
+    d.registered.iter().map(ext_str).filter(|s| !s.is_empty()).collect()
+}
+
 /// One device under a source, as `sources` shows it.
 fn device_json(port: u16, d: &DeviceState, now: u64) -> serde_json::Value {
-    let lines: Vec<&str> = d.registered.iter().map(ext_str).filter(|s| !s.is_empty()).collect();
-    json!({"port": port, "registered": lines, "last_failed": ext_str(&d.failed),
+    json!({"port": port, "registered": lines(d), "last_failed": ext_str(&d.failed),
            "failures": d.failures, "not_found": d.not_found, "successes": d.successes,
            "last_answer_ago_seconds": now.saturating_sub(d.last_answer_ns) / 1_000_000_000})
 }
@@ -162,7 +166,7 @@ pub fn sources(
         ]);
         // Its devices (source ports) below it: what each registered and failed.
         for (port, d) in &r.10 {
-            let lines: Vec<&str> = d.registered.iter().map(ext_str).filter(|s| !s.is_empty()).collect();
+            let lines = lines(d);
             t.row(vec![
                 format!("  └ port {port}"),
                 if lines.is_empty() {

@@ -10,8 +10,25 @@ use crate::NS_PER_SEC;
 pub const MAX_RATE: u64 = 1_000_000;
 pub const MAX_BURST: u64 = 1_000_000;
 
-/// How many SIP ports one program can watch.
+/// How many SIP ports one program can watch, per transport (UDP, TCP; TLS and WebSocket
+/// share one set: both are opaque to the program).
 pub const MAX_SIP_PORTS: usize = 8;
+/// How many TLS and WebSocket (WS and WSS) SIP ports, each.
+pub const MAX_OPAQUE_PORTS: usize = 4;
+
+/// The SIP transports, as the program tells them apart (by protocol and port).
+pub mod transport {
+    /// SIP over UDP: every datagram read.
+    pub const UDP: usize = 0;
+    /// SIP over plain TCP: a segment that starts a message is read like a datagram.
+    pub const TCP: usize = 1;
+    /// SIP over TLS: nothing readable; lists, bans and connection budgets apply.
+    pub const TLS: usize = 2;
+    /// SIP over WebSocket (WS or WSS: client frames are masked, so opaque too).
+    pub const WEBSOCKET: usize = 3;
+    pub const COUNT: usize = 4;
+    pub const NAMES: [&str; COUNT] = ["udp", "tcp", "tls", "websocket"];
+}
 
 /// Flag: evaluate and count, never drop.
 pub const FLAG_MONITOR: u32 = 1;
@@ -107,12 +124,34 @@ pub struct ClassLimit {
     pub burst: u32,
 }
 
+/// What each source may open in TCP connections to the SIP ports (TCP, TLS, WebSocket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// New connections (SYNs) of every source: emptying it bans, like a REGISTER flood.
+    pub flood: ClassLimit,
+    /// New connections of an unknown source: over it the SYN is dropped, not banned (the
+    /// phone's SYN retransmission gets in later).
+    pub unknown: ClassLimit,
+    /// Open connections at once: a source at its tier's limit has its SYNs dropped (the
+    /// agent counts the `connections` table and marks such sources; 0: no limit).
+    pub known_open: u32,
+    pub unknown_open: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
-    /// SIP ports in network byte order. Unused slots repeat the first port so the
+    /// UDP SIP ports in network byte order. Unused slots repeat the first port so the
     /// per-packet check is a fixed, branch-free comparison with no "count" to consult.
     pub sip_ports_be: [u16; MAX_SIP_PORTS],
+    /// Plain TCP SIP ports; unused slots 0 (no TCP segment goes to port 0).
+    pub tcp_ports_be: [u16; MAX_SIP_PORTS],
+    /// TLS SIP ports; unused slots 0.
+    pub tls_ports_be: [u16; MAX_OPAQUE_PORTS],
+    /// WebSocket SIP ports (WS and WSS); unused slots 0.
+    pub websocket_ports_be: [u16; MAX_OPAQUE_PORTS],
+    pub connections: ConnectionLimits,
     /// FLAG_* bits.
     pub flags: u32,
     /// IPv6 source-key mask as four 32-bit words in network byte order: /128 (each address
@@ -152,6 +191,28 @@ pub struct KernelConfig {
 pub mod defaults {
     use super::*;
     pub const SIP_PORT: u16 = 5060;
+    /// SIP over TLS (RFC 3261 §26.2's sips default).
+    pub const TLS_PORT: u16 = 5061;
+    /// Connections: every phone opens one, and after a power cut all of an office's phones
+    /// open theirs at once, with SYN retransmissions at 1, 3, 7 s. A known source (the office
+    /// behind one address) may open 150 back to back and 20 a second, like its REGISTERs; a
+    /// source that empties that is flooding and is banned. An unknown source opens 20 back to
+    /// back, then 2 a second: the rest of a new office gets in on retransmissions, and once
+    /// its first phone registers the address is known. Open at once: 500 for a known source
+    /// (a large office with a connection per phone and spares), 20 for an unknown one (what
+    /// Kamailio's `tcp_accept_iplimit` examples use).
+    pub const CONNECTIONS: ConnectionLimits = ConnectionLimits {
+        flood: ClassLimit {
+            rate_per_sec: 20,
+            burst: 150,
+        },
+        unknown: ClassLimit {
+            rate_per_sec: 2,
+            burst: 20,
+        },
+        known_open: 500,
+        unknown_open: 20,
+    };
     /// REGISTER: 150 back to back covers an office of 50 phones behind one NAT address
     /// re-registering at once after a power cut (REGISTER, 401, REGISTER with credentials =
     /// 100 messages) with 50% to spare; 20/s sustained is 1,200 re-registrations a minute.
@@ -280,8 +341,16 @@ pub const fn ipv6_mask(prefix_len: u8) -> [u32; 4] {
 
 impl Default for KernelConfig {
     fn default() -> Self {
+        let mut tcp_ports_be = [0; MAX_SIP_PORTS];
+        tcp_ports_be[0] = defaults::SIP_PORT.to_be();
+        let mut tls_ports_be = [0; MAX_OPAQUE_PORTS];
+        tls_ports_be[0] = defaults::TLS_PORT.to_be();
         KernelConfig {
             sip_ports_be: [defaults::SIP_PORT.to_be(); MAX_SIP_PORTS],
+            tcp_ports_be,
+            tls_ports_be,
+            websocket_ports_be: [0; MAX_OPAQUE_PORTS],
+            connections: defaults::CONNECTIONS,
             flags: 0,
             ipv6_mask_be: ipv6_mask(128),
             ipv6_group_mask_be: ipv6_mask(defaults::IPV6_PREFIX_LEN),
@@ -305,6 +374,17 @@ impl Default for KernelConfig {
     }
 }
 
+/// Whether any of a fixed set of port slots is `port_be`: every slot compared, no early
+/// exit, so the check unrolls to straight-line compares the verifier walks once.
+#[inline(always)]
+fn holds<const N: usize>(slots: &[u16; N], port_be: u16) -> bool {
+    let mut any = false;
+    for s in slots {
+        any |= *s == port_be;
+    }
+    any
+}
+
 impl KernelConfig {
     /// Sets the SIP ports (1..=MAX_SIP_PORTS of them), filling unused slots with the first.
     pub fn set_sip_ports(&mut self, ports: &[u16]) {
@@ -316,15 +396,38 @@ impl KernelConfig {
 
     #[inline(always)]
     pub fn is_sip_port(&self, port_be: u16) -> bool {
-        let p = &self.sip_ports_be;
-        (port_be == p[0])
-            | (port_be == p[1])
-            | (port_be == p[2])
-            | (port_be == p[3])
-            | (port_be == p[4])
-            | (port_be == p[5])
-            | (port_be == p[6])
-            | (port_be == p[7])
+        holds(&self.sip_ports_be, port_be)
+    }
+
+    /// Sets the TCP, TLS and WebSocket SIP ports (as many as fit; unused slots 0).
+    pub fn set_stream_ports(&mut self, tcp: &[u16], tls: &[u16], websocket: &[u16]) {
+        fn fill(slots: &mut [u16], ports: &[u16]) {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                *slot = ports.get(i).copied().unwrap_or(0).to_be();
+            }
+        }
+        fill(&mut self.tcp_ports_be, tcp);
+        fill(&mut self.tls_ports_be, tls);
+        fill(&mut self.websocket_ports_be, websocket);
+    }
+
+    /// The SIP transport a TCP segment to (ingress) or from (egress) `port_be` carries, if
+    /// the port is a SIP port ([`transport`]).
+    #[inline(always)]
+    pub fn stream_transport(&self, port_be: u16) -> Option<usize> {
+        if port_be == 0 {
+            return None;
+        }
+        if holds(&self.tcp_ports_be, port_be) {
+            return Some(transport::TCP);
+        }
+        if holds(&self.tls_ports_be, port_be) {
+            return Some(transport::TLS);
+        }
+        if holds(&self.websocket_ports_be, port_be) {
+            return Some(transport::WEBSOCKET);
+        }
+        None
     }
 
     #[inline(always)]
@@ -402,6 +505,20 @@ mod tests {
         assert!(c.is_sip_port(5080u16.to_be()));
         assert!(!c.is_sip_port(0));
         assert!(!c.is_sip_port(5061u16.to_be()));
+    }
+
+    #[test]
+    fn stream_ports_by_transport() {
+        let mut c = KernelConfig::default();
+        assert_eq!(c.stream_transport(5060u16.to_be()), Some(transport::TCP));
+        assert_eq!(c.stream_transport(5061u16.to_be()), Some(transport::TLS));
+        assert_eq!(c.stream_transport(0), None);
+        c.set_stream_ports(&[5062], &[], &[8088, 8089]);
+        assert_eq!(c.stream_transport(5060u16.to_be()), None);
+        assert_eq!(c.stream_transport(5061u16.to_be()), None);
+        assert_eq!(c.stream_transport(5062u16.to_be()), Some(transport::TCP));
+        assert_eq!(c.stream_transport(8089u16.to_be()), Some(transport::WEBSOCKET));
+        assert_eq!(c.stream_transport(0), None);
     }
 
     #[test]

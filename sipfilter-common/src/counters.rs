@@ -30,13 +30,13 @@ impl Verdict {
 pub enum Outcome {
     /// Not IPv4/IPv6 (ARP, LLDP, ...).
     NotIp = 0,
-    /// IP but not UDP.
-    NotUdp,
+    /// IP carrying neither UDP nor TCP (ICMP, ESP, ...).
+    OtherTransport,
     /// A non-first IP fragment: it carries no UDP header to judge.
     Fragment,
     /// Truncated or inconsistent headers; passed because judging garbage risks mis-bans.
     Malformed,
-    /// UDP to a port that is not a SIP port.
+    /// UDP or TCP to a port that is not a SIP port.
     NotSipPort,
     /// Source on the allowlist.
     Allowlisted,
@@ -67,13 +67,24 @@ pub enum Outcome {
     Destination,
     /// A call over a call-burst limit: dropped (and an unknown source banned).
     CallBurst,
+    /// A new TCP connection (SYN) to a SIP port within the source's connection budgets.
+    Connection,
+    /// A SYN over an unknown source's new-connection budget, or from a source at its open
+    /// connection limit: dropped, not banned (the SYN's retransmission may get in).
+    ConnectionThrottled,
+    /// Emptied its new-connection flood bucket (a SYN flood): dropped, and banned.
+    RateConnection,
+    /// A TCP segment to a SIP port that starts no SIP message to read: an ACK, FIN or RST, a
+    /// keep-alive, a message's continuation, or TLS and WebSocket data (passed after the
+    /// lists and bans).
+    Segment,
 }
 
 impl Outcome {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 22;
     pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::NotIp,
-        Outcome::NotUdp,
+        Outcome::OtherTransport,
         Outcome::Fragment,
         Outcome::Malformed,
         Outcome::NotSipPort,
@@ -90,12 +101,16 @@ impl Outcome {
         Outcome::Scanner,
         Outcome::Destination,
         Outcome::CallBurst,
+        Outcome::Connection,
+        Outcome::ConnectionThrottled,
+        Outcome::RateConnection,
+        Outcome::Segment,
     ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Outcome::NotIp => "not_ip",
-            Outcome::NotUdp => "not_udp",
+            Outcome::OtherTransport => "other_transport",
             Outcome::Fragment => "fragment",
             Outcome::Malformed => "malformed",
             Outcome::NotSipPort => "not_sip_port",
@@ -112,6 +127,10 @@ impl Outcome {
             Outcome::Scanner => "scanner",
             Outcome::Destination => "destination",
             Outcome::CallBurst => "call_burst",
+            Outcome::Connection => "connection",
+            Outcome::ConnectionThrottled => "connection_throttled",
+            Outcome::RateConnection => "rate_connection",
+            Outcome::Segment => "segment",
         }
     }
 
@@ -131,6 +150,8 @@ impl Outcome {
                 | Outcome::Scanner
                 | Outcome::Destination
                 | Outcome::CallBurst
+                | Outcome::ConnectionThrottled
+                | Outcome::RateConnection
         )
     }
 
@@ -163,8 +184,11 @@ pub mod ban_reason {
     pub const SCANNER: u8 = 8;
     /// An unknown source over a call-burst limit.
     pub const CALL_BURST: u8 = 9;
+    /// Emptied its new-connection flood bucket: a SYN flood to the SIP TCP, TLS or
+    /// WebSocket ports. (14: the values 10..13 were taken by non-kernel reasons first.)
+    pub const CONNECTION_FLOOD: u8 = 14;
     /// Reasons the programs ban for (counter slots).
-    pub const KERNEL_REASONS: usize = 10;
+    pub const KERNEL_REASONS: usize = 11;
     /// Those reasons, in counter order.
     pub const KERNEL: [u8; KERNEL_REASONS] = [
         RATE,
@@ -177,7 +201,18 @@ pub mod ban_reason {
         PREFIX,
         SCANNER,
         CALL_BURST,
+        CONNECTION_FLOOD,
     ];
+
+    /// A kernel reason's slot in `Counters::bans` (its place in [`KERNEL`]).
+    #[inline(always)]
+    pub const fn slot(reason: u8) -> usize {
+        if reason == CONNECTION_FLOOD {
+            10
+        } else {
+            reason as usize
+        }
+    }
     /// Added by an operator (CLI).
     pub const MANUAL: u8 = 10;
     /// Restored from the agent's state file.
@@ -204,6 +239,7 @@ pub mod ban_reason {
             RESTORED => "restored",
             CROWDSEC => "crowdsec",
             SUSPECT => "suspect",
+            CONNECTION_FLOOD => "connection_flood",
             _ => "unknown",
         }
     }
@@ -293,14 +329,20 @@ pub struct Counters {
     /// Requests the inspection could not read within its bounds (a header past the scan
     /// bound, a dialed number too long to normalise): passed, not judged by those rules.
     pub requests_uninspected: u64,
+    /// Packets to (ingress) the SIP ports, by transport ([`crate::config::transport`]).
+    pub transports: [u64; crate::config::transport::COUNT],
+    /// TCP data segments to a plain TCP SIP port that start no SIP message (a continuation,
+    /// a second message, something else): passed, never judged.
+    pub segments_uninspected: u64,
     /// Bans that could not be stored because the ban table was full (the packet was still dropped).
     pub ban_table_full: u64,
     /// Ban events the ring buffer had no room for.
     pub events_lost: u64,
     /// Not a counter: where the programs launder the parsed headers' offsets (this CPU's
     /// record is at hand, and a store and a load of map memory erase what the verifier knows
-    /// of them). Userspace ignores it.
-    pub scratch: [u64; 2],
+    /// of them, so the UDP and TCP ways through the parser meet in one verifier state).
+    /// Userspace ignores it.
+    pub scratch: [u64; 4],
 }
 
 impl Default for Counters {
@@ -321,9 +363,11 @@ impl Default for Counters {
             calls_blocked: [0; 3],
             calls_checked: 0,
             requests_uninspected: 0,
+            transports: [0; crate::config::transport::COUNT],
+            segments_uninspected: 0,
             ban_table_full: 0,
             events_lost: 0,
-            scratch: [0; 2],
+            scratch: [0; 4],
         }
     }
 }
@@ -351,6 +395,8 @@ impl Counters {
         sum(&mut self.calls_blocked, &o.calls_blocked);
         self.calls_checked = self.calls_checked.wrapping_add(o.calls_checked);
         self.requests_uninspected = self.requests_uninspected.wrapping_add(o.requests_uninspected);
+        sum(&mut self.transports, &o.transports);
+        self.segments_uninspected = self.segments_uninspected.wrapping_add(o.segments_uninspected);
         self.ban_table_full = self.ban_table_full.wrapping_add(o.ban_table_full);
         self.events_lost = self.events_lost.wrapping_add(o.events_lost);
     }

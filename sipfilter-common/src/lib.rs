@@ -45,6 +45,8 @@ mod pod {
     unsafe impl aya::Pod for ListEntry {}
     unsafe impl aya::Pod for ClockSample {}
     unsafe impl aya::Pod for KnownSource {}
+    unsafe impl aya::Pod for crate::maps::ConnectionKey {}
+    unsafe impl aya::Pod for crate::maps::Connection {}
     unsafe impl aya::Pod for AnswerState {}
     unsafe impl aya::Pod for CrackedExtension {}
     unsafe impl aya::Pod for crate::devices::DeviceKey {}

@@ -24,6 +24,8 @@ pub const CALLS_TO_NUMBER: &str = "calls_to_number";
 pub const INTERNATIONAL_CALLS: &str = "international_calls";
 pub const CALL_EVENTS: &str = "call_events";
 pub const DEVICES: &str = "devices";
+pub const CONNECTIONS: &str = "connections";
+pub const CONNECTION_LIMITED: &str = "connection_limited";
 
 /// The XDP program, and the empty program the benchmark measures as its floor.
 pub const XDP_PROGRAM: &str = "sipfilter";
@@ -76,6 +78,31 @@ pub const CALL_EVENTS_BYTES: u32 = 64 * 1024;
 /// Devices (source + port) the answers went to (LRU: a device quiet the longest goes first;
 /// each source adds at most `devices::NEW_DEVICES`, so one robot cannot take it over).
 pub const DEVICES_SIZE: u32 = 32_768;
+/// TCP connections open to the SIP TCP, TLS and WebSocket ports (LRU: a spoofed SYN flood
+/// evicts the quietest, which then go uncounted: an undercount, never a wrong limit).
+pub const CONNECTIONS_SIZE: u32 = 65_536;
+/// Sources at their open-connection limit (written by the agent, read on each SYN).
+pub const CONNECTION_LIMITED_SIZE: u32 = 16_384;
+
+/// A TCP connection to a SIP port, by its client's address and port and the server's port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnectionKey {
+    /// The client's full address (IPv4-mapped for IPv4), four words in network byte order.
+    pub addr: [u32; 4],
+    /// Client and server port, host byte order.
+    pub client_port: u16,
+    pub server_port: u16,
+}
+
+/// What is kept of an open connection: when it opened and when it last carried data
+/// (the agent closes the count of one idle longer than `connections.idle_timeout`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Connection {
+    pub opened_ns: u64,
+    pub last_ns: u64,
+}
 
 /// A traffic source: an IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`),
 /// or an IPv6 address masked to the configured prefix. One key type lets one set of maps
@@ -218,6 +245,10 @@ pub struct RateState {
     /// (throttles) without banning, so an office's first round after a power cut is slowed,
     /// not banned; a flood still empties the flood bucket and is banned as before.
     pub tight: [crate::TokenBucket; 3],
+    /// New TCP connections: the flood bucket (every source; emptying it bans) and the tight
+    /// one of an unknown source (emptying it drops the SYN).
+    pub connect: crate::TokenBucket,
+    pub connect_tight: crate::TokenBucket,
     /// What the PBX's answers have said about the source.
     pub answers: crate::answers::AnswerState,
     /// Last SIP message from this source (CLOCK_BOOTTIME ns): how long the slot has been idle.

@@ -52,7 +52,10 @@ pub fn ban(config: &KernelConfig, c: &mut Counters, key: &SourceKey, cause: &Cau
     let _ = OFFENSE_HISTORY.insert(key, &history, 0);
 
     let sent = report(config, key, duration, strike, cause);
-    if let Some(b) = c.bans.get_mut(cause.reason as usize) {
+    if let Some(b) = c
+        .bans
+        .get_mut(sipfilter_common::counters::ban_reason::slot(cause.reason))
+    {
         *b += 1;
     }
     if !stored {

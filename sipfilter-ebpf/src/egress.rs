@@ -1,4 +1,5 @@
-//! The TC egress program: reads the SIP answers leaving from the SIP ports and judges the
+//! The TC egress program: reads the SIP answers leaving from the SIP ports (UDP datagrams, and
+//! TCP segments that start an answer; the device is then the connection) and judges the
 //! source each goes to (sipfilter-common's `answers`). It never changes a packet; it drops
 //! one only to withhold the 2xx that proves a guessed password.
 
@@ -7,10 +8,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use network_types::udp::UdpHdr;
 use sipfilter_common::{
     answers::{charge, Answer, AnswerClass, AnswerState, Judgement},
-    config::{FLAG_TRUST, FLAG_WITHHOLD},
+    config::{transport, FLAG_TRUST, FLAG_WITHHOLD},
     counters::{ban_reason, AnswerKind},
     devices::{DeviceKey, DeviceState, NEW_DEVICE_BUDGET},
     scan::{
@@ -23,11 +23,12 @@ use sipfilter_common::{
 use crate::{
     bans::{ban, report, Cause},
     clock::now,
+    connections,
     maps::{
         PendingAnswer, ANSWER_HEADERS_SLOT, CONFIG, COUNTERS, CRACKED_EXTENSIONS, DEVICES, EGRESS_PROGRAMS,
         EXTENSION_SLOT, IDENTIFY_SLOT, JUDGE_ANSWER_SLOT, KNOWN_SOURCES, NEW_DEVICE, PENDING_ANSWER,
     },
-    parse::{load_address, parse_l3, udp_ports, Datagram, ScanWindow, L3},
+    parse::{load_address, parse_l3, Datagram, Headers, ScanWindow, L3},
     source_state::{ensure_fresh, existing_state, top_up},
 };
 
@@ -68,17 +69,27 @@ pub fn sipfilter_answers(ctx: TcContext) -> i32 {
 /// addresses say in [`PENDING_ANSWER`] and starts its header scan there.
 #[inline(always)]
 fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) -> Option<&'static mut PendingAnswer> {
-    let L3::Udp(h) = parse_l3(ctx).laundered(&mut counters.scratch) else {
+    let L3::Transport(h) = parse_l3(ctx).laundered(&mut counters.scratch) else {
         return None;
     };
-    let Some((src_port_be, dst_port_be)) = udp_ports(ctx, &h) else {
-        return None;
-    };
-    if !config.is_sip_port(src_port_be) {
+    let (src_port_be, dst_port_be) = (h.src_port_be, h.dst_port_be);
+    if h.tcp {
+        match config.stream_transport(src_port_be) {
+            Some(transport::TCP) => {}
+            Some(_) => {
+                // TLS and WebSocket: nothing to read, but a close ends the connection's count.
+                closing(ctx, &h);
+                return None;
+            }
+            None => return None,
+        }
+        closing(ctx, &h);
+    } else if !config.is_sip_port(src_port_be) {
         return None;
     }
-    // The copy reads past the linear area of a socket buffer too.
-    let Some(bytes) = ScanWindow::of_skb(ctx, h.udp + UdpHdr::LEN) else {
+    // The copy reads past the linear area of a socket buffer too. A TCP segment is read
+    // when it starts an answer, as a datagram is.
+    let Some(bytes) = ScanWindow::of_skb(ctx, h.payload) else {
         return None;
     };
     if bytes.word(0) != Some(SIP_STATUS_LINE) {
@@ -131,6 +142,18 @@ fn read_answer(ctx: &TcContext, config: &KernelConfig, counters: &mut Counters) 
     pending.rounds = 0;
     pending.ready = 1;
     Some(pending)
+}
+
+/// The PBX closing (FIN or RST) a connection on a SIP stream port: it no longer counts
+/// toward its client's open connections.
+#[inline(always)]
+fn closing(ctx: &TcContext, h: &Headers) {
+    if !h.closing() {
+        return;
+    }
+    if let Some(peer) = load_address(ctx, h, true) {
+        connections::closed(&connections::connection_key(&peer, h.dst_port_be, h.src_port_be));
+    }
 }
 
 /// Finds the answer's headers, a round of [`MAX_LINES`](sipfilter_common::scan::MAX_LINES)

@@ -1,4 +1,5 @@
-//! The XDP program: judges each SIP request (and any datagram to a SIP port) as it arrives.
+//! The XDP program: judges each SIP request (and any datagram or segment to a SIP port) as it
+//! arrives.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -6,10 +7,11 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use network_types::udp::UdpHdr;
 use sipfilter_common::{
     calls::call_verdict,
-    config::{FLAG_CALLS, FLAG_QUARANTINE, FLAG_SCANNER_USER_AGENTS, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST},
+    config::{
+        transport, FLAG_CALLS, FLAG_QUARANTINE, FLAG_SCANNER_USER_AGENTS, FLAG_STEALTH, FLAG_STEALTH_ALL, FLAG_TRUST,
+    },
     counters::ban_reason,
     scan::Scan,
     sip::CLASSIFY_LEN,
@@ -19,12 +21,13 @@ use sipfilter_common::{
 use crate::{
     bans::{ban, Cause},
     clock::now,
+    connections,
     lists::listed,
     maps::{
-        wants, Inspection, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, COUNTERS, DENYLIST, INGRESS_PROGRAMS,
-        INSPECTION, INSPECT_SLOT,
+        wants, Inspection, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, CONNECTION_LIMITED, COUNTERS, DENYLIST,
+        INGRESS_PROGRAMS, INSPECTION, INSPECT_SLOT,
     },
-    parse::{load_address, parse_l3, ptr_at, udp_ports, Datagram, Headers, L3},
+    parse::{load_address, parse_l3, ptr_at, Datagram, Headers, L3},
     source_state::{ensure_fresh, source_state},
 };
 
@@ -84,10 +87,21 @@ fn finish(config: &KernelConfig, c: &mut Counters, outcome: Outcome) -> u32 {
     action
 }
 
+/// What a packet to a SIP port carries, as far as judging goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Message {
+    /// A SIP message: a datagram, or a TCP segment that starts one.
+    Sip(Method),
+    /// A connection's first SYN.
+    Connect,
+    /// A TCP segment with nothing to read: judged by the lists and bans alone.
+    Segment,
+}
+
 #[inline(always)]
 fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters) -> Outcome {
     let h = match parse_l3(ctx) {
-        L3::Udp(h) => crate::parse::launder(h, &mut counters.scratch),
+        L3::Transport(h) => crate::parse::launder(h, &mut counters.scratch),
         L3::Other(outcome, h) => {
             // With scope "all", a banned or denylisted source loses its non-SIP traffic too.
             if config.scope_all() {
@@ -100,21 +114,36 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         L3::Skip(o) => return o,
     };
 
-    let Some((_, dst_port_be)) = udp_ports(ctx, &h) else {
-        return Outcome::Malformed;
+    let transport = if h.tcp {
+        config.stream_transport(h.dst_port_be)
+    } else if config.is_sip_port(h.dst_port_be) {
+        Some(transport::UDP)
+    } else {
+        None
     };
-    if !config.is_sip_port(dst_port_be) {
+    let Some(transport) = transport else {
         if config.scope_all() {
             if let Some(o) = load_address(ctx, &h, false).and_then(|d| source_block(&d, config, now(config))) {
                 return o;
             }
         }
         return Outcome::NotSipPort;
+    };
+    // Counted on the first pass only (the inspection hands a request back for a second)
+    // rather than uncounted before the tail call: nothing about the transport then stays
+    // live into the judging, and the verifier walks it nearly once for UDP and TCP alike
+    // (measured: 535,000 instructions processed the other way, 359,000 this way).
+    if INSPECTION.get(0).is_none_or(|i| i.done == 0) {
+        if let Some(n) = counters.transports.get_mut(transport) {
+            *n += 1;
+        }
     }
 
-    let (_, method) = sip_message(ctx, &h);
-    if let Some(m) = counters.methods.get_mut(method as usize) {
-        *m += 1;
+    let message = message(ctx, &h, transport, counters);
+    if let Message::Sip(method) = message {
+        if let Some(m) = counters.methods.get_mut(method as usize) {
+            *m += 1;
+        }
     }
 
     let Some(dgram) = load_address(ctx, &h, false) else {
@@ -132,8 +161,11 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     state.last_seen_ns = now;
     ensure_fresh(state, &dgram, config, now);
 
-    // What `sipfilter top` shows: every SIP message of the source, and every one dropped.
-    state.requests += 1;
+    // What `sipfilter top` shows: every SIP message and new connection of the source, and
+    // every packet dropped.
+    if message != Message::Segment {
+        state.requests += 1;
+    }
     let (allowed, denied) = if dgram.is_v6 && !config.v6_lists_by_prefix() {
         // List status is cached per source key, which for IPv6 is a whole prefix; while some
         // list entry is longer than that prefix its addresses may be listed differently, so
@@ -158,6 +190,30 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     }
     // Without the answers program nobody can earn trust: everyone is judged as known was.
     let known = !config.flag(FLAG_TRUST) || state.answers.known_until_ns > now;
+    let method = match message {
+        Message::Sip(method) => method,
+        Message::Connect => {
+            let outcome = connection_budget(config, counters, state, &key, known, now);
+            if outcome == Outcome::Connection {
+                connections::opened(&connections::connection_key(&dgram, h.src_port_be, h.dst_port_be), now);
+            }
+            return outcome;
+        }
+        Message::Segment => {
+            if h.tcp {
+                let conn = connections::connection_key(&dgram, h.src_port_be, h.dst_port_be);
+                if h.closing() {
+                    connections::closed(&conn);
+                } else {
+                    connections::touched(&conn, now);
+                }
+            }
+            return Outcome::Segment;
+        }
+    };
+    // A connection's data keeps it from the idle sweep through the segments that carry no
+    // message (the ACKs of the PBX's answers, keep-alives): touching it here too would make
+    // the verifier walk the judging once more for TCP.
     let wanted = match judge_request(config, counters, state, method, known, now) {
         Judged::Drop(outcome, reason) => {
             state.drops += 1;
@@ -182,6 +238,75 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         inspect(ctx, counters, state, method, wanted);
     }
     outcome
+}
+
+/// What a packet to a SIP port of `transport` carries. A datagram is a SIP message; a TCP
+/// segment is one when it starts one (a phone's REGISTER and the PBX's answer each fill
+/// their own segment in the common case); TLS and WebSocket carry nothing readable.
+#[inline(always)]
+fn message(ctx: &XdpContext, h: &Headers, transport: usize, counters: &mut Counters) -> Message {
+    if !h.tcp {
+        return Message::Sip(sip_message(ctx, h).1);
+    }
+    if h.syn() {
+        return Message::Connect;
+    }
+    if transport != transport::TCP {
+        return Message::Segment;
+    }
+    let (_, method) = sip_message(ctx, h);
+    if method != Method::Unknown {
+        return Message::Sip(method);
+    }
+    // Data that starts no message (a continuation, or the rest after a first message) is
+    // never judged; an ACK, a keep-alive's CRLFs or Ethernet padding is not data enough to
+    // count.
+    if ptr_at::<[u8; 8], XdpContext>(ctx, h.payload).is_some() {
+        counters.segments_uninspected += 1;
+    }
+    Message::Segment
+}
+
+/// The connection budgets of a SYN: every source draws from its flood bucket (emptying it
+/// bans, as a REGISTER flood does); an unknown source also from its tight one (over it the
+/// SYN is dropped: the phone retransmits it); and a source the agent found at its open
+/// connection limit has its SYNs dropped until it closes some.
+#[inline(always)]
+fn connection_budget(
+    config: &KernelConfig,
+    counters: &mut Counters,
+    state: &mut RateState,
+    key: &SourceKey,
+    known: bool,
+    now: u64,
+) -> Outcome {
+    let flood = &config.connections.flood;
+    if !state.connect.take(now, flood.rate_per_sec as u64, flood.burst as u64) {
+        state.drops += 1;
+        let cause = Cause {
+            reason: ban_reason::CONNECTION_FLOOD,
+            method: Method::Unknown,
+            answers: None,
+            port: 0,
+        };
+        state.ban_until_ns = ban(config, counters, key, &cause, now);
+        return Outcome::RateConnection;
+    }
+    if !known {
+        let tight = &config.connections.unknown;
+        if !state
+            .connect_tight
+            .take(now, tight.rate_per_sec as u64, tight.burst as u64)
+        {
+            state.drops += 1;
+            return Outcome::ConnectionThrottled;
+        }
+    }
+    if unsafe { CONNECTION_LIMITED.get(key) }.is_some() {
+        state.drops += 1;
+        return Outcome::ConnectionThrottled;
+    }
+    Outcome::Connection
 }
 
 /// `Judged::Drop`'s "drop, but ban nobody".
@@ -346,12 +471,12 @@ fn findings(insp: &Inspection, counters: &mut Counters, state: &mut RateState, k
     }
 }
 
-/// Where a datagram's SIP message starts and what it is. Receivers ignore CRLFs before the
+/// Where a datagram's (or segment's) SIP message starts and what it is. Receivers ignore CRLFs before the
 /// start line (RFC 3261 §7.5), so a REGISTER sent as "\r\nREGISTER …" is still a REGISTER,
 /// not a cheap way into the looser bucket.
 #[inline(always)]
 pub fn sip_message(ctx: &XdpContext, h: &Headers) -> (usize, Method) {
-    let mut payload = h.udp + UdpHdr::LEN;
+    let mut payload = h.payload;
     for _ in 0..2 {
         match ptr_at::<[u8; 2], XdpContext>(ctx, payload) {
             Some(p) if unsafe { *p } == *b"\r\n" => payload += 2,

@@ -1,7 +1,8 @@
 //! The sipfilter kernel programs.
 //!
-//! - `sipfilter` (XDP, ingress): parse, classify, then for a SIP datagram (UDP to a
-//!   configured SIP port): allowlist → pass; denylist → drop; active ban → drop; stealth and
+//! - `sipfilter` (XDP, ingress): parse, classify, then for a SIP datagram or segment (UDP,
+//!   TCP, TLS or WebSocket to a configured SIP port; a TCP segment that starts a SIP message
+//!   is read like a datagram, a SYN meets the connection budgets): allowlist → pass; denylist → drop; active ban → drop; stealth and
 //!   quarantine for sources that are neither known nor allowlisted; the token bucket of the
 //!   source's trust tier → pass, or drop and ban ([`ingress`]).
 //! - `sipfilter_answers` (TC, egress): reads the PBX's answers leaving from the SIP ports and
@@ -18,6 +19,8 @@
 mod bans;
 #[cfg(target_arch = "bpf")]
 mod clock;
+#[cfg(target_arch = "bpf")]
+mod connections;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]

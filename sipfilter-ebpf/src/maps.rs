@@ -8,9 +8,9 @@ use sipfilter_common::{
     calls::{CallKey, CallTimes, DestinationRule, NumberKey},
     devices::{DeviceKey, DeviceState},
     maps::{
-        BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CALL_EVENTS_BYTES, CALL_SOURCES_SIZE, CRACKED_SIZE, DESTINATIONS_SIZE,
-        DEVICES_SIZE, KNOWN_SOURCES_SIZE, LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS,
-        RECENT_CALLS_SIZE,
+        Connection, ConnectionKey, BAN_EVENTS_BYTES, BAN_TABLE_SIZE, CALL_EVENTS_BYTES, CALL_SOURCES_SIZE,
+        CONNECTIONS_SIZE, CONNECTION_LIMITED_SIZE, CRACKED_SIZE, DESTINATIONS_SIZE, DEVICES_SIZE, KNOWN_SOURCES_SIZE,
+        LIST_SIZE, OFFENSE_HISTORY_SIZE, RATE_OVERFLOW_SIZE, RATE_STATE_SLOTS, RECENT_CALLS_SIZE,
     },
     scan::Extension,
     scan::Scan,
@@ -200,3 +200,14 @@ pub static DEVICES: LruHashMap<DeviceKey, DeviceState> = LruHashMap::pinned(DEVI
 /// the stack next to the rest of the judge.
 #[map(name = "new_device")]
 pub static NEW_DEVICE: PerCpuArray<DeviceState> = PerCpuArray::with_max_entries(1, 0);
+
+/// TCP connections open to the SIP stream ports (see `connections`): added on an accepted
+/// SYN, touched by data, removed on FIN or RST in either direction, and swept by the agent
+/// when idle.
+#[map(name = "connections")]
+pub static CONNECTIONS: LruHashMap<ConnectionKey, Connection> = LruHashMap::pinned(CONNECTIONS_SIZE, 0);
+
+/// Sources at their open-connection limit, marked by the agent from its count of
+/// [`CONNECTIONS`]: their SYNs are dropped (the value: when the mark was made).
+#[map(name = "connection_limited")]
+pub static CONNECTION_LIMITED: HashMap<SourceKey, u64> = HashMap::pinned(CONNECTION_LIMITED_SIZE, 0);

@@ -1,6 +1,6 @@
 //! Parsing Ethernet (with up to two VLAN tags), IPv4 and IPv6 (with a bounded extension-header
-//! walk) down to UDP, for both programs: `Frame` hides whether the bytes are an XDP frame or a
-//! socket buffer.
+//! walk) down to UDP or TCP, for both programs: `Frame` hides whether the bytes are an XDP
+//! frame or a socket buffer.
 
 use aya_ebpf::{
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
@@ -9,6 +9,7 @@ use aya_ebpf::{
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
     udp::UdpHdr,
     vlan::VlanHdr,
 };
@@ -26,6 +27,12 @@ const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
 const ETH_P_IP: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
+/// TCP flags (the header's 14th byte).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -204,15 +211,36 @@ impl Bytes for ScanWindow {
     }
 }
 
-/// Where a parsed frame's IP and UDP headers start.
+/// Where a parsed frame's IP header and payload start, and what its UDP or TCP header says.
 #[derive(Clone, Copy)]
 pub struct Headers {
     pub l3: usize,
-    pub udp: usize,
+    /// The UDP or TCP payload.
+    pub payload: usize,
     pub v6: bool,
     /// A first fragment: the datagram goes on in fragments this program never sees together,
     /// so what a scan does not find may lie in them.
     pub first_fragment: bool,
+    /// A TCP segment (else a UDP datagram), with its flags (`TCP_*`).
+    pub tcp: bool,
+    pub tcp_flags: u8,
+    /// Ports, network byte order.
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+}
+
+impl Headers {
+    /// A connection's first SYN (not the SYN-ACK).
+    #[inline(always)]
+    pub fn syn(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A FIN or RST: the connection is closing.
+    #[inline(always)]
+    pub fn closing(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
 }
 
 /// An address of a datagram (its source on ingress, its destination on egress), read from
@@ -249,9 +277,9 @@ impl Datagram {
 /// What parsing the L2/L3 headers found.
 #[derive(Clone, Copy)]
 pub enum L3 {
-    /// A UDP datagram (first fragment or unfragmented): judge it.
-    Udp(Headers),
-    /// An IP packet with no UDP header to judge.
+    /// A UDP datagram or TCP segment (first fragment or unfragmented): judge it.
+    Transport(Headers),
+    /// An IP packet with no UDP or TCP header to judge.
     Other(Outcome, Headers),
     /// Not judged at all (not IP, or malformed).
     Skip(Outcome),
@@ -262,15 +290,15 @@ pub enum L3 {
 /// the rest of the program in one state. Older verifiers (Debian 12's 6.1) do not prune those
 /// paths and walk the whole program once for each.
 #[inline(always)]
-pub fn launder(h: Headers, scratch: &mut [u64; 2]) -> Headers {
+pub fn launder(h: Headers, scratch: &mut [u64; 4]) -> Headers {
     // SAFETY: this CPU's counters record (see `Counters::scratch`).
     unsafe {
         let slot = scratch.as_mut_ptr();
         core::ptr::write_volatile(slot, h.l3 as u64);
-        core::ptr::write_volatile(slot.add(1), h.udp as u64);
+        core::ptr::write_volatile(slot.add(1), h.payload as u64);
         Headers {
             l3: (core::ptr::read_volatile(slot) as usize) & (2 * MAX_L4_OFFSET - 1),
-            udp: (core::ptr::read_volatile(slot.add(1)) as usize) & (2 * MAX_L4_OFFSET - 1),
+            payload: (core::ptr::read_volatile(slot.add(1)) as usize) & (2 * MAX_L4_OFFSET - 1),
             ..h
         }
     }
@@ -306,22 +334,56 @@ pub fn parse_l3<F: Frame>(ctx: &F) -> L3 {
 }
 
 impl L3 {
-    /// A UDP datagram's offsets laundered (see [`launder`]); anything else as it is.
+    /// A datagram's or segment's offsets laundered (see [`launder`]); anything else as it is.
     #[inline(always)]
-    pub fn laundered(self, scratch: &mut [u64; 2]) -> L3 {
+    pub fn laundered(self, scratch: &mut [u64; 4]) -> L3 {
         match self {
-            L3::Udp(h) => L3::Udp(launder(h, scratch)),
+            L3::Transport(h) => L3::Transport(launder(h, scratch)),
             other => other,
         }
     }
 }
 
-/// UDP source and destination ports (network byte order).
+/// Reads the UDP or TCP header at `l4`: ports, TCP flags, where the payload starts.
 #[inline(always)]
-pub fn udp_ports<F: Frame>(ctx: &F, h: &Headers) -> Option<(u16, u16)> {
-    let udp = ptr_at::<UdpHdr, F>(ctx, h.udp)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { Some((u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst))) }
+fn parse_l4<F: Frame>(ctx: &F, mut h: Headers, l4: usize, proto: u8) -> L3 {
+    if proto == IPPROTO_UDP {
+        let Some(udp) = ptr_at::<UdpHdr, F>(ctx, l4) else {
+            return L3::Skip(Outcome::Malformed);
+        };
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            h.src_port_be = u16::from_ne_bytes((*udp).src);
+            h.dst_port_be = u16::from_ne_bytes((*udp).dst);
+        }
+        h.payload = l4 + UdpHdr::LEN;
+        return L3::Transport(h);
+    }
+    if proto != IPPROTO_TCP {
+        return L3::Other(Outcome::OtherTransport, h);
+    }
+    let Some(tcp) = ptr_at::<TcpHdr, F>(ctx, l4) else {
+        return L3::Skip(Outcome::Malformed);
+    };
+    // SAFETY: bounds checked by ptr_at; the data offset and flags are bytes 12 and 13.
+    let (src, dst, doff, flags) = unsafe {
+        let b = tcp as *const u8;
+        (
+            u16::from_ne_bytes((*tcp).source),
+            u16::from_ne_bytes((*tcp).dest),
+            (*b.add(12) >> 4) as usize * 4,
+            *b.add(13),
+        )
+    };
+    if doff < TcpHdr::LEN {
+        return L3::Skip(Outcome::Malformed);
+    }
+    h.tcp = true;
+    h.tcp_flags = flags;
+    h.src_port_be = src;
+    h.dst_port_be = dst;
+    h.payload = l4 + doff;
+    L3::Transport(h)
 }
 
 /// Reads the source (`destination` false) or destination address of a parsed datagram
@@ -371,19 +433,20 @@ fn parse_ipv4<F: Frame>(ctx: &F, offset: usize) -> L3 {
     }
     let h = Headers {
         l3: offset,
-        udp: offset + ihl,
+        payload: 0,
         v6: false,
         // More Fragments (flags bit 0x20 of the first byte).
         first_fragment: ip.frags[0] & 0x20 != 0,
+        tcp: false,
+        tcp_flags: 0,
+        src_port_be: 0,
+        dst_port_be: 0,
     };
-    // Fragment offset (13 bits) non-zero: a later fragment, which has no UDP header.
+    // Fragment offset (13 bits) non-zero: a later fragment, which has no UDP or TCP header.
     if (ip.frags[0] & 0x1f) != 0 || ip.frags[1] != 0 {
         return L3::Other(Outcome::Fragment, h);
     }
-    if ip.proto != IPPROTO_UDP {
-        return L3::Other(Outcome::NotUdp, h);
-    }
-    L3::Udp(h)
+    parse_l4(ctx, h, offset + ihl, ip.proto)
 }
 
 #[inline(always)]
@@ -430,19 +493,22 @@ fn parse_ipv6<F: Frame>(ctx: &F, offset: usize) -> L3 {
     }
     let h = Headers {
         l3: offset,
-        udp: l4,
+        payload: 0,
         v6: true,
         first_fragment: more_fragments,
+        tcp: false,
+        tcp_flags: 0,
+        src_port_be: 0,
+        dst_port_be: 0,
     };
     if fragment {
         return L3::Other(Outcome::Fragment, h);
     }
     match next {
-        IPPROTO_UDP => L3::Udp(h),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
             // More extension headers than the bounded walk covers.
             L3::Skip(Outcome::Malformed)
         }
-        _ => L3::Other(Outcome::NotUdp, h),
+        _ => parse_l4(ctx, h, l4, next),
     }
 }

@@ -111,7 +111,7 @@ pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
         return XDP_PASS;
     };
     let bytes = if insp.rounds == 0 {
-        let L3::Udp(h) = parse_l3(&ctx) else {
+        let L3::Transport(h) = parse_l3(&ctx) else {
             return judge(&ctx, insp);
         };
         let (payload, _) = sip_message(&ctx, &h);
@@ -230,7 +230,7 @@ fn try_calls(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counters, i
     // rules, its event and its counters once per call.
     let rule = destination(&number.key_bytes(), number.len);
     let deny = denies(rule);
-    let L3::Udp(h) = parse_l3(ctx) else {
+    let L3::Transport(h) = parse_l3(ctx) else {
         return call_verdict::PASS;
     };
     let Some(dgram) = load_address(ctx, &h, false) else {

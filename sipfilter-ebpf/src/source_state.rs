@@ -81,6 +81,14 @@ pub fn reset_state(state: &mut RateState, config: &KernelConfig, key: SourceKey,
             let burst = config.unknown_limits.get(i).map_or(0, |l| l.burst as u64);
             put(bucket, TokenBucket::full(burst, now));
         }
+        put(
+            &mut state.connect,
+            TokenBucket::full(config.connections.flood.burst as u64, now),
+        );
+        put(
+            &mut state.connect_tight,
+            TokenBucket::full(config.connections.unknown.burst as u64, now),
+        );
         put(&mut state.last_seen_ns, now);
         put(&mut state.requests, 0);
         put(&mut state.drops, 0);
@@ -169,6 +177,10 @@ pub fn top_up(state: &mut RateState, config: &KernelConfig) {
                 bucket.tokens = full;
             }
         }
+    }
+    let full = config.connections.flood.burst as u64 * sipfilter_common::bucket::TOKEN;
+    if state.connect.tokens < full {
+        state.connect.tokens = full;
     }
 }
 

@@ -11,11 +11,12 @@ use std::{
 };
 
 use serde::Deserialize;
+pub use sipfilter_common::config::ConnectionLimits;
 use sipfilter_common::{
     calls::{CallConfig, MAX_CALLS_LIMIT},
     config::{
         defaults, ipv6_mask, FLAG_CALLS, FLAG_MONITOR, FLAG_SCANNER_USER_AGENTS, FLAG_SCOPE_ALL, FLAG_STEALTH,
-        FLAG_STEALTH_ALL, FLAG_TRUST, FLAG_WITHHOLD, MAX_BURST, MAX_RATE, MAX_SIP_PORTS,
+        FLAG_STEALTH_ALL, FLAG_TRUST, FLAG_WITHHOLD, MAX_BURST, MAX_OPAQUE_PORTS, MAX_RATE, MAX_SIP_PORTS,
     },
     dialed::{DialPlan, Digits},
     user_agent::{ScannerUserAgents, DEFAULT_TOKENS},
@@ -88,7 +89,14 @@ pub enum AttachMode {
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// UDP SIP ports (`[sip] ports`).
     pub sip_ports: Vec<u16>,
+    /// Plain TCP, TLS and WebSocket (WS and WSS) SIP ports (README, "Transports").
+    pub tcp_ports: Vec<u16>,
+    pub tls_ports: Vec<u16>,
+    pub websocket_ports: Vec<u16>,
+    /// `[connections]`: what each source may open on the stream ports.
+    pub connections: ConnectionSettings,
     /// Limits by class: register, invite, other.
     pub limits: [ClassLimit; 3],
     pub ban_duration: Duration,
@@ -234,6 +242,28 @@ fn plan_digits(text: &str) -> Result<Digits, String> {
     Digits::parse(text).ok_or_else(|| format!("'{text}' is not 1 to 8 digits"))
 }
 
+/// `[connections]`: new and open TCP connections per source, by tier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionSettings {
+    pub limits: ConnectionLimits,
+    /// A connection that carried nothing this long no longer counts as open (a phone that
+    /// lost power never sends its FIN). Phones keep their connection alive with CRLFs every
+    /// 30 to 120 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            limits: defaults::CONNECTIONS,
+            idle_timeout: Duration::from_secs(DEFAULT_CONNECTION_IDLE_SECS),
+        }
+    }
+}
+
+/// Ten minutes: five times a phone's longest keep-alive interval.
+pub const DEFAULT_CONNECTION_IDLE_SECS: u64 = 600;
+
 /// `[trust]`: judging sources by the PBX's answers (README, "How a packet is judged").
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrustSettings {
@@ -275,6 +305,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             sip_ports: vec![defaults::SIP_PORT],
+            tcp_ports: vec![defaults::SIP_PORT],
+            tls_ports: vec![defaults::TLS_PORT],
+            websocket_ports: Vec::new(),
+            connections: ConnectionSettings::default(),
             limits: [defaults::REGISTER, defaults::INVITE, defaults::OTHER],
             ban_duration: Duration::from_secs(defaults::BAN_BASE_SECS),
             ban_max: Duration::from_secs(defaults::BAN_MAX_SECS),
@@ -304,6 +338,8 @@ impl Config {
     pub fn kernel_config(&self) -> KernelConfig {
         let mut k = KernelConfig::default();
         k.set_sip_ports(&self.sip_ports);
+        k.set_stream_ports(&self.tcp_ports, &self.tls_ports, &self.websocket_ports);
+        k.connections = self.connections.limits;
         k.limits = self.limits;
         k.ban_base_ns = self.ban_duration.as_secs() * NS_PER_SEC;
         k.ban_max_ns = self.ban_max.as_secs() * NS_PER_SEC;
@@ -379,29 +415,110 @@ impl Config {
         let mut c = Config::default();
 
         if let Some(sip) = raw.sip {
-            if let Some(ports) = sip.ports {
-                let span = ports.span();
-                let ports = ports.into_inner();
-                if ports.is_empty() || ports.len() > MAX_SIP_PORTS {
-                    return Err(err(
-                        Some(span),
-                        Some("sip.ports"),
-                        format!("give 1 to {MAX_SIP_PORTS} ports"),
-                    ));
+            let ports = |v: Spanned<Vec<Spanned<i64>>>, field: &str, min: usize, max: usize, what: &str| {
+                let span = v.span();
+                let v = v.into_inner();
+                if v.len() < min || v.len() > max {
+                    return Err(err(Some(span), Some(field), format!("give {min} to {max} ports")));
                 }
-                let mut out = Vec::new();
-                for p in ports {
-                    let (span, v) = (p.span(), *p.get_ref());
-                    if !(1..=65535).contains(&v) {
+                let mut out: Vec<u16> = Vec::new();
+                for p in v {
+                    let (span, n) = (p.span(), *p.get_ref());
+                    if !(1..=65535).contains(&n) {
                         return Err(err(
                             Some(span),
-                            Some("sip.ports"),
-                            format!("{v} is not a UDP port (1-65535)"),
+                            Some(field),
+                            format!("{n} is not a {what} port (1-65535)"),
                         ));
                     }
-                    out.push(v as u16);
+                    if out.contains(&(n as u16)) {
+                        return Err(err(Some(span), Some(field), format!("{n} is listed twice")));
+                    }
+                    out.push(n as u16);
                 }
-                c.sip_ports = out;
+                Ok((out, span))
+            };
+            if let Some(v) = sip.ports {
+                c.sip_ports = ports(v, "sip.ports", 1, MAX_SIP_PORTS, "UDP")?.0;
+            }
+            // A TCP port carries one of TCP, TLS or WebSocket: the program reads what it
+            // carries by its port.
+            let mut stream: Vec<(u16, &str)> = Vec::new();
+            for (field, value, max, out) in [
+                ("sip.tcp_ports", sip.tcp_ports, MAX_SIP_PORTS, &mut c.tcp_ports),
+                ("sip.tls_ports", sip.tls_ports, MAX_OPAQUE_PORTS, &mut c.tls_ports),
+                (
+                    "sip.websocket_ports",
+                    sip.websocket_ports,
+                    MAX_OPAQUE_PORTS,
+                    &mut c.websocket_ports,
+                ),
+            ] {
+                let Some(value) = value else {
+                    for p in out.iter() {
+                        stream.push((*p, field));
+                    }
+                    continue;
+                };
+                let (list, span) = ports(value, field, 0, max, "TCP")?;
+                for p in &list {
+                    if let Some((_, other)) = stream.iter().find(|(q, _)| q == p) {
+                        return Err(err(
+                            Some(span.clone()),
+                            Some(field),
+                            format!("{p} is already in {other}: a TCP port carries one transport"),
+                        ));
+                    }
+                    stream.push((*p, field));
+                }
+                *out = list;
+            }
+        }
+
+        if let Some(conn) = raw.connections {
+            let l = &mut c.connections.limits;
+            let n = |v: &Spanned<i64>, field: &str, min: u64, max: u64| {
+                bounded(v, min, max).map_err(|m| err(Some(v.span()), Some(field), m))
+            };
+            if let Some(v) = &conn.rate {
+                l.flood.rate_per_sec = n(v, "connections.rate", 1, MAX_RATE)?;
+            }
+            if let Some(v) = &conn.burst {
+                l.flood.burst = n(v, "connections.burst", 1, MAX_BURST)?;
+            }
+            if let Some(v) = &conn.unknown_rate {
+                l.unknown.rate_per_sec = n(v, "connections.unknown_rate", 1, MAX_RATE)?;
+            }
+            if let Some(v) = &conn.unknown_burst {
+                l.unknown.burst = n(v, "connections.unknown_burst", 1, MAX_BURST)?;
+            }
+            if let Some(v) = &conn.known_open {
+                l.known_open = n(v, "connections.known_open", 0, 1_000_000)?;
+            }
+            if let Some(v) = &conn.unknown_open {
+                l.unknown_open = n(v, "connections.unknown_open", 0, 1_000_000)?;
+            }
+            if let Some(v) = &conn.idle_timeout {
+                let d = parse_duration(v.get_ref())
+                    .map_err(|m| err(Some(v.span()), Some("connections.idle_timeout"), m))?;
+                if d < Duration::from_secs(10) {
+                    return Err(err(
+                        Some(v.span()),
+                        Some("connections.idle_timeout"),
+                        "give at least 10s: phones send a keep-alive every 30 to 120 s".into(),
+                    ));
+                }
+                c.connections.idle_timeout = d;
+            }
+            if l.unknown.burst > l.flood.burst {
+                return Err(err(
+                    conn.unknown_burst.as_ref().map(|v| v.span()),
+                    Some("connections.unknown_burst"),
+                    format!(
+                        "{} is more than connections.burst ({}): an unknown source would be banned before it is throttled",
+                        l.unknown.burst, l.flood.burst
+                    ),
+                ));
             }
         }
 
@@ -651,6 +768,7 @@ pub fn read_cidr_file(path: &Path) -> Result<Vec<Cidr>, ConfigError> {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     sip: Option<RawSip>,
+    connections: Option<RawConnections>,
     limits: Option<RawLimits>,
     ban: Option<RawBan>,
     monitor: Option<bool>,
@@ -958,6 +1076,21 @@ struct RawTrust {
 #[serde(deny_unknown_fields)]
 struct RawSip {
     ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    tcp_ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    tls_ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    websocket_ports: Option<Spanned<Vec<Spanned<i64>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    rate: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    unknown_rate: Option<Spanned<i64>>,
+    unknown_burst: Option<Spanned<i64>>,
+    known_open: Option<Spanned<i64>>,
+    unknown_open: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1030,6 +1163,73 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn transports_and_connection_budgets() {
+        let c = parse(
+            "[sip]\nports = [5060]\ntcp_ports = [5060, 5070]\ntls_ports = []\nwebsocket_ports = [8088, 8089]\n\
+             [connections]\nrate = 30\nburst = 200\nunknown_rate = 3\nunknown_burst = 10\nknown_open = 100\n\
+             unknown_open = 4\nidle_timeout = \"5m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tcp_ports, vec![5060, 5070]);
+        assert!(c.tls_ports.is_empty());
+        assert_eq!(c.websocket_ports, vec![8088, 8089]);
+        let k = c.kernel_config();
+        use sipfilter_common::config::transport;
+        assert_eq!(k.stream_transport(5070u16.to_be()), Some(transport::TCP));
+        assert_eq!(k.stream_transport(5061u16.to_be()), None);
+        assert_eq!(k.stream_transport(8089u16.to_be()), Some(transport::WEBSOCKET));
+        assert_eq!(
+            k.connections.flood,
+            ClassLimit {
+                rate_per_sec: 30,
+                burst: 200
+            }
+        );
+        assert_eq!(
+            k.connections.unknown,
+            ClassLimit {
+                rate_per_sec: 3,
+                burst: 10
+            }
+        );
+        assert_eq!((k.connections.known_open, k.connections.unknown_open), (100, 4));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(300));
+        // Defaults: TCP 5060, TLS 5061, WebSocket off.
+        let k = Config::default().kernel_config();
+        assert_eq!(k.stream_transport(5060u16.to_be()), Some(transport::TCP));
+        assert_eq!(k.stream_transport(5061u16.to_be()), Some(transport::TLS));
+        assert_eq!(k.stream_transport(8088u16.to_be()), None);
+    }
+
+    #[test]
+    fn transport_errors_name_line_and_field() {
+        let e = parse("[sip]\ntcp_ports = [5060]\ntls_ports = [5061, 5060]\n").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/sipfilter.toml:3: sip.tls_ports: 5060 is already in sip.tcp_ports: a TCP port carries one transport"
+        );
+        let e = parse("[sip]\nwebsocket_ports = [8088, 70000]\n").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/sipfilter.toml:2: sip.websocket_ports: 70000 is not a TCP port (1-65535)"
+        );
+        let e = parse("[sip]\ntls_ports = [1, 2, 3, 4, 5]\n").unwrap_err();
+        assert_eq!(e, "/etc/sipfilter.toml:2: sip.tls_ports: give 0 to 4 ports");
+        let e = parse("[connections]\nidle_timeout = \"5s\"\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/sipfilter.toml:2: connections.idle_timeout: give at least 10s"),
+            "{e}"
+        );
+        let e = parse("[connections]\nburst = 10\nunknown_burst = 30\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/sipfilter.toml:3: connections.unknown_burst: 30 is more than"),
+            "{e}"
+        );
+        let e = parse("[sip]\ntcp_ports = [5060, 5060]\n").unwrap_err();
+        assert_eq!(e, "/etc/sipfilter.toml:2: sip.tcp_ports: 5060 is listed twice");
     }
 
     #[test]

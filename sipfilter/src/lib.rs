@@ -7,6 +7,7 @@ pub mod blocklist;
 pub mod bpffs;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod crowdsec;
 pub mod devices;
 pub mod dns;

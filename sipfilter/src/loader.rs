@@ -225,7 +225,7 @@ impl Loaded {
 /// The layout each pinned map must have for this version: (name, key size, value size,
 /// max entries). The loader reuses pins by name without comparing them, so a version that
 /// changed a layout would otherwise fail in the verifier, or worse, misread the data.
-fn expected_layouts() -> [(&'static str, usize, usize, u32); 18] {
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 20] {
     use sipfilter_common::{
         calls::{CallKey, CallTimes, DestinationRule, NumberKey},
         maps::*,
@@ -284,6 +284,13 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 18] {
             size_of::<sipfilter_common::devices::DeviceState>(),
             DEVICES_SIZE,
         ),
+        (
+            CONNECTIONS,
+            size_of::<ConnectionKey>(),
+            size_of::<Connection>(),
+            CONNECTIONS_SIZE,
+        ),
+        (CONNECTION_LIMITED, size_of::<SourceKey>(), 8, CONNECTION_LIMITED_SIZE),
     ]
 }
 

@@ -35,6 +35,9 @@ pub struct Expected {
 }
 
 const SIP_PORT: u16 = 5060;
+const TLS_PORT: u16 = 5061;
+/// The connection budgets' place beside the rate classes in the model's token maps.
+const CONNECT_CLASS: usize = 3;
 /// How far into a frame the program promises to find the UDP header (and reads the start of
 /// the SIP message); beyond it a frame is malformed for the program.
 const MAX_HEADERS: usize = 1024;
@@ -52,10 +55,10 @@ pub fn expect(frame: &[u8]) -> Expected {
 /// [`expect`], with the source address of a frame it accepts as SIP.
 pub fn expect_from(frame: &[u8]) -> (Expected, Option<IpAddr>) {
     let e = stateless(frame).0;
-    if e.outcome != Outcome::Accepted {
+    if !matches!(e.outcome, Outcome::Accepted | Outcome::Segment | Outcome::Connection) {
         return (e, None);
     }
-    // Accepted: the IP header is whole, after the tags.
+    // To a SIP port: the IP header is whole, after the tags.
     let mut at = 12;
     while matches!(be16(frame, at), Some(0x8100 | 0x88a8)) {
         at += 4;
@@ -112,21 +115,49 @@ fn parse(frame: &[u8]) -> (Expected, Option<usize>) {
             })
         }
     };
-    // UDP: eight bytes of header.
-    if l4 + 8 > frame.len() || l4 > MAX_HEADERS {
+    let (l4, tcp) = l4;
+    // UDP: eight bytes of header; TCP: twenty at least.
+    let header = if tcp { 20 } else { 8 };
+    if l4 + header > frame.len() || l4 > MAX_HEADERS {
         return verdict(malformed);
     }
     let Some(dport) = be16(frame, l4 + 2) else {
         return verdict(malformed);
     };
-    if dport != SIP_PORT {
+    let mut start = l4 + 8;
+    if tcp {
+        let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+        if doff < 20 {
+            return verdict(malformed);
+        }
+        // The defaults: plain TCP SIP on 5060, TLS on 5061.
+        if dport != SIP_PORT && dport != TLS_PORT {
+            return verdict(Expected {
+                outcome: Outcome::NotSipPort,
+                method: None,
+            });
+        }
+        let flags = frame[l4 + 13];
+        if flags & 0x12 == 0x02 {
+            return verdict(Expected {
+                outcome: Outcome::Connection,
+                method: None,
+            });
+        }
+        if dport == TLS_PORT {
+            return verdict(Expected {
+                outcome: Outcome::Segment,
+                method: None,
+            });
+        }
+        start = l4 + doff;
+    } else if dport != SIP_PORT {
         return verdict(Expected {
             outcome: Outcome::NotSipPort,
             method: None,
         });
     }
     // The message: receivers skip CRLFs before the start line (two at most here).
-    let mut start = l4 + 8;
     for _ in 0..2 {
         if frame.get(start..start + 2) == Some(b"\r\n") {
             start += 2;
@@ -136,6 +167,13 @@ fn parse(frame: &[u8]) -> (Expected, Option<usize>) {
         Some(head) => sipfilter_common::classify(head.try_into().expect("16 bytes")),
         None => Method::Unknown,
     };
+    // A TCP segment that starts no message is never judged.
+    if tcp && method == Method::Unknown {
+        return verdict(Expected {
+            outcome: Outcome::Segment,
+            method: None,
+        });
+    }
     (
         Expected {
             outcome: Outcome::Accepted,
@@ -145,8 +183,8 @@ fn parse(frame: &[u8]) -> (Expected, Option<usize>) {
     )
 }
 
-/// IPv4 at `at`: the UDP header's offset, or the verdict.
-fn ipv4(f: &[u8], at: usize) -> Result<usize, Expected> {
+/// IPv4 at `at`: the UDP or TCP header's offset (and whether TCP), or the verdict.
+fn ipv4(f: &[u8], at: usize) -> Result<(usize, bool), Expected> {
     let out = |o| Expected {
         outcome: o,
         method: None,
@@ -162,14 +200,16 @@ fn ipv4(f: &[u8], at: usize) -> Result<usize, Expected> {
     if fragment_offset != 0 {
         return Err(out(Outcome::Fragment));
     }
-    if f[at + 9] != 17 {
-        return Err(out(Outcome::NotUdp));
+    match f[at + 9] {
+        17 => Ok((at + ihl, false)),
+        6 => Ok((at + ihl, true)),
+        _ => Err(out(Outcome::OtherTransport)),
     }
-    Ok(at + ihl)
 }
 
-/// IPv6 at `at`, through its extension headers: the UDP header's offset, or the verdict.
-fn ipv6(f: &[u8], at: usize) -> Result<usize, Expected> {
+/// IPv6 at `at`, through its extension headers: the UDP or TCP header's offset (and whether
+/// TCP), or the verdict.
+fn ipv6(f: &[u8], at: usize) -> Result<(usize, bool), Expected> {
     let out = |o| Expected {
         outcome: o,
         method: None,
@@ -209,9 +249,10 @@ fn ipv6(f: &[u8], at: usize) -> Result<usize, Expected> {
         return Err(out(Outcome::Fragment));
     }
     match next {
-        17 => Ok(l4),
+        17 => Ok((l4, false)),
+        6 => Ok((l4, true)),
         0 | 43 | 60 | 44 => Err(out(Outcome::Malformed)),
-        _ => Err(out(Outcome::NotUdp)),
+        _ => Err(out(Outcome::OtherTransport)),
     }
 }
 
@@ -457,12 +498,12 @@ impl Model {
     pub fn judge(&mut self, frame: &[u8]) -> Expected {
         let (e, source) = expect_from(frame);
         let start = stateless(frame).1;
-        let (Some(method), Some(source)) = (e.method, source) else {
+        let Some(source) = source else {
             return e;
         };
         let outcome = |outcome| Expected {
             outcome,
-            method: Some(method),
+            method: e.method,
         };
         // The allowlist before everything (an allowlisted address is never dropped), then the
         // denylist, then a ban.
@@ -476,6 +517,28 @@ impl Model {
             return outcome(Outcome::Banned);
         }
         let known = self.known.contains(&source);
+        let Some(method) = e.method else {
+            // A TCP segment: nothing more to judge, or a SYN and its connection budgets (the
+            // defaults: 150 back to back for every source, banning; 20 for an unknown one).
+            if e.outcome != Outcome::Connection {
+                return e;
+            }
+            let left = self.tokens.entry((source, CONNECT_CLASS)).or_insert(150);
+            if *left == 0 {
+                self.banned.insert(source);
+                return outcome(Outcome::RateConnection);
+            }
+            *left -= 1;
+            if known {
+                return e;
+            }
+            let tight = self.tight.entry((source, CONNECT_CLASS)).or_insert(20);
+            if *tight == 0 {
+                return outcome(Outcome::ConnectionThrottled);
+            }
+            *tight -= 1;
+            return e;
+        };
         // An unknown source's request (not an answer or a keep-alive) is read for its
         // User-Agent, once it is within its rate.
         let read = !known && self.scanners.is_some() && !matches!(method, Method::Response | Method::Unknown);

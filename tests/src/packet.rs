@@ -32,8 +32,18 @@ pub enum L3 {
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Udp { sport: u16, dport: u16 },
-    Tcp { sport: u16, dport: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// A TCP segment with these flags (0x18 PSH|ACK for data, 0x02 a SYN) and this many
+    /// bytes of options (NOPs).
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        options_len: usize,
+    },
     Icmp,
 }
 
@@ -196,9 +206,45 @@ impl PacketBuilder {
         self
     }
 
+    /// The payload in a TCP data segment (PSH|ACK) instead of a datagram.
     pub fn tcp(mut self) -> Self {
         if let L4::Udp { sport, dport } = self.l4 {
-            self.l4 = L4::Tcp { sport, dport };
+            self.l4 = L4::Tcp {
+                sport,
+                dport,
+                flags: 0x18,
+                options_len: 0,
+            };
+        }
+        self
+    }
+
+    /// A TCP segment with these flags (made TCP first if it was not).
+    pub fn tcp_flags(mut self, f: u8) -> Self {
+        self = self.tcp();
+        if let L4::Tcp { flags, .. } = &mut self.l4 {
+            *flags = f;
+        }
+        self
+    }
+
+    /// No payload (an ACK, FIN or RST).
+    pub fn truncate_payload(mut self) -> Self {
+        self.payload.clear();
+        self
+    }
+
+    /// A connection's first SYN, with no payload.
+    pub fn syn(mut self) -> Self {
+        self.payload.clear();
+        self.tcp_flags(0x02)
+    }
+
+    /// TCP options (a multiple of 4 bytes, at most 40).
+    pub fn tcp_options(mut self, len: usize) -> Self {
+        self = self.tcp();
+        if let L4::Tcp { options_len, .. } = &mut self.l4 {
+            *options_len = len;
         }
         self
     }
@@ -347,13 +393,19 @@ impl PacketBuilder {
                 out.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
                 out.extend_from_slice(&[0, 0]);
             }
-            L4::Tcp { sport, dport } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                options_len,
+            } => {
                 out.extend_from_slice(&sport.to_be_bytes());
                 out.extend_from_slice(&dport.to_be_bytes());
                 out.extend_from_slice(&[0; 8]);
-                out.push(5 << 4);
-                out.push(0x02);
+                out.push((((20 + options_len) / 4) as u8) << 4);
+                out.push(flags);
                 out.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+                out.extend(std::iter::repeat_n(1u8, options_len));
             }
             L4::Icmp => out.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]),
         }

@@ -172,22 +172,86 @@ fn table() -> Vec<Row> {
             None,
         ));
     }
+    // TCP: a segment that starts a message is read like a datagram; the rest is judged by
+    // the lists and bans alone.
     rows.push(pass(
-        "TCP to 5060",
+        "TCP: a REGISTER at the start of a segment",
         P::sip4(src4(), "REGISTER").tcp().build().bytes,
-        Outcome::NotUdp,
+        Outcome::Accepted,
+        Some(Method::Register),
+    ));
+    rows.push(pass(
+        "TCP: a REGISTER after 12 bytes of options",
+        P::sip4(src4(), "REGISTER").tcp_options(12).build().bytes,
+        Outcome::Accepted,
+        Some(Method::Register),
+    ));
+    rows.push(pass(
+        "TCP: a SYN",
+        P::sip4(src4(), "REGISTER").syn().build().bytes,
+        Outcome::Connection,
+        None,
+    ));
+    for (what, flags) in [("an ACK", 0x10), ("a FIN", 0x11), ("an RST", 0x04), ("a SYN-ACK", 0x12)] {
+        let mut b = P::sip4(src4(), "REGISTER").tcp_flags(flags);
+        b = b.truncate_payload();
+        rows.push(pass(format!("TCP: {what}"), b.build().bytes, Outcome::Segment, None));
+    }
+    rows.push(pass(
+        "TCP: a continuation (no start line)",
+        P::udp4(
+            src4(),
+            dst4(),
+            40000,
+            5060,
+            b"Contact: <sip:201@10.0.0.2;transport=tcp>\r\n\r\n",
+        )
+        .tcp()
+        .build()
+        .bytes,
+        Outcome::Segment,
+        None,
+    ));
+    rows.push(pass(
+        "TCP: TLS data to 5061",
+        P::udp4(
+            src4(),
+            dst4(),
+            40000,
+            5061,
+            &[0x17, 0x03, 0x03, 0, 40, 1, 2, 3, 4, 5, 6, 7],
+        )
+        .tcp()
+        .build()
+        .bytes,
+        Outcome::Segment,
+        None,
+    ));
+    rows.push(pass(
+        "TCP to another port",
+        P::udp4(src4(), dst4(), 40000, 5070, &sip_request("REGISTER", "201"))
+            .tcp()
+            .build()
+            .bytes,
+        Outcome::NotSipPort,
         None,
     ));
     rows.push(pass(
         "ICMP echo",
         P::sip4(src4(), "REGISTER").icmp().build().bytes,
-        Outcome::NotUdp,
+        Outcome::OtherTransport,
         None,
     ));
     rows.push(pass(
-        "IPv6 TCP to 5060",
+        "IPv6 TCP: a REGISTER",
         P::sip6(src6(), "REGISTER").tcp().build().bytes,
-        Outcome::NotUdp,
+        Outcome::Accepted,
+        Some(Method::Register),
+    ));
+    rows.push(pass(
+        "IPv6 TCP: a SYN",
+        P::sip6(src6(), "REGISTER").syn().build().bytes,
+        Outcome::Connection,
         None,
     ));
     rows.push(pass(
@@ -302,8 +366,8 @@ fn table() -> Vec<Row> {
     rows.push(pass(
         "IPv6 TCP after a hop-by-hop header",
         P::sip6(src6(), "REGISTER").ext(0, 8).tcp().build().bytes,
-        Outcome::NotUdp,
-        None,
+        Outcome::Accepted,
+        Some(Method::Register),
     ));
 
     // VLAN tags.
@@ -368,8 +432,8 @@ fn table() -> Vec<Row> {
             .tcp()
             .build()
             .bytes,
-        Outcome::NotUdp,
-        None,
+        Outcome::Accepted,
+        Some(Method::Register),
     ));
 
     // Truncated frames: cut at every layer boundary and inside every header.
@@ -658,9 +722,9 @@ fn answer_table() -> Vec<AnswerRow> {
         uninspected: false,
     });
     rows.push(AnswerRow {
-        what: "TCP from the SIP port".into(),
-        frame: P::udp4(dst4(), src4(), 5060, 5060, &full).tcp().build().bytes,
-        kind: None,
+        what: "a 401 over TCP from the SIP port".into(),
+        frame: P::udp4(dst4(), src4(), 5060, 40000, &full).tcp().build().bytes,
+        kind: Some(AnswerKind::Challenge),
         uninspected: false,
     });
     rows.push(AnswerRow {

@@ -78,30 +78,45 @@ fn burst_within_limit_passes_then_first_excess_packet_drops_and_bans() -> anyhow
     )?;
     f.expect(&frame, XDP_DROP, "REGISTER from the banned source")?;
     assert!(f.ban_events().is_empty());
-    // Non-SIP traffic from it still flows under the default "sip" scope.
+    // SIP over TCP from it drops too (a ban covers every SIP transport) ...
     f.expect(
         &P::sip4(attacker, "REGISTER").tcp().build().bytes,
+        XDP_DROP,
+        "SIP over TCP from the banned source",
+    )?;
+    // ... and its non-SIP traffic still flows under the default "sip" scope.
+    f.expect(
+        &P::udp4(
+            attacker,
+            Ipv4Addr::new(192, 0, 2, 1),
+            40000,
+            443,
+            b"GET / HTTP/1.1\r\n\r\n",
+        )
+        .tcp()
+        .build()
+        .bytes,
         XDP_PASS,
-        "TCP from the banned source",
+        "TCP to port 443 from the banned source",
     )?;
     // Another source is unaffected.
     f.expect(&register(v4(67)), XDP_PASS, "REGISTER from another source")?;
 
     // What `top` shows for it: every SIP message, and every one dropped (1 over the limit,
-    // 2 while banned).
+    // 3 while banned, one of them over TCP).
     let (_, state) = f
         .maps()
         .rate_states()?
         .into_iter()
         .find(|(k, _)| *k == e.source)
         .expect("slot");
-    assert_eq!((state.requests, state.drops), (burst as u64 + 3, 3));
+    assert_eq!((state.requests, state.drops), (burst as u64 + 4, 4));
 
     let c = f.counters()?;
     assert_eq!(c.outcome(Outcome::RateRegister), 1);
-    assert_eq!(c.outcome(Outcome::Banned), 2);
+    assert_eq!(c.outcome(Outcome::Banned), 3);
     assert_eq!(c.bans[RateClass::Register as usize], 1);
-    assert_eq!(c.verdict(Verdict::Drop), 3);
+    assert_eq!(c.verdict(Verdict::Drop), 4);
     Ok(())
 }
 

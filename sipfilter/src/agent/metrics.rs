@@ -32,6 +32,10 @@ pub struct Metrics {
     calls_checked: IntCounter,
     calls_blocked: IntCounterVec,
     requests_uninspected: IntCounter,
+    transports: IntCounterVec,
+    segments_uninspected: IntCounter,
+    open_connections: IntGauge,
+    connection_limited: IntGauge,
     allow_name_failures: IntCounter,
     allow_names_stale: IntGauge,
     crowdsec_up: IntGauge,
@@ -156,8 +160,36 @@ impl Metrics {
             "sipfilter_requests_uninspected_total",
             "Requests whose headers or dialed number lay beyond the inspection's bounds (passed).",
         )?;
-        for c in [&scanner_matches, &calls_checked, &requests_uninspected] {
+        let segments_uninspected = IntCounter::new(
+            "sipfilter_segments_uninspected_total",
+            "TCP data segments to a plain TCP SIP port that start no SIP message (passed, never judged).",
+        )?;
+        for c in [
+            &scanner_matches,
+            &calls_checked,
+            &requests_uninspected,
+            &segments_uninspected,
+        ] {
             registry.register(Box::new(c.clone()))?;
+        }
+        let transports = cv(
+            "sipfilter_transport_packets_total",
+            "Packets to the SIP ports, by transport (udp, tcp, tls, websocket).",
+            "transport",
+        )?;
+        for t in sipfilter_common::config::transport::NAMES {
+            transports.with_label_values(&[t]);
+        }
+        let open_connections = IntGauge::new(
+            "sipfilter_open_connections",
+            "TCP connections open to the SIP TCP, TLS and WebSocket ports (as the agent last counted them).",
+        )?;
+        let connection_limited = IntGauge::new(
+            "sipfilter_connection_limited_sources",
+            "Sources at their open-connection limit (their SYNs are dropped).",
+        )?;
+        for g in [&open_connections, &connection_limited] {
+            registry.register(Box::new(g.clone()))?;
         }
         for v in 1..=3 {
             calls_blocked.with_label_values(&[sipfilter_common::calls::call_verdict::name(v)]);
@@ -270,6 +302,10 @@ impl Metrics {
             calls_checked,
             calls_blocked,
             requests_uninspected,
+            transports,
+            segments_uninspected,
+            open_connections,
+            connection_limited,
             allow_name_failures,
             allow_names_stale,
             crowdsec_up,
@@ -331,6 +367,12 @@ impl Metrics {
         self.cracked_extensions.set(cracked as i64);
     }
 
+    /// The open connections the agent counted, and the sources at their limit.
+    pub fn connections(&self, open: usize, limited: usize) {
+        self.open_connections.set(open as i64);
+        self.connection_limited.set(limited as i64);
+    }
+
     pub fn ban_event(&self, reason: u8) {
         self.ban_events.with_label_values(&[ban_reason::name(reason)]).inc();
     }
@@ -359,7 +401,7 @@ impl Metrics {
             );
         }
         for r in ban_reason::KERNEL {
-            let i = r as usize;
+            let i = ban_reason::slot(r);
             sync(
                 &self.bans.with_label_values(&[ban_reason::name(r)]),
                 self.last.bans[i],
@@ -404,6 +446,18 @@ impl Metrics {
             &self.requests_uninspected,
             self.last.requests_uninspected,
             c.requests_uninspected,
+        );
+        for (i, t) in sipfilter_common::config::transport::NAMES.iter().enumerate() {
+            sync(
+                &self.transports.with_label_values(&[t]),
+                self.last.transports[i],
+                c.transports[i],
+            );
+        }
+        sync(
+            &self.segments_uninspected,
+            self.last.segments_uninspected,
+            c.segments_uninspected,
         );
         sync(&self.ban_table_full, self.last.ban_table_full, c.ban_table_full);
         sync(&self.events_lost, self.last.events_lost, c.events_lost);

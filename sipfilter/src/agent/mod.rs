@@ -202,6 +202,8 @@ struct Agent {
     state_write_failing: bool,
     /// The attached interfaces, watched for going away and coming back.
     iface_watch: iface_watch::IfaceWatch,
+    /// The open-connection table and the marks of sources at their limit.
+    connections: sipfilter::connections::ConnectionMaps,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -398,6 +400,7 @@ impl Agent {
             fleet: None,
             state_write_failing: false,
             iface_watch: watch,
+            connections: sipfilter::connections::ConnectionMaps::open_pinned(pin_dir)?,
             _stats: stats,
         };
         agent.refresh_allow_names(true);
@@ -822,6 +825,7 @@ impl Agent {
             }
         }
         trust::upkeep(&mut self.loaded, &self.config)?;
+        self.connection_upkeep()?;
         self.watch_interfaces();
         self.refresh_allow_names(false);
         let saved = self.save_state(false, read_tables);
@@ -835,6 +839,34 @@ impl Agent {
             k.jiffies_offset_ns = offset;
             self.loaded.maps.write_config(&k)?;
         }
+        Ok(())
+    }
+
+    /// Every second: the open-connection limit (see `sipfilter::connections`). A source's limit
+    /// is its tier's: known (a registered office) or unknown; allowlisted sources never reach
+    /// the check.
+    fn connection_upkeep(&mut self) -> anyhow::Result<()> {
+        let limits = self.config.connections.limits;
+        let now = clock::boot_ns();
+        let trust = &self.loaded.trust;
+        let mask = self.loaded.maps.read_config()?.ipv6_mask_be;
+        let u = self
+            .connections
+            .upkeep(self.config.connections.idle_timeout, now, mask, |k| {
+                match trust.known(k) {
+                    Ok(Some(known)) if known.until_ns > now => limits.known_open,
+                    _ => limits.unknown_open,
+                }
+            })?;
+        for (key, open) in &u.newly_limited {
+            let line = format!(
+                "limit source={} rule=open-connections open={open} (new connections dropped until some close)",
+                display_source(key, 128)
+            );
+            log(&line);
+            self.pending_events.push(trail_entry("connection_limit", &line));
+        }
+        self.metrics.connections(u.open, u.limited);
         Ok(())
     }
 

@@ -25,10 +25,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     match Config::load(&args.config) {
         Ok(c) => {
             println!(
-                "{}: valid ({} interface(s), SIP ports {:?}, {} allowlist and {} denylist entries, trust tiers {}, {} scanner User-Agent tokens, {})",
+                "{}: valid ({} interface(s), SIP ports UDP {:?} TCP {:?} TLS {:?} WebSocket {:?}, {} allowlist and {} denylist entries, trust tiers {}, {} scanner User-Agent tokens, {})",
                 args.config.display(),
                 c.interfaces.len(),
                 c.sip_ports,
+                c.tcp_ports,
+                c.tls_ports,
+                c.websocket_ports,
                 c.allow.len(),
                 c.deny.len(),
                 if c.trust.enabled { "on" } else { "off" },

@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 use sipfilter::{request_rules::RequestRuleMaps, FilterMaps};
 use sipfilter_common::{
+    config::transport,
     counters::{ban_reason, AnswerKind},
     Counters, Method, Outcome, Verdict,
 };
@@ -107,6 +108,9 @@ fn named<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, get: impl Fn(T) -
     Value::Object(m)
 }
 
+/// The transports, by their counter slot.
+const TRANSPORTS: [usize; transport::COUNT] = [transport::UDP, transport::TCP, transport::TLS, transport::WEBSOCKET];
+
 pub fn to_json(c: &Counters) -> Value {
     let packets: u64 = c.verdicts.iter().sum();
     json!({
@@ -114,7 +118,9 @@ pub fn to_json(c: &Counters) -> Value {
         "verdicts": named(&Verdict::ALL, Verdict::name, |v| c.verdict(v)),
         "outcomes": named(&Outcome::ALL, Outcome::name, |o| c.outcome(o)),
         "methods": named(&Method::ALL, Method::name, |m| c.method(m)),
-        "bans": named(&ban_reason::KERNEL, ban_reason::name, |r| c.bans[r as usize]),
+        "transports": named(&TRANSPORTS, |t| transport::NAMES[t], |t| c.transports[t]),
+        "segments_uninspected": c.segments_uninspected,
+        "bans": named(&ban_reason::KERNEL, ban_reason::name, |r| c.bans[ban_reason::slot(r)]),
         "answers": named(&AnswerKind::ALL, AnswerKind::name, |k| c.answers[k as usize]),
         "cracked": c.cracked,
         "promoted": c.promoted,
@@ -171,8 +177,15 @@ pub fn render(c: &Counters) -> String {
     section(&mut out, "ACTION", &Verdict::ALL, Verdict::name, |v| c.verdict(v));
     section(&mut out, "REASON", &Outcome::ALL, Outcome::name, |o| c.outcome(o));
     section(&mut out, "SIP METHOD", &Method::ALL, Method::name, |m| c.method(m));
+    section(
+        &mut out,
+        "TRANSPORT",
+        &TRANSPORTS,
+        |t| transport::NAMES[t],
+        |t| c.transports[t],
+    );
     section(&mut out, "BANS BY REASON", &ban_reason::KERNEL, ban_reason::name, |r| {
-        c.bans[r as usize]
+        c.bans[ban_reason::slot(r)]
     });
     section(&mut out, "PBX ANSWERS", &AnswerKind::ALL, AnswerKind::name, |k| {
         c.answers[k as usize]
@@ -210,6 +223,10 @@ pub fn render(c: &Counters) -> String {
     t.row(vec![
         "requests not inspected (beyond the bound)".into(),
         grouped(c.requests_uninspected),
+    ]);
+    t.row(vec![
+        "TCP segments starting no message (not judged)".into(),
+        grouped(c.segments_uninspected),
     ]);
     out.push_str(&t.render());
     out.push('\n');

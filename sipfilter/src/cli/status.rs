@@ -65,6 +65,12 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
             ports.push(p);
         }
     }
+    let stream = |slots: &[u16]| -> Vec<u16> { slots.iter().map(|p| u16::from_be(*p)).filter(|p| *p != 0).collect() };
+    let (tcp_ports, tls_ports, websocket_ports) = (
+        stream(&config.tcp_ports_be),
+        stream(&config.tls_ports_be),
+        stream(&config.websocket_ports_be),
+    );
     let programs = programs(pin_dir)?;
     let attachments = attachments(pin_dir)?;
     let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
@@ -91,6 +97,12 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
             "monitor": config.monitor(),
             "scope_all": config.scope_all(),
             "sip_ports": ports,
+            "transports": {
+                "udp": ports,
+                "tcp": tcp_ports,
+                "tls": tls_ports,
+                "websocket": websocket_ports,
+            },
             "ipv6_prefix_len": prefix,
             "bans": {
                 "sources": bans.len(),
@@ -149,9 +161,22 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
         }
         .into(),
     );
+    let list = |ports: &[u16]| -> String {
+        if ports.is_empty() {
+            "off".into()
+        } else {
+            ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        }
+    };
     kv(
         "SIP ports",
-        ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+        format!(
+            "UDP {}; TCP {}; TLS {}; WebSocket {}",
+            list(&ports),
+            list(&tcp_ports),
+            list(&tls_ports),
+            list(&websocket_ports)
+        ),
     );
     kv("IPv6 source", format!("/{prefix}"));
     kv(

@@ -9,6 +9,7 @@ pub mod crowdsec;
 pub mod dns;
 pub mod harness;
 pub mod kamailio;
+pub mod lab;
 pub mod model;
 pub mod netns;
 pub mod packet;

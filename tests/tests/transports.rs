@@ -1,0 +1,304 @@
+//! SIP over TCP end to end: the agent on the PBX's veth end, a real registrar (kamailio,
+//! listening on UDP and TCP 5060) and real clients (SIPp over TCP, `-t t1`: every call on
+//! one connection; `-t tn`: a connection per call) with a phone's User-Agent and the scanner
+//! rule off. Every test asserts both sides: what the robot got from the PBX and what the
+//! phones or the office got.
+//!
+//! Needs root, kamailio, SIPp, python3 and `target/<profile>/sipfilter`. Every test has its
+//! own /24 (10.25x.0.0), namespaces, bpffs and folder, so they run in parallel.
+
+use std::time::Duration;
+
+use sipfilter_tests::{
+    kamailio::UnknownUsers,
+    lab::{as_refs, office_users, registers, replies, sipp_stat, Lab, STRONG},
+    sipp::sipp_done,
+};
+
+const PHONE_PASSWORD: &str = "Pw-202-xyz";
+
+/// 40 guesses at 201 (the right password 30th), each a SIPp call (REGISTER, 401, REGISTER
+/// with credentials), `per_second` a second over `transport` (`t1`, `u1`, …).
+fn dictionary(right_at: usize) -> Vec<String> {
+    (1..=40)
+        .map(|i| match i == right_at {
+            true => format!("201;{STRONG}"),
+            false => format!("201;guess{i:03}"),
+        })
+        .collect()
+}
+
+/// The phone at `ip` registers 202 `n` times over TCP (one connection), one a second;
+/// returns how many succeeded.
+fn phone_registers(lab: &Lab, name: &str, ip: &str, n: usize) -> anyhow::Result<sipfilter_tests::netns::Background> {
+    let csv: Vec<String> = (0..n).map(|_| format!("202;{PHONE_PASSWORD}")).collect();
+    lab.sipp(
+        name,
+        "register_auth.xml",
+        ip,
+        &csv,
+        &["-t", "t1", "-r", "1", "-m", &n.to_string(), "-recv_timeout", "3000"],
+    )
+}
+
+/// A dictionary brute force over one TCP connection is banned by the failure budget of an
+/// unknown source, as over UDP, and never gets the 200 OK; a phone registering over TCP
+/// from the next address meanwhile gets every registration.
+#[test]
+fn a_dictionary_brute_force_over_tcp_is_banned_before_the_right_password() -> anyhow::Result<()> {
+    let lab = Lab::new("10.251.0")?;
+    let (robot, phone) = (lab.ip(2), lab.ip(3));
+    let agent = lab.agent()?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", STRONG), ("202", PHONE_PASSWORD)])?;
+    let mut phone_sipp = phone_registers(&lab, "phone", &phone, 8)?;
+    let mut robot_sipp = lab.sipp(
+        "robot",
+        "register_auth.xml",
+        &robot,
+        &dictionary(30),
+        &["-t", "t1", "-r", "20", "-m", "40", "-recv_timeout", "1500", "-timeout", "20"],
+    )?;
+    let banned = lab.wait_for_ban(&robot, Duration::from_secs(20));
+    sipp_done(&mut robot_sipp, Duration::from_secs(40))?;
+    sipp_done(&mut phone_sipp, Duration::from_secs(30))?;
+    let (all, credentialed) = registers(&reg, &robot, None);
+    let ok = replies(&reg, &robot, 200);
+    let cracked_by_sipp = sipp_stat(&robot_sipp, "Successful call");
+    let phone_ok = sipp_stat(&phone_sipp, "Successful call");
+    lab.dump(&agent);
+    eprintln!(
+        "TCP brute force: kamailio received {all} REGISTERs from the robot, {credentialed} with credentials, \
+         answered {} 200; the robot's SIPp counted {cracked_by_sipp} successes; the phone registered {phone_ok} of 8; \
+         ban {banned:?}",
+        ok.len()
+    );
+    assert!(ok.is_empty(), "kamailio accepted the robot's guess: {ok:?}");
+    assert_eq!(cracked_by_sipp, 0);
+    let ban = banned.unwrap_or_else(|| panic!("the robot {robot} was not banned:\n{}", agent.log()));
+    assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
+    assert!(
+        (1..=7).contains(&credentialed),
+        "{credentialed} guesses reached kamailio (expected the 5 of the failure budget, a few in flight)"
+    );
+    assert_eq!(phone_ok, 8, "the phone registers over TCP throughout");
+    assert!(lab.ban_of(&phone).is_none());
+    let stats = lab.cli_json(&["stats", "--json"]);
+    assert!(stats["transports"]["tcp"].as_u64().unwrap() > 0, "{stats:#}");
+    Ok(())
+}
+
+/// A robot banned for guessing over UDP gets nothing over TCP: its SYNs are dropped in XDP,
+/// kamailio sees no TCP request from it, even with the right password; a phone at the next
+/// address registers over TCP.
+#[test]
+fn a_robot_banned_over_udp_gets_no_tcp_connection() -> anyhow::Result<()> {
+    let lab = Lab::new("10.252.0")?;
+    let (robot, phone) = (lab.ip(2), lab.ip(3));
+    let agent = lab.agent()?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("201", STRONG), ("202", PHONE_PASSWORD)])?;
+    let mut udp = lab.sipp(
+        "robot-udp",
+        "register_auth.xml",
+        &robot,
+        &dictionary(30),
+        &["-t", "u1", "-r", "20", "-m", "40", "-recv_timeout", "1500", "-timeout", "15"],
+    )?;
+    let ban = lab
+        .wait_for_ban(&robot, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("not banned over UDP:\n{}", agent.log()));
+    assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
+    sipp_done(&mut udp, Duration::from_secs(30))?;
+    let before = reg.requests().iter().filter(|r| r.source == robot).count();
+    let banned_before = lab.cli_json(&["stats", "--json"])["outcomes"]["banned"].as_u64().unwrap();
+    // The same robot over TCP, with the right password this time.
+    let csv: Vec<String> = (0..5).map(|_| format!("201;{STRONG}")).collect();
+    let mut tcp = lab.sipp(
+        "robot-tcp",
+        "register_auth.xml",
+        &robot,
+        &csv,
+        &["-t", "t1", "-r", "5", "-m", "5", "-recv_timeout", "2000", "-timeout", "10"],
+    )?;
+    let mut phone_sipp = phone_registers(&lab, "phone", &phone, 3)?;
+    sipp_done(&mut phone_sipp, Duration::from_secs(30))?;
+    let _ = tcp.wait(Duration::from_secs(30));
+    let after: Vec<_> = reg.requests().into_iter().filter(|r| r.source == robot).collect();
+    let stats = lab.cli_json(&["stats", "--json"]);
+    let banned_after = stats["outcomes"]["banned"].as_u64().unwrap();
+    let phone_ok = sipp_stat(&phone_sipp, "Successful call");
+    eprintln!(
+        "UDP-banned robot over TCP: {} requests reached kamailio before, {} after; banned drops {banned_before} -> \
+         {banned_after}; the phone registered {phone_ok} of 3\nrobot's SIPp: {}",
+        before,
+        after.len(),
+        tcp.output()
+    );
+    assert_eq!(after.len(), before, "nothing of the robot's TCP attempt reached kamailio");
+    assert!(replies(&reg, &robot, 200).is_empty());
+    assert!(banned_after > banned_before, "its SYNs were dropped as banned: {stats:#}");
+    assert_eq!(phone_ok, 3, "the phone registers over TCP");
+    Ok(())
+}
+
+/// An enumerator over TCP with a connection per request (SIPp `-t tn`, 5 at once) learns at
+/// most five extensions, and a phone of the office registers over TCP afterwards.
+#[test]
+fn an_enumerator_over_tcp_with_a_connection_per_request_learns_at_most_five() -> anyhow::Result<()> {
+    let lab = Lab::new("10.253.0")?;
+    let (robot, office) = (lab.ip(2), lab.ip(3));
+    let agent = lab.agent()?;
+    let users = office_users(None);
+    let reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let csv: Vec<String> = (200..300).map(|e| e.to_string()).collect();
+    let mut sipp = lab.sipp(
+        "enumerator",
+        "register_probe.xml",
+        &robot,
+        &csv,
+        &[
+            "-t",
+            "tn",
+            "-max_socket",
+            "1000",
+            "-l",
+            "5",
+            "-r",
+            "50",
+            "-rp",
+            "1000",
+            "-m",
+            "100",
+            "-recv_timeout",
+            "1500",
+            "-timeout",
+            "30",
+        ],
+    )?;
+    let _ = sipp.wait(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let learned = sipp_stat(&sipp, "Successful call");
+    let (reached, _) = registers(&reg, &robot, None);
+    let ban = lab.ban_of(&robot);
+    eprintln!(
+        "TCP enumerator: learned {learned} extensions; {reached} REGISTERs reached kamailio; ban {:?}",
+        ban.as_ref().map(|b| b["reason"].clone())
+    );
+    let ban = ban.unwrap_or_else(|| panic!("the enumerator is not banned:\n{}", agent.log()));
+    assert!(
+        ["enumeration", "not_found"].contains(&ban["reason"].as_str().unwrap()),
+        "{ban:#}"
+    );
+    assert!(learned <= 5, "the enumerator learned {learned} extensions");
+    let mut phone = lab.sipp(
+        "phone",
+        "register_auth.xml",
+        &office,
+        &[format!("207;{}", users[7].1)],
+        &["-t", "t1", "-m", "1", "-recv_timeout", "3000"],
+    )?;
+    sipp_done(&mut phone, Duration::from_secs(20))?;
+    assert_eq!(sipp_stat(&phone, "Successful call"), 1, "the phone registered");
+    assert!(lab.ban_of(&office).is_none());
+    Ok(())
+}
+
+/// An office of 20 phones behind one address, each with its own TCP connection: the first
+/// morning (a new address) and again after a power cut (all 20 at once), every phone
+/// registers; no ban, no throttled connection that is not retried, no alert.
+#[test]
+fn an_office_of_twenty_phones_over_tcp_registers_after_a_power_cut() -> anyhow::Result<()> {
+    let lab = Lab::new("10.254.0")?;
+    let office = lab.ip(2);
+    let agent = lab.agent()?;
+    let users: Vec<(String, String)> = office_users(None).into_iter().take(20).collect();
+    let _reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let csv: Vec<String> = users.iter().map(|(u, p)| format!("{u};{p}")).collect();
+    let round = |name: &str| -> anyhow::Result<(u64, u64)> {
+        let mut sipp = lab.sipp(
+            name,
+            "register_auth.xml",
+            &office,
+            &csv,
+            &[
+                "-t",
+                "tn",
+                "-max_socket",
+                "100",
+                "-r",
+                "100",
+                "-rp",
+                "1000",
+                "-m",
+                "20",
+                "-recv_timeout",
+                "8000",
+            ],
+        )?;
+        sipp_done(&mut sipp, Duration::from_secs(40))?;
+        Ok((sipp_stat(&sipp, "Successful call"), sipp_stat(&sipp, "Failed call")))
+    };
+    let first = round("first-morning")?;
+    let after_power_cut = round("power-cut")?;
+    let log = agent.log();
+    let stats = lab.cli_json(&["stats", "--json"]);
+    eprintln!(
+        "office of 20 over TCP: first morning {first:?}, after a power cut {after_power_cut:?}; connections {}, \
+         throttled {}",
+        stats["outcomes"]["connection"], stats["outcomes"]["connection_throttled"]
+    );
+    assert_eq!(first, (20, 0), "{log}");
+    assert_eq!(after_power_cut, (20, 0), "{log}");
+    assert!(lab.ban_of(&office).is_none(), "the office was banned:\n{log}");
+    assert!(
+        !log.contains("CRACKED") && !log.contains("SUSPECT") && !log.contains("sipfilter: ban "),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// A SYN flood from one address (400 connection attempts at once, python's non-blocking
+/// connects) is banned `connection_flood`; a phone at the next address registers over TCP
+/// meanwhile.
+#[test]
+fn a_syn_flood_is_banned_while_a_phone_registers_over_tcp() -> anyhow::Result<()> {
+    let lab = Lab::new("10.255.0")?;
+    let (robot, phone) = (lab.ip(2), lab.ip(3));
+    let agent = lab.agent()?;
+    let _reg = lab.registrar(UnknownUsers::NotFound, &[("202", PHONE_PASSWORD)])?;
+    let mut phone_sipp = phone_registers(&lab, "phone", &phone, 6)?;
+    let flood = format!(
+        "import socket, time\n\
+         socks = []\n\
+         for i in range(400):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+         \x20   s.setblocking(False)\n\
+         \x20   s.bind(('{robot}', 0))\n\
+         \x20   try:\n\
+         \x20       s.connect(('{pbx}', 5060))\n\
+         \x20   except BlockingIOError:\n\
+         \x20       pass\n\
+         \x20   socks.append(s)\n\
+         time.sleep(3)\n\
+         print('sent', len(socks))\n",
+        pbx = lab.ip(1)
+    );
+    let mut flooder = lab.run_in_lan("flood", &["python3", "-c", &flood])?;
+    let ban = lab.wait_for_ban(&robot, Duration::from_secs(15));
+    let _ = flooder.wait(Duration::from_secs(20));
+    sipp_done(&mut phone_sipp, Duration::from_secs(30))?;
+    let stats = lab.cli_json(&["stats", "--json"]);
+    let phone_ok = sipp_stat(&phone_sipp, "Successful call");
+    eprintln!(
+        "SYN flood: ban {ban:?}; connections {}, throttled {}, flood drops {}; the phone registered {phone_ok} of 6\n{}",
+        stats["outcomes"]["connection"],
+        stats["outcomes"]["connection_throttled"],
+        stats["outcomes"]["rate_connection"],
+        flooder.output()
+    );
+    let ban = ban.unwrap_or_else(|| panic!("the SYN flooder was not banned:\n{}", agent.log()));
+    assert_eq!(ban["reason"], "connection_flood", "{ban:#}");
+    assert!(stats["outcomes"]["connection_throttled"].as_u64().unwrap() > 0, "{stats:#}");
+    assert_eq!(phone_ok, 6, "the phone registers over TCP during the flood");
+    assert!(lab.ban_of(&phone).is_none());
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! The `sipfilter` binary (agent and CLI) and the privileged tests are built on this library.
 
 pub mod addr;
+pub mod agent_lock;
 pub mod blocklist;
 pub mod bpffs;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod events;
 pub mod filter_maps;
 pub mod fraud_file;
 pub mod loader;
+pub mod program_tables;
 pub mod request_rules;
 pub mod state_file;
 pub mod trust;

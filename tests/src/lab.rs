@@ -28,6 +28,7 @@ pub const STRONG: &str = "Xk4-q9Lm-Tz27";
 pub struct Lab {
     pub pbx: Netns,
     pub lan: Netns,
+    pub lan_if: String,
     pub pbx_if: String,
     pub net: String,
     pub bpffs: PrivateBpffs,
@@ -39,10 +40,11 @@ impl Lab {
         let pbx = Netns::new("pbx")?;
         let lan = Netns::new("lan")?;
         let (a, b, p) = (format!("{net}.2/24"), format!("{net}.3/24"), format!("{net}.1/24"));
-        let (_lan_if, pbx_if) = veth_pair(&lan, &[&a, &b], &pbx, &[&p])?;
+        let (lan_if, pbx_if) = veth_pair(&lan, &[&a, &b], &pbx, &[&p])?;
         Ok(Lab {
             pbx,
             lan,
+            lan_if,
             pbx_if,
             net: net.to_owned(),
             bpffs: PrivateBpffs::new()?,
@@ -53,6 +55,14 @@ impl Lab {
     /// `NET.last`
     pub fn ip(&self, last: u8) -> String {
         format!("{}.{last}", self.net)
+    }
+
+    /// Gives the LAN namespace one more client address, `NET.last`.
+    pub fn add_lan_address(&self, last: u8) -> anyhow::Result<String> {
+        let ip = self.ip(last);
+        self.lan
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", &self.lan_if])?;
+        Ok(ip)
     }
 
     pub fn subdir(&self, name: &str) -> PathBuf {
@@ -71,27 +81,31 @@ impl Lab {
 
     /// `sipfilter run` with this configuration text (defaults for what it leaves out).
     pub fn agent_with(&self, config: &str) -> anyhow::Result<AgentProcess> {
+        self.agent_named("agent", config, true)
+    }
+
+    /// `sipfilter run` as `name` (its log `name.out`), with this configuration text; with
+    /// `detach_on_exit` false it leaves the filter attached when it stops, as in production
+    /// (the lab's namespaces and bpffs go with the test all the same).
+    pub fn agent_named(&self, name: &str, config: &str, detach_on_exit: bool) -> anyhow::Result<AgentProcess> {
         let dir = self.subdir("agent");
         let state = dir.join("state.json");
         let config_file = dir.join("sipfilter.toml");
         std::fs::write(&config_file, config)?;
-        AgentProcess::start(
-            &self.pbx,
-            &self.bpffs.pin_dir(),
-            &dir,
-            "agent",
-            &[
-                "--config",
-                config_file.to_str().unwrap(),
-                "--iface",
-                &self.pbx_if,
-                "--state-file",
-                state.to_str().unwrap(),
-                "--metrics-listen",
-                "off",
-                "--detach-on-exit",
-            ],
-        )
+        let mut args = vec![
+            "--config",
+            config_file.to_str().unwrap(),
+            "--iface",
+            &self.pbx_if,
+            "--state-file",
+            state.to_str().unwrap(),
+            "--metrics-listen",
+            "off",
+        ];
+        if detach_on_exit {
+            args.push("--detach-on-exit");
+        }
+        AgentProcess::start(&self.pbx, &self.bpffs.pin_dir(), &dir, name, &args)
     }
 
     pub fn registrar(&self, unknown: UnknownUsers, users: &[(&str, &str)]) -> anyhow::Result<Registrar> {
@@ -259,4 +273,3 @@ pub fn office_users(weak: Option<&str>) -> Vec<(String, String)> {
 pub fn as_refs(users: &[(String, String)]) -> Vec<(&str, &str)> {
     users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect()
 }
-

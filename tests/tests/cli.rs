@@ -65,6 +65,19 @@ fn ok(f: &TestFilter, args: &[&str]) -> String {
     r.stdout
 }
 
+/// `status` with no agent running on the pins (as in these tests): its output, after
+/// checking it exits 3 ("inactive", for monitoring) and says what stops without an agent.
+fn status(f: &TestFilter, args: &[&str]) -> String {
+    let r = cli(f, args);
+    assert_eq!(
+        r.code, 3,
+        "sipfilter {args:?}: no agent runs:\n{}{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    r.stdout
+}
+
 /// Runs a command that must fail with `code` and returns its standard error.
 fn fails(f: &TestFilter, args: &[&str], code: i32) -> String {
     let r = cli(f, args);
@@ -635,7 +648,7 @@ fn status_shows_attachment_program_and_counts() -> anyhow::Result<()> {
         .args(["--pin-dir", pin_dir.to_str().unwrap(), "status", "--json"])
         .output()?
         .into();
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 3, "no agent runs: {}{}", r.stdout, r.stderr);
     let s: Value = serde_json::from_str(&r.stdout)?;
     drop(stats);
     let iface = entry(&s["interfaces"], "interface", &ifname);
@@ -669,7 +682,7 @@ fn status_shows_attachment_program_and_counts() -> anyhow::Result<()> {
     assert!(s["ns_per_packet"].as_f64().unwrap() > 0.0, "{s:#}");
 
     // From outside the namespace: the attachment is still listed, the mode cannot be read.
-    let human = ok(&f, &["status"]);
+    let human = status(&f, &["status"]);
     assert!(human.contains("mode") && human.contains("enforcing"), "{human}");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     assert!(human.contains(kernel.trim()), "status names the kernel: {human}");
@@ -688,11 +701,15 @@ fn status_reports_monitor_mode_and_missing_stats() -> anyhow::Result<()> {
     let mut config = KernelConfig::default();
     config.flags |= FLAG_MONITOR;
     let f = TestFilter::with_config(&config)?;
-    let s = json(&f, &["status", "--json"]);
+    let s: Value = serde_json::from_str(&status(&f, &["status", "--json"]))?;
+    assert_eq!(s["agent"]["running"], false, "{s:#}");
+    assert!(s["agent"]["without_agent"].as_array().unwrap().len() >= 5, "{s:#}");
     assert_eq!(s["monitor"], true);
     assert_eq!(s["interfaces"], Value::Array(vec![]));
     assert_eq!(s["programs"].as_array().unwrap().len(), 1, "{s:#}");
-    let human = ok(&f, &["status"]);
+    let human = status(&f, &["status"]);
+    assert!(human.contains("not running"), "{human}");
+    assert!(human.contains("without an agent, these stop"), "{human}");
     assert!(human.contains("monitor (counts and bans, drops nothing)"), "{human}");
     assert!(human.contains("no interfaces attached"), "{human}");
     Ok(())

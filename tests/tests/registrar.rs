@@ -33,7 +33,6 @@ fn dictionary(lab: &Lab, len: usize, right: Option<(usize, &str)>) -> PathBuf {
     path
 }
 
-
 /// svcrack's dictionary brute force on 201 (the right password 30th in the dictionary).
 /// svcrack sends its first REGISTER without credentials (CSeq 1), then each guess as CSeq 2
 /// of that same Call-ID, with a new Via branch and the nonce of the last challenge; while it

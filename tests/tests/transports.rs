@@ -56,7 +56,18 @@ fn a_dictionary_brute_force_over_tcp_is_banned_before_the_right_password() -> an
         "register_auth.xml",
         &robot,
         &dictionary(30),
-        &["-t", "t1", "-r", "20", "-m", "40", "-recv_timeout", "1500", "-timeout", "20"],
+        &[
+            "-t",
+            "t1",
+            "-r",
+            "20",
+            "-m",
+            "40",
+            "-recv_timeout",
+            "1500",
+            "-timeout",
+            "20",
+        ],
     )?;
     let banned = lab.wait_for_ban(&robot, Duration::from_secs(20));
     sipp_done(&mut robot_sipp, Duration::from_secs(40))?;
@@ -101,7 +112,18 @@ fn a_robot_banned_over_udp_gets_no_tcp_connection() -> anyhow::Result<()> {
         "register_auth.xml",
         &robot,
         &dictionary(30),
-        &["-t", "u1", "-r", "20", "-m", "40", "-recv_timeout", "1500", "-timeout", "15"],
+        &[
+            "-t",
+            "u1",
+            "-r",
+            "20",
+            "-m",
+            "40",
+            "-recv_timeout",
+            "1500",
+            "-timeout",
+            "15",
+        ],
     )?;
     let ban = lab
         .wait_for_ban(&robot, Duration::from_secs(20))
@@ -109,7 +131,9 @@ fn a_robot_banned_over_udp_gets_no_tcp_connection() -> anyhow::Result<()> {
     assert_eq!(ban["reason"], "auth_failure", "{ban:#}");
     sipp_done(&mut udp, Duration::from_secs(30))?;
     let before = reg.requests().iter().filter(|r| r.source == robot).count();
-    let banned_before = lab.cli_json(&["stats", "--json"])["outcomes"]["banned"].as_u64().unwrap();
+    let banned_before = lab.cli_json(&["stats", "--json"])["outcomes"]["banned"]
+        .as_u64()
+        .unwrap();
     // The same robot over TCP, with the right password this time.
     let csv: Vec<String> = (0..5).map(|_| format!("201;{STRONG}")).collect();
     let mut tcp = lab.sipp(
@@ -117,7 +141,18 @@ fn a_robot_banned_over_udp_gets_no_tcp_connection() -> anyhow::Result<()> {
         "register_auth.xml",
         &robot,
         &csv,
-        &["-t", "t1", "-r", "5", "-m", "5", "-recv_timeout", "2000", "-timeout", "10"],
+        &[
+            "-t",
+            "t1",
+            "-r",
+            "5",
+            "-m",
+            "5",
+            "-recv_timeout",
+            "2000",
+            "-timeout",
+            "10",
+        ],
     )?;
     let mut phone_sipp = phone_registers(&lab, "phone", &phone, 3)?;
     sipp_done(&mut phone_sipp, Duration::from_secs(30))?;
@@ -133,9 +168,16 @@ fn a_robot_banned_over_udp_gets_no_tcp_connection() -> anyhow::Result<()> {
         after.len(),
         tcp.output()
     );
-    assert_eq!(after.len(), before, "nothing of the robot's TCP attempt reached kamailio");
+    assert_eq!(
+        after.len(),
+        before,
+        "nothing of the robot's TCP attempt reached kamailio"
+    );
     assert!(replies(&reg, &robot, 200).is_empty());
-    assert!(banned_after > banned_before, "its SYNs were dropped as banned: {stats:#}");
+    assert!(
+        banned_after > banned_before,
+        "its SYNs were dropped as banned: {stats:#}"
+    );
     assert_eq!(phone_ok, 3, "the phone registers over TCP");
     Ok(())
 }
@@ -297,7 +339,10 @@ fn a_syn_flood_is_banned_while_a_phone_registers_over_tcp() -> anyhow::Result<()
     );
     let ban = ban.unwrap_or_else(|| panic!("the SYN flooder was not banned:\n{}", agent.log()));
     assert_eq!(ban["reason"], "connection_flood", "{ban:#}");
-    assert!(stats["outcomes"]["connection_throttled"].as_u64().unwrap() > 0, "{stats:#}");
+    assert!(
+        stats["outcomes"]["connection_throttled"].as_u64().unwrap() > 0,
+        "{stats:#}"
+    );
     assert_eq!(phone_ok, 6, "the phone registers over TCP during the flood");
     assert!(lab.ban_of(&phone).is_none());
     Ok(())

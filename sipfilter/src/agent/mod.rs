@@ -134,6 +134,10 @@ pub fn run(pin_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // One agent per pin set: a second one would swap its programs in under the first and
+    // leave it managing a filter it no longer runs.
+    sipfilter::bpffs::prepare_pin_dir(pin_dir)?;
+    let _lock = sipfilter::agent_lock::acquire(pin_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         // Installed before anything else, so a SIGHUP or SIGTERM during a long start is
@@ -152,6 +156,10 @@ pub fn detach(pin_dir: &Path, args: DetachArgs) -> anyhow::Result<()> {
     let removed = attach::detach(pin_dir, args.iface.as_deref())?;
     for d in &removed {
         answers_attach::detach(pin_dir, &d.iface)?;
+    }
+    if args.iface.is_none() {
+        // Attached nowhere now: the programs' pinned tables go too.
+        sipfilter::program_tables::retire(pin_dir, None)?;
     }
     if removed.is_empty() {
         println!(
@@ -351,6 +359,10 @@ impl Agent {
             ));
         }
 
+        // This load's tail-call tables, pinned before its programs are attached: from the
+        // moment they run, a stop or crash of the agent leaves them whole.
+        let generation = loaded.program()?.info()?.id();
+        sipfilter::program_tables::pin(&loaded.ebpf, pin_dir, generation, loaded.answers_refused.is_none())?;
         let mut attached = Vec::new();
         for iface in &config.interfaces {
             let a = attach::attach(loaded.program_mut()?, pin_dir, iface, config.mode)?;
@@ -377,6 +389,11 @@ impl Agent {
                 ));
             }
             attached.push(a.iface);
+        }
+        // The previous loads' programs are no longer attached anywhere: free them.
+        let retired = sipfilter::program_tables::retire(pin_dir, Some(generation))?;
+        if retired > 0 {
+            log(format!("retired the programs of {retired} earlier load(s)"));
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let config_state_file = config.state_file.clone();
@@ -1020,6 +1037,7 @@ impl Agent {
                 }
                 answers_attach::detach(&self.pin_dir, iface)?;
             }
+            sipfilter::program_tables::retire(&self.pin_dir, None)?;
         } else {
             log(format!(
                 "stopping; the filter stays attached to {} (`sipfilter detach` removes it)",

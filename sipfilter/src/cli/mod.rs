@@ -98,6 +98,19 @@ pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A command's answer is its exit status (after what it printed), not an error to report:
+/// `status` without a running agent.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 /// Opens the pinned maps, or says in one sentence that nothing is loaded and how to load it.
 fn open_maps(pin_dir: &Path) -> anyhow::Result<FilterMaps> {
     let probe = pin_dir.join(BAN_TABLE);

@@ -19,7 +19,25 @@ Examples:
 
 Interfaces are the XDP links the agent pins under <pin-dir>/links/<interface>. The cost per
 packet comes from the kernel's BPF run-time statistics, which the agent turns on while it
-runs (sysctl kernel.bpf_stats_enabled); without them it reads n/a.";
+runs (sysctl kernel.bpf_stats_enabled); without them it reads n/a.
+
+The exit status is 0 while an agent runs on these pins and 3 when none does (the filter
+then keeps working on its own: see WITHOUT_AGENT in the JSON), for monitoring.";
+
+/// What only a running agent does: without it the attached programs keep every rule, and
+/// these stop until an agent runs again.
+pub const WITHOUT_AGENT: [&str; 7] = [
+    "audit trail and ban/call events (the programs' event buffers fill, then count events_lost)",
+    "the state file (bans and known sources made meanwhile are not saved for a reboot)",
+    "metrics",
+    "the fleet (CrowdSec decisions in and out) and allowlist names (DNS)",
+    "IPv6 prefix bans from the prefix's aggregate evidence",
+    "the open-connection limit (marks and the idle sweep)",
+    "the program clock's recalibration (drifts by a tick at most over hours)",
+];
+
+/// `status`'s exit status when no agent runs on the pins (systemctl's "inactive").
+pub const NO_AGENT_EXIT: u8 = 3;
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -73,6 +91,26 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     );
     let programs = programs(pin_dir)?;
     let attachments = attachments(pin_dir)?;
+    let agent_pid = sipfilter::agent_lock::holder(pin_dir);
+    let agent_since = agent_pid.and_then(sipfilter::agent_lock::started);
+    // The newest load's tail-call tables pinned: the filter is whole without its agent.
+    let tables = sipfilter::program_tables::generations(pin_dir).last().map(|id| {
+        (
+            *id,
+            sipfilter::program_tables::whole(pin_dir, *id, false),
+            pin_dir
+                .join(sipfilter::program_tables::PROGRAMS_DIR)
+                .join(id.to_string())
+                .join(sipfilter_common::maps::EGRESS_PROGRAMS)
+                .exists(),
+        )
+    });
+    let no_agent = || -> anyhow::Result<()> {
+        match agent_pid {
+            Some(_) => Ok(()),
+            None => Err(super::Exit(NO_AGENT_EXIT).into()),
+        }
+    };
     let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .ok()
         .map(|s| s.trim() != "0");
@@ -92,8 +130,19 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     };
 
     if args.json {
-        return print_json(&json!({
+        print_json(&json!({
             "pin_dir": pin_dir.display().to_string(),
+            "agent": {
+                "running": agent_pid.is_some(),
+                "pid": agent_pid,
+                "since_epoch_secs": agent_since,
+                "without_agent": if agent_pid.is_none() { WITHOUT_AGENT.to_vec() } else { Vec::new() },
+            },
+            "program_tables": tables.map(|(id, ingress, egress)| json!({
+                "load": id,
+                "ingress": ingress,
+                "egress": egress,
+            })),
             "monitor": config.monitor(),
             "scope_all": config.scope_all(),
             "sip_ports": ports,
@@ -129,7 +178,8 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
                 "link_id": a.link_id,
                 "mode": a.mode,
             })).collect::<Vec<_>>(),
-        }));
+        }))?;
+        return no_agent();
     }
 
     let ids: Vec<String> = programs.iter().map(|p| p.id.to_string()).collect();
@@ -140,6 +190,24 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     };
     let mut t = Table::new(&[("", false), ("", false)]);
     let mut kv = |k: &str, v: String| t.row(vec![k.to_string(), v]);
+    kv(
+        "agent",
+        match (agent_pid, agent_since) {
+            (Some(pid), Some(since)) => format!("running (PID {pid}, since {} UTC)", sipfilter::fraud_file::utc(since)),
+            (Some(pid), None) => format!("running (PID {pid})"),
+            (None, _) => "not running: the attached filter keeps every rule on its own (see below)".into(),
+        },
+    );
+    kv(
+        "tail calls",
+        match tables {
+            Some((id, true, egress)) => format!(
+                "pinned (load {id}: request inspection{})",
+                if egress { " and the answers chain" } else { "" }
+            ),
+            _ => "not pinned: without an agent the programs judge by rates and bans only".into(),
+        },
+    );
     kv("pin dir", pin_dir.display().to_string());
     kv("kernel", kernel.clone());
     kv("egress attach", egress_path.to_string());
@@ -202,12 +270,19 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let rendered = t.render();
     print!("{}", rendered.split_once('\n').map_or("", |(_, rest)| rest));
     println!();
+    if agent_pid.is_none() {
+        println!("without an agent, these stop until one runs again:");
+        for what in WITHOUT_AGENT {
+            println!("  - {what}");
+        }
+        println!();
+    }
     if attachments.is_empty() {
         println!(
             "no interfaces attached (no links pinned under {})",
             pin_dir.join("links").display()
         );
-        return Ok(());
+        return no_agent();
     }
     let mut t = Table::new(&[("INTERFACE", false), ("MODE", false), ("PROGRAM", true), ("LINK", true)]);
     for a in &attachments {
@@ -220,7 +295,7 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
         ]);
     }
     print!("{}", t.render());
-    Ok(())
+    no_agent()
 }
 
 /// The loaded sipfilter programs that use these maps (there may be one per agent generation
@@ -257,6 +332,10 @@ fn attachments(pin_dir: &Path) -> anyhow::Result<Vec<Attachment>> {
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        // The `egress` folder holds the answers program's links, not an interface.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let interface = entry.file_name().to_string_lossy().into_owned();
         let (info, mode) = match link_info(&entry.path()) {
             Ok(info) => {

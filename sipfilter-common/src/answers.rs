@@ -146,6 +146,19 @@ pub enum AnswerClass {
 }
 
 impl AnswerClass {
+    /// Whether an answer with this code to a banned source is withheld: a banned source
+    /// learns nothing more about extensions and passwords from the PBX. Its requests are
+    /// dropped from the ban on, but answers to requests already let through still come; over
+    /// TCP the PBX's own stack also retransmits an answer the filter withheld, which without
+    /// this the robot would get once banned (its withheld challenges being judged anew).
+    #[inline(always)]
+    pub fn withheld_from_banned(code: u16) -> bool {
+        matches!(
+            AnswerClass::of(code),
+            AnswerClass::Challenge | AnswerClass::Forbidden | AnswerClass::NotFound
+        )
+    }
+
     #[inline(always)]
     pub fn of(code: u16) -> AnswerClass {
         match code {

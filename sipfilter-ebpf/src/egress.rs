@@ -351,6 +351,13 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
         ext,
         port: pending.peer_port as u16,
     };
+    if state.ban_until_ns > now && AnswerClass::withheld_from_banned(answer.code) {
+        if config.monitor() {
+            return false;
+        }
+        counters.withheld_challenges += 1;
+        return true;
+    }
     let known = state.answers.known_until_ns > now;
     let device = device_state(&key, answer.port, &mut state.answers, now);
     match state.answers.judge(&answer, known, device, &config.trust, now) {
@@ -386,7 +393,13 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
                 };
                 state.ban_until_ns = ban(config, counters, &key, &cause, now);
             }
-            false
+            // The answer that gets a source banned teaches it nothing either (see
+            // `AnswerClass::withheld_from_banned`).
+            if config.monitor() || !AnswerClass::withheld_from_banned(answer.code) {
+                return false;
+            }
+            counters.withheld_challenges += 1;
+            true
         }
         Judgement::Cracked { other_extensions } => {
             let record = CrackedExtension {

@@ -296,6 +296,19 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 20] {
 
 /// Refuses, in one sentence with what to do, maps pinned by a version with other layouts.
 fn check_pinned_layouts(pin_dir: &Path) -> anyhow::Result<()> {
+    if let Some(why) = incompatible_pins(pin_dir)? {
+        anyhow::bail!(
+            "the maps pinned under {dir} were made by an incompatible sipfilter version ({why}); \
+             `sipfilter run` moves them aside and restores the state file; or detach and remove them (`sipfilter --pin-dir {dir} detach; rm -r {dir}`)",
+            dir = pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The first map pinned under `pin_dir` whose layout this version cannot use, said in a
+/// phrase (`counters: values of 736 bytes, this version needs 720`); None when all fit.
+pub fn incompatible_pins(pin_dir: &Path) -> anyhow::Result<Option<String>> {
     for (name, key, value, entries) in expected_layouts() {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -306,17 +319,39 @@ fn check_pinned_layouts(pin_dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot inspect {}", path.display()))?;
         let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
         if found != (key, value, entries) {
-            anyhow::bail!(
-                "the maps pinned under {dir} were made by an incompatible sipfilter version ({name}: keys of {} bytes, values of {} bytes, {} entries; this version needs {key}, {value}, {entries}); \
-                 detach and remove them (`sipfilter --pin-dir {dir} detach; rm -r {dir}`) and start again: the agent's state file restores the bans",
-                found.0,
-                found.1,
-                found.2,
-                dir = pin_dir.display()
-            );
+            return Ok(Some(format!(
+                "{name}: keys of {} bytes, values of {} bytes, {} entries; this version needs {key}, {value}, {entries}",
+                found.0, found.1, found.2
+            )));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Moves every map pinned under `pin_dir` (not the links, the programs' tables or the agent's
+/// lock) into a new folder beside it, `<pin_dir>-previous-<unix seconds>` (bpffs allows no dot in a name), on the same
+/// bpffs; returns it. The programs attached now keep their maps (a pin is a name, not the
+/// map) and filter with them until a new program is swapped into their links.
+pub fn set_aside_maps(pin_dir: &Path) -> anyhow::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = pin_dir
+        .file_name()
+        .context("the pin folder has no name")?
+        .to_string_lossy();
+    let aside = pin_dir.with_file_name(format!("{name}-previous-{secs}"));
+    crate::bpffs::create_private_dir(&aside)?;
+    for entry in std::fs::read_dir(pin_dir).with_context(|| format!("cannot list {}", pin_dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        let to = aside.join(entry.file_name());
+        std::fs::rename(entry.path(), &to)
+            .with_context(|| format!("cannot move {} to {}", entry.path().display(), to.display()))?;
+    }
+    Ok(aside)
 }
 
 fn elapsed_hz(ticks: u64, elapsed_ns: u64) -> u64 {

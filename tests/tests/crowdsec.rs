@@ -335,3 +335,105 @@ fn a_robot_banned_at_one_gateway_is_dropped_at_the_other() -> anyhow::Result<()>
     assert!(agent_b.log().contains("crowdsec: 1 ban(s)"), "{}", agent_b.log());
     Ok(())
 }
+
+/// A TLS SIP port (5061) carries nothing the gateway can read: what protects it are the
+/// lists and bans, the connection budgets and the fleet. A TCP server on 5061 in the PBX's
+/// namespace (it counts whom it accepted; the bytes are opaque to sipfilter either way):
+/// a CrowdSec decision (as a PBX's security log would make one) drops the robot's SYNs in
+/// XDP; a SYN flood from another address is banned `connection_flood` and pushed to the
+/// Local API; a phone's TLS connections get through before and after.
+#[test]
+fn a_crowdsec_decision_and_a_syn_flood_close_the_tls_port_to_robots_only() -> anyhow::Result<()> {
+    let lan = Netns::new("tlslan")?;
+    let pbx = Netns::new("tlspbx")?;
+    let net = "10.217.0";
+    let (_, pbx_if) = veth_pair(
+        &lan,
+        &[&format!("{net}.2/24"), &format!("{net}.3/24"), &format!("{net}.4/24")],
+        &pbx,
+        &[&format!("{net}.1/24")],
+    )?;
+    let bpffs = PrivateBpffs::new()?;
+    let dir = ScratchDir::new("crowdsec-tls")?;
+    let lapi = LocalApi::loopback(Some(&pbx))?;
+    lapi.add_bouncer_with_key("gw-tls", KEY_A)?;
+    lapi.add_machine("gw-tls", PASSWORD)?;
+    let cfg = config(dir.path(), &lapi.url(), KEY_A, "gw-tls")?;
+    let _agent = start_agent(&pbx, &bpffs, dir.path(), "agent", &pbx_if, &cfg)?;
+    let pin = bpffs.pin_dir();
+    let pbx_ip = format!("{net}.1");
+    let server = format!(
+        "import socket\nsrv = socket.socket()\nsrv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         srv.bind(('{pbx_ip}', 5061))\nsrv.listen(4096)\nprint('listening', flush=True)\nkeep = []\n\
+         while True:\n    c, a = srv.accept()\n    keep.append(c)\n    print('accepted', a[0], flush=True)\n"
+    );
+    let mut tls = pbx.spawn("tls-server", &["python3", "-c", &server], dir.path())?;
+    tls.wait_for_output("listening", Duration::from_secs(10))?;
+    // A client connection from `from`: "connected" or "refused" (no answer in 3 s).
+    let connect = |name: &str, from: &str| -> anyhow::Result<bool> {
+        let script = format!(
+            "import socket\ns = socket.socket()\ns.bind(('{from}', 0))\ns.settimeout(3)\n\
+             try:\n    s.connect(('{pbx_ip}', 5061))\n    s.send(b'\\x16\\x03\\x01\\x00\\x05hello')\n    print('connected')\n\
+             except OSError as e:\n    print('refused', e)\n"
+        );
+        let mut p = lan.spawn(name, &["python3", "-c", &script], dir.path())?;
+        p.wait(Duration::from_secs(10))?;
+        Ok(p.output().contains("connected"))
+    };
+    let (robot, flooder, phone) = (format!("{net}.2"), format!("{net}.3"), format!("{net}.4"));
+    assert!(connect("phone-before", &phone)?, "the phone connects over TLS");
+
+    // The PBX's log made a decision about the robot; it reaches the kernel.
+    lapi.add_decision_ip(&robot, Duration::from_secs(3600))?;
+    within(Duration::from_secs(3), "the decision in the ban table", || {
+        Ok(ban_of(&pin, &robot)?.is_some_and(|b| b["reason"] == "crowdsec"))
+    })?;
+    let banned_before = stats(&pin)?["outcomes"]["banned"].as_u64().unwrap_or(0);
+    assert!(!connect("robot", &robot)?, "the banned robot got a TLS connection");
+    let banned_after = stats(&pin)?["outcomes"]["banned"].as_u64().unwrap_or(0);
+    assert!(banned_after > banned_before, "its SYNs dropped as banned");
+
+    // A SYN flood on the TLS port.
+    let flood = format!(
+        "import socket, time\nsocks = []\nfor i in range(400):\n    s = socket.socket()\n    s.setblocking(False)\n\
+         \x20   s.bind(('{flooder}', 0))\n    try:\n        s.connect(('{pbx_ip}', 5061))\n    except BlockingIOError:\n        pass\n\
+         \x20   socks.append(s)\ntime.sleep(2)\n"
+    );
+    let mut f = lan.spawn("syn-flood", &["python3", "-c", &flood], dir.path())?;
+    within(Duration::from_secs(10), "the SYN flood banned", || {
+        Ok(ban_of(&pin, &flooder)?.is_some_and(|b| b["reason"] == "connection_flood"))
+    })?;
+    f.wait(Duration::from_secs(20))?;
+    within(Duration::from_secs(5), "the flood's ban pushed to CrowdSec", || {
+        Ok(lapi
+            .decisions()?
+            .iter()
+            .any(|d| d.value == flooder && d.origin == "sipfilter"))
+    })?;
+    assert!(
+        lapi.decisions_json()?
+            .to_string()
+            .contains("sipfilter/connection_flood"),
+        "the scenario names the reason"
+    );
+    assert!(connect("phone-after", &phone)?, "the phone still connects over TLS");
+
+    let accepted = tls.output();
+    let from = |ip: &str| accepted.lines().filter(|l| *l == format!("accepted {ip}")).count();
+    let s = stats(&pin)?;
+    eprintln!(
+        "TLS port: accepted from the robot {}, the flooder {}, the phone {}; transports {}; connections {} throttled {} flood {}",
+        from(&robot),
+        from(&flooder),
+        from(&phone),
+        s["transports"],
+        s["outcomes"]["connection"],
+        s["outcomes"]["connection_throttled"],
+        s["outcomes"]["rate_connection"]
+    );
+    assert_eq!(from(&robot), 0);
+    assert!(from(&flooder) <= 20, "an unknown source opens at most 20 connections");
+    assert_eq!(from(&phone), 2);
+    assert!(s["transports"]["tls"].as_u64().unwrap() > 0);
+    Ok(())
+}

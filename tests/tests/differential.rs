@@ -214,7 +214,7 @@ fn compare_bans(filter: &mut TestFilter, m: &Model, prefix: u8) -> anyhow::Resul
 #[test]
 fn the_answers_program_agrees_with_the_judgement_model() -> anyhow::Result<()> {
     use sipfilter_common::{
-        answers::{charge, Answer, AnswerState, Judgement},
+        answers::{charge, Answer, AnswerClass, AnswerState, Judgement},
         config::{FLAG_TRUST, FLAG_WITHHOLD},
         devices::{DeviceState, NEW_DEVICE_BUDGET},
         scan::ext_from,
@@ -322,6 +322,9 @@ fn the_answers_program_agrees_with_the_judgement_model() -> anyhow::Result<()> {
         };
         // The model of the answers program for one answer: the TC action.
         let mut egress = |src: &mut Source, code: u16, cseq: u32| -> u32 {
+            if src.banned && AnswerClass::withheld_from_banned(code) {
+                return TC_ACT_SHOT;
+            }
             let known = src.answers.known_until_ns > now;
             let device = match devices.get_mut(&(ip, port)) {
                 Some(d) => Some(d),
@@ -346,7 +349,11 @@ fn the_answers_program_agrees_with_the_judgement_model() -> anyhow::Result<()> {
                 Judgement::Withhold | Judgement::Suspect { .. } => TC_ACT_SHOT,
                 Judgement::Ban(_) => {
                     src.banned = true;
-                    TC_ACT_OK
+                    if AnswerClass::withheld_from_banned(code) {
+                        TC_ACT_SHOT
+                    } else {
+                        TC_ACT_OK
+                    }
                 }
                 Judgement::Cracked { .. } => {
                     src.banned = true;

@@ -260,3 +260,83 @@ fn without_its_agent_the_filter_gives_the_same_verdicts() -> anyhow::Result<()> 
     assert!(s["program_tables"].is_null(), "{s:#}");
     Ok(())
 }
+
+/// An upgrade over maps of another layout (here: the counters map replaced by one of an older
+/// size, as a version that added a counter finds them): the new agent does not refuse to
+/// start (under systemd, a restart loop with the old program left unmanaged) but sets the
+/// old maps aside in one logged sentence and restores the state file; the banned robot
+/// reaches the PBX at no moment, and the phone registers before and after.
+#[test]
+fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_known_sources() -> anyhow::Result<()> {
+    let lab = Lab::new("10.247.0")?;
+    let users = office_users(None);
+    let reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let pin = lab.bpffs.pin_dir();
+    let agent = lab.agent_named("agent1", "", false)?;
+    let robot = lab.add_lan_address(9)?;
+    let (phone, pbx) = (lab.ip(3), lab.ip(1));
+    let out = sipfilter(None, &pin, &["ban", "add", &robot, "--for", "2h"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let register_phone = |name: &str| -> anyhow::Result<u64> {
+        let mut p = lab.sipp(
+            name,
+            "register_auth.xml",
+            &phone,
+            &[format!("202;{}", users[2].1)],
+            &["-m", "1", "-recv_timeout", "3000"],
+        )?;
+        sipp_done(&mut p, Duration::from_secs(20))?;
+        Ok(sipp_stat(&p, "Successful call"))
+    };
+    assert_eq!(register_phone("phone-before")?, 1);
+    assert!(lab.is_known(&phone), "the phone is known");
+    let robot_register = request("REGISTER", &robot, "201", "201", &pbx, "Yealink SIP-T46S 66.86.0.15");
+    send_udp(&lab, "robot-1", &robot, &robot_register)?;
+    let log = agent.stop()?;
+    assert!(log.contains("the filter stays attached"), "{log}");
+
+    // What an older version left: a counters map of another size.
+    std::fs::remove_file(pin.join("counters"))?;
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin.join("counters"))
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "16",
+            "entries",
+            "1",
+            "name",
+            "counters",
+        ])
+        .output()?;
+    assert!(
+        made.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    send_udp(&lab, "robot-2", &robot, &robot_register)?;
+
+    let agent2 = lab.agent_named("agent2", "", false)?;
+    let log2 = agent2.log();
+    assert!(log2.contains("made by another version (counters:"), "{log2}");
+    assert!(log2.contains("moved them to"), "{log2}");
+    assert!(log2.contains("restored 1 ban(s)"), "{log2}");
+    assert!(log2.contains("took over the attachment"), "{log2}");
+    send_udp(&lab, "robot-3", &robot, &robot_register)?;
+    let ban = lab
+        .ban_of(&robot)
+        .unwrap_or_else(|| panic!("the CLI ban was lost:\n{log2}"));
+    assert!(ban["expires_in_secs"].as_u64().unwrap() > 3600, "{ban:#}");
+    assert!(lab.is_known(&phone), "the known phone was lost:\n{log2}");
+    assert_eq!(register_phone("phone-after")?, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let reached = reg.requests().iter().filter(|r| r.source == robot).count();
+    assert_eq!(reached, 0, "the banned robot reached the PBX during the upgrade");
+    let stats = sipfilter(None, &pin, &["stats", "--json"])?;
+    assert!(stats.status.success(), "the CLI works on the new maps");
+    Ok(())
+}

@@ -60,6 +60,7 @@ fn register_flood_is_cut_off_at_the_interface_while_a_phone_gets_through() -> an
     const FLOOD: usize = 3000;
     const PHONE: usize = 30;
     let flood = sip_request("REGISTER", "1000");
+    let start = std::time::Instant::now();
     for i in 0..FLOOD {
         // Paced at roughly 20,000/s: faster, and the veth ring (256 frames) overflows
         // before XDP sees the frames, which would test the ring rather than the filter.
@@ -72,12 +73,20 @@ fn register_flood_is_cut_off_at_the_interface_while_a_phone_gets_through() -> an
         }
     }
 
+    let sending = start.elapsed();
     let received = reader.join().expect("reader thread");
     let from_attacker = received.get(&"10.200.0.2:5060".parse()?).copied().unwrap_or(0);
     let from_phone = received.get(&"10.200.0.3:5060".parse()?).copied().unwrap_or(0);
 
     assert_eq!(from_phone, PHONE, "every phone REGISTER arrives");
-    assert_eq!(from_attacker, burst, "the flood is cut off after its burst");
+    // The burst, and what the bucket refilled while it was sent: nothing at this machine's
+    // speed, a token or two in the emulated kernel-test VM.
+    let rate = KernelConfig::default().limits[0].rate_per_sec as f64;
+    let refilled = (rate * sending.as_secs_f64()).ceil() as usize;
+    assert!(
+        (burst..=burst + refilled).contains(&from_attacker),
+        "the flood is cut off after its burst: {from_attacker} passed (burst {burst}, {refilled} refilled in {sending:?})"
+    );
     let key = source_key("10.200.0.2".parse()?, 64);
     assert!(filter.maps().ban(&key)?.is_some(), "the flooding address is banned");
     let events = filter.ban_events();
@@ -85,7 +94,7 @@ fn register_flood_is_cut_off_at_the_interface_while_a_phone_gets_through() -> an
     assert_eq!(events[0].source, key);
     let c = filter.counters()?;
     assert_eq!(c.outcome(Outcome::RateRegister), 1);
-    assert_eq!(c.outcome(Outcome::Banned) as usize, FLOOD - burst - 1);
+    assert_eq!(c.outcome(Outcome::Banned) as usize, FLOOD - from_attacker - 1);
     Ok(())
 }
 

@@ -286,6 +286,18 @@ const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
 
 impl Agent {
     fn start(pin_dir: &Path, args: RunArgs, config: Config) -> anyhow::Result<Agent> {
+        // Maps pinned by a version with other layouts cannot be used, nor refused forever (a
+        // restart loop, the old program left unmanaged): they are set aside and the state
+        // file restores what it holds.
+        if let Some(why) = sipfilter::loader::incompatible_pins(pin_dir)? {
+            let aside = sipfilter::loader::set_aside_maps(pin_dir)?;
+            log(format!(
+                "the maps pinned under {} were made by another version ({why}): moved them to {} and starting from the state file (bans, list entries, known sources and cracked extensions are restored; counters, rate buckets, devices and open connections start anew); the running filter keeps them until this one is swapped in; remove {} once no longer needed",
+                pin_dir.display(),
+                aside.display(),
+                aside.display()
+            ));
+        }
         let fresh = !pin_dir.join(BAN_TABLE).exists();
         // The IPv6 source prefix the pinned bans are keyed by, before the new config replaces it.
         let old_prefix = match fresh {

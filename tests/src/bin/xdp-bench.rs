@@ -186,6 +186,30 @@ fn main() -> anyhow::Result<()> {
             floor: false,
         },
         Path {
+            name: "banned source's SYN (TCP)",
+            frame: P::udp4(banned, Ipv4Addr::new(192, 0, 2, 1), 40000, 5060, b"")
+                .syn()
+                .build()
+                .bytes,
+            expect: XDP_DROP,
+            floor: false,
+        },
+        Path {
+            name: "REGISTER over TCP, known",
+            frame: P::udp4(
+                clean,
+                Ipv4Addr::new(192, 0, 2, 1),
+                40000,
+                5060,
+                &sip_request("REGISTER", "200"),
+            )
+            .tcp()
+            .build()
+            .bytes,
+            expect: XDP_PASS,
+            floor: false,
+        },
+        Path {
             name: "allowlisted source",
             frame: register(trunk),
             expect: XDP_PASS,
@@ -244,6 +268,8 @@ fn main() -> anyhow::Result<()> {
         ("REGISTER, unknown, 13 headers", 2.0),
         ("INVITE +44…, 500 prefixes", 2.3),
         ("banned source", 1.3),
+        ("banned source's SYN (TCP)", 1.3),
+        ("REGISTER over TCP, known", 2.0),
     ]
     .into();
     println!(
@@ -309,6 +335,19 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
         ),
         ("SIP answer 100 Trying", answer("100 Trying")),
         ("SIP answer 401 to REGISTER", answer("401 Unauthorized")),
+        (
+            "401 to REGISTER over TCP",
+            P::udp4(
+                pbx,
+                peer,
+                5060,
+                40000,
+                &sip_answer("401 Unauthorized", "REGISTER", 7, "200", "200"),
+            )
+            .tcp()
+            .build()
+            .bytes,
+        ),
     ];
     filter.loaded.load_tc_floor()?;
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -317,11 +356,13 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
             // The peer has state (its REGISTER came in), so the 401 is judged: the same
             // request's answer again each repeat, a retransmission, which changes nothing.
             filter.maps().clear_rate_state()?;
-            filter.run(
-                &P::udp4(peer, pbx, 5060, 5060, &sip_request_from("REGISTER", "200", "200", 7))
-                    .build()
-                    .bytes,
-            )?;
+            let request = sip_request_from("REGISTER", "200", "200", 7);
+            let request = match name.contains("TCP") {
+                // Over TCP the device is the connection: the REGISTER came in on it.
+                true => P::udp4(peer, pbx, 40000, 5060, &request).tcp(),
+                false => P::udp4(peer, pbx, 5060, 5060, &request),
+            };
+            filter.run(&request.build().bytes)?;
             let prog: &aya::programs::SchedClassifier = if name.starts_with("floor") {
                 filter
                     .loaded
@@ -354,7 +395,12 @@ fn bench_egress(filter: &mut TestFilter, args: &Args, peer: Ipv4Addr) -> anyhow:
     }
     let floor_samples = samples[paths[0].0].clone();
     let tc_floor = median(floor_samples.clone());
-    let targets: BTreeMap<&str, f64> = [("non-SIP egress", 1.2), ("SIP answer 401 to REGISTER", 2.0)].into();
+    let targets: BTreeMap<&str, f64> = [
+        ("non-SIP egress", 1.2),
+        ("SIP answer 401 to REGISTER", 2.0),
+        ("401 to REGISTER over TCP", 2.0),
+    ]
+    .into();
     println!("\nTC egress ns/packet (answers program; ratio to an empty TC program, same rounds)");
     println!("{:<30} {:>8} {:>9} {:>8}  target", "path", "ns/pkt", "× floor", "added");
     let mut out = serde_json::Map::new();

@@ -58,7 +58,10 @@ fn sync(counter: &IntCounter, last: u64, now: u64) {
 }
 
 impl Metrics {
-    pub fn new() -> anyhow::Result<Self> {
+    /// `fleet`: CrowdSec is configured. Its metrics are exported only then: a
+    /// `sipfilter_crowdsec_up 0` of an agent without CrowdSec would fire a generic `up == 0`
+    /// alert.
+    pub fn new(fleet: bool) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let cv = |name: &str, help: &str, label: &str| -> anyhow::Result<IntCounterVec> {
             let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
@@ -204,16 +207,18 @@ impl Metrics {
         )?;
         let crowdsec_up = IntGauge::new(
             "sipfilter_crowdsec_up",
-            "1 while CrowdSec's Local API answers the pulls (0: down, or not configured).",
+            "1 while CrowdSec's Local API answers the pulls (0: down; absent: not configured).",
         )?;
         let crowdsec_last_pull = IntGauge::new(
             "sipfilter_crowdsec_last_success_timestamp_seconds",
             "Unix time of the last pull the Local API answered.",
         )?;
-        let crowdsec_decisions = cv(
-            "sipfilter_crowdsec_decisions_total",
-            "CrowdSec decisions pulled, by what became of them.",
-            "result",
+        let crowdsec_decisions = IntCounterVec::new(
+            Opts::new(
+                "sipfilter_crowdsec_decisions_total",
+                "CrowdSec decisions pulled, by what became of them.",
+            ),
+            &["result"],
         )?;
         let crowdsec_pushed = IntCounter::new(
             "sipfilter_crowdsec_alerts_pushed_total",
@@ -227,9 +232,12 @@ impl Metrics {
             "Writes of the state file that failed (a read-only or full state folder); retried every second.",
         )?;
         registry.register(Box::new(state_write_failures.clone()))?;
-        registry.register(Box::new(crowdsec_up.clone()))?;
-        registry.register(Box::new(crowdsec_last_pull.clone()))?;
-        registry.register(Box::new(crowdsec_pushed.clone()))?;
+        if fleet {
+            registry.register(Box::new(crowdsec_up.clone()))?;
+            registry.register(Box::new(crowdsec_last_pull.clone()))?;
+            registry.register(Box::new(crowdsec_pushed.clone()))?;
+            registry.register(Box::new(crowdsec_decisions.clone()))?;
+        }
         registry.register(Box::new(allow_name_failures.clone()))?;
         registry.register(Box::new(allow_names_stale.clone()))?;
         let known_sources = IntGauge::new("sipfilter_known_sources", "Sources known now (earned by registering).")?;

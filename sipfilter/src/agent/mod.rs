@@ -409,13 +409,14 @@ impl Agent {
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let config_state_file = config.state_file.clone();
+        let fleet_configured = config.crowdsec.is_some();
         let watch = iface_watch::IfaceWatch::new(&attached);
         let mut agent = Agent {
             pin_dir: pin_dir.to_owned(),
             args,
             config,
             loaded,
-            metrics: metrics::Metrics::new()?,
+            metrics: metrics::Metrics::new(fleet_configured)?,
             state,
             saved: (Vec::new(), Vec::new()),
             saved_trust: (Vec::new(), Vec::new()),

@@ -83,6 +83,10 @@ pub const DEVICES_SIZE: u32 = 32_768;
 pub const CONNECTIONS_SIZE: u32 = 65_536;
 /// Sources at their open-connection limit (written by the agent, read on each SYN).
 pub const CONNECTION_LIMITED_SIZE: u32 = 16_384;
+/// How long a mark of `connection_limited` holds: the agent stamps the marks anew every
+/// second, so the marks of a stopped agent lapse (the connections they counted are no longer
+/// counted) instead of keeping a source's SYNs out for good.
+pub const CONNECTION_MARK_TTL_NS: u64 = 5 * crate::NS_PER_SEC;
 
 /// A TCP connection to a SIP port, by its client's address and port and the server's port.
 #[repr(C)]

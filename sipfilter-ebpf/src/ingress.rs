@@ -302,9 +302,11 @@ fn connection_budget(
             return Outcome::ConnectionThrottled;
         }
     }
-    if unsafe { CONNECTION_LIMITED.get(key) }.is_some() {
-        state.drops += 1;
-        return Outcome::ConnectionThrottled;
+    if let Some(marked) = unsafe { CONNECTION_LIMITED.get(key) } {
+        if now.saturating_sub(*marked) < sipfilter_common::maps::CONNECTION_MARK_TTL_NS {
+            state.drops += 1;
+            return Outcome::ConnectionThrottled;
+        }
     }
     Outcome::Connection
 }

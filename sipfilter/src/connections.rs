@@ -94,6 +94,14 @@ impl ConnectionMaps {
         Ok(self.connections.iter().filter_map(Result::ok).collect())
     }
 
+    /// Marks `source` at its limit as of `at_ns` (what `upkeep` does every second; tests use
+    /// it to set a mark's age).
+    pub fn mark(&mut self, source: &SourceKey, at_ns: u64) -> anyhow::Result<()> {
+        self.limited
+            .insert(source, at_ns, 0)
+            .context("cannot mark a source at its connection limit")
+    }
+
     /// The sources marked at their limit.
     pub fn limited(&self) -> anyhow::Result<BTreeSet<SourceKey>> {
         Ok(self.limited.keys().filter_map(Result::ok).collect())
@@ -117,11 +125,14 @@ impl ConnectionMaps {
         let want = at_limit(&c.open, &limit_of);
         let have = self.limited()?;
         let mut newly = Vec::new();
-        for k in want.difference(&have) {
+        // Every mark stamped anew: a mark holds for CONNECTION_MARK_TTL_NS only.
+        for k in &want {
             self.limited
                 .insert(k, now_ns, 0)
                 .context("cannot mark a source at its connection limit")?;
-            newly.push((*k, c.open.get(k).copied().unwrap_or(0)));
+            if !have.contains(k) {
+                newly.push((*k, c.open.get(k).copied().unwrap_or(0)));
+            }
         }
         for k in have.difference(&want) {
             match self.limited.remove(k) {

@@ -59,11 +59,11 @@ pub fn generations(pin_dir: &Path) -> Vec<u32> {
     ids
 }
 
-/// Removes the pinned tables of every load but `keep` (all of them with None, as `detach`
-/// does); returns how many loads were retired.
-pub fn retire(pin_dir: &Path, keep: Option<u32>) -> anyhow::Result<usize> {
+/// Removes the pinned tables of every load but those in `keep` (the loads still attached
+/// somewhere; none, as `detach` of every interface does); returns how many were retired.
+pub fn retire(pin_dir: &Path, keep: &[u32]) -> anyhow::Result<usize> {
     let mut retired = 0;
-    for id in generations(pin_dir).into_iter().filter(|id| Some(*id) != keep) {
+    for id in generations(pin_dir).into_iter().filter(|id| !keep.contains(id)) {
         let dir = generation_dir(pin_dir, id);
         // bpffs removes a folder's pins one by one, then the folder.
         for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {

@@ -754,3 +754,31 @@ fn a_million_spoofed_sources_leave_a_registered_phone_and_the_real_bans_alone() 
     );
     Ok(())
 }
+
+/// A source the agent marked at its open-connection limit has its SYNs dropped while the mark
+/// is fresh (the agent stamps it anew every second); a mark the agent stopped renewing (it
+/// was stopped or killed) lapses after CONNECTION_MARK_TTL_NS, so an office is not kept out
+/// for good by the count of a stopped agent.
+#[test]
+fn a_connection_limit_mark_holds_while_renewed_and_lapses_without_the_agent() -> anyhow::Result<()> {
+    let f = TestFilter::new()?;
+    let office = v4(120);
+    let syn = |port: u16| {
+        P::udp4(office, Ipv4Addr::new(192, 0, 2, 1), port, 5060, b"")
+            .syn()
+            .build()
+            .bytes
+    };
+    f.expect(&syn(40000), XDP_PASS, "a SYN before any mark")?;
+    let mut marks = sipfilter::connections::ConnectionMaps::open_pinned(&f.loaded.pin_dir)?;
+    let key = source_key(office.into(), 128);
+    let now = sipfilter::clock::boot_ns();
+    marks.mark(&key, now)?;
+    f.expect(&syn(40001), XDP_DROP, "a SYN while the fresh mark holds")?;
+    marks.mark(
+        &key,
+        now - sipfilter_common::maps::CONNECTION_MARK_TTL_NS - 1_000_000_000,
+    )?;
+    f.expect(&syn(40002), XDP_PASS, "a SYN once the mark lapsed")?;
+    Ok(())
+}

@@ -105,6 +105,20 @@ pub fn attach(prog: &mut Xdp, pin_dir: &Path, iface: &str, mode: AttachMode) -> 
     })
 }
 
+/// The programs attached through the links pinned under `<pin_dir>/links` (one per
+/// interface): the loads whose tail-call tables must stay.
+pub fn attached_program_ids(pin_dir: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|p| FdLink::from(p).info().ok())
+        .map(|i| i.program_id())
+        .collect()
+}
+
 fn adopt(prog: &mut Xdp, pin: &Path) -> anyhow::Result<()> {
     let pinned = PinnedLink::from_pin(pin).context("cannot open the pinned link")?;
     let fd_link: FdLink = pinned.into();

@@ -159,7 +159,7 @@ pub fn detach(pin_dir: &Path, args: DetachArgs) -> anyhow::Result<()> {
     }
     if args.iface.is_none() {
         // Attached nowhere now: the programs' pinned tables go too.
-        sipfilter::program_tables::retire(pin_dir, None)?;
+        sipfilter::program_tables::retire(pin_dir, &[])?;
     }
     if removed.is_empty() {
         println!(
@@ -281,6 +281,9 @@ async fn serve_scrape(
 /// How often the IPv6 prefixes' aggregate budgets are checked.
 const AGGREGATE_INTERVAL: Duration = Duration::from_secs(3);
 
+/// The marker folder (under the pins) of a state-file restore not yet done.
+const RESTORING: &str = "restoring";
+
 /// How often the program's jiffies clock is re-measured against CLOCK_BOOTTIME.
 const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -289,7 +292,13 @@ impl Agent {
         // Maps pinned by a version with other layouts cannot be used, nor refused forever (a
         // restart loop, the old program left unmanaged): they are set aside and the state
         // file restores what it holds.
+        // Until the state file is restored into new maps, a marker says so: a start that
+        // fails after the load pinned them (the verifier refused the program, an attach
+        // failed) restores again next time, rather than taking the empty maps for the real
+        // ones and saving them over the state file.
+        let restoring = pin_dir.join(RESTORING);
         if let Some(why) = sipfilter::loader::incompatible_pins(pin_dir)? {
+            sipfilter::bpffs::create_private_dir(&restoring)?;
             let aside = sipfilter::loader::set_aside_maps(pin_dir)?;
             log(format!(
                 "the maps pinned under {} were made by another version ({why}): moved them to {} and starting from the state file (bans, list entries, known sources and cracked extensions are restored; counters, rate buckets, devices and open connections start anew); the running filter keeps them until this one is swapped in; remove {} once no longer needed",
@@ -298,7 +307,10 @@ impl Agent {
                 aside.display()
             ));
         }
-        let fresh = !pin_dir.join(BAN_TABLE).exists();
+        if !pin_dir.join(BAN_TABLE).exists() {
+            sipfilter::bpffs::create_private_dir(&restoring)?;
+        }
+        let fresh = restoring.exists();
         // The IPv6 source prefix the pinned bans are keyed by, before the new config replaces it.
         let old_prefix = match fresh {
             true => None,
@@ -370,6 +382,9 @@ impl Agent {
                 r.allowlisted
             ));
         }
+        if fresh {
+            std::fs::remove_dir(&restoring).with_context(|| format!("cannot remove {}", restoring.display()))?;
+        }
 
         // This load's tail-call tables, pinned before its programs are attached: from the
         // moment they run, a stop or crash of the agent leaves them whole.
@@ -403,9 +418,14 @@ impl Agent {
             attached.push(a.iface);
         }
         // The previous loads' programs are no longer attached anywhere: free them.
-        let retired = sipfilter::program_tables::retire(pin_dir, Some(generation))?;
-        if retired > 0 {
-            log(format!("retired the programs of {retired} earlier load(s)"));
+        // (A load still attached elsewhere, to an interface this configuration no longer
+        // names, keeps its tables.)
+        let mut keep = attach::attached_program_ids(pin_dir);
+        keep.push(generation);
+        match sipfilter::program_tables::retire(pin_dir, &keep) {
+            Ok(0) => {}
+            Ok(n) => log(format!("retired the programs of {n} earlier load(s)")),
+            Err(e) => log(format!("warning: cannot retire the earlier loads' programs: {e:#}")),
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let config_state_file = config.state_file.clone();
@@ -879,10 +899,15 @@ impl Agent {
         let limits = self.config.connections.limits;
         let now = clock::boot_ns();
         let trust = &self.loaded.trust;
+        let trust_on = self.config.trust.enabled;
         let mask = self.loaded.maps.read_config()?.ipv6_mask_be;
         let u = self
             .connections
             .upkeep(self.config.connections.idle_timeout, now, mask, |k| {
+                // Without trust tiers every source is judged as a known one (as the program does).
+                if !trust_on {
+                    return limits.known_open;
+                }
                 match trust.known(k) {
                     Ok(Some(known)) if known.until_ns > now => limits.known_open,
                     _ => limits.unknown_open,
@@ -1050,7 +1075,10 @@ impl Agent {
                 }
                 answers_attach::detach(&self.pin_dir, iface)?;
             }
-            sipfilter::program_tables::retire(&self.pin_dir, None)?;
+            let keep = attach::attached_program_ids(&self.pin_dir);
+            if let Err(e) = sipfilter::program_tables::retire(&self.pin_dir, &keep) {
+                log(format!("warning: cannot retire the programs' tables: {e:#}"));
+            }
         } else {
             log(format!(
                 "stopping; the filter stays attached to {} (`sipfilter detach` removes it)",

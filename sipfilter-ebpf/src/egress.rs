@@ -351,7 +351,9 @@ fn judge(pending: &PendingAnswer, config: &KernelConfig, counters: &mut Counters
         ext,
         port: pending.peer_port as u16,
     };
-    if state.ban_until_ns > now && AnswerClass::withheld_from_banned(answer.code) {
+    // Banned, or denylisted (a CIDR ban, an imported list, a CrowdSec range).
+    let shut_out = state.ban_until_ns > now || state.deny_until_ns > now;
+    if shut_out && AnswerClass::withheld_from_banned(answer.code) {
         if config.monitor() {
             return false;
         }

@@ -655,3 +655,34 @@ fn an_enumerator_from_one_port_or_a_new_port_per_request_learns_at_most_five_ext
     }
     Ok(())
 }
+
+/// A source shut out (banned, or in a denylisted range) learns nothing more from the PBX's
+/// answers to what it sent before: over TCP the PBX's own stack would otherwise resend them
+/// to it. Its neighbour, not listed, gets its challenge; a 1xx is never withheld.
+#[test]
+fn answers_to_a_banned_or_denylisted_source_are_withheld() -> anyhow::Result<()> {
+    let mut f = TestFilter::with_config(&trusted_config())?;
+    let (robot, listed, phone) = (addr(40), addr(41), addr(42));
+    for ip in [robot, listed, phone] {
+        assert_eq!(Peer::new(&f, ip).register("201"), XDP_PASS);
+    }
+    f.maps()
+        .add_ban(&source_key(robot.into(), 128), None, ban_reason::MANUAL)?;
+    f.maps().list_add(
+        sipfilter::filter_maps::ListKind::Deny,
+        &"198.51.100.41/32".parse()?,
+        sipfilter_common::maps::PERMANENT,
+    )?;
+    // The answers to those REGISTERs (CSeq 1).
+    let answered = |ip: Ipv4Addr, status: &str| {
+        let mut peer = Peer::new(&f, ip);
+        peer.cseq = 1;
+        peer.answer(status, "REGISTER", "201", "201")
+    };
+    assert_eq!(answered(robot, "401 Unauthorized"), TC_ACT_SHOT);
+    assert_eq!(answered(robot, "404 Not Found"), TC_ACT_SHOT);
+    assert_eq!(answered(robot, "100 Trying"), TC_ACT_OK);
+    assert_eq!(answered(listed, "401 Unauthorized"), TC_ACT_SHOT);
+    assert_eq!(answered(phone, "401 Unauthorized"), TC_ACT_OK);
+    Ok(())
+}

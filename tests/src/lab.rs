@@ -273,3 +273,46 @@ pub fn office_users(weak: Option<&str>) -> Vec<(String, String)> {
 pub fn as_refs(users: &[(String, String)]) -> Vec<(&str, &str)> {
     users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect()
 }
+
+/// SIPp's arguments for the threaded extension enumerator (`register_probe.xml` over 100
+/// extensions): 5 calls at once, 50 a second, a socket of its own per call over `transport`
+/// (`un`: UDP, `tn`: TCP, a connection per request), 1.5 s for each answer.
+pub fn enumerator_args(transport: &'static str) -> Vec<&'static str> {
+    vec![
+        "-t",
+        transport,
+        "-max_socket",
+        "1000",
+        "-l",
+        "5",
+        "-r",
+        "50",
+        "-rp",
+        "1000",
+        "-m",
+        "100",
+        "-recv_timeout",
+        "1500",
+    ]
+}
+
+/// 40 guesses at `ext` as SIPp injection lines (`ext;password`), `right` the `at`th
+/// (1-based), the rest wrong.
+pub fn guesses(ext: &str, right: &str, at: usize) -> Vec<String> {
+    (1..=40)
+        .map(|i| match i == at {
+            true => format!("{ext};{right}"),
+            false => format!("{ext};guess{i:03}"),
+        })
+        .collect()
+}
+
+/// A python script that opens `n` TCP connections at once from `from` to `to`:`port`
+/// (non-blocking connects: `n` SYNs back to back), holds them 2 s and exits.
+pub fn syn_flood_script(from: &str, to: &str, port: u16, n: usize) -> String {
+    format!(
+        "import socket, time\nsocks = []\nfor i in range({n}):\n    s = socket.socket()\n    s.setblocking(False)\n\
+         \x20   s.bind(('{from}', 0))\n    try:\n        s.connect(('{to}', {port}))\n    except BlockingIOError:\n        pass\n\
+         \x20   socks.append(s)\ntime.sleep(2)\nprint('sent', len(socks))\n"
+    )
+}

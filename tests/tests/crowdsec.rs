@@ -15,6 +15,7 @@ use sipfilter_tests::{
     agent::{sipfilter, AgentProcess},
     crowdsec::LocalApi,
     harness::PrivateBpffs,
+    lab::syn_flood_script,
     netns::{veth_pair, Netns, ScratchDir},
     packet::sip_request,
 };
@@ -394,11 +395,7 @@ fn a_crowdsec_decision_and_a_syn_flood_close_the_tls_port_to_robots_only() -> an
     assert!(banned_after > banned_before, "its SYNs dropped as banned");
 
     // A SYN flood on the TLS port.
-    let flood = format!(
-        "import socket, time\nsocks = []\nfor i in range(400):\n    s = socket.socket()\n    s.setblocking(False)\n\
-         \x20   s.bind(('{flooder}', 0))\n    try:\n        s.connect(('{pbx_ip}', 5061))\n    except BlockingIOError:\n        pass\n\
-         \x20   socks.append(s)\ntime.sleep(2)\n"
-    );
+    let flood = syn_flood_script(&flooder, &pbx_ip, 5061, 400);
     let mut f = lan.spawn("syn-flood", &["python3", "-c", &flood], dir.path())?;
     within(Duration::from_secs(10), "the SYN flood banned", || {
         Ok(ban_of(&pin, &flooder)?.is_some_and(|b| b["reason"] == "connection_flood"))

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sipfilter_tests::{
     agent::{sipfilter, AgentProcess},
     kamailio::{Registrar, UnknownUsers},
-    lab::{as_refs, office_users, registers, replies, sipp_stat, Lab},
+    lab::{as_refs, enumerator_args, guesses, office_users, registers, replies, sipp_stat, Lab},
     sipp::sipp_done,
 };
 
@@ -36,17 +36,15 @@ struct Verdicts {
     phone_registered: u64,
 }
 
-/// One UDP datagram from `from` to the PBX's 5060, sent by python in the LAN namespace.
-fn send_udp(lab: &Lab, name: &str, from: &str, payload: &str) -> anyhow::Result<()> {
-    let script = format!(
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{from}', 5060))\n\
-         s.sendto({payload:?}.encode(), ('{pbx}', 5060))\n",
-        pbx = lab.ip(1)
-    );
-    let mut p = lab.run_in_lan(name, &["python3", "-c", &script])?;
-    let status = p.wait(Duration::from_secs(10))?;
-    anyhow::ensure!(status.success(), "python failed: {}", p.output());
-    Ok(())
+/// One UDP datagram from `from`:5060 (an address of the LAN namespace) to the PBX's 5060.
+fn send_udp(lab: &Lab, from: &str, payload: &str) -> anyhow::Result<()> {
+    let (from, to): (std::net::SocketAddr, std::net::SocketAddr) =
+        (format!("{from}:5060").parse()?, format!("{}:5060", lab.ip(1)).parse()?);
+    let payload = payload.as_bytes().to_vec();
+    lab.lan.run(move || {
+        std::net::UdpSocket::bind(from)?.send_to(&payload, to)?;
+        Ok(())
+    })
 }
 
 fn request(method: &str, from: &str, user: &str, to: &str, pbx: &str, user_agent: &str) -> String {
@@ -76,13 +74,11 @@ fn round(lab: &Lab, reg: &Registrar, users: &[(String, String)], base: u8) -> an
 
     send_udp(
         lab,
-        &format!("scanner-{tag}"),
         &scanner,
         &request("OPTIONS", &scanner, "100", "100", &pbx, "sipcli/v1.8"),
     )?;
     send_udp(
         lab,
-        &format!("caller-{tag}"),
         &caller,
         &request(
             "INVITE",
@@ -94,12 +90,7 @@ fn round(lab: &Lab, reg: &Registrar, users: &[(String, String)], base: u8) -> an
         ),
     )?;
 
-    let dictionary: Vec<String> = (1..=40)
-        .map(|i| match i {
-            30 => format!("201;{}", users[1].1),
-            _ => format!("201;guess{i:03}"),
-        })
-        .collect();
+    let dictionary = guesses("201", &users[1].1, 30);
     let mut brute_sipp = lab.sipp(
         &format!("brute-{tag}"),
         "register_auth.xml",
@@ -124,24 +115,7 @@ fn round(lab: &Lab, reg: &Registrar, users: &[(String, String)], base: u8) -> an
         "register_probe.xml",
         &enumerator,
         &csv,
-        &[
-            "-t",
-            "un",
-            "-max_socket",
-            "1000",
-            "-l",
-            "5",
-            "-r",
-            "50",
-            "-rp",
-            "1000",
-            "-m",
-            "100",
-            "-recv_timeout",
-            "1500",
-            "-timeout",
-            "20",
-        ],
+        &[enumerator_args("un"), vec!["-timeout", "20"]].concat(),
     )?;
     sipp_done(&mut brute_sipp, Duration::from_secs(40))?;
     let _ = enum_sipp.wait(Duration::from_secs(40));
@@ -291,7 +265,7 @@ fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_kno
     assert_eq!(register_phone("phone-before")?, 1);
     assert!(lab.is_known(&phone), "the phone is known");
     let robot_register = request("REGISTER", &robot, "201", "201", &pbx, "Yealink SIP-T46S 66.86.0.15");
-    send_udp(&lab, "robot-1", &robot, &robot_register)?;
+    send_udp(&lab, &robot, &robot_register)?;
     let log = agent.stop()?;
     assert!(log.contains("the filter stays attached"), "{log}");
 
@@ -318,7 +292,7 @@ fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_kno
         "bpftool: {}",
         String::from_utf8_lossy(&made.stderr)
     );
-    send_udp(&lab, "robot-2", &robot, &robot_register)?;
+    send_udp(&lab, &robot, &robot_register)?;
 
     let agent2 = lab.agent_named("agent2", "", false)?;
     let log2 = agent2.log();
@@ -326,7 +300,7 @@ fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_kno
     assert!(log2.contains("moved them to"), "{log2}");
     assert!(log2.contains("restored 1 ban(s)"), "{log2}");
     assert!(log2.contains("took over the attachment"), "{log2}");
-    send_udp(&lab, "robot-3", &robot, &robot_register)?;
+    send_udp(&lab, &robot, &robot_register)?;
     let ban = lab
         .ban_of(&robot)
         .unwrap_or_else(|| panic!("the CLI ban was lost:\n{log2}"));

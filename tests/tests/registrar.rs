@@ -16,7 +16,7 @@ use std::{
 
 use sipfilter_tests::{
     kamailio::UnknownUsers,
-    lab::{as_refs, numbering, office_users, registers, replies, sipp_stat, Lab, STRONG},
+    lab::{as_refs, enumerator_args, numbering, office_users, registers, replies, sipp_stat, Lab, STRONG},
     sipp::sipp_done,
 };
 
@@ -658,28 +658,7 @@ fn threaded_enumerator(net: &str, unknown: UnknownUsers) -> anyhow::Result<()> {
     let users = office_users(None);
     let reg = lab.registrar(unknown, &as_refs(&users))?;
     let csv: Vec<String> = (200..300).map(|e| e.to_string()).collect();
-    let mut sipp = lab.sipp(
-        "enumerator",
-        "register_probe.xml",
-        &robot,
-        &csv,
-        &[
-            "-t",
-            "un",
-            "-max_socket",
-            "1000",
-            "-l",
-            "5",
-            "-r",
-            "50",
-            "-rp",
-            "1000",
-            "-m",
-            "100",
-            "-recv_timeout",
-            "1500",
-        ],
-    )?;
+    let mut sipp = lab.sipp("enumerator", "register_probe.xml", &robot, &csv, &enumerator_args("un"))?;
     sipp_done(&mut sipp, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(300));
     let learned = sipp_stat(&sipp, "Successful call");

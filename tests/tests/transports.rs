@@ -11,21 +11,18 @@ use std::time::Duration;
 
 use sipfilter_tests::{
     kamailio::UnknownUsers,
-    lab::{as_refs, office_users, registers, replies, sipp_stat, Lab, STRONG},
+    lab::{
+        as_refs, enumerator_args, guesses, office_users, registers, replies, sipp_stat, syn_flood_script, Lab, STRONG,
+    },
     sipp::sipp_done,
 };
 
 const PHONE_PASSWORD: &str = "Pw-202-xyz";
 
-/// 40 guesses at 201 (the right password 30th), each a SIPp call (REGISTER, 401, REGISTER
-/// with credentials), `per_second` a second over `transport` (`t1`, `u1`, …).
+/// 40 guesses at 201, the right password 30th: each a SIPp call (REGISTER, 401, REGISTER
+/// with credentials).
 fn dictionary(right_at: usize) -> Vec<String> {
-    (1..=40)
-        .map(|i| match i == right_at {
-            true => format!("201;{STRONG}"),
-            false => format!("201;guess{i:03}"),
-        })
-        .collect()
+    guesses("201", STRONG, right_at)
 }
 
 /// The phone at `ip` registers 202 `n` times over TCP (one connection), one a second;
@@ -200,24 +197,7 @@ fn an_enumerator_over_tcp_with_a_connection_per_request_learns_at_most_five() ->
         "register_probe.xml",
         &robot,
         &csv,
-        &[
-            "-t",
-            "tn",
-            "-max_socket",
-            "1000",
-            "-l",
-            "5",
-            "-r",
-            "50",
-            "-rp",
-            "1000",
-            "-m",
-            "100",
-            "-recv_timeout",
-            "1500",
-            "-timeout",
-            "30",
-        ],
+        &[enumerator_args("tn"), vec!["-timeout", "30"]].concat(),
     )?;
     let _ = sipp.wait(Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
@@ -318,22 +298,7 @@ fn a_syn_flood_is_banned_while_a_phone_registers_over_tcp() -> anyhow::Result<()
     let agent = lab.agent()?;
     let _reg = lab.registrar(UnknownUsers::NotFound, &[("202", PHONE_PASSWORD)])?;
     let mut phone_sipp = phone_registers(&lab, "phone", &phone, 6)?;
-    let flood = format!(
-        "import socket, time\n\
-         socks = []\n\
-         for i in range(400):\n\
-         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
-         \x20   s.setblocking(False)\n\
-         \x20   s.bind(('{robot}', 0))\n\
-         \x20   try:\n\
-         \x20       s.connect(('{pbx}', 5060))\n\
-         \x20   except BlockingIOError:\n\
-         \x20       pass\n\
-         \x20   socks.append(s)\n\
-         time.sleep(3)\n\
-         print('sent', len(socks))\n",
-        pbx = lab.ip(1)
-    );
+    let flood = syn_flood_script(&robot, &lab.ip(1), 5060, 400);
     let mut flooder = lab.run_in_lan("flood", &["python3", "-c", &flood])?;
     let ban = lab.wait_for_ban(&robot, Duration::from_secs(15));
     let _ = flooder.wait(Duration::from_secs(20));

@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod agent_lock;
+pub mod agent_record;
 pub mod blocklist;
 pub mod bpffs;
 pub mod clock;

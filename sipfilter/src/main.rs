@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(2),
             Err(e) => Err(e),
         },
-        Command::Events(args) => cli::events::run(args),
+        Command::Events(args) => cli::events::run(&cli.pin_dir, args),
         Command::Fraud { cmd } => cli::fraud::run(cmd),
         Command::Manage(cmd) => cli::execute(&cli.pin_dir, cmd),
         Command::Manpages { dir } => manpages(&dir),

@@ -1326,10 +1326,18 @@ fn trail(lab: &Lab) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-fn has_event(events: &[serde_json::Value], event: &str, source: &str, detail: &str) -> bool {
-    events.iter().any(|e| {
-        e["event"] == event && e["source"] == source && e["detail"].as_str().is_some_and(|d| d.contains(detail))
-    })
+fn has_event(events: &[serde_json::Value], event: &str, source: &str, reason: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["event"] == event && e["source"] == source && e["reason"] == reason)
+}
+
+/// The entries for `event` on `source`.
+fn entries<'a>(events: &'a [serde_json::Value], event: &str, source: &str) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == event && e["source"] == source)
+        .collect()
 }
 
 #[test]
@@ -1340,23 +1348,126 @@ fn the_audit_trail_records_bans_and_lifts_with_their_times_across_restarts() -> 
     let agent = lab.agent("agent1", &[])?;
     send_to(&attacker, &lab.v4(1), "REGISTER", 300)?;
     eventually("the flood's ban in the trail", || {
-        Ok(has_event(&trail(&lab)?, "ban", &attacker_ip, "reason=rate_register"))
+        Ok(has_event(&trail(&lab)?, "ban", &attacker_ip, "rate_register"))
     })?;
-    // An operator lifts it; another ban runs out.
+    let flood = trail(&lab)?;
+    let ban = entries(&flood, "ban", &attacker_ip)[0].clone();
+    assert_eq!(
+        (ban["origin"].as_str(), ban["method"].as_str()),
+        (Some("sipfilter"), Some("REGISTER")),
+        "{ban}"
+    );
+    assert!(
+        ban["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("duration=300s") && !d.contains("reason=") && !d.contains("method=")),
+        "reason and method are fields of their own, not words of the detail: {ban}"
+    );
+    // An operator lifts it; another ban (with the operator's words) runs out.
     lab.cli(&["ban", "del", &attacker_ip])?;
     let short = lab.v4(9);
-    lab.cli(&["ban", "add", &short, "--for", "2s"])?;
-    eventually("the operator's lift", || {
-        Ok(has_event(&trail(&lab)?, "lift", &attacker_ip, "reason=removed"))
-    })?;
-    eventually("the expiry", || {
-        Ok(has_event(&trail(&lab)?, "lift", &short, "reason=expired"))
-    })?;
+    lab.cli(&["ban", "add", &short, "--for", "2s", "--reason", "lab test"])?;
+    eventually("the expiry", || Ok(has_event(&trail(&lab)?, "lift", &short, "expired")))?;
+    let events = trail(&lab)?;
+    let lifts = entries(&events, "lift", &attacker_ip);
+    assert_eq!(
+        lifts.len(),
+        1,
+        "the operator's lift, once (not again by the agent): {lifts:?}"
+    );
+    assert_eq!(
+        (lifts[0]["origin"].as_str(), lifts[0]["reason"].as_str()),
+        (Some("cli"), Some("removed"))
+    );
+    let manual = entries(&events, "ban", &short);
+    assert_eq!(manual.len(), 1, "{manual:?}");
+    assert_eq!(
+        (manual[0]["origin"].as_str(), manual[0]["reason"].as_str()),
+        (Some("cli"), Some("manual"))
+    );
+    let detail = manual[0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("duration=2s") && detail.ends_with("comment=lab test"),
+        "{detail}"
+    );
+    assert_eq!(
+        entries(&events, "lift", &short)[0]["origin"],
+        "sipfilter",
+        "an expiry is the filter's"
+    );
+
+    // The agent's housekeeping round, every second, shows in `status`.
+    let status = |lab: &Lab| -> anyhow::Result<serde_json::Value> {
+        let out = sipfilter(None, &lab.pin_dir(), &["status", "--json"])?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let first = status(&lab)?["agent"].clone();
+    assert!(
+        first["last_housekeeping_secs_ago"].as_f64().is_some_and(|s| s < 2.5),
+        "{first}"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let second = status(&lab)?["agent"].clone();
+    assert!(
+        second["last_housekeeping_epoch_secs"].as_u64() > first["last_housekeeping_epoch_secs"].as_u64(),
+        "the rounds go on: {first} then {second}"
+    );
+
     agent.stop()?;
-    let before = trail(&lab)?;
+    // While no agent runs, the operator's changes still reach the trail the agent named under
+    // its pins, and `events --pin-dir` finds it without being told the state file.
+    let stopped = status(&lab)?["agent"].clone();
+    assert!(
+        stopped["last_housekeeping_epoch_secs"].as_u64() >= second["last_housekeeping_epoch_secs"].as_u64(),
+        "its last contact: {stopped}"
+    );
+    let offline = lab.v4(20);
+    lab.cli(&["ban", "add", &offline, "--for", "1h"])?;
+    lab.cli(&["ban", "del", &offline])?;
+    lab.cli(&["deny", "add", "198.51.100.0/24", "--for", "1h"])?;
+    lab.cli(&["allow", "add", "192.0.2.7"])?;
+    lab.cli(&["allow", "del", "192.0.2.7"])?;
+    let out = sipfilter(None, &lab.pin_dir(), &["events", "--json"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_pins: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    for (event, source, reason) in [
+        ("ban", offline.as_str(), "manual"),
+        ("lift", offline.as_str(), "removed"),
+        ("deny_add", "198.51.100.0/24", "manual"),
+        ("allow_add", "192.0.2.7", "manual"),
+        ("allow_del", "192.0.2.7", "manual"),
+    ] {
+        let found = entries(&by_pins, event, source);
+        assert!(
+            found.len() == 1 && found[0]["origin"] == "cli" && found[0]["reason"] == reason,
+            "{event} {source} by the CLI with the agent stopped: {found:?}"
+        );
+    }
+    assert!(
+        by_pins.len() >= events.len() + 5,
+        "nothing earlier lost: {} then {}",
+        events.len(),
+        by_pins.len()
+    );
+    let table = sipfilter(None, &lab.pin_dir(), &["events"])?;
+    assert!(
+        String::from_utf8_lossy(&table.stderr)
+            .contains(&format!("audit trail: {}", lab.path("events.jsonl").display())),
+        "says where it reads: {}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+
     let _agent = lab.agent("agent2", &[])?;
+    std::thread::sleep(Duration::from_millis(2500));
     let after = trail(&lab)?;
-    assert!(after.len() >= before.len(), "the trail outlives a restart");
+    assert_eq!(
+        entries(&after, "lift", &offline).len(),
+        1,
+        "the offline lift is not recorded again"
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -1366,6 +1477,18 @@ fn the_audit_trail_records_bans_and_lifts_with_their_times_across_restarts() -> 
     }
     let table = lab.cli(&["events", "--state-file", &lab.state_file()])?;
     assert!(table.contains("ban") && table.contains(&attacker_ip), "{table}");
+
+    // Pins no agent ever named: it says where it looked instead of "no events".
+    let elsewhere = lab.path("no-pins");
+    let out = sipfilter(None, &elsewhere, &["events"])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "no agent has named its files under the pins in {}",
+            elsewhere.display()
+        )),
+        "{said}"
+    );
     Ok(())
 }
 

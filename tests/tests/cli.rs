@@ -138,7 +138,7 @@ fn ban_add_drops_the_source_and_ban_del_restores_it() -> anyhow::Result<()> {
     );
     assert!(out.contains("banned 203.0.113.10 for 10m"), "{out}");
     assert!(
-        out.contains("scanner from the logs") && out.contains("not stored"),
+        out.contains("scanner from the logs") && out.contains("recorded in the audit trail"),
         "{out}"
     );
     f.expect(&frame, XDP_DROP, "after `ban add`")?;
@@ -417,6 +417,86 @@ fn import_of_a_10000_line_blocklist_reports_exact_counts_and_is_in_force() -> an
         .map(|r| r["line"].as_u64().unwrap() as usize)
         .collect();
     assert_eq!(lines_rejected, rejected);
+    Ok(())
+}
+
+/// An import without --for does not make timed entries permanent behind the operator's back:
+/// they keep their end and the report names them; --permanent does it, and says so too.
+#[test]
+fn reimporting_without_a_duration_keeps_timed_entries_timed_and_names_them() -> anyhow::Result<()> {
+    let f = TestFilter::new()?;
+    let file = std::env::temp_dir().join(format!("sipfilter-reimport-{}.txt", std::process::id()));
+    let _rm = RemoveOnDrop(file.clone());
+    std::fs::write(&file, "198.51.100.0/24\n203.0.113.0/28\n192.0.2.9\n")?;
+    let path = file.to_str().unwrap();
+    // One entry timed by an import, one by a CIDR ban; the third is new later.
+    ok(&f, &["deny", "add", "198.51.100.0/24", "--for", "2h"]);
+    ok(&f, &["ban", "add", "203.0.113.0/28", "--for", "30m"]);
+    let end = |deny: &Value, cidr: &str| entry(deny, "cidr", cidr)["expires_in_secs"].clone();
+
+    let report = json(&f, &["import", path, "--json"]);
+    assert_eq!(
+        (report["added"].as_u64(), report["already_listed"].as_u64()),
+        (Some(1), Some(2)),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["kept_timed"],
+        serde_json::json!(["198.51.100.0/24", "203.0.113.0/28"]),
+        "{report:#}"
+    );
+    assert_eq!(report["made_permanent"], serde_json::json!([]));
+    let deny = json(&f, &["deny", "list", "--json"]);
+    assert!(
+        end(&deny, "198.51.100.0/24")
+            .as_u64()
+            .is_some_and(|s| (7190..=7200).contains(&s)),
+        "{deny:#}"
+    );
+    assert!(
+        end(&deny, "203.0.113.0/28")
+            .as_u64()
+            .is_some_and(|s| (1790..=1800).contains(&s)),
+        "{deny:#}"
+    );
+    assert_eq!(
+        entry(&deny, "cidr", "192.0.2.9")["permanent"],
+        true,
+        "a new entry is permanent"
+    );
+    let human = ok(&f, &["import", path]);
+    assert!(
+        human.contains("2 already listed with an end keep it") && human.contains("198.51.100.0/24, 203.0.113.0/28"),
+        "{human}"
+    );
+
+    // With --for, an earlier end moves later; a permanent entry stays permanent.
+    let report = json(&f, &["import", path, "--for", "1d", "--json"]);
+    assert_eq!(report["extended"], 2, "{report:#}");
+    let deny = json(&f, &["deny", "list", "--json"]);
+    assert!(
+        end(&deny, "203.0.113.0/28").as_u64().is_some_and(|s| s > 86_000),
+        "{deny:#}"
+    );
+    assert_eq!(entry(&deny, "cidr", "192.0.2.9")["permanent"], true);
+
+    // --permanent: every entry of the file, named.
+    let report = json(&f, &["import", path, "--permanent", "--json"]);
+    assert_eq!(
+        report["made_permanent"],
+        serde_json::json!(["198.51.100.0/24", "203.0.113.0/28"]),
+        "{report:#}"
+    );
+    let deny = json(&f, &["deny", "list", "--json"]);
+    assert_eq!(
+        deny.as_array().unwrap().len(),
+        3,
+        "nothing else added or lost: {deny:#}"
+    );
+    assert!(
+        deny.as_array().unwrap().iter().all(|e| e["permanent"] == true),
+        "{deny:#}"
+    );
     Ok(())
 }
 

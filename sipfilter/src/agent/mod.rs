@@ -8,6 +8,7 @@ mod attach;
 mod ban_log;
 mod ban_watch;
 mod event_reader;
+mod failing_steps;
 mod fleet;
 mod iface_watch;
 mod metrics;
@@ -212,6 +213,11 @@ struct Agent {
     iface_watch: iface_watch::IfaceWatch,
     /// The open-connection table and the marks of sources at their limit.
     connections: sipfilter::connections::ConnectionMaps,
+    /// Housekeeping steps failing now, with their error (logged once, and when they recover).
+    failing_steps: failing_steps::FailingSteps,
+    /// When the bans in `saved` were read (Unix seconds): an operator's lift recorded in the
+    /// trail since then is not recorded again.
+    saved_at_unix: u64,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -451,8 +457,13 @@ impl Agent {
             state_write_failing: false,
             iface_watch: watch,
             connections: sipfilter::connections::ConnectionMaps::open_pinned(pin_dir)?,
+            failing_steps: Default::default(),
+            saved_at_unix: 0,
             _stats: stats,
         };
+        // Where this agent's files are, for the CLI (`events`, and the trail entries of its
+        // changes), named under the pins it manages.
+        sipfilter::agent_record::record_state_file(pin_dir, &agent.config.state_file)?;
         agent.refresh_allow_names(true);
         agent.save_state_if_changed(true)?;
         Ok(agent)
@@ -545,11 +556,7 @@ impl Agent {
                 Some(reply) = render_rx.recv() => {
                     let _ = reply.send(self.render_metrics());
                 }
-                _ = tick.tick() => {
-                    if let Err(e) = self.housekeeping() {
-                        log(format!("warning: {e:#}"));
-                    }
-                }
+                _ = tick.tick() => self.housekeeping(),
                 _ = signals.hup.recv() => self.reload(),
                 _ = signals.term.recv() => break,
                 _ = signals.int.recv() => break,
@@ -841,8 +848,38 @@ impl Agent {
     }
 
     /// Every second: sweep expired bans, keep the state file current, recalibrate the clock now
-    /// and then.
-    fn housekeeping(&mut self) -> anyhow::Result<()> {
+    /// and then. Each step stands on its own: one that fails is logged and the others still
+    /// run (a denylist that cannot be read must not stop the state file or the trail).
+    fn housekeeping(&mut self) {
+        let read_tables = self.step("sweeping expired bans", Agent::sweep_expired).unwrap_or(true);
+        self.step("checking the IPv6 prefixes' aggregate budgets", Agent::check_aggregates);
+        self.step("expiring known sources and switching quarantine", |a| {
+            trust::upkeep(&mut a.loaded, &a.config)
+        });
+        self.step("the open-connection limit", Agent::connection_upkeep);
+        self.watch_interfaces();
+        self.refresh_allow_names(false);
+        let saved = self.save_state(false, read_tables);
+        self.state_written(saved);
+        self.flush_events();
+        self.step("recalibrating the program's clock", Agent::recalibrate);
+        self.step("recording the round for `sipfilter status`", |a| {
+            sipfilter::agent_record::housekeeping_done(&a.pin_dir)
+        });
+    }
+
+    /// Runs one housekeeping step; its failure is logged when it starts (or its error changes)
+    /// and when it works again, not every second.
+    fn step<T>(&mut self, what: &'static str, f: impl FnOnce(&mut Agent) -> anyhow::Result<T>) -> Option<T> {
+        let result = f(self);
+        if let Some(line) = self.failing_steps.outcome(what, result.as_ref().err()) {
+            log(line);
+        }
+        result.ok()
+    }
+
+    /// Sweeps expired bans and list entries when due; whether the tables were read.
+    fn sweep_expired(&mut self) -> anyhow::Result<bool> {
         let generation = self.loaded.maps.read_config()?.generation;
         let read_tables = self.ban_watch.due(clock::boot_ns(), generation);
         if read_tables {
@@ -854,42 +891,44 @@ impl Agent {
             let generation = self.loaded.maps.read_config()?.generation;
             self.ban_watch.read(generation, sweep.next_expiry_ns);
         }
-        // Reading every rate-state slot is a syscall each: the prefixes' aggregate budgets are
-        // checked every few seconds, not every second.
-        if self.last_aggregate_check.elapsed() >= AGGREGATE_INTERVAL {
-            self.last_aggregate_check = Instant::now();
-            let policy = self.prefix_policy();
-            let states = self.loaded.maps.rate_states()?;
-            for prefix in self
-                .prefix_evidence
-                .on_tick(&states, &policy, Instant::now(), clock::boot_ns())
+        Ok(read_tables)
+    }
+
+    /// Reading every rate-state slot is a syscall each: the prefixes' aggregate budgets are
+    /// checked every few seconds, not every second.
+    fn check_aggregates(&mut self) -> anyhow::Result<()> {
+        if self.last_aggregate_check.elapsed() < AGGREGATE_INTERVAL {
+            return Ok(());
+        }
+        self.last_aggregate_check = Instant::now();
+        let policy = self.prefix_policy();
+        let states = self.loaded.maps.rate_states()?;
+        for prefix in self
+            .prefix_evidence
+            .on_tick(&states, &policy, Instant::now(), clock::boot_ns())
+        {
+            if self
+                .loaded
+                .maps
+                .allowlist_match(&sipfilter::addr::source_key(prefix.addr, 128))?
+                .is_none()
             {
-                if self
-                    .loaded
-                    .maps
-                    .allowlist_match(&sipfilter::addr::source_key(prefix.addr, 128))?
-                    .is_none()
-                {
-                    self.ban_prefix(&prefix, "its addresses together exceeded its aggregate budget");
-                }
+                self.ban_prefix(&prefix, "its addresses together exceeded its aggregate budget");
             }
         }
-        trust::upkeep(&mut self.loaded, &self.config)?;
-        self.connection_upkeep()?;
-        self.watch_interfaces();
-        self.refresh_allow_names(false);
-        let saved = self.save_state(false, read_tables);
-        self.state_written(saved);
-        self.flush_events();
-        if self.last_calibration.elapsed() >= CALIBRATION_INTERVAL {
-            self.last_calibration = Instant::now();
-            let (ns_per_jiffy, offset) = self.loaded.calibrate_clock()?;
-            let mut k = self.loaded.maps.read_config()?;
-            k.ns_per_jiffy = ns_per_jiffy;
-            k.jiffies_offset_ns = offset;
-            self.loaded.maps.write_config(&k)?;
-        }
         Ok(())
+    }
+
+    fn recalibrate(&mut self) -> anyhow::Result<()> {
+        if self.last_calibration.elapsed() < CALIBRATION_INTERVAL {
+            return Ok(());
+        }
+        self.last_calibration = Instant::now();
+        let (ns_per_jiffy, offset) = self.loaded.calibrate_clock()?;
+        let mut k = self.loaded.maps.read_config()?;
+        k.ns_per_jiffy = ns_per_jiffy;
+        k.jiffies_offset_ns = offset;
+        self.loaded.maps.write_config(&k)
     }
 
     /// Every second: the open-connection limit (see `sipfilter::connections`). A source's limit
@@ -975,12 +1014,24 @@ impl Agent {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             let current: std::collections::HashSet<_> = bans.iter().map(|b| b.source).collect();
-            for gone in self.saved.0.iter().filter(|b| !current.contains(&b.source)) {
-                if gone.expires_unix_ms.is_none_or(|end| end > now_ms + 1000) {
+            let removed: Vec<_> = self
+                .saved
+                .0
+                .iter()
+                .filter(|b| !current.contains(&b.source))
+                .filter(|b| b.expires_unix_ms.is_none_or(|end| end > now_ms + 1000))
+                .map(|b| b.source)
+                .collect();
+            if !removed.is_empty() {
+                // The CLI records its own lifts (with their origin); the others (bpftool, a
+                // CrowdSec deletion, the configuration's allowlist) are recorded here.
+                let by_cli = self.lifted_by_cli_since(self.saved_at_unix.saturating_sub(1));
+                for gone in removed.into_iter().filter(|s| !by_cli.contains(s)) {
                     self.pending_events
-                        .push(Event::now("lift", gone.source.to_string(), "reason=removed"));
+                        .push(Event::now("lift", gone.to_string(), "reason=removed"));
                 }
             }
+            self.saved_at_unix = now_ms / 1000;
         }
         self.state.bans = bans.clone();
         self.state.lists = lists.clone();
@@ -990,6 +1041,25 @@ impl Agent {
         self.saved = (bans, lists);
         self.saved_trust = (known, cracked);
         Ok(())
+    }
+
+    /// The sources whose lift the CLI recorded in the trail since `since` (Unix seconds).
+    fn lifted_by_cli_since(&self, since: u64) -> std::collections::HashSet<std::net::IpAddr> {
+        let path = event_log::path_for(&self.config.state_file);
+        let events = match event_log::read(&path) {
+            Ok((events, _)) => events,
+            Err(e) => {
+                log(format!("warning: {e:#}"));
+                Vec::new()
+            }
+        };
+        events
+            .into_iter()
+            .rev()
+            .take_while(|e| e.time >= since)
+            .filter(|e| e.event == "lift" && e.origin == event_log::ORIGIN_CLI)
+            .filter_map(|e| e.source.parse().ok())
+            .collect()
     }
 
     fn reload(&mut self) {

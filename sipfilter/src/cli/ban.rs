@@ -15,6 +15,7 @@ use sipfilter_common::{counters::ban_reason, maps::PERMANENT, Method};
 use sipfilter::duration::{format_ns, parse_duration};
 
 use super::{
+    audit::{duration_word, Audit},
     duration_ns, ipv6_prefix_len,
     lists::same_cidr,
     output::{count, human_expiry, json_remaining, print_json, Table},
@@ -70,26 +71,34 @@ pub struct AddArgs {
     /// Never expires; lifted only by `sipfilter ban del`.
     #[arg(long, conflicts_with = "duration")]
     permanent: bool,
-    /// Why, for the record: printed back only. The kernel's ban record holds the code
-    /// "manual", not text, so the text is not stored.
+    /// Why, for the record: written into the audit trail (`sipfilter events`). The kernel's
+    /// ban record holds the code "manual", not text.
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
 }
 
-pub fn run(maps: &mut FilterMaps, cmd: BanCommand) -> anyhow::Result<()> {
+pub fn run(maps: &mut FilterMaps, audit: &mut Audit, cmd: BanCommand) -> anyhow::Result<()> {
     match cmd {
-        BanCommand::Add(args) => add(maps, args),
-        BanCommand::Del { target } => del(maps, &target),
+        BanCommand::Add(args) => add(maps, audit, args),
+        BanCommand::Del { target } => del(maps, audit, &target),
         BanCommand::List { json } => list(maps, json),
     }
 }
 
-fn add(maps: &mut FilterMaps, args: AddArgs) -> anyhow::Result<()> {
+fn add(maps: &mut FilterMaps, audit: &mut Audit, args: AddArgs) -> anyhow::Result<()> {
     let prefix = ipv6_prefix_len(maps)?;
     let now = boot_ns();
     let length_ns = (!args.permanent).then(|| duration_ns(args.duration.unwrap_or(DEFAULT_BAN)));
     let how_long = length_ns.map_or("permanently".to_string(), |d| format!("for {}", format_ns(d)));
     let target = args.target;
+    // The operator's words go into the audit trail after the duration.
+    let trail_detail = |kind: &str| {
+        let mut d = format!("reason=manual {} kind={kind}", duration_word(length_ns));
+        if let Some(text) = &args.reason {
+            d.push_str(&format!(" comment={text}"));
+        }
+        d
+    };
 
     if let Some(key) = target.as_source_key(prefix) {
         let shown = display_source(&key, prefix);
@@ -99,6 +108,7 @@ fn add(maps: &mut FilterMaps, args: AddArgs) -> anyhow::Result<()> {
             );
         }
         maps.add_ban(&key, length_ns, ban_reason::MANUAL)?;
+        audit.record("ban", shown.clone(), trail_detail("source"));
         let note = if shown != target.to_string() {
             format!(" (the configured /{prefix} source prefix of {target})")
         } else {
@@ -121,6 +131,7 @@ fn add(maps: &mut FilterMaps, args: AddArgs) -> anyhow::Result<()> {
             .map(|(_, e)| e);
         let expires = length_ns.map_or(PERMANENT, |d| now.saturating_add(d));
         maps.list_add(ListKind::Deny, &target, expires)?;
+        audit.record("ban", target.to_string(), trail_detail("cidr"));
         let kind = if expires == PERMANENT {
             "a permanent denylist entry, listed by `sipfilter deny list`"
         } else {
@@ -139,13 +150,13 @@ fn add(maps: &mut FilterMaps, args: AddArgs) -> anyhow::Result<()> {
             println!("note: allowlisted inside it, and still passed: {}", exempt.join(", "));
         }
     }
-    if let Some(reason) = args.reason {
-        println!("reason: {reason} (not stored: the kernel records the reason code \"manual\")");
+    if let Some(reason) = &args.reason {
+        println!("reason: {reason} (recorded in the audit trail, `sipfilter events`; the ban itself carries the reason code \"manual\")");
     }
     Ok(())
 }
 
-fn del(maps: &mut FilterMaps, target: &Cidr) -> anyhow::Result<()> {
+fn del(maps: &mut FilterMaps, audit: &mut Audit, target: &Cidr) -> anyhow::Result<()> {
     let prefix = ipv6_prefix_len(maps)?;
     let now = boot_ns();
     let mut removed = false;
@@ -154,6 +165,7 @@ fn del(maps: &mut FilterMaps, target: &Cidr) -> anyhow::Result<()> {
             // A clean slate: with its bucket still empty the next packet would ban it again.
             maps.remove_rate_state(&key)?;
             println!("lifted the ban on {}", display_source(&key, prefix));
+            audit.record("lift", display_source(&key, prefix), "reason=removed kind=source");
             removed = true;
         }
     }
@@ -169,6 +181,7 @@ fn del(maps: &mut FilterMaps, target: &Cidr) -> anyhow::Result<()> {
             "timed"
         };
         println!("removed the {what} denylist entry {cidr}");
+        audit.record("lift", cidr.to_string(), "reason=removed kind=cidr");
         removed = true;
     }
     if !removed {

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use serde_json::json;
 use sipfilter::{blocklist::parse, clock::boot_ns, filter_maps::ListKind, Cidr, FilterMaps};
 use sipfilter_common::maps::PERMANENT;
@@ -19,6 +19,7 @@ use sipfilter_common::maps::PERMANENT;
 use sipfilter::duration::{format_ns, parse_duration};
 
 use super::{
+    audit::{duration_word, Audit},
     duration_ns,
     output::{grouped, print_json},
 };
@@ -32,8 +33,11 @@ Examples:
 
 Plain files: one address or CIDR per line; blank lines and comments (# or ;, whole-line or
 after the address) are skipped. APIBAN files: {\"ipaddress\": [...], \"ID\": ...}.
-Entries already on the denylist count as duplicates (their end is moved later if --for
-gives a later one); bad lines are reported with their line number (APIBAN: array index).";
+Entries already on the denylist count as duplicates: with --for, an end earlier than the new
+one is moved later; without it, a timed entry keeps its end (a permanent import does not make
+a timed ban permanent behind your back: the report names them); --permanent makes every entry
+of the file permanent, the timed ones included (named too). Bad lines are reported with their
+line number (APIBAN: array index).";
 
 /// How many rejected lines the human report lists (the JSON report lists all).
 const SHOW_REJECTED: usize = 100;
@@ -46,6 +50,9 @@ pub struct ImportArgs {
     /// The imported entries end after DURATION (30s, 10m, 4h, 7d) [default: never].
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
+    /// Every entry of the file permanent, also those already on the denylist with an end.
+    #[arg(long, conflicts_with = "duration")]
+    permanent: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -56,9 +63,26 @@ pub struct Report {
     pub added: usize,
     pub repeated_in_file: usize,
     pub already_listed: usize,
+    /// Already listed with an earlier end, moved to the import's (`--for`).
+    pub extended: usize,
+    /// Already listed with an end, kept (an import without `--for` or `--permanent`).
+    pub kept_timed: Vec<String>,
+    /// Already listed with an end, now permanent (`--permanent`).
+    pub made_permanent: Vec<String>,
 }
 
-pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
+/// What an import does to an entry already on the denylist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Existing {
+    /// `--for`: an earlier end is moved to the import's.
+    ExtendTo(u64),
+    /// No duration given: the entry keeps its end, timed or not.
+    Keep,
+    /// `--permanent`: every entry ends never.
+    MakePermanent,
+}
+
+pub fn run(maps: &mut FilterMaps, audit: &mut Audit, args: ImportArgs) -> anyhow::Result<()> {
     let from_stdin = args.file.as_os_str() == "-";
     let text = if from_stdin {
         let mut s = String::new();
@@ -78,7 +102,33 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
 
     let now = boot_ns();
     let expires = args.duration.map_or(PERMANENT, |d| now.saturating_add(duration_ns(d)));
-    let report = apply(maps, &parsed.entries, expires, now)?;
+    let existing = match (args.duration, args.permanent) {
+        (Some(_), _) => Existing::ExtendTo(expires),
+        (None, true) => Existing::MakePermanent,
+        (None, false) => Existing::Keep,
+    };
+    let applied = apply(maps, &parsed.entries, expires, existing, now);
+    let report = match &applied {
+        Ok(r) => r,
+        Err((r, _)) => r,
+    };
+    if report.added + report.extended + report.made_permanent.len() > 0 {
+        audit.record(
+            "import",
+            name.clone(),
+            format!(
+                "reason=manual {} added={} extended={} made_permanent={} list=deny",
+                duration_word(args.duration.map(duration_ns)),
+                report.added,
+                report.extended,
+                report.made_permanent.len()
+            ),
+        );
+    }
+    let report = match applied {
+        Ok(r) => r,
+        Err((_, e)) => return Err(e),
+    };
 
     if args.json {
         let loc = parsed.format.loc_name();
@@ -94,6 +144,9 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
             "duplicates": report.repeated_in_file + report.already_listed,
             "repeated_in_file": report.repeated_in_file,
             "already_listed": report.already_listed,
+            "extended": report.extended,
+            "kept_timed": report.kept_timed,
+            "made_permanent": report.made_permanent,
             "rejected_count": parsed.rejected.len(),
             "rejected": rejected,
             "expires_in_secs": args.duration.map(|d| d.as_secs()),
@@ -111,6 +164,35 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
         grouped(report.already_listed as u64),
         grouped(parsed.rejected.len() as u64),
     );
+    if report.extended > 0 {
+        println!(
+            "  {} already listed with an earlier end now end {how_long}",
+            grouped(report.extended as u64)
+        );
+    }
+    for (entries, what) in [
+        (
+            &report.kept_timed,
+            "already listed with an end keep it (`--permanent` makes them permanent)",
+        ),
+        (&report.made_permanent, "already listed with an end are permanent now"),
+    ] {
+        if entries.is_empty() {
+            continue;
+        }
+        let shown: Vec<&str> = entries.iter().take(SHOW_REJECTED).map(String::as_str).collect();
+        let more = entries.len().saturating_sub(SHOW_REJECTED);
+        println!(
+            "  {} {what}: {}{}",
+            grouped(entries.len() as u64),
+            shown.join(", "),
+            if more > 0 {
+                format!(" … and {more} more (--json lists them all)")
+            } else {
+                String::new()
+            }
+        );
+    }
     for r in parsed.rejected.iter().take(SHOW_REJECTED) {
         println!("  rejected {} {}: {}", parsed.format.loc_name(), r.loc, r.error);
     }
@@ -123,14 +205,23 @@ pub fn run(maps: &mut FilterMaps, args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the entries to the denylist: one read of the list, then one insert per new entry.
-fn apply(maps: &mut FilterMaps, entries: &[(usize, Cidr)], expires: u64, now: u64) -> anyhow::Result<Report> {
-    let existing: HashMap<([u8; 16], u32), u64> = maps
-        .list(ListKind::Deny)?
-        .into_iter()
-        .filter(|(_, e)| e.expires_ns > now)
-        .map(|(c, e)| ((c.key_bytes(), c.map_prefix_len()), e.expires_ns))
-        .collect();
+/// Writes the entries to the denylist: one read of the list, then one insert per new or
+/// changed entry. On an error, what was done until then comes with it.
+fn apply(
+    maps: &mut FilterMaps,
+    entries: &[(usize, Cidr)],
+    expires: u64,
+    on_existing: Existing,
+    now: u64,
+) -> Result<Report, (Report, anyhow::Error)> {
+    let existing: HashMap<([u8; 16], u32), u64> = match maps.list(ListKind::Deny) {
+        Ok(l) => l
+            .into_iter()
+            .filter(|(_, e)| e.expires_ns > now)
+            .map(|(c, e)| ((c.key_bytes(), c.map_prefix_len()), e.expires_ns))
+            .collect(),
+        Err(e) => return Err((Report::default(), e)),
+    };
     let mut seen = HashSet::with_capacity(entries.len());
     let mut report = Report::default();
     for (loc, cidr) in entries {
@@ -141,13 +232,32 @@ fn apply(maps: &mut FilterMaps, entries: &[(usize, Cidr)], expires: u64, now: u6
         }
         if let Some(&old) = existing.get(&key) {
             report.already_listed += 1;
-            if expires > old {
-                maps.list_add(ListKind::Deny, cidr, expires)?;
+            let new_end = match on_existing {
+                Existing::ExtendTo(end) if end > old => Some(end),
+                Existing::MakePermanent if old != PERMANENT => Some(PERMANENT),
+                Existing::Keep if old != PERMANENT => {
+                    report.kept_timed.push(cidr.to_string());
+                    None
+                }
+                _ => None,
+            };
+            if let Some(end) = new_end {
+                if let Err(e) = maps.list_add(ListKind::Deny, cidr, end) {
+                    return Err((report, e.context(format!("stopped at line/index {loc}"))));
+                }
+                match end {
+                    PERMANENT => report.made_permanent.push(cidr.to_string()),
+                    _ => report.extended += 1,
+                }
             }
             continue;
         }
         if let Err(e) = maps.list_add(ListKind::Deny, cidr, expires) {
-            bail!("{e:#}: stopped at line/index {loc} after adding {}", report.added);
+            let added = report.added;
+            return Err((
+                report,
+                e.context(format!("stopped at line/index {loc} after adding {added}")),
+            ));
         }
         report.added += 1;
     }

@@ -10,6 +10,7 @@ use sipfilter_common::maps::PERMANENT;
 use sipfilter::duration::{format_ns, parse_duration};
 
 use super::{
+    audit::{duration_word, Audit},
     duration_ns, ipv6_prefix_len,
     output::{count, human_expiry, json_remaining, print_json, Table},
     parse_cidr,
@@ -78,18 +79,27 @@ pub fn same_cidr(a: &Cidr, b: &Cidr) -> bool {
     a.map_prefix_len() == b.map_prefix_len() && a.key_bytes() == b.key_bytes()
 }
 
-pub fn run(maps: &mut FilterMaps, kind: ListKind, cmd: ListCommand) -> anyhow::Result<()> {
+/// The trail's name for a change to a list: `allow_add`, `deny_del` …
+fn trail_event(kind: ListKind, change: &str) -> String {
+    match kind {
+        ListKind::Allow => format!("allow_{change}"),
+        ListKind::Deny => format!("deny_{change}"),
+    }
+}
+
+pub fn run(maps: &mut FilterMaps, audit: &mut Audit, kind: ListKind, cmd: ListCommand) -> anyhow::Result<()> {
     match cmd {
         ListCommand::Add {
             cidr,
             duration,
             permanent: _,
-        } => add(maps, kind, &cidr, duration),
+        } => add(maps, audit, kind, &cidr, duration),
         ListCommand::Del { cidr } => {
             if !maps.list_remove(kind, &cidr)? {
                 bail!("{cidr} is not on the {}", list_name(kind));
             }
             println!("removed {cidr} from the {}", list_name(kind));
+            audit.record(&trail_event(kind, "del"), cidr.to_string(), "reason=manual");
             Ok(())
         }
         ListCommand::List { json, state } => {
@@ -104,7 +114,13 @@ pub fn run(maps: &mut FilterMaps, kind: ListKind, cmd: ListCommand) -> anyhow::R
     }
 }
 
-fn add(maps: &mut FilterMaps, kind: ListKind, cidr: &Cidr, duration: Option<Duration>) -> anyhow::Result<()> {
+fn add(
+    maps: &mut FilterMaps,
+    audit: &mut Audit,
+    kind: ListKind,
+    cidr: &Cidr,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
     let now = boot_ns();
     let expires = duration.map_or(PERMANENT, |d| now.saturating_add(duration_ns(d)));
     let existed = maps.list(kind)?.iter().any(|(c, _)| same_cidr(c, cidr));
@@ -114,9 +130,21 @@ fn add(maps: &mut FilterMaps, kind: ListKind, cidr: &Cidr, duration: Option<Dura
     });
     let verb = if existed { "updated" } else { "added" };
     println!("{verb} {cidr} on the {} {how_long}", list_name(kind));
+    audit.record(
+        &trail_event(kind, "add"),
+        cidr.to_string(),
+        format!(
+            "reason=manual {}{}",
+            duration_word(duration.map(duration_ns)),
+            if existed { " replaced=true" } else { "" }
+        ),
+    );
     if !lifted.is_empty() {
         let prefix = ipv6_prefix_len(maps)?;
         let names: Vec<String> = lifted.iter().map(|k| display_source(k, prefix)).collect();
+        for n in &names {
+            audit.record("lift", n.clone(), format!("reason=allowlisted kind=source by={cidr}"));
+        }
         println!("lifted {} ban(s) it covers: {}", names.len(), names.join(", "));
     }
     if kind == ListKind::Deny {

@@ -4,6 +4,7 @@
 //! the attached program reads the same maps, so an edit is in force at once, and the agent
 //! adopts what it finds there when it starts.
 
+mod audit;
 mod ban;
 pub mod check;
 pub mod events;
@@ -79,11 +80,12 @@ pub enum ManageCommand {
 
 pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
     let mut maps = open_maps(pin_dir)?;
-    match cmd {
-        ManageCommand::Ban { cmd } => ban::run(&mut maps, cmd),
-        ManageCommand::Allow { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Allow, cmd),
-        ManageCommand::Deny { cmd } => lists::run(&mut maps, sipfilter::filter_maps::ListKind::Deny, cmd),
-        ManageCommand::Import(args) => import::run(&mut maps, args),
+    let mut audit = audit::Audit::new(pin_dir);
+    let result = match cmd {
+        ManageCommand::Ban { cmd } => ban::run(&mut maps, &mut audit, cmd),
+        ManageCommand::Allow { cmd } => lists::run(&mut maps, &mut audit, sipfilter::filter_maps::ListKind::Allow, cmd),
+        ManageCommand::Deny { cmd } => lists::run(&mut maps, &mut audit, sipfilter::filter_maps::ListKind::Deny, cmd),
+        ManageCommand::Import(args) => import::run(&mut maps, &mut audit, args),
         ManageCommand::Stats(args) => stats::run(&maps, pin_dir, args),
         ManageCommand::Top(args) => top::run(&maps, pin_dir, args),
         ManageCommand::Status(args) => status::run(&maps, pin_dir, args),
@@ -93,9 +95,14 @@ pub fn execute(pin_dir: &Path, cmd: ManageCommand) -> anyhow::Result<()> {
             &sipfilter::devices::pinned_devices(pin_dir)?,
             args,
         ),
-        ManageCommand::Known { cmd } => trust::known(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, cmd),
-        ManageCommand::Cracked { cmd } => trust::cracked(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, cmd),
-    }
+        ManageCommand::Known { cmd } => trust::known(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, &mut audit, cmd),
+        ManageCommand::Cracked { cmd } => {
+            trust::cracked(&mut maps, &mut TrustMaps::open_pinned(pin_dir)?, &mut audit, cmd)
+        }
+    };
+    // What changed is recorded even when the command stopped half-way.
+    audit.write();
+    result
 }
 
 /// A command's answer is its exit status (after what it printed), not an error to report:

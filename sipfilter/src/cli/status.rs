@@ -21,6 +21,9 @@ Interfaces are the XDP links the agent pins under <pin-dir>/links/<interface>. T
 packet comes from the kernel's BPF run-time statistics, which the agent turns on while it
 runs (sysctl kernel.bpf_stats_enabled); without them it reads n/a.
 
+\"last housekeeping\" is when the agent last completed its round of every second (expiry,
+state file, trail); with no agent running it is its last contact.
+
 The exit status is 0 while an agent runs on these pins and 3 when none does (the filter
 then keeps working on its own: see WITHOUT_AGENT in the JSON), for monitoring.";
 
@@ -35,6 +38,9 @@ pub const WITHOUT_AGENT: [&str; 7] = [
     "the open-connection limit (marks and the idle sweep)",
     "the program clock's recalibration (drifts by a tick at most over hours)",
 ];
+
+/// Past this, a running agent's last housekeeping round (due every second) is called late.
+const HOUSEKEEPING_LATE_SECS: f64 = 10.0;
 
 /// `status`'s exit status when no agent runs on the pins (systemctl's "inactive").
 pub const NO_AGENT_EXIT: u8 = 3;
@@ -93,6 +99,9 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let attachments = attachments(pin_dir)?;
     let agent_pid = sipfilter::agent_lock::holder(pin_dir);
     let agent_since = agent_pid.and_then(sipfilter::agent_lock::started);
+    // Kept by the agent every second; after it stops, its last contact.
+    let housekeeping = sipfilter::agent_record::last_housekeeping(pin_dir);
+    let housekeeping_ago = housekeeping.map(|t| sipfilter::agent_record::ago(t).as_secs_f64());
     // The newest load's tail-call tables pinned: the filter is whole without its agent.
     let tables = sipfilter::program_tables::generations(pin_dir).last().map(|id| {
         (
@@ -136,6 +145,8 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
                 "running": agent_pid.is_some(),
                 "pid": agent_pid,
                 "since_epoch_secs": agent_since,
+                "last_housekeeping_epoch_secs": housekeeping.map(sipfilter::agent_record::unix_secs),
+                "last_housekeeping_secs_ago": housekeeping_ago.map(|s| (s * 10.0).round() / 10.0),
                 "without_agent": if agent_pid.is_none() { WITHOUT_AGENT.to_vec() } else { Vec::new() },
             },
             "program_tables": tables.map(|(id, ingress, egress)| json!({
@@ -196,6 +207,23 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
             (Some(pid), Some(since)) => format!("running (PID {pid}, since {} UTC)", sipfilter::fraud_file::utc(since)),
             (Some(pid), None) => format!("running (PID {pid})"),
             (None, _) => "not running: the attached filter keeps every rule on its own (see below)".into(),
+        },
+    );
+    kv(
+        "last housekeeping",
+        match (housekeeping, housekeeping_ago) {
+            (Some(t), Some(ago)) => {
+                let when = format!(
+                    "{} UTC ({ago:.1} s ago)",
+                    sipfilter::fraud_file::utc(sipfilter::agent_record::unix_secs(t))
+                );
+                // The agent's round is every second: a running agent far behind is stuck.
+                match agent_pid.is_some() && ago > HOUSEKEEPING_LATE_SECS {
+                    true => format!("{when}: late, the agent is not keeping its rounds"),
+                    false => when,
+                }
+            }
+            _ => "never (no agent has completed a round on these pins)".into(),
         },
     );
     kv(

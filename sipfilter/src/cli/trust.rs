@@ -192,7 +192,12 @@ pub fn sources(
     Ok(())
 }
 
-pub fn known(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: KnownCommand) -> anyhow::Result<()> {
+pub fn known(
+    maps: &mut FilterMaps,
+    trust: &mut TrustMaps,
+    audit: &mut super::audit::Audit,
+    cmd: KnownCommand,
+) -> anyhow::Result<()> {
     let now = boot_ns();
     let prefix = ipv6_prefix_len(maps)?;
     match cmd {
@@ -240,13 +245,19 @@ pub fn known(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: KnownCommand) ->
             }
             // The program caches the status per source: make it look again.
             maps.bump_generation()?;
+            audit.record("known_del", display_source(&key, prefix), "");
             println!("{addr} is unknown again");
             Ok(())
         }
     }
 }
 
-pub fn cracked(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: CrackedCommand) -> anyhow::Result<()> {
+pub fn cracked(
+    maps: &mut FilterMaps,
+    trust: &mut TrustMaps,
+    audit: &mut super::audit::Audit,
+    cmd: CrackedCommand,
+) -> anyhow::Result<()> {
     let now = boot_ns();
     let prefix = ipv6_prefix_len(maps)?;
     match cmd {
@@ -288,6 +299,7 @@ pub fn cracked(maps: &mut FilterMaps, trust: &mut TrustMaps, cmd: CrackedCommand
             if !trust.clear_cracked(&extension)? {
                 bail!("extension {extension} is not on the cracked list");
             }
+            audit.record("cracked_clear", extension.clone(), "");
             println!("cleared extension {extension} from the cracked list");
             Ok(())
         }

@@ -410,8 +410,12 @@ impl Config {
             field: field.map(str::to_owned),
             message,
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| err(e.span(), None, e.message().trim().replace('\n', " ")))?;
+        // A value of the wrong type is refused by the parser, which knows where but not which
+        // field: the field is read back from the text at that place.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let field = e.span().and_then(|s| field_at(text, s.start));
+            err(e.span(), field.as_deref(), e.message().trim().replace('\n', " "))
+        })?;
         let mut c = Config::default();
 
         if let Some(sip) = raw.sip {
@@ -727,6 +731,33 @@ fn bounded(v: &Spanned<i64>, min: u64, max: u64) -> Result<u32, String> {
         return Err(format!("{n} is out of range ({min}-{max})"));
     }
     Ok(n as u32)
+}
+
+/// The dotted name (`limits.invite.burst`) of the key whose value lies at `offset`: the
+/// nearest `key =` at or above it, under the nearest `[table]` header above that.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_end = text[before.len()..].find('\n').map_or(text.len(), |n| before.len() + n);
+    let mut key = None;
+    for line in text[..line_end].lines().rev() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[').filter(|_| !line.starts_with("[[")) {
+            let table = header.split(']').next()?.trim().replace(['"', ' '], "");
+            return key.map(|k: String| format!("{table}.{k}"));
+        }
+        if key.is_none() {
+            if let Some((k, _)) = line.split_once('=') {
+                let k = k.trim().replace(['"', ' '], "");
+                if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+                    key = Some(k);
+                }
+            }
+        }
+    }
+    key
 }
 
 /// 1-based line of a byte offset.
@@ -1202,6 +1233,21 @@ mod tests {
         assert_eq!(k.stream_transport(5060u16.to_be()), Some(transport::TCP));
         assert_eq!(k.stream_transport(5061u16.to_be()), Some(transport::TLS));
         assert_eq!(k.stream_transport(8088u16.to_be()), None);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_field() {
+        let e =
+            parse("[agent]\nmetrics_listen = \"off\"\n\n[limits.invite]\n# burst = 5\nburst = \"ten\"\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/sipfilter.toml:6: limits.invite.burst: invalid type"),
+            "{e}"
+        );
+        let e = parse("[agent]\ninterfaces = [\n  \"eth0\",\n  7,\n]\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/sipfilter.toml:4: agent.interfaces: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -541,6 +541,8 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no sample {s} in:\n{text}"));
     // CrowdSec is not configured: none of its metrics (an `up 0` would fire a generic alert).
     assert!(!text.contains("sipfilter_crowdsec_"), "{text}");
+    // Nor allowlist names' (none configured).
+    assert!(!text.contains("sipfilter_allow_name"), "{text}");
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="REGISTER"}"#), 360.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="OPTIONS"}"#), 10.0);
     assert_eq!(get(r#"sipfilter_sip_messages_total{method="INVITE"}"#), 5.0);

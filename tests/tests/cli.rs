@@ -1032,12 +1032,43 @@ fn sources_known_and_cracked_show_what_the_answers_taught_and_can_be_removed() -
 fn check_validates_a_configuration_without_loading_anything() -> anyhow::Result<()> {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sipfilter.toml");
     let nothing = PrivateBpffs::new()?;
-    let out = cli_at(&nothing.pin_dir(), &["check", "--config", example.to_str().unwrap()]);
+    let dir = std::env::temp_dir().join(format!("sipfilter-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // The example names eth0; `lo` is on every host.
+    let text = std::fs::read_to_string(&example)?;
+    assert!(text.contains("interfaces = [\"eth0\"]"));
+    let here = dir.join("example.toml");
+    std::fs::write(&here, text.replace("interfaces = [\"eth0\"]", "interfaces = [\"lo\"]"))?;
+    let out = cli_at(&nothing.pin_dir(), &["check", "--config", here.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("valid ("), "{}", out.stdout);
     assert!(!nothing.pin_dir().exists(), "check loaded nothing");
-    let dir = std::env::temp_dir().join(format!("sipfilter-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // An interface this host does not have: refused as `run` refuses it, naming file and line.
+    let missing = dir.join("missing.toml");
+    std::fs::write(
+        &missing,
+        "[agent]\nmetrics_listen = \"off\"\ninterfaces = [\"lo\", \"sipf-nope0\"]\n",
+    )?;
+    let out = cli_at(&nothing.pin_dir(), &["check", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{}:3: agent.interfaces: interface sipf-nope0 does not exist",
+            missing.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // A value of the wrong type names its field.
+    let typed = dir.join("typed.toml");
+    std::fs::write(&typed, "[limits.register]\nburst = \"ten\"\n")?;
+    let out = cli_at(&nothing.pin_dir(), &["check", "--config", typed.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("typed.toml:2: limits.register.burst: invalid type"),
+        "{}",
+        out.stderr
+    );
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[lists]\ndeny_files = [\"list.txt\"]\n")?;
     std::fs::write(dir.join("list.txt"), "203.0.113.0/24\n# a comment\n203.0.113.300\n")?;

@@ -38,6 +38,8 @@ pub struct Metrics {
     connection_limited: IntGauge,
     allow_name_failures: IntCounter,
     allow_names_stale: IntGauge,
+    /// The allowlist-name metrics are exported while names are configured, like CrowdSec's.
+    allow_names_exported: bool,
     crowdsec_up: IntGauge,
     crowdsec_last_pull: IntGauge,
     crowdsec_decisions: IntCounterVec,
@@ -60,7 +62,7 @@ fn sync(counter: &IntCounter, last: u64, now: u64) {
 impl Metrics {
     /// `fleet`: CrowdSec is configured. Its metrics are exported only then: a
     /// `sipfilter_crowdsec_up 0` of an agent without CrowdSec would fire a generic `up == 0`
-    /// alert.
+    /// alert. The same holds for the allowlist names' (see [`Metrics::allow_names`]).
     pub fn new(fleet: bool) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let cv = |name: &str, help: &str, label: &str| -> anyhow::Result<IntCounterVec> {
@@ -238,8 +240,6 @@ impl Metrics {
             registry.register(Box::new(crowdsec_pushed.clone()))?;
             registry.register(Box::new(crowdsec_decisions.clone()))?;
         }
-        registry.register(Box::new(allow_name_failures.clone()))?;
-        registry.register(Box::new(allow_names_stale.clone()))?;
         let known_sources = IntGauge::new("sipfilter_known_sources", "Sources known now (earned by registering).")?;
         let cracked_extensions = IntGauge::new(
             "sipfilter_cracked_extensions",
@@ -316,6 +316,7 @@ impl Metrics {
             connection_limited,
             allow_name_failures,
             allow_names_stale,
+            allow_names_exported: false,
             crowdsec_up,
             crowdsec_last_pull,
             crowdsec_decisions,
@@ -363,8 +364,21 @@ impl Metrics {
         self.crowdsec_pushed.inc_by(n as u64);
     }
 
-    /// Allowlist names: new failed resolutions, and how many names are stale now.
-    pub fn allow_names(&self, new_failures: u64, stale: usize) {
+    /// Allowlist names: whether any are configured (their metrics are exported only then),
+    /// new failed resolutions, and how many names are stale now.
+    pub fn allow_names(&mut self, configured: bool, new_failures: u64, stale: usize) {
+        if configured != self.allow_names_exported {
+            for m in [
+                Box::new(self.allow_name_failures.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(self.allow_names_stale.clone()),
+            ] {
+                let _ = match configured {
+                    true => self.registry.register(m),
+                    false => self.registry.unregister(m),
+                };
+            }
+            self.allow_names_exported = configured;
+        }
         self.allow_name_failures.inc_by(new_failures);
         self.allow_names_stale.set(stale as i64);
     }

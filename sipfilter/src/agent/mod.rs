@@ -731,8 +731,11 @@ impl Agent {
         for l in &lines {
             log(l);
         }
-        self.metrics
-            .allow_names(self.allow_names.failures - before, self.allow_names.stale());
+        self.metrics.allow_names(
+            !self.config.allow_names.is_empty(),
+            self.allow_names.failures - before,
+            self.allow_names.stale(),
+        );
         if (!lines.is_empty() || all) && !(self.config.allow_names.is_empty() && lines.is_empty()) {
             if let Err(e) = self.allow_names.save(&self.config.state_file) {
                 log(format!("warning: cannot write the allowlist names: {e:#}"));

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use sipfilter_common::{
     calls::call_id_hash,
     dialed::{DialPlan, Digits},
-    scan::{cseq, first_header_line, request_identity, scan_lines, uri_user, Scan, Wanted, SCAN_LIMIT},
+    scan::{cseq, first_header_line, framing, Framing, request_identity, scan_lines, uri_user, Scan, Wanted, SCAN_LIMIT},
     user_agent::{Candidates, ScannerUserAgents, DEFAULT_TOKENS},
 };
 
@@ -19,6 +19,7 @@ const ALL: Wanted = Wanted {
     call_id: true,
     user_agent: true,
     credentials: true,
+    end: true,
 };
 
 fuzz_target!(|msg: &[u8]| {
@@ -54,6 +55,9 @@ fuzz_target!(|msg: &[u8]| {
         }
     }
     let f = scan.found;
+    if let Framing::Length(n) = framing(msg, &f) {
+        assert!(f.body_at != 0 && n >= f.body_at, "a message ends after its headers");
+    }
     let _ = uri_user(msg, f.to_at);
     let _ = uri_user(msg, f.from_at);
     let id = cseq(msg, f.cseq_at).map_or(0, |c| c.0);

@@ -140,8 +140,10 @@ fn find<B: Bytes + ?Sized>(b: &B, pos: usize, needle: u8, words: usize) -> Optio
 enum Missed {
     /// The message ended (fewer than eight bytes left).
     Ended,
-    /// The bound was reached with more message to read.
+    /// The scan's bound ([`SCAN_LIMIT`]) was reached with more message to read.
     Bound,
+    /// The search's own bound (its words) was reached: a line longer than it.
+    Line,
 }
 
 #[inline(always)]
@@ -165,7 +167,7 @@ fn search<B: Bytes + ?Sized>(b: &B, pos: usize, needle: u8, words: usize) -> Res
         }
         p += 8;
     }
-    Err(Missed::Bound)
+    Err(Missed::Line)
 }
 
 /// Which header a line starts with (by its first word, in any case).
@@ -178,6 +180,7 @@ enum Header {
     CallId,
     UserAgent,
     Authorization,
+    ContentLength,
     Other,
     /// The empty line: the headers have ended.
     End,
@@ -207,6 +210,11 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
         b'f' if named(lw, word(b"from"), 4) || named(lw, word(b"f"), 1) => Header::From,
         b'c' if named(lw, word(b"cseq"), 4) => Header::CSeq,
         b'c' | b'i' if named(lw, word(b"call-id"), 7) || named(lw, word(b"i"), 1) => Header::CallId,
+        b'c' if lw == word(b"content-") => match b.word(line + 8) {
+            Some(w2) if named(w2 | LOWER, word(b"length"), 6) => Header::ContentLength,
+            _ => Header::Other,
+        },
+        b'l' if named(lw, word(b"l"), 1) => Header::ContentLength,
         b'u' if lw == word(b"user-age") => match b.word(line + 8) {
             Some(w2) if named(w2 | LOWER, word(b"nt"), 2) => Header::UserAgent,
             _ => Header::Other,
@@ -242,6 +250,14 @@ pub struct Found {
     /// lines with more to read (0: it did not). [`scan_lines`] goes on from there: the kernel
     /// does so in a new program run (a tail call), each run with a verifier budget of its own.
     pub resume_at: usize,
+    /// Content-Length's value (0: absent or not wanted). Only with [`Wanted::end`].
+    pub content_length_at: usize,
+    /// Where the body starts, just after the empty line that ends the headers (0: that line
+    /// was not reached). Only with [`Wanted::end`].
+    pub body_at: usize,
+    /// `resume_at` is inside a line longer than [`MAX_LINE`], not at a line's start: what
+    /// lies there is no header name.
+    pub in_line: bool,
 }
 
 /// What a caller needs found before the scan may stop early.
@@ -255,6 +271,8 @@ pub struct Wanted {
     pub call_id: bool,
     pub user_agent: bool,
     pub credentials: bool,
+    /// Where the message ends: its empty line and Content-Length (see [`framing`]).
+    pub end: bool,
 }
 
 impl Wanted {
@@ -267,6 +285,7 @@ impl Wanted {
         call_id: false,
         user_agent: false,
         credentials: false,
+        end: false,
     };
 }
 
@@ -334,6 +353,7 @@ fn complete(s: &Scan) -> bool {
         && (!get(&w.call_id) || get(&f.call_id_at) != 0)
         && (!get(&w.user_agent) || get(&f.user_agent_at) != 0)
         && (!get(&w.credentials) || get(&f.credentials))
+        && (!get(&w.end) || get(&f.body_at) != 0)
 }
 
 /// Notes a header's value position unless one is noted already (the first one counts);
@@ -374,14 +394,22 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
             break;
         };
         let (w_, f) = (&scan.wanted, &mut scan.found);
-        let noted = match header(b, pos, w) {
-            Header::End => break,
+        // The rest of a line longer than MAX_LINE bytes (a digest Authorization with a long
+        // nonce) is skipped like a line of no interest: a chunk boundary is no header name.
+        let kind = if get(&f.in_line) { Header::Other } else { header(b, pos, w) };
+        let noted = match kind {
+            Header::End => {
+                let blank = if w & 0xff == b'\n' as u64 { 1 } else { 2 };
+                put(&mut f.body_at, pos + blank);
+                break;
+            }
             Header::Via => note(b, &w_.via, &mut f.via_at, pos),
             Header::To => note(b, &w_.to, &mut f.to_at, pos),
             Header::From => note(b, &w_.from, &mut f.from_at, pos),
             Header::CSeq => note(b, &w_.cseq, &mut f.cseq_at, pos),
             Header::CallId => note(b, &w_.call_id, &mut f.call_id_at, pos),
             Header::UserAgent => note(b, &w_.user_agent, &mut f.user_agent_at, pos),
+            Header::ContentLength => note(b, &w_.end, &mut f.content_length_at, pos),
             Header::Authorization => {
                 put(&mut f.credentials, true);
                 true
@@ -393,10 +421,88 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
             break;
         }
         match search(b, pos, b'\n', MAX_LINE / 8) {
-            Ok(nl) => next = Some(nl + 1),
-            Err(missed) => put(&mut scan.found.incomplete, missed == Missed::Bound || b.truncated()),
+            Ok(nl) => {
+                put(&mut scan.found.in_line, false);
+                next = Some(nl + 1);
+            }
+            Err(Missed::Line) if get(&scan.wanted.end) => {
+                // Only a scan for the message's end goes on through a long line (a chunk
+                // counts as a line against the bounds): the others stop, as they always did.
+                put(&mut scan.found.in_line, true);
+                next = Some(pos + MAX_LINE);
+            }
+            Err(missed) => put(
+                &mut scan.found.incomplete,
+                missed != Missed::Ended || b.truncated(),
+            ),
         }
     }
+}
+
+/// How a message of a byte stream (SIP over TCP) ends, from a scan with [`Wanted::end`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Framing {
+    /// It is this many bytes long (headers, empty line, Content-Length bytes of body): a next
+    /// message may start there.
+    Length(usize),
+    /// Its headers run to the end of the bytes read and no more: nothing follows it here.
+    Fills,
+    /// Where it ends cannot be told: its headers go on beyond the scan's bounds, or its
+    /// Content-Length is not a number.
+    Unknown,
+}
+
+/// Where the message ends (RFC 3261 §18.3: on a stream, Content-Length frames the message; a
+/// message without one is taken to have no body, as receivers read it).
+#[inline(always)]
+pub fn framing<B: Bytes + ?Sized>(b: &B, found: &Found) -> Framing {
+    let body = get(&found.body_at);
+    if body == 0 {
+        return if get(&found.incomplete) { Framing::Unknown } else { Framing::Fills };
+    }
+    let at = get(&found.content_length_at);
+    if at == 0 {
+        return Framing::Length(body);
+    }
+    match content_length(b, at) {
+        Some(n) => Framing::Length(body + n as usize),
+        None => Framing::Unknown,
+    }
+}
+
+/// Most digits of a Content-Length read: 9,999,999 bytes is beyond any SIP message.
+const CONTENT_LENGTH_DIGITS: usize = 7;
+
+/// The value of the Content-Length header whose value starts at `value`: digits after
+/// optional whitespace, ended by whitespace, `;` or the line end.
+#[inline(never)]
+pub fn content_length<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<u32> {
+    if value == 0 || value >= SCAN_LIMIT {
+        return None;
+    }
+    let mut at = forget(b, value);
+    for _ in 0..4 {
+        match b.byte(at) {
+            Some(b' ') | Some(b'\t') => at += 1,
+            _ => break,
+        }
+    }
+    let w = b.word_or_tail(forget(b, at))?;
+    let mut n: u32 = 0;
+    let mut digits = 0;
+    for i in 0..CONTENT_LENGTH_DIGITS + 1 {
+        let c = (w >> (8 * i)) as u8;
+        if !c.is_ascii_digit() {
+            let ends = matches!(c, b'\r' | b'\n' | b' ' | b'\t' | b';' | 0);
+            return (digits > 0 && ends).then_some(n);
+        }
+        if i == CONTENT_LENGTH_DIGITS {
+            return None;
+        }
+        n = n * 10 + (c - b'0') as u32;
+        digits += 1;
+    }
+    None
 }
 
 /// The byte after the colon of the header line at `line` (0 when there is none nearby).
@@ -639,6 +745,7 @@ mod tests {
         call_id: true,
         user_agent: true,
         credentials: true,
+        end: false,
     };
 
     /// The To or From user of a message, as callers read it.
@@ -770,6 +877,92 @@ Content-Length: 0\r\n\r\n";
             "svcrack: same CSeq, new branch"
         );
         assert_ne!(id(&answer("a1", 2)), id(&answer("a1", 3)), "a new CSeq");
+    }
+
+    /// How a scan for the end frames `msg`, scanning round after round as the kernel does.
+    fn frame(msg: &[u8]) -> Framing {
+        let mut scan = Scan {
+            wanted: Wanted { end: true, ..Wanted::NONE },
+            found: Found::default(),
+        };
+        let mut at = first_header_line(msg, 0).unwrap();
+        for _ in 0..MAX_SCAN_ROUNDS {
+            scan_lines(msg, at, &mut scan);
+            if scan.found.resume_at == 0 {
+                break;
+            }
+            at = scan.found.resume_at;
+        }
+        framing(msg, &scan.found)
+    }
+
+    const REGISTER: &[u8] = b"REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bK-1\r\n\
+To: <sip:201@pbx>\r\nFrom: <sip:201@pbx>;tag=1\r\nCall-ID: a\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn frames_pipelined_messages_by_content_length() {
+        let invite = b"INVITE sip:+23276123456@pbx SIP/2.0\r\nl: 5\r\n\r\nv=0\r\n";
+        let two = [REGISTER, &invite[..]].concat();
+        assert_eq!(frame(&two), Framing::Length(REGISTER.len()));
+        // A body is skipped by its length, compact form and odd spacing included.
+        let with_body = [&invite[..], REGISTER].concat();
+        assert_eq!(frame(&with_body), Framing::Length(invite.len()));
+        let spaced = b"OPTIONS sip:pbx SIP/2.0\r\ncontent-length :   12 \r\n\r\n0123456789abREGISTER sip:pbx SIP/2.0\r\n";
+        assert_eq!(frame(spaced), Framing::Length(spaced.len() - 26));
+        // No Content-Length: no body.
+        let bare = b"OPTIONS sip:pbx SIP/2.0\r\nTo: <sip:1@h>\r\n\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n";
+        assert_eq!(frame(bare), Framing::Length(42));
+        // Bare LF line ends.
+        let lf = b"OPTIONS sip:pbx SIP/2.0\nl: 0\n\nOPTIONS sip:pbx SIP/2.0\n\n";
+        assert_eq!(frame(lf), Framing::Length(30));
+    }
+
+    #[test]
+    fn a_message_alone_fills_its_bytes() {
+        // The empty line is in the last seven bytes, where no word is read: nothing follows.
+        assert_eq!(frame(REGISTER), Framing::Fills);
+        // Headers cut by the end of a segment: the rest is in the next one.
+        assert_eq!(frame(&REGISTER[..60]), Framing::Fills);
+    }
+
+    #[test]
+    fn long_lines_are_walked_through_when_the_end_is_wanted() {
+        let nonce = "n".repeat(400);
+        let msg = format!(
+            "REGISTER sip:pbx SIP/2.0\r\nAuthorization: Digest nonce=\"{nonce}\", response=\"x\"\r\nTo: <sip:201@h>\r\nContent-Length: 0\r\n\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n"
+        );
+        let first = msg.find("OPTIONS").unwrap();
+        assert_eq!(frame(msg.as_bytes()), Framing::Length(first));
+        // A chunk of a long line that looks like a header is not one.
+        let tricky = format!(
+            "REGISTER sip:pbx SIP/2.0\r\nX-Pad: {}t: <sip:999@h>\r\nTo: <sip:201@h>\r\n\r\n",
+            "p".repeat(256 - 7)
+        );
+        let mut scan = Scan {
+            wanted: Wanted { end: true, to: true, ..Wanted::NONE },
+            found: Found::default(),
+        };
+        scan_lines(tricky.as_bytes(), first_header_line(tricky.as_bytes(), 0).unwrap(), &mut scan);
+        assert_eq!(uri_user(tricky.as_bytes(), scan.found.to_at), Some(ext_from("201")));
+        // Without the end wanted, a long line still ends the scan, incomplete, as before.
+        let f = scan_headers(msg.as_bytes(), 0, ALL);
+        assert!(f.incomplete);
+        assert_eq!(f.to_at, 0);
+    }
+
+    #[test]
+    fn unframeable_messages_say_so() {
+        // Headers beyond the scan's bounds: more lines than the rounds read.
+        let many = format!("OPTIONS sip:pbx SIP/2.0\r\n{}\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n", "X: y\r\n".repeat(40));
+        assert_eq!(frame(many.as_bytes()), Framing::Unknown);
+        // Beyond SCAN_LIMIT bytes.
+        let long = format!("OPTIONS sip:pbx SIP/2.0\r\n{}\r\n", format!("X-Pad: {}\r\n", "p".repeat(200)).repeat(6));
+        assert_eq!(frame(long.as_bytes()), Framing::Unknown);
+        // A Content-Length that is not a number, or too long to be one.
+        for bad in ["x", "-1", "99999999", "1e3", ""] {
+            let m = format!("OPTIONS sip:pbx SIP/2.0\r\nContent-Length: {bad}\r\n\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n");
+            assert_eq!(frame(m.as_bytes()), Framing::Unknown, "{bad:?}");
+        }
     }
 
     #[test]

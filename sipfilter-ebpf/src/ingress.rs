@@ -3,7 +3,10 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_jiffies64},
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_jiffies64, bpf_xdp_load_bytes},
+    },
     macros::xdp,
     programs::XdpContext,
 };
@@ -25,7 +28,7 @@ use crate::{
     lists::listed,
     maps::{
         wants, Inspection, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, CONNECTION_LIMITED, COUNTERS, DENYLIST,
-        INGRESS_PROGRAMS, INSPECTION, INSPECT_SLOT,
+        INGRESS_PROGRAMS, INSPECTION, INSPECT_SLOT, JUDGE_SLOT, MAX_SEGMENT_MESSAGES,
     },
     parse::{load_address, parse_l3, ptr_at, Datagram, Headers, L3},
     source_state::{ensure_fresh, source_state},
@@ -129,17 +132,18 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         }
         return Outcome::NotSipPort;
     };
-    // Counted on the first pass only (the inspection hands a request back for a second)
-    // rather than uncounted before the tail call: nothing about the transport then stays
-    // live into the judging, and the verifier walks it nearly once for UDP and TCP alike
-    // (measured: 535,000 instructions processed the other way, 359,000 this way).
-    if INSPECTION.get(0).is_none_or(|i| i.done == 0) {
+    // Counted on the first pass only (the inspection hands a request back for a second, and
+    // a segment's next message comes back too) rather than uncounted before the tail call:
+    // nothing about the transport then stays live into the judging, and the verifier walks
+    // it nearly once for UDP and TCP alike (measured: 535,000 instructions processed the
+    // other way, 359,000 this way).
+    if INSPECTION.get(0).is_none_or(|i| i.done == 0 && i.handed == 0) {
         if let Some(n) = counters.transports.get_mut(transport) {
             *n += 1;
         }
     }
 
-    let message = message(ctx, &h, transport, counters);
+    let message = message(ctx, &h, transport, counters, current_message());
     if let Message::Sip(method) = message {
         if let Some(m) = counters.methods.get_mut(method as usize) {
             *m += 1;
@@ -229,7 +233,8 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
             return outcome;
         }
         // The inspection found nothing; the request's tokens were taken on its first pass.
-        Judged::Pass => return Outcome::Accepted,
+        // The segment's next message, if it has one (a datagram never has).
+        Judged::Pass => return next_message(ctx, counters, state, known),
         Judged::RateFirst(wanted) => wanted,
     };
     let outcome = rate_limit(config, counters, state, &key, method, known, now);
@@ -240,13 +245,79 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     outcome
 }
 
-/// What a packet to a SIP port of `transport` carries. A datagram is a SIP message; a TCP
-/// segment is one when it starts one (a phone's REGISTER and the PBX's answer each fill
-/// their own segment in the common case); TLS and WebSocket carry nothing readable.
+/// Where the message to judge starts: 0 for a packet's first (parsing finds it), or the
+/// start of the segment's next message this program handed back to itself. Taken once per
+/// run that starts a message (not on a request's second pass).
 #[inline(always)]
-fn message(ctx: &XdpContext, h: &Headers, transport: usize, counters: &mut Counters) -> Message {
+fn current_message() -> u32 {
+    let Some(insp) = INSPECTION.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU record; see `Inspection`.
+    let insp = unsafe { &mut *insp };
+    if insp.done == 0 {
+        if insp.handed == 0 {
+            insp.current_at = 0;
+            insp.message_index = 0;
+        }
+        insp.handed = 0;
+    }
+    insp.current_at
+}
+
+/// After a TCP message passed: the segment's next message, if the inspection found one,
+/// judged the same way (this program again, by tail call). Up to [`MAX_SEGMENT_MESSAGES`];
+/// what an unknown source puts beyond that, or behind a message whose end cannot be told,
+/// is dropped (no ban: its TCP resends the segment and fares no better), a known source's
+/// passes unread (counted uninspected).
+#[inline(always)]
+fn next_message(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState, known: bool) -> Outcome {
+    let Some(insp) = INSPECTION.get_ptr_mut(0) else {
+        return Outcome::Accepted;
+    };
+    // SAFETY: a per-CPU record; see `Inspection`.
+    let insp = unsafe { &mut *insp };
+    let (next, unframed) = (insp.next_at, insp.unframed);
+    insp.next_at = 0;
+    insp.unframed = 0;
+    if unframed != 0 && !known {
+        state.drops += 1;
+        return Outcome::Throttled;
+    }
+    // (A known source's unframed message was counted uninspected with its findings.)
+    if next == 0 {
+        return Outcome::Accepted;
+    }
+    if insp.message_index + 1 >= MAX_SEGMENT_MESSAGES {
+        if !known {
+            state.drops += 1;
+            return Outcome::Throttled;
+        }
+        counters.requests_uninspected += 1;
+        return Outcome::Accepted;
+    }
+    insp.current_at = next;
+    insp.message_index += 1;
+    insp.handed = 1;
+    // SAFETY: a tail call either does not return or fails (no program there); then the rest
+    // of the segment passes unread, as it did before segments were framed.
+    unsafe { INGRESS_PROGRAMS.tail_call(ctx, JUDGE_SLOT) };
+    insp.handed = 0;
+    counters.requests_uninspected += 1;
+    Outcome::Accepted
+}
+
+/// What a packet to a SIP port of `transport` carries, and where its message starts. A
+/// datagram is a SIP message; a TCP segment is one when it starts one (a phone's REGISTER
+/// and the PBX's answer each fill their own segment in the common case), and so is each
+/// message after it in the segment (`at`: its start, 0 for the first); TLS and WebSocket
+/// carry nothing readable.
+#[inline(always)]
+fn message(ctx: &XdpContext, h: &Headers, transport: usize, counters: &mut Counters, at: u32) -> Message {
     if !h.tcp {
-        return Message::Sip(sip_message(ctx, h).1);
+        let (start, method) = sip_message(ctx, h);
+        note_message(start, 0);
+        return Message::Sip(method);
     }
     if h.syn() {
         return Message::Connect;
@@ -254,8 +325,9 @@ fn message(ctx: &XdpContext, h: &Headers, transport: usize, counters: &mut Count
     if transport != transport::TCP {
         return Message::Segment;
     }
-    let (_, method) = sip_message(ctx, h);
+    let (start, method) = stream_message(ctx, if at != 0 { at as usize } else { h.payload });
     if method != Method::Unknown {
+        note_message(start, wants::FRAMING);
         return Message::Sip(method);
     }
     // Data that starts no message (a continuation, or the rest after a first message) is
@@ -265,6 +337,54 @@ fn message(ctx: &XdpContext, h: &Headers, transport: usize, counters: &mut Count
         counters.segments_uninspected += 1;
     }
     Message::Segment
+}
+
+/// Notes in the record where the message starts and whether its end is wanted (a stream's
+/// next message may follow it), for the inspection: kept there rather than in registers,
+/// which would make the verifier walk the judging once per transport.
+#[inline(always)]
+fn note_message(start: usize, framing: u32) {
+    if let Some(insp) = INSPECTION.get_ptr_mut(0) {
+        // SAFETY: a per-CPU record; see `Inspection`.
+        unsafe {
+            (*insp).message_at = start as u32;
+            (*insp).framing = framing;
+        }
+    }
+}
+
+/// Where a message of a TCP segment starts and what it is: the segment's first, or one
+/// after it, anywhere in the frame (copied, not read in place: a later one may lie beyond
+/// the bound of direct reads); leading CRLFs skipped as for a datagram. Both through this
+/// one copy into the record: two ways of reading would make the verifier walk the judging
+/// after each. The copy has a constant length (a variable one costs 6.1's verifier its
+/// budget): a segment with fewer bytes than that at the message's start is not classified
+/// (no SIP message is that short; see docs/transports.md on split requests).
+#[inline(always)]
+fn stream_message(ctx: &XdpContext, at: usize) -> (usize, Method) {
+    let Some(insp) = INSPECTION.get_ptr_mut(0) else {
+        return (at, Method::Unknown);
+    };
+    // SAFETY: a per-CPU record; see `Inspection`.
+    let head = unsafe { &mut (*insp).head };
+    // SAFETY: the helper bounds the copy by the frame and by `head`'s size.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, at as u32, head.as_mut_ptr() as *mut _, head.len() as u32) };
+    if rc != 0 {
+        return (at, Method::Unknown);
+    }
+    let mut skip = 0;
+    for _ in 0..2 {
+        if head.get(skip..skip + 2) == Some(b"\r\n") {
+            skip += 2;
+        }
+    }
+    let Some(first) = head.get(skip..skip + CLASSIFY_LEN) else {
+        return (at, Method::Unknown);
+    };
+    let Ok(first) = <&[u8; CLASSIFY_LEN]>::try_from(first) else {
+        return (at, Method::Unknown);
+    };
+    (at + skip, sipfilter_common::classify(first))
 }
 
 /// The connection budgets of a SYN: every source draws from its flood bucket (emptying it
@@ -353,7 +473,10 @@ fn judge_request(
         }
         return Judged::Pass;
     }
-    let mut wanted = 0;
+    // On a stream, where the message ends: another may follow it in the segment. (Read
+    // from the record, not carried from the parse: a transport kept in a register would
+    // make the verifier walk the judging once per transport.)
+    let mut wanted = insp.framing;
     if !known {
         // A source that was challenged on many extensions and never sent credentials is
         // enumerating: banned on its next request (the PBX sees no more of it).
@@ -430,6 +553,8 @@ fn inspect(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState, met
     };
     uncount(counters, state, -1);
     insp.wanted = wanted;
+    insp.next_at = 0;
+    insp.unframed = 0;
     insp.rounds = 0;
     insp.quarantined = 0;
     insp.credentials = 0;

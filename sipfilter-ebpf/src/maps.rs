@@ -85,7 +85,14 @@ pub mod wants {
     pub const KNOWN: u32 = 16;
     /// The request is a REGISTER (its extension is the To user, not the From user).
     pub const REGISTER: u32 = 32;
+    /// Where the message ends (a TCP segment may carry another after it).
+    pub const FRAMING: u32 = 64;
 }
+
+/// Messages of one TCP segment judged at most: each is a chain of up to eight tail calls
+/// (inspection, three more scan rounds, User-Agent, calls, judge, the next message), and the
+/// kernel allows 33 in one packet's chain.
+pub const MAX_SEGMENT_MESSAGES: u32 = 4;
 
 /// The inspection's progress and answer for the packet being judged on this CPU (XDP runs
 /// to completion on one CPU, tail calls included, so one record per CPU is one per packet in
@@ -112,6 +119,23 @@ pub struct Inspection {
     /// The scan window (in this CPU's scan buffer), and the scan of its headers so far.
     pub window_len: u32,
     pub window_cut: u32,
+    /// Where the message being judged starts (frame offset, after leading CRLFs).
+    pub message_at: u32,
+    /// `wants::FRAMING` for a message on a stream (TCP), else 0.
+    pub framing: u32,
+    /// The first bytes of a segment's later message, copied to be classified.
+    pub head: [u8; sipfilter_common::sip::CLASSIFY_LEN + 8],
+    /// Where a next message of the segment starts, as the inspection framed this one (0: none).
+    pub next_at: u32,
+    /// 1: the inspection could not tell where this message ends (see `scan::Framing::Unknown`).
+    pub unframed: u32,
+    /// Where the message being judged starts (0: the segment's first, where parsing puts it).
+    pub current_at: u32,
+    /// Which message of its segment is being judged (0: the first).
+    pub message_index: u32,
+    /// 1 from the ingress program handing the segment back to itself for its next message
+    /// until that run starts (a new packet finds 0 and starts at the first message).
+    pub handed: u32,
     pub scan: Scan,
     /// The User-Agent reader's scratch.
     pub candidates: Candidates,

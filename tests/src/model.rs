@@ -72,12 +72,15 @@ pub fn expect_from(frame: &[u8]) -> (Expected, Option<IpAddr>) {
 }
 
 /// [`expect`], with where the SIP message starts (after the CRLFs receivers skip).
-fn stateless(frame: &[u8]) -> (Expected, usize) {
+/// The frame's verdict without state, where its SIP message starts, and whether it came
+/// over TCP.
+fn stateless(frame: &[u8]) -> (Expected, usize, bool) {
     let (e, start) = parse(frame);
-    (e, start.unwrap_or(0))
+    let (start, tcp) = start.unwrap_or((0, false));
+    (e, start, tcp)
 }
 
-fn parse(frame: &[u8]) -> (Expected, Option<usize>) {
+fn parse(frame: &[u8]) -> (Expected, Option<(usize, bool)>) {
     let verdict = |e: Expected| (e, None);
     let malformed = Expected {
         outcome: Outcome::Malformed,
@@ -179,7 +182,7 @@ fn parse(frame: &[u8]) -> (Expected, Option<usize>) {
             outcome: Outcome::Accepted,
             method: Some(method),
         },
-        Some(start),
+        Some((start, tcp)),
     )
 }
 
@@ -497,7 +500,7 @@ impl Model {
     /// What the program must do with the next frame, and the state it leaves.
     pub fn judge(&mut self, frame: &[u8]) -> Expected {
         let (e, source) = expect_from(frame);
-        let start = stateless(frame).1;
+        let (_, start, tcp) = stateless(frame);
         let Some(source) = source else {
             return e;
         };
@@ -541,7 +544,10 @@ impl Model {
         };
         // An unknown source's request (not an answer or a keep-alive) is read for its
         // User-Agent, once it is within its rate.
-        let read = !known && self.scanners.is_some() && !matches!(method, Method::Response | Method::Unknown);
+        // A message over TCP is always read, for where it ends (another may follow it in
+        // the segment; the generator sends one per segment, the fixture table several).
+        let read_agent = !known && self.scanners.is_some() && !matches!(method, Method::Response | Method::Unknown);
+        let read = tcp || read_agent;
         let silenced = !known && self.stealth && method == Method::Options;
         // Stealth comes before the buckets when nothing is to be read: a silenced probe costs
         // the source no token. Otherwise it waits for the read (a probe that names a scanner
@@ -566,7 +572,7 @@ impl Model {
             return outcome(Outcome::Throttled);
         }
         *tight -= 1;
-        if read && self.names_a_scanner(&frame[start..]) {
+        if read_agent && self.names_a_scanner(&frame[start..]) {
             self.banned.insert(source);
             return outcome(Outcome::Scanner);
         }

@@ -989,6 +989,8 @@ struct RequestRow {
     uninspected: bool,
     /// Sent as the first fragment of a larger datagram.
     first_fragment: bool,
+    /// Sent as one TCP segment rather than a datagram.
+    tcp: bool,
 }
 
 /// A phone-like request: eight header lines before the User-Agent (so the scan needs a second
@@ -1023,6 +1025,7 @@ fn request_row(what: impl Into<String>, payload: Vec<u8>, outcome: Outcome) -> R
         call_rule: None,
         uninspected: false,
         first_fragment: false,
+        tcp: false,
     }
 }
 
@@ -1189,6 +1192,88 @@ fn request_table() -> Vec<RequestRow> {
             Outcome::Accepted,
         )
     });
+    rows.extend(segment_rows());
+    rows
+}
+
+/// Several messages in one TCP segment (a robot's pipelining): each is framed by its
+/// Content-Length and judged as if it came alone, up to four; an unknown source's segment
+/// that holds more, or a message whose end cannot be told, is dropped unbanned.
+fn segment_rows() -> Vec<RequestRow> {
+    let tcp = |what: &str, parts: &[&[u8]], outcome: Outcome| RequestRow {
+        tcp: true,
+        ..request_row(format!("TCP segment: {what}"), parts.concat(), outcome)
+    };
+    let register = request("REGISTER", "sip:pbx.example", PHONE, "");
+    let premium = request("INVITE", "sip:+23276123456@pbx.example", PHONE, "");
+    let scanning = request("OPTIONS", "sip:100@pbx.example", "friendly-scanner", "");
+    let sdp = b"v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let with_body = String::from_utf8(request("INVITE", "sip:201@pbx.example", PHONE, ""))
+        .unwrap()
+        .replace("Content-Length: 0", &format!("Content-Length: {}", sdp.len()))
+        .into_bytes();
+    let long_auth = format!(
+        "Authorization: Digest username=\"201\", realm=\"pbx\", nonce=\"{}\", response=\"0\"\r\n",
+        "a".repeat(400)
+    );
+    let authorized = request("REGISTER", "sip:pbx.example", PHONE, &long_auth);
+    let padded: String = (0..40).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    let unframeable = request("REGISTER", "sip:pbx.example", PHONE, &padded);
+    let mut rows = vec![
+        tcp("two REGISTERs", &[&register, &register], Outcome::Accepted),
+        tcp("a REGISTER then keep-alive CRLFs", &[&register, b"\r\n\r\n"], Outcome::Accepted),
+        RequestRow {
+            call_rule: Some(0),
+            ..tcp("a REGISTER then an INVITE to +232", &[&register, &premium], Outcome::Destination)
+        },
+        RequestRow {
+            call_rule: Some(0),
+            ..tcp(
+                "three REGISTERs then an INVITE to +232 (the fourth message)",
+                &[&register, &register, &register, &premium],
+                Outcome::Destination,
+            )
+        },
+        RequestRow {
+            call_rule: Some(0),
+            ..tcp(
+                "a REGISTER with a 450-byte Authorization line, then an INVITE to +232",
+                &[&authorized, &premium],
+                Outcome::Destination,
+            )
+        },
+        RequestRow {
+            ban: Some("scanner"),
+            scanner: true,
+            ..tcp(
+                "an INVITE with a body, then a scanner's OPTIONS",
+                &[&with_body, sdp, &scanning],
+                Outcome::Scanner,
+            )
+        },
+        tcp(
+            "five REGISTERs: more than four messages",
+            &[&register, &register, &register, &register, &register],
+            Outcome::Throttled,
+        ),
+        RequestRow {
+            uninspected: true,
+            ..tcp(
+                "a REGISTER padded beyond the scan's bounds, then an INVITE to +232",
+                &[&unframeable, &premium],
+                Outcome::Throttled,
+            )
+        },
+        // Its body goes on in the next segment, which starts no message: nothing follows here.
+        tcp(
+            "an INVITE whose body runs past the segment",
+            &[&with_body, &sdp[..10]],
+            Outcome::Accepted,
+        ),
+    ];
+    for r in &mut rows {
+        r.what = r.what.replace("\r\n", "");
+    }
     rows
 }
 
@@ -1204,6 +1289,9 @@ fn request_table_through_the_inspection() -> anyhow::Result<()> {
     for (i, row) in rows.iter().enumerate() {
         let src = Ipv4Addr::new(198, 51, 100, 10 + i as u8);
         let mut frame = P::udp4(src, dst4(), 5060, 5060, &row.payload);
+        if row.tcp {
+            frame = frame.tcp();
+        }
         if row.first_fragment {
             frame = frame.fragment(0, true);
         }

@@ -325,3 +325,103 @@ fn a_syn_flood_is_banned_while_a_phone_registers_over_tcp() -> anyhow::Result<()
     assert!(lab.ban_of(&phone).is_none());
     Ok(())
 }
+
+/// A python client at `from` that sends each of `segments` in one TCP segment (one `send`
+/// with Nagle off) on a connection of its own to the PBX's TCP port, and prints what came
+/// back on each, as `segment <i>: <first line>|nothing`.
+fn segments_script(from: &str, to: &str, segments: &[String]) -> String {
+    let list: Vec<String> = segments.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "import socket, time\n\
+         for i, seg in enumerate([{}]):\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+         \x20   s.bind(('{from}', 0))\n\
+         \x20   s.settimeout(3)\n\
+         \x20   s.connect(('{to}', 5060))\n\
+         \x20   s.sendall(seg.encode())\n\
+         \x20   got = b''\n\
+         \x20   try:\n\
+         \x20       got = s.recv(4096)\n\
+         \x20   except socket.timeout:\n\
+         \x20       pass\n\
+         \x20   print('segment', i, ':', got.split(b'\\r\\n')[0].decode() if got else 'nothing', flush=True)\n\
+         \x20   s.close()\n",
+        list.join(", ")
+    )
+}
+
+/// A SIP request over TCP from `ip` with a phone's User-Agent; `extra` header lines first.
+fn tcp_request(method: &str, ruri: &str, from_user: &str, ip: &str, extra: &str) -> String {
+    format!(
+        "{method} {ruri} SIP/2.0\r\n{extra}Via: SIP/2.0/TCP {ip}:5070;branch=z9hG4bK-{method}-{from_user}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{from_user}@{ip}>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: {method}-{from_user}@{ip}\r\n\
+         CSeq: 1 {method}\r\nContact: <sip:{from_user}@{ip}:5070;transport=tcp>\r\n\
+         User-Agent: Yealink SIP-T46S 66.86.0.15\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Requests pipelined in one TCP segment are each judged: an INVITE to a premium number
+/// behind a REGISTER or an OPTIONS (from a robot, and from a registered phone), or behind a
+/// request padded past what the filter reads, never reaches kamailio; the robot's REGISTER
+/// alone is answered,
+/// and the phone goes on registering over TCP.
+#[test]
+fn pipelined_requests_in_one_tcp_segment_are_each_judged() -> anyhow::Result<()> {
+    let lab = Lab::new("10.245.0")?;
+    let (robot, phone, pbx) = (lab.ip(2), lab.ip(3), lab.ip(1));
+    let agent = lab.agent()?;
+    let reg = lab.registrar(UnknownUsers::NotFound, &[("202", PHONE_PASSWORD)])?;
+    let mut first = phone_registers(&lab, "phone", &phone, 2)?;
+    sipp_done(&mut first, Duration::from_secs(30))?;
+    assert!(lab.is_known(&phone), "the phone is known after registering");
+    let premium = "sip:+23276123456@pbx.example";
+    // The robot leads with a REGISTER (an unknown source's OPTIONS is silenced by stealth).
+    let register = |extra: &str| tcp_request("REGISTER", "sip:202@pbx.example", "202", &robot, extra);
+    let padding: String = (0..40).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    let robot_segments = vec![
+        register("") + &tcp_request("INVITE", premium, "201", &robot, ""),
+        register(&padding) + &tcp_request("INVITE", premium, "201", &robot, ""),
+        register(""),
+    ];
+    let options = |user: &str, ip: &str| tcp_request("OPTIONS", "sip:pbx.example", user, ip, "");
+    let mut robot_run = lab.run_in_lan("robot", &["python3", "-c", &segments_script(&robot, &pbx, &robot_segments)])?;
+    let phone_segments = vec![options("202", &phone) + &tcp_request("INVITE", premium, "202", &phone, "")];
+    let mut phone_run = lab.run_in_lan("phone-pipe", &["python3", "-c", &segments_script(&phone, &pbx, &phone_segments)])?;
+    let _ = robot_run.wait(Duration::from_secs(30));
+    let _ = phone_run.wait(Duration::from_secs(30));
+    let mut after = phone_registers(&lab, "phone-after", &phone, 3)?;
+    sipp_done(&mut after, Duration::from_secs(30))?;
+    let requests = reg.requests();
+    let invites: Vec<_> = requests.iter().filter(|r| r.method == "INVITE").collect();
+    let robot_registers = requests.iter().filter(|r| r.source == robot && r.method == "REGISTER").count();
+    let stats = lab.cli_json(&["stats", "--json"]);
+    let phone_ok = sipp_stat(&after, "Successful call");
+    eprintln!(
+        "pipelined: INVITEs at kamailio {}; robot REGISTERs at kamailio {robot_registers}; outcomes destination {} throttled {}; \
+         the phone registered {phone_ok} of 3\nrobot: {}\nphone: {}",
+        invites.len(),
+        stats["outcomes"]["destination"],
+        stats["outcomes"]["throttled"],
+        robot_run.output(),
+        phone_run.output()
+    );
+    if !invites.is_empty() {
+        lab.dump(&agent);
+    }
+    assert!(invites.is_empty(), "no pipelined INVITE reached kamailio: {invites:?}");
+    let robot_saw = robot_run.output();
+    assert!(robot_saw.contains("segment 0 : nothing"), "{robot_saw}");
+    assert!(robot_saw.contains("segment 1 : nothing"), "{robot_saw}");
+    assert!(
+        robot_saw.contains("segment 2 : SIP/2.0 401 Unauthorized"),
+        "the REGISTER alone is answered: {robot_saw}"
+    );
+    assert_eq!(robot_registers, 1, "only the robot's lone REGISTER reached kamailio");
+    assert!(stats["outcomes"]["destination"].as_u64().unwrap() >= 2, "{stats:#}");
+    assert!(stats["outcomes"]["throttled"].as_u64().unwrap() >= 1, "{stats:#}");
+    assert!(phone_run.output().contains("segment 0 : nothing"), "{}", phone_run.output());
+    assert_eq!(phone_ok, 3, "the phone registers over TCP afterwards");
+    assert!(lab.ban_of(&phone).is_none() && lab.is_known(&phone));
+    Ok(())
+}

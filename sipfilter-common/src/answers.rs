@@ -3,7 +3,7 @@
 //! cracked-extension rule. Plain arithmetic on the source's [`AnswerState`], run by the
 //! egress program for each answer and by the host tests and the reference model unchanged.
 //!
-//! How a re-challenge is told from a first challenge (README, "How a packet is judged"): the
+//! How a re-challenge is told from a first challenge (docs/judging.md): the
 //! source keeps the extensions it has an open challenge for, with the identity of the
 //! challenged request (its top Via branch and CSeq). A 401/407 for an extension with an open
 //! challenge that answers a *different* request is an answer to a request that came after the

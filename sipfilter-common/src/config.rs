@@ -45,7 +45,7 @@ pub const FLAG_STEALTH_ALL: u32 = 16;
 /// Set by userspace while quarantine is on and some extension is on the cracked list: the
 /// program then reads the extension of REGISTERs and INVITEs from unknown sources.
 pub const FLAG_QUARANTINE: u32 = 32;
-/// Withhold the 2xx that proves a guessed password (README, "How a packet is judged").
+/// Withhold the 2xx that proves a guessed password (docs/judging.md).
 pub const FLAG_WITHHOLD: u32 = 64;
 /// Trust tiers in force (`[trust] enabled`): unknown sources get `unknown_limits`, the
 /// answers program judges. Without it every source gets `limits` (and stealth and quarantine,
@@ -187,7 +187,7 @@ pub struct KernelConfig {
     pub jiffies_offset_ns: u64,
 }
 
-/// The documented defaults (README, "Defaults and why").
+/// The documented defaults (docs/judging.md, "Defaults and why").
 pub mod defaults {
     use super::*;
     pub const SIP_PORT: u16 = 5060;

@@ -62,8 +62,8 @@ pub enum Outcome {
     Throttled,
     /// A request whose User-Agent names a scanner: dropped unanswered, the source banned.
     Scanner,
-    /// A call to a denied destination: dropped, the source not banned (README,
-    /// "Destination rules").
+    /// A call to a denied destination: dropped, the source not banned
+    /// (docs/judging.md, "Destination rules").
     Destination,
     /// A call over a call-burst limit: dropped (and an unknown source banned).
     CallBurst,

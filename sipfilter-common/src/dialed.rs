@@ -136,7 +136,7 @@ impl Raw {
     }
 }
 
-/// How the PBX's users dial out (README, "Destination rules").
+/// How the PBX's users dial out (docs/judging.md, "Destination rules").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DialPlan {

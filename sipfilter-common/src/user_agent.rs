@@ -244,8 +244,8 @@ fn has(w: u64, c: u8) -> u64 {
     x.wrapping_sub(ONES) & !x & 0x8080_8080_8080_8080
 }
 
-/// The tokens shipped as the default list (README, "Scanner User-Agents", gives each one's
-/// provenance and the ones left out).
+/// The tokens shipped as the default list (docs/judging.md, "Scanner User-Agents", gives each
+/// one's provenance and the ones left out).
 pub const DEFAULT_TOKENS: &[&str] = &[
     "friendly-scanner",
     "sipvicious",

@@ -91,7 +91,7 @@ pub enum AttachMode {
 pub struct Config {
     /// UDP SIP ports (`[sip] ports`).
     pub sip_ports: Vec<u16>,
-    /// Plain TCP, TLS and WebSocket (WS and WSS) SIP ports (README, "Transports").
+    /// Plain TCP, TLS and WebSocket (WS and WSS) SIP ports (docs/transports.md).
     pub tcp_ports: Vec<u16>,
     pub tls_ports: Vec<u16>,
     pub websocket_ports: Vec<u16>,
@@ -124,7 +124,7 @@ pub struct Config {
     pub calls: CallSettings,
 }
 
-/// `[crowdsec]` (README, "Fleet").
+/// `[crowdsec]` (docs/fleet.md).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CrowdsecSettings {
     pub lapi: crate::crowdsec::Lapi,
@@ -144,7 +144,7 @@ impl std::fmt::Debug for CrowdsecSettings {
     }
 }
 
-/// `[calls]`: destination rules and call bursts (README, "Destination rules", "Call bursts").
+/// `[calls]`: destination rules and call bursts (docs/judging.md, "Destination rules", "Call bursts").
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallSettings {
     /// Check INVITE and MESSAGE requests at all.
@@ -264,7 +264,7 @@ impl Default for ConnectionSettings {
 /// Ten minutes: five times a phone's longest keep-alive interval.
 pub const DEFAULT_CONNECTION_IDLE_SECS: u64 = 600;
 
-/// `[trust]`: judging sources by the PBX's answers (README, "How a packet is judged").
+/// `[trust]`: judging sources by the PBX's answers (docs/judging.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrustSettings {
     /// Read the PBX's answers (egress program) and give unknown sources the tight limits.

@@ -32,7 +32,7 @@ pub struct Loaded {
     pub request_rules: RequestRuleMaps,
     pub pin_dir: PathBuf,
     /// Why the kernel refused the answers (TC) programs, if it did: the filter then runs
-    /// without reading the PBX's answers (older verifiers, README "Reliability").
+    /// without reading the PBX's answers (older verifiers, docs/operating.md "Supported kernels").
     pub answers_refused: Option<String>,
     /// The last lines of the verifier's log when it refused them: where and why it stopped.
     pub answers_verifier_log: Option<String>,

@@ -22,8 +22,8 @@ use sipfilter_tests::{
 };
 
 /// The REGISTER burst of a source that has not registered (an unknown source): the flood
-/// never gets a 200 OK, so it stays unknown (sipfilter-common's defaults, README "Defaults
-/// and why").
+/// never gets a 200 OK, so it stays unknown (sipfilter-common's defaults, docs/judging.md
+/// "Defaults and why").
 const BURST: u64 = sipfilter_common::config::defaults::UNKNOWN_REGISTER.burst as u64;
 
 use sipfilter_tests::agent::sipfilter_bin as binary;

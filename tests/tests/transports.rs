@@ -202,7 +202,7 @@ fn an_enumerator_over_tcp_with_a_connection_per_request_learns_at_most_five() ->
         &csv,
         // One call at a time: with five at once, kamailio's two TCP workers answer on both
         // CPUs and two challenges judged at the same instant both pass (learned 6 to 7 in some
-        // runs: the per-source state is not locked; docs/transports.md, README known gaps).
+        // runs: the per-source state is not locked; docs/transports.md, docs/known-gaps.md).
         &one_at_a_time,
     )?;
     let _ = sipp.wait(Duration::from_secs(60));

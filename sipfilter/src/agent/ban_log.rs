@@ -72,7 +72,7 @@ pub fn device(e: &BanEvent) -> String {
     }
 }
 
-/// Which rule of the README's judging section made an answer-based ban.
+/// Which rule of docs/judging.md made an answer-based ban.
 fn rule(reason: u8) -> &'static str {
     match reason {
         ban_reason::AUTH_FAILURE => "failure-budget",

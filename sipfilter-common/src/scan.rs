@@ -181,6 +181,8 @@ enum Header {
     UserAgent,
     Authorization,
     ContentLength,
+    /// A line starting with whitespace: the continuation of the header above.
+    Folded,
     Other,
     /// The empty line: the headers have ended.
     End,
@@ -210,11 +212,14 @@ fn header<B: Bytes + ?Sized>(b: &B, line: usize, w: u64) -> Header {
         b'f' if named(lw, word(b"from"), 4) || named(lw, word(b"f"), 1) => Header::From,
         b'c' if named(lw, word(b"cseq"), 4) => Header::CSeq,
         b'c' | b'i' if named(lw, word(b"call-id"), 7) || named(lw, word(b"i"), 1) => Header::CallId,
-        b'c' if lw == word(b"content-") => match b.word(line + 8) {
+        // Any byte between the words (`Content_Length`): what some PBXs' stream readers take
+        // for Content-Length, sipfilter must too, or the two would frame a stream apart.
+        b'c' if lw & mask(7) == word(b"content") => match b.word(line + 8) {
             Some(w2) if named(w2 | LOWER, word(b"length"), 6) => Header::ContentLength,
             _ => Header::Other,
         },
         b'l' if named(lw, word(b"l"), 1) => Header::ContentLength,
+        b' ' | b'\t' => Header::Folded,
         b'u' if lw == word(b"user-age") => match b.word(line + 8) {
             Some(w2) if named(w2 | LOWER, word(b"nt"), 2) => Header::UserAgent,
             _ => Header::Other,
@@ -409,7 +414,19 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
             Header::CSeq => note(b, &w_.cseq, &mut f.cseq_at, pos),
             Header::CallId => note(b, &w_.call_id, &mut f.call_id_at, pos),
             Header::UserAgent => note(b, &w_.user_agent, &mut f.user_agent_at, pos),
-            Header::ContentLength => note(b, &w_.end, &mut f.content_length_at, pos),
+            Header::ContentLength => {
+                // A second one, or one whose value cannot be found: the message's end is
+                // whatever the PBX makes of it, so it cannot be told here.
+                let v = if get(&f.content_length_at) == 0 { after_colon(b, pos) } else { 0 };
+                put(&mut f.content_length_at, if v == 0 { AMBIGUOUS } else { v });
+                false
+            }
+            // A folded line may be read by a PBX as a header of its own, a Content-Length
+            // among them: the message's end cannot be told either.
+            Header::Folded => {
+                put(&mut f.content_length_at, AMBIGUOUS);
+                false
+            }
             Header::Authorization => {
                 put(&mut f.credentials, true);
                 true
@@ -470,6 +487,10 @@ pub fn framing<B: Bytes + ?Sized>(b: &B, found: &Found) -> Framing {
     }
 }
 
+/// `Found::content_length_at` of a message whose Content-Length is ambiguous (two of them,
+/// one without a readable value, a folded line): beyond every real position.
+const AMBIGUOUS: usize = SCAN_LIMIT;
+
 /// Most digits of a Content-Length read: 9,999,999 bytes is beyond any SIP message.
 const CONTENT_LENGTH_DIGITS: usize = 7;
 
@@ -493,7 +514,8 @@ pub fn content_length<B: Bytes + ?Sized>(b: &B, value: usize) -> Option<u32> {
     for i in 0..CONTENT_LENGTH_DIGITS + 1 {
         let c = (w >> (8 * i)) as u8;
         if !c.is_ascii_digit() {
-            let ends = matches!(c, b'\r' | b'\n' | b' ' | b'\t' | b';' | 0);
+            // Strict, as PBXs read it: digits, then whitespace or the line's end.
+            let ends = matches!(c, b'\r' | b'\n' | b' ' | b'\t' | 0);
             return (digits > 0 && ends).then_some(n);
         }
         if i == CONTENT_LENGTH_DIGITS {
@@ -948,6 +970,28 @@ To: <sip:201@pbx>\r\nFrom: <sip:201@pbx>;tag=1\r\nCall-ID: a\r\nCSeq: 1 REGISTER
         let f = scan_headers(msg.as_bytes(), 0, ALL);
         assert!(f.incomplete);
         assert_eq!(f.to_at, 0);
+    }
+
+    #[test]
+    fn a_content_length_the_pbx_could_read_otherwise_is_not_trusted() {
+        let tail = "OPTIONS sip:pbx SIP/2.0\r\n\r\n";
+        // Two of them (a PBX may take either), one with no colon in reach, a folded line.
+        for headers in [
+            "Content-Length: 900\r\nContent-Length: 0\r\n",
+            "l: 0\r\nContent-Length: 0\r\n",
+            &format!("Content-Length{}: 0\r\n", " ".repeat(40)),
+            "To: <sip:1@h>\r\n Content-Length: 60\r\n",
+            "Content-Length: 5;x\r\n",
+        ] {
+            let m = format!("REGISTER sip:pbx SIP/2.0\r\n{headers}\r\n{tail}");
+            assert_eq!(frame(m.as_bytes()), Framing::Unknown, "{headers:?}");
+        }
+        // Any byte between the words is still Content-Length, as PBXs' stream readers take it.
+        let m = format!("REGISTER sip:pbx SIP/2.0\r\nContent_Length: 3\r\n\r\nabc{tail}");
+        assert_eq!(frame(m.as_bytes()), Framing::Length(m.len() - tail.len()));
+        // Content-Type is not Content-Length.
+        let m = format!("REGISTER sip:pbx SIP/2.0\r\nContent-Type: application/sdp\r\n\r\n{tail}");
+        assert_eq!(frame(m.as_bytes()), Framing::Length(m.len() - tail.len()));
     }
 
     #[test]

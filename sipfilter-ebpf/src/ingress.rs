@@ -255,7 +255,13 @@ fn current_message() -> u32 {
     };
     // SAFETY: a per-CPU record; see `Inspection`.
     let insp = unsafe { &mut *insp };
-    if insp.done == 0 {
+    // The inspection's "done" is taken by the run right after it, the request's second pass,
+    // whatever that run then does: one that ends early (its source banned meanwhile on
+    // another CPU, or listed) must not leave it for the next packet, whatever its source.
+    let done = insp.done;
+    insp.done = 0;
+    insp.second_pass = done;
+    if done == 0 {
         if insp.handed == 0 {
             insp.current_at = 0;
             insp.message_index = 0;
@@ -280,20 +286,10 @@ fn next_message(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState
     let (next, unframed) = (insp.next_at, insp.unframed);
     insp.next_at = 0;
     insp.unframed = 0;
-    if unframed != 0 && !known {
-        state.drops += 1;
-        return Outcome::Throttled;
+    if unframed != 0 || (next != 0 && insp.message_index + 1 >= MAX_SEGMENT_MESSAGES) {
+        return self::unframed(counters, state, known);
     }
-    // (A known source's unframed message was counted uninspected with its findings.)
     if next == 0 {
-        return Outcome::Accepted;
-    }
-    if insp.message_index + 1 >= MAX_SEGMENT_MESSAGES {
-        if !known {
-            state.drops += 1;
-            return Outcome::Throttled;
-        }
-        counters.requests_uninspected += 1;
         return Outcome::Accepted;
     }
     insp.current_at = next;
@@ -353,6 +349,19 @@ fn note_message(start: usize, framing: u32) {
     }
 }
 
+/// The rest of a segment sipfilter cannot read as messages: dropped from an unknown source
+/// (no ban: its TCP resends the segment, which fares no better), passed from a known one and
+/// counted uninspected (an office's proxy coalescing many messages is never cut off).
+#[inline(always)]
+fn unframed(counters: &mut Counters, state: &mut RateState, known: bool) -> Outcome {
+    if !known {
+        state.drops += 1;
+        return Outcome::Throttled;
+    }
+    counters.requests_uninspected += 1;
+    Outcome::Accepted
+}
+
 /// Where a message of a TCP segment starts and what it is: the segment's first, or one
 /// after it, anywhere in the frame (copied, not read in place: a later one may lie beyond
 /// the bound of direct reads); leading CRLFs skipped as for a datagram. Both through this
@@ -361,7 +370,7 @@ fn note_message(start: usize, framing: u32) {
 /// budget): a segment with fewer bytes than that at the message's start is not classified
 /// (no SIP message is that short; see docs/transports.md on split requests).
 #[inline(always)]
-fn stream_message(ctx: &XdpContext, at: usize) -> (usize, Method) {
+pub fn stream_message(ctx: &XdpContext, at: usize) -> (usize, Method) {
     let Some(insp) = INSPECTION.get_ptr_mut(0) else {
         return (at, Method::Unknown);
     };
@@ -463,8 +472,8 @@ fn judge_request(
     };
     // SAFETY: a per-CPU record; see `Inspection`.
     let insp = unsafe { &mut *insp };
-    if insp.done != 0 {
-        insp.done = 0;
+    if insp.second_pass != 0 {
+        insp.second_pass = 0;
         if let Some((outcome, reason)) = findings(insp, counters, state, known) {
             return Judged::Drop(outcome, reason);
         }

@@ -102,6 +102,9 @@ pub const MAX_SEGMENT_MESSAGES: u32 = 4;
 pub struct Inspection {
     /// 1 while an inspection's result waits for the ingress program.
     pub done: u32,
+    /// 1 in the ingress program's run that reads an inspection's result (`done`, taken at
+    /// the run's start).
+    pub second_pass: u32,
     /// [`wants`] bits, set by the ingress program before the first tail call.
     pub wanted: u32,
     /// Scan rounds run so far for this packet.

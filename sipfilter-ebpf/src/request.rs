@@ -21,11 +21,12 @@ use sipfilter_common::{
     dialed::Dialed,
     scan::{first_header_line, framing, scan_lines, uri_user, Bytes, Found, Framing, Wanted, MAX_SCAN_ROUNDS},
     sip::CLASSIFY_LEN,
-    Counters, KernelConfig, SourceKey,
+    Counters, KernelConfig, Method, SourceKey,
 };
 
 use crate::{
     clock::now,
+    ingress::stream_message,
     maps::{
         wants, Inspection, CALLS_SLOT, CALLS_TO_NUMBER, CALL_EVENTS, CONFIG, COUNTERS, CRACKED_EXTENSIONS,
         DESTINATIONS, INGRESS_PROGRAMS, INSPECTION, INSPECT_SLOT, INTERNATIONAL_CALLS, JUDGE_SLOT, RECENT_CALLS,
@@ -124,6 +125,10 @@ pub fn sipfilter_inspect(ctx: XdpContext) -> u32 {
         insp.window_cut = (bytes.truncated() || h.first_fragment) as u32;
         let Some(first) = first_header_line(&bytes, 0) else {
             insp.uninspected = 1;
+            // A start line over MAX_LINE bytes: where the message ends cannot be told.
+            if insp.wants(wants::FRAMING) {
+                insp.unframed = 1;
+            }
             return next_reader(&ctx, insp);
         };
         insp.scan.wanted = insp.headers();
@@ -171,8 +176,14 @@ fn frame(ctx: &XdpContext, insp: &mut Inspection, found: &Found) {
             let next = insp.message_at as usize + len;
             // A next message is at least a start line; fewer bytes are keep-alive CRLFs.
             let total = ctx.data_end() - ctx.data();
-            if next + CLASSIFY_LEN <= total {
-                insp.next_at = next as u32;
+            if next + CLASSIFY_LEN > total {
+                return;
+            }
+            // What follows must start a SIP message: anything else means sipfilter and the
+            // PBX could frame the stream apart (a robot's doing), and is not trusted.
+            match stream_message(ctx, next) {
+                (_, Method::Unknown) => insp.unframed = 1,
+                _ => insp.next_at = next as u32,
             }
         }
         Framing::Unknown => insp.unframed = 1,

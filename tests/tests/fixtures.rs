@@ -1264,6 +1264,56 @@ fn segment_rows() -> Vec<RequestRow> {
                 Outcome::Throttled,
             )
         },
+        // Framings a PBX could read otherwise than sipfilter: not trusted from an unknown source.
+        tcp(
+            "two Content-Lengths (900, then 0), then an INVITE to +232",
+            &[
+                &String::from_utf8(register.clone())
+                    .unwrap()
+                    .replace("Content-Length: 0", "Content-Length: 900\r\nContent-Length: 0")
+                    .into_bytes(),
+                &premium,
+            ],
+            Outcome::Throttled,
+        ),
+        tcp(
+            "a folded header line, then an INVITE to +232",
+            &[
+                &request("REGISTER", "sip:pbx.example", PHONE, "X-Note: a\r\n Content-Length: 40\r\n"),
+                &premium,
+            ],
+            Outcome::Throttled,
+        ),
+        RequestRow {
+            uninspected: true,
+            ..tcp(
+                "a start line over 256 bytes, then an INVITE to +232",
+                &[
+                    &request("REGISTER", &format!("sip:{}@pbx.example", "2".repeat(300)), PHONE, ""),
+                    &premium,
+                ],
+                Outcome::Throttled,
+            )
+        },
+        tcp(
+            "a REGISTER, then bytes that start no message",
+            &[&register, b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"],
+            Outcome::Throttled,
+        ),
+        RequestRow {
+            call_rule: Some(0),
+            ..tcp(
+                "Content_Length (any byte between the words) framing an INVITE to +232",
+                &[
+                    &String::from_utf8(register.clone())
+                        .unwrap()
+                        .replace("Content-Length: 0", "Content_Length: 0")
+                        .into_bytes(),
+                    &premium,
+                ],
+                Outcome::Destination,
+            )
+        },
         // Its body goes on in the next segment, which starts no message: nothing follows here.
         tcp(
             "an INVITE whose body runs past the segment",

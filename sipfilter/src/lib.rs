@@ -20,6 +20,7 @@ pub mod filter_maps;
 pub mod fraud_file;
 pub mod loader;
 pub mod program_tables;
+pub mod releases;
 pub mod request_rules;
 pub mod state_file;
 pub mod trust;

@@ -225,7 +225,7 @@ impl Loaded {
 /// The layout each pinned map must have for this version: (name, key size, value size,
 /// max entries). The loader reuses pins by name without comparing them, so a version that
 /// changed a layout would otherwise fail in the verifier, or worse, misread the data.
-fn expected_layouts() -> [(&'static str, usize, usize, u32); 20] {
+pub fn expected_layouts() -> [(&'static str, usize, usize, u32); 20] {
     use sipfilter_common::{
         calls::{CallKey, CallTimes, DestinationRule, NumberKey},
         maps::*,
@@ -309,6 +309,13 @@ fn check_pinned_layouts(pin_dir: &Path) -> anyhow::Result<()> {
 /// The first map pinned under `pin_dir` whose layout this version cannot use, said in a
 /// phrase (`counters: values of 736 bytes, this version needs 720`); None when all fit.
 pub fn incompatible_pins(pin_dir: &Path) -> anyhow::Result<Option<String>> {
+    Ok(incompatible_maps(pin_dir)?.into_iter().next().map(|(_, why)| why))
+}
+
+/// Every map pinned under `pin_dir` whose layout (key and value sizes, entries) this version
+/// cannot use, by name, with a phrase saying how it differs.
+pub fn incompatible_maps(pin_dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut found = Vec::new();
     for (name, key, value, entries) in expected_layouts() {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -317,22 +324,26 @@ pub fn incompatible_pins(pin_dir: &Path) -> anyhow::Result<Option<String>> {
         let info = aya::maps::MapData::from_pin(&path)
             .and_then(|m| m.info())
             .with_context(|| format!("cannot inspect {}", path.display()))?;
-        let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
-        if found != (key, value, entries) {
-            return Ok(Some(format!(
-                "{name}: keys of {} bytes, values of {} bytes, {} entries; this version needs {key}, {value}, {entries}",
-                found.0, found.1, found.2
-            )));
+        let pinned = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if pinned != (key, value, entries) {
+            found.push((
+                name,
+                format!(
+                    "{name}: keys of {} bytes, values of {} bytes, {} entries; this version needs {key}, {value}, {entries}",
+                    pinned.0, pinned.1, pinned.2
+                ),
+            ));
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
-/// Moves every map pinned under `pin_dir` (not the links, the programs' tables or the agent's
-/// lock) into a new folder beside it, `<pin_dir>-previous-<unix seconds>` (bpffs allows no dot in a name), on the same
-/// bpffs; returns it. The programs attached now keep their maps (a pin is a name, not the
-/// map) and filter with them until a new program is swapped into their links.
-pub fn set_aside_maps(pin_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Moves the maps `names` pinned under `pin_dir` into a new folder beside it,
+/// `<pin_dir>-previous-<unix seconds>` (bpffs allows no dot in a name), on the same bpffs;
+/// returns it. Every other pin stays, and the new load reuses it as it is. The programs
+/// attached now keep the moved maps (a pin is a name, not the map) and filter with them
+/// until a new program is swapped into their links.
+pub fn set_aside_maps(pin_dir: &Path, names: &[&str]) -> anyhow::Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -342,14 +353,9 @@ pub fn set_aside_maps(pin_dir: &Path) -> anyhow::Result<PathBuf> {
         .to_string_lossy();
     let aside = pin_dir.with_file_name(format!("{name}-previous-{secs}"));
     crate::bpffs::create_private_dir(&aside)?;
-    for entry in std::fs::read_dir(pin_dir).with_context(|| format!("cannot list {}", pin_dir.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            continue;
-        }
-        let to = aside.join(entry.file_name());
-        std::fs::rename(entry.path(), &to)
-            .with_context(|| format!("cannot move {} to {}", entry.path().display(), to.display()))?;
+    for map in names {
+        let (from, to) = (pin_dir.join(map), aside.join(map));
+        std::fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
     }
     Ok(aside)
 }

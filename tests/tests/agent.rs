@@ -560,7 +560,7 @@ fn metrics_pass_promtool_and_count_what_was_sent() -> anyhow::Result<()> {
     assert_eq!(get("sipfilter_active_bans"), 2.0);
     assert!(get("sipfilter_program_runs_total") >= 375.0);
     assert!(get("sipfilter_program_run_seconds_total") > 0.0);
-    assert_eq!(get(r#"sipfilter_build_info{version="0.1.0"}"#), 1.0);
+    assert_eq!(get(r#"sipfilter_build_info{version="0.4.0"}"#), 1.0);
     assert!(!text.contains(ATTACKER), "no per-IP labels");
 
     // Localhost only by default: not reachable from the LAN.

@@ -235,13 +235,15 @@ fn without_its_agent_the_filter_gives_the_same_verdicts() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// An upgrade over maps of another layout (here: the counters map replaced by one of an older
-/// size, as a version that added a counter finds them): the new agent does not refuse to
-/// start (under systemd, a restart loop with the old program left unmanaged) but sets the
-/// old maps aside in one logged sentence and restores the state file; the banned robot
-/// reaches the PBX at no moment, and the phone registers before and after.
+/// An upgrade over maps of another layout (here: the counters and ban maps replaced by ones
+/// of an older size, as a version that added a counter or a ban field finds them): the new
+/// agent does not refuse to start (under systemd, a restart loop with the old program left
+/// unmanaged) but sets those two aside in one logged sentence, keeps every other map as it is
+/// (the known phone and its devices carry over untouched) and restores the bans from the
+/// state file; the banned robot reaches the PBX at no moment, and the phone registers before
+/// and after.
 #[test]
-fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_known_sources() -> anyhow::Result<()> {
+fn only_maps_of_another_layout_are_set_aside_and_everything_else_carries_over() -> anyhow::Result<()> {
     let lab = Lab::new("10.247.0")?;
     let users = office_users(None);
     let reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
@@ -269,36 +271,51 @@ fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_kno
     let log = agent.stop()?;
     assert!(log.contains("the filter stays attached"), "{log}");
 
-    // What an older version left: a counters map of another size.
-    std::fs::remove_file(pin.join("counters"))?;
-    let made = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(pin.join("counters"))
-        .args([
-            "type",
-            "percpu_array",
-            "key",
-            "4",
-            "value",
-            "16",
-            "entries",
-            "1",
-            "name",
-            "counters",
-        ])
-        .output()?;
-    assert!(
-        made.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let devices = |lab: &Lab| -> Vec<serde_json::Value> {
+        let sources = lab.cli_json(&["sources", "--json"]);
+        sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["source"] == phone.as_str())
+            .flat_map(|x| x["devices"].as_array().cloned().unwrap_or_default())
+            .map(|mut d| {
+                d.as_object_mut().unwrap().remove("last_answer_ago_seconds");
+                d
+            })
+            .collect()
+    };
+    let devices_before = devices(&lab);
+    assert!(!devices_before.is_empty(), "the phone's device is recorded");
+
+    // What an older version left: a counters map and a ban table of other sizes.
+    for (name, kind, key, value, entries) in [
+        ("counters", "percpu_array", "4", "16", "1"),
+        ("ban_table", "hash", "20", "8", "1024"),
+    ] {
+        std::fs::remove_file(pin.join(name))?;
+        let made = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pin.join(name))
+            .args(["type", kind, "key", key, "value", value, "entries", entries, "name", name])
+            .output()?;
+        assert!(
+            made.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
     send_udp(&lab, &robot, &robot_register)?;
 
     let agent2 = lab.agent_named("agent2", "", false)?;
     let log2 = agent2.log();
+    eprintln!("the upgraded agent's start:\n{log2}\nthe phone's devices before: {devices_before:?}");
+    assert!(log2.contains("maps counters, ban_table, ban_events, call_events pinned under"), "{log2}");
     assert!(log2.contains("made by another version (counters:"), "{log2}");
-    assert!(log2.contains("moved them to"), "{log2}");
+    assert!(log2.contains("kept every other map as it is"), "{log2}");
+    assert!(log2.contains("restoring from the state file: bans"), "{log2}");
     assert!(log2.contains("restored 1 ban(s)"), "{log2}");
+    assert!(!log2.contains("known source(s)"), "known sources were kept, not restored:\n{log2}");
     assert!(log2.contains("took over the attachment"), "{log2}");
     send_udp(&lab, &robot, &robot_register)?;
     let ban = lab
@@ -306,11 +323,98 @@ fn maps_of_another_layout_are_set_aside_and_the_state_file_restores_bans_and_kno
         .unwrap_or_else(|| panic!("the CLI ban was lost:\n{log2}"));
     assert!(ban["expires_in_secs"].as_u64().unwrap() > 3600, "{ban:#}");
     assert!(lab.is_known(&phone), "the known phone was lost:\n{log2}");
+    assert_eq!(devices(&lab), devices_before, "the phone's devices carried over as they were");
     assert_eq!(register_phone("phone-after")?, 1);
     std::thread::sleep(Duration::from_millis(300));
     let reached = reg.requests().iter().filter(|r| r.source == robot).count();
     assert_eq!(reached, 0, "the banned robot reached the PBX during the upgrade");
     let stats = sipfilter(None, &pin, &["stats", "--json"])?;
     assert!(stats.status.success(), "the CLI works on the new maps");
+    Ok(())
+}
+
+/// The bpftool map type of each map a release may have laid out otherwise.
+fn map_type(name: &str) -> &'static str {
+    match name {
+        "counters" => "percpu_array",
+        "config" | "rate_state" => "array",
+        "rate_overflow" | "devices" => "lru_hash",
+        other => panic!("no map type known for {other}: add it here"),
+    }
+}
+
+/// An upgrade from every earlier release (`sipfilter::releases`): the pins laid out as that
+/// release left them (maps of its layouts, none of the maps it did not have), with a ban and
+/// an allowlist entry made by the CLI. The new agent starts (never a refusal, never a restart
+/// loop), sets aside exactly the maps whose layout changed (and the event rings, whose records
+/// may have), keeps every other map as it is — the ban with its time left, the list entry —
+/// and the CLI works on the result.
+#[test]
+fn an_upgrade_from_every_release_keeps_what_its_layouts_allow() -> anyhow::Result<()> {
+    use sipfilter::releases::RELEASES;
+    let lab = Lab::new("10.248.0")?;
+    let pin = lab.bpffs.pin_dir();
+    let current = RELEASES.last().unwrap().layouts;
+    for (i, release) in RELEASES[..RELEASES.len() - 1].iter().enumerate() {
+        let robot = format!("198.51.100.{}", 10 + i);
+        let trunk = format!("203.0.113.{}", 10 + i);
+        let agent = lab.agent_named(&format!("agent-{}", release.version), "", false)?;
+        for args in [
+            vec!["ban", "add", robot.as_str(), "--for", "2h"],
+            vec!["allow", "add", trunk.as_str()],
+        ] {
+            let out = sipfilter(None, &pin, &args)?;
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        agent.stop()?;
+        // The pins as `release` left them.
+        let mut replaced = Vec::new();
+        for (name, key, value, entries) in current {
+            let path = pin.join(name);
+            match release.layouts.iter().find(|l| l.0 == *name) {
+                Some(old) if (old.1, old.2, old.3) == (*key, *value, *entries) => {}
+                Some(old) => {
+                    std::fs::remove_file(&path)?;
+                    let made = std::process::Command::new("bpftool")
+                        .args(["map", "create"])
+                        .arg(&path)
+                        .args(["type", map_type(name)])
+                        .args(["key", &old.1.to_string(), "value", &old.2.to_string()])
+                        .args(["entries", &old.3.to_string(), "name", name])
+                        .output()?;
+                    assert!(made.status.success(), "bpftool: {}", String::from_utf8_lossy(&made.stderr));
+                    replaced.push(*name);
+                }
+                None => std::fs::remove_file(&path)?,
+            }
+        }
+        let agent = lab.agent_named(&format!("agent-after-{}", release.version), "", false)?;
+        let log = agent.log();
+        eprintln!("upgrade from {} ({}): set aside {replaced:?}\n{log}", release.version, release.commit);
+        if replaced.is_empty() {
+            assert!(!log.contains("made by another version"), "{log}");
+        } else {
+            let named = format!("the maps {}, ban_events, call_events pinned under", replaced.join(", "));
+            assert!(log.contains(&named), "expected {named:?}:\n{log}");
+        }
+        assert!(log.contains("ready"), "{log}");
+        assert!(!log.contains("ban(s) from"), "the ban table was kept, not restored:\n{log}");
+        let ban = lab
+            .ban_of(&robot)
+            .unwrap_or_else(|| panic!("the ban was lost in the upgrade from {}:\n{log}", release.version));
+        assert!(ban["expires_in_secs"].as_u64().unwrap() > 3600, "{ban:#}");
+        let allowed = lab.cli_json(&["allow", "list", "--json"]);
+        assert!(allowed.to_string().contains(&trunk), "the allowlist entry was lost: {allowed:#}");
+        let stats = sipfilter(None, &pin, &["stats", "--json"])?;
+        assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+        agent.stop()?;
+        // The set-aside maps of this round go (an operator removes them once done).
+        for entry in std::fs::read_dir(pin.parent().unwrap())? {
+            let path = entry?.path();
+            if path.to_string_lossy().contains("-previous-") {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod answers_attach;
 mod attach;
 mod ban_log;
 mod ban_watch;
+mod carry_over;
 mod event_reader;
 mod failing_steps;
 mod fleet;
@@ -287,41 +288,26 @@ async fn serve_scrape(
 /// How often the IPv6 prefixes' aggregate budgets are checked.
 const AGGREGATE_INTERVAL: Duration = Duration::from_secs(3);
 
-/// The marker folder (under the pins) of a state-file restore not yet done.
-const RESTORING: &str = "restoring";
-
 /// How often the program's jiffies clock is re-measured against CLOCK_BOOTTIME.
 const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
 
 impl Agent {
     fn start(pin_dir: &Path, args: RunArgs, config: Config) -> anyhow::Result<Agent> {
-        // Maps pinned by a version with other layouts cannot be used, nor refused forever (a
-        // restart loop, the old program left unmanaged): they are set aside and the state
-        // file restores what it holds.
-        // Until the state file is restored into new maps, a marker says so: a start that
-        // fails after the load pinned them (the verifier refused the program, an attach
-        // failed) restores again next time, rather than taking the empty maps for the real
-        // ones and saving them over the state file.
-        let restoring = pin_dir.join(RESTORING);
-        if let Some(why) = sipfilter::loader::incompatible_pins(pin_dir)? {
-            sipfilter::bpffs::create_private_dir(&restoring)?;
-            let aside = sipfilter::loader::set_aside_maps(pin_dir)?;
-            log(format!(
-                "the maps pinned under {} were made by another version ({why}): moved them to {} and starting from the state file (bans, list entries, known sources and cracked extensions are restored; counters, rate buckets, devices and open connections start anew); the running filter keeps them until this one is swapped in; remove {} once no longer needed",
-                pin_dir.display(),
-                aside.display(),
-                aside.display()
-            ));
-        }
-        if !pin_dir.join(BAN_TABLE).exists() {
-            sipfilter::bpffs::create_private_dir(&restoring)?;
-        }
-        let fresh = restoring.exists();
-        // The IPv6 source prefix the pinned bans are keyed by, before the new config replaces it.
-        let old_prefix = match fresh {
-            true => None,
-            false => Some(FilterMaps::open_pinned(pin_dir)?.read_config()?.ipv6_prefix_len()),
+        // The IPv6 source prefix the pinned bans are keyed by, before the new config replaces
+        // it (read while every map is still in place; None when they cannot be opened).
+        let pinned_prefix = match pin_dir.join(BAN_TABLE).exists() {
+            true => FilterMaps::open_pinned(pin_dir)
+                .and_then(|m| m.read_config())
+                .ok()
+                .map(|c| c.ipv6_prefix_len()),
+            false => None,
         };
+        // Maps pinned by a version with other layouts cannot be used, nor refused forever (a
+        // restart loop, the old program left unmanaged): those are set aside, every other
+        // map is kept as it is, and the state file restores the families whose maps are new.
+        let restore = carry_over::prepare(pin_dir, log)?;
+        let fresh = restore.all();
+        let old_prefix = pinned_prefix.filter(|_| !restore.bans);
         let mut loaded = Loaded::load(pin_dir, &config.kernel_config())?;
         let mut config = config;
         if let Some(why) = &loaded.answers_refused {
@@ -343,7 +329,7 @@ impl Agent {
             log(format!("created maps under {}", pin_dir.display()));
         } else {
             log(format!(
-                "reusing the maps pinned under {} (bans, buckets and lists kept)",
+                "reusing the maps pinned under {} (what they hold is kept)",
                 pin_dir.display()
             ));
         }
@@ -363,7 +349,7 @@ impl Agent {
                 StateFile::default()
             }
         };
-        if fresh && !state.lists.is_empty() {
+        if restore.lists && !state.lists.is_empty() {
             let (restored, expired) = state_file::restore_lists(&mut loaded.maps, &state.lists)?;
             log(format!(
                 "restored {restored} allow/deny entr(ies) added with the CLI ({expired} had expired)"
@@ -373,12 +359,12 @@ impl Agent {
         if !config.monitor {
             lift_monitor_bans(&mut loaded)?;
         }
-        if fresh {
+        if restore.trust {
             trust::restore(&mut loaded, &config, &state)?;
         }
         // Quarantine back on (if anything is cracked) before the program is attached.
         trust::upkeep(&mut loaded, &config)?;
-        if fresh && !state.bans.is_empty() {
+        if restore.bans && !state.bans.is_empty() {
             let r = state_file::restore(&mut loaded.maps, &state.bans)?;
             log(format!(
                 "restored {} ban(s) from {} ({} had expired, {} are allowlisted now)",
@@ -388,9 +374,7 @@ impl Agent {
                 r.allowlisted
             ));
         }
-        if fresh {
-            std::fs::remove_dir(&restoring).with_context(|| format!("cannot remove {}", restoring.display()))?;
-        }
+        carry_over::restored(pin_dir)?;
 
         // This load's tail-call tables, pinned before its programs are attached: from the
         // moment they run, a stop or crash of the agent leaves them whole.
@@ -1040,6 +1024,7 @@ impl Agent {
         self.state.lists = lists.clone();
         self.state.known = known.clone();
         self.state.cracked = cracked.clone();
+        self.state.devices = state_file::snapshot_devices(&self.pin_dir, self.config.trust.known_for)?;
         state_file::save(&self.config.state_file, &self.state)?;
         self.saved = (bans, lists);
         self.saved_trust = (known, cracked);

@@ -1024,7 +1024,6 @@ impl Agent {
         self.state.lists = lists.clone();
         self.state.known = known.clone();
         self.state.cracked = cracked.clone();
-        self.state.devices = state_file::snapshot_devices(&self.pin_dir, self.config.trust.known_for)?;
         state_file::save(&self.config.state_file, &self.state)?;
         self.saved = (bans, lists);
         self.saved_trust = (known, cracked);

@@ -1,5 +1,6 @@
 //! The devices under each source (sipfilter-common's `devices`): what the answers program
-//! keeps per source port. Read-only here: `sipfilter sources` shows them under their source.
+//! keeps per source port. `sipfilter sources` shows them under their source; the agent saves
+//! them in its state file and puts them back into a new map (`state_file::restore_devices`).
 
 use std::path::Path;
 
@@ -11,10 +12,15 @@ use sipfilter_common::{
     SourceKey,
 };
 
+/// The pinned devices map under `dir`.
+pub fn open(dir: &Path) -> anyhow::Result<HashMap<MapData, DeviceKey, DeviceState>> {
+    HashMap::try_from(crate::filter_maps::open_pin(dir, DEVICES)?)
+        .with_context(|| format!("map {DEVICES} has an unexpected layout"))
+}
+
 /// Every device in the pinned map under `dir`, grouped by source (ports ascending).
 pub fn pinned_devices(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<SourceKey, Vec<(u16, DeviceState)>>> {
-    let map: HashMap<MapData, DeviceKey, DeviceState> = HashMap::try_from(crate::filter_maps::open_pin(dir, DEVICES)?)
-        .with_context(|| format!("map {DEVICES} has an unexpected layout"))?;
+    let map = open(dir)?;
     let mut out: std::collections::BTreeMap<SourceKey, Vec<(u16, DeviceState)>> = Default::default();
     for entry in map.iter() {
         let (k, v) = entry.context("cannot read the devices")?;

@@ -867,3 +867,94 @@ fn odd_and_malformed_messages_from_a_registered_phones_address_ban_nobody() -> a
     assert!(!log.contains("CRACKED") && !log.contains("sipfilter: ban "), "{log}");
     Ok(())
 }
+
+/// A reboot keeps the devices: a phone registers two lines and fails once on a third from
+/// one port; the agent stops (detaching) and the pins go, as after a reboot; the next agent
+/// finds new maps and puts the device back from the state file (lines, counts and last
+/// failure as they were) before any packet; the phone then registers again, on the same
+/// device, and is not banned.
+#[test]
+fn a_reboot_keeps_the_devices_of_a_known_source() -> anyhow::Result<()> {
+    let lab = Lab::new("10.249.0")?;
+    let users = office_users(None);
+    let _reg = lab.registrar(UnknownUsers::NotFound, &as_refs(&users))?;
+    let phone = lab.ip(3);
+    let agent = lab.agent()?;
+    let register = |name: &str, lines: &[String]| -> anyhow::Result<u64> {
+        let m = lines.len().to_string();
+        let mut p = lab.sipp(
+            name,
+            "register_auth.xml",
+            &phone,
+            lines,
+            &["-m", &m, "-recv_timeout", "3000"],
+        )?;
+        sipp_done(&mut p, Duration::from_secs(20))?;
+        Ok(sipp_stat(&p, "Successful call"))
+    };
+    let lines = [format!("202;{}", users[2].1), format!("203;{}", users[3].1)];
+    let stale = format!("204;{}", users[5].1);
+    assert_eq!(register("phone", &lines)?, 2);
+    assert_eq!(register("phone-stale", &[stale])?, 0);
+    assert!(lab.is_known(&phone), "the phone is known:\n{}", agent.log());
+    let devices = || -> Vec<serde_json::Value> {
+        let sources = lab.cli_json(&["sources", "--json"]);
+        sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["source"] == phone.as_str())
+            .flat_map(|x| x["devices"].as_array().cloned().unwrap_or_default())
+            .map(|mut d| {
+                d.as_object_mut().unwrap().remove("last_answer_ago_seconds");
+                d
+            })
+            .collect()
+    };
+    let before = devices();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["port"], 5060, "{before:?}");
+    assert_eq!(before[0]["registered"], serde_json::json!(["202", "203"]), "{before:?}");
+    assert_eq!(before[0]["last_failed"], "204", "{before:?}");
+
+    let log = agent.stop()?;
+    let pin = lab.bpffs.pin_dir();
+    std::fs::remove_dir_all(&pin)?;
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.path().join("agent/state.json"))?)?;
+    assert_eq!(state["version"], 2, "{state:#}");
+    assert_eq!(state["devices"].as_array().map(Vec::len), Some(1), "{state:#}\n{log}");
+
+    let agent2 = lab.agent()?;
+    assert!(agent2.log().contains("created maps under"), "{}", agent2.log());
+    assert!(agent2.log().contains("restored 1 device(s)"), "{}", agent2.log());
+    // Back before any packet (`sources` lists a source once it sends one): read the map.
+    let key = sipfilter_common::SourceKey::from_v4(phone.parse::<std::net::Ipv4Addr>()?.octets());
+    let pinned = sipfilter::devices::pinned_devices(&pin)?;
+    let restored: Vec<serde_json::Value> = pinned
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .map(|(port, d)| {
+            let ext = sipfilter_common::scan::ext_str;
+            let registered: Vec<&str> = d.registered.iter().map(ext).filter(|s| !s.is_empty()).collect();
+            serde_json::json!({"port": port, "registered": registered, "last_failed": ext(&d.failed),
+                               "failures": d.failures, "not_found": d.not_found, "successes": d.successes})
+        })
+        .collect();
+    assert_eq!(restored, before, "the device after the reboot");
+
+    assert_eq!(register("phone-after", &lines[..1])?, 1, "{}", agent2.log());
+    let after = devices();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["registered"], before[0]["registered"], "{after:?}");
+    assert_eq!(after[0]["failures"], before[0]["failures"], "{after:?}");
+    assert_eq!(
+        after[0]["successes"],
+        before[0]["successes"].as_u64().unwrap() + 1,
+        "{after:?}"
+    );
+    assert!(lab.ban_of(&phone).is_none(), "{}", agent2.log());
+    assert!(lab.is_known(&phone));
+    Ok(())
+}

@@ -362,6 +362,14 @@ impl Agent {
         if restore.trust {
             trust::restore(&mut loaded, &config, &state)?;
         }
+        if restore.devices && !state.devices.is_empty() {
+            let (n, expired) =
+                state_file::restore_devices(pin_dir, config.ipv6_prefix, config.trust.known_for, &state.devices)?;
+            log(format!(
+                "restored {n} device(s) from {} ({expired} had expired)",
+                config.state_file.display()
+            ));
+        }
         // Quarantine back on (if anything is cracked) before the program is attached.
         trust::upkeep(&mut loaded, &config)?;
         if restore.bans && !state.bans.is_empty() {
@@ -403,6 +411,12 @@ impl Agent {
                     "{} the answers program on the egress of {iface} ({})",
                     if e.adopted { "took over" } else { "attached" },
                     e.path
+                ));
+            } else if answers_attach::detach(pin_dir, iface)? {
+                // An earlier load's answers program would go on judging with this load's
+                // maps and a configuration that says the answers are not read.
+                log(format!(
+                    "detached an earlier load's answers program from the egress of {iface}"
                 ));
             }
             attached.push(a.iface);
@@ -658,12 +672,16 @@ impl Agent {
                 iface_watch::Change::Back(index) => {
                     let attached = (|| -> anyhow::Result<()> {
                         attach::attach(self.loaded.program_mut()?, &self.pin_dir, &iface, self.config.mode)?;
-                        answers_attach::attach(
-                            self.loaded.answers_program_mut()?,
-                            &self.pin_dir,
-                            &iface,
-                            self.config.egress,
-                        )?;
+                        // Without its answers programs (the kernel refused them) this load
+                        // reads no answers: nothing to attach on egress.
+                        if self.loaded.answers_refused.is_none() {
+                            answers_attach::attach(
+                                self.loaded.answers_program_mut()?,
+                                &self.pin_dir,
+                                &iface,
+                                self.config.egress,
+                            )?;
+                        }
                         Ok(())
                     })();
                     match attached {
@@ -1024,6 +1042,7 @@ impl Agent {
         self.state.lists = lists.clone();
         self.state.known = known.clone();
         self.state.cracked = cracked.clone();
+        self.state.devices = state_file::snapshot_devices(&self.pin_dir, self.config.trust.known_for)?;
         state_file::save(&self.config.state_file, &self.state)?;
         self.saved = (bans, lists);
         self.saved_trust = (known, cracked);

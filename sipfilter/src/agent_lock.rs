@@ -47,7 +47,20 @@ pub fn acquire(pin_dir: &Path) -> anyhow::Result<AgentLock> {
     Ok(AgentLock { _dir: f })
 }
 
-/// The PID of the agent running on `pin_dir`, if one is.
+/// Whether an agent holds the lock of `pin_dir`: asked of the lock itself (a shared lock
+/// that cannot be had), which answers in every PID namespace, where /proc/locks names the
+/// holder only when it is visible from the reader's.
+pub fn is_held(pin_dir: &Path) -> bool {
+    let Ok(f) = File::open(lock_dir(pin_dir)) else {
+        return false;
+    };
+    // SAFETY: flock on a valid fd we own; the shared lock, if had, goes with `f`.
+    let taken = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !taken && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// The PID of the agent running on `pin_dir`, if one is and it is visible from this PID
+/// namespace (/proc/locks shows 0 for a holder outside it).
 pub fn holder(pin_dir: &Path) -> Option<u32> {
     let meta = std::fs::metadata(lock_dir(pin_dir)).ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
@@ -64,7 +77,7 @@ pub fn holder_in(locks: &str, dev: u64, ino: u64) -> Option<u32> {
         // "1: FLOCK  ADVISORY  WRITE 4242 00:2e:1234 0 EOF"; a waiter's line has "->".
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
-            [_, "FLOCK", _, _, pid, id, ..] if *id == want => pid.parse().ok(),
+            [_, "FLOCK", _, _, pid, id, ..] if *id == want => pid.parse().ok().filter(|p| *p != 0),
             _ => None,
         }
     })

@@ -114,14 +114,23 @@ mod tests {
             release.layouts.to_vec(),
             "a pinned layout changed: that is a new release (see the module's comment)"
         );
-        assert_eq!(RELEASES.last().map(|r| r.version), Some(version), "the newest release is this version");
+        assert_eq!(
+            RELEASES.last().map(|r| r.version),
+            Some(version),
+            "the newest release is this version"
+        );
     }
 
     #[test]
     fn versions_grow() {
         let parse = |v: &str| v.split('.').map(|n| n.parse::<u32>().unwrap()).collect::<Vec<_>>();
         for w in RELEASES.windows(2) {
-            assert!(parse(w[0].version) < parse(w[1].version), "{} then {}", w[0].version, w[1].version);
+            assert!(
+                parse(w[0].version) < parse(w[1].version),
+                "{} then {}",
+                w[0].version,
+                w[1].version
+            );
         }
     }
 }

@@ -185,6 +185,19 @@ fn without_its_agent_the_filter_gives_the_same_verdicts() -> anyhow::Result<()> 
         .map(|i| i["interface"].as_str().unwrap())
         .collect();
     assert_eq!(ifaces, vec![lab.pbx_if.as_str()], "real interfaces only: {s:#}");
+    // From another PID namespace (a container's CLI): the agent is running, its PID not
+    // visible there.
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(sipfilter_tests::agent::sipfilter_bin())
+        .arg("--pin-dir")
+        .arg(lab.bpffs.pin_dir())
+        .args(["status", "--json"])
+        .output()?;
+    let other: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(out.status.code(), Some(0), "{other:#}");
+    assert_eq!(other["agent"]["running"], true, "{other:#}");
+    assert!(other["agent"]["pid"].is_null(), "{other:#}");
 
     let running = round(&lab, &reg, &users, 10)?;
     assert_eq!(
@@ -297,7 +310,9 @@ fn only_maps_of_another_layout_are_set_aside_and_everything_else_carries_over() 
         let made = std::process::Command::new("bpftool")
             .args(["map", "create"])
             .arg(pin.join(name))
-            .args(["type", kind, "key", key, "value", value, "entries", entries, "name", name])
+            .args([
+                "type", kind, "key", key, "value", value, "entries", entries, "name", name,
+            ])
             .output()?;
         assert!(
             made.status.success(),
@@ -310,12 +325,18 @@ fn only_maps_of_another_layout_are_set_aside_and_everything_else_carries_over() 
     let agent2 = lab.agent_named("agent2", "", false)?;
     let log2 = agent2.log();
     eprintln!("the upgraded agent's start:\n{log2}\nthe phone's devices before: {devices_before:?}");
-    assert!(log2.contains("maps counters, ban_table, ban_events, call_events pinned under"), "{log2}");
+    assert!(
+        log2.contains("maps counters, ban_table, ban_events, call_events pinned under"),
+        "{log2}"
+    );
     assert!(log2.contains("made by another version (counters:"), "{log2}");
     assert!(log2.contains("kept every other map as it is"), "{log2}");
     assert!(log2.contains("restoring from the state file: bans"), "{log2}");
     assert!(log2.contains("restored 1 ban(s)"), "{log2}");
-    assert!(!log2.contains("known source(s)"), "known sources were kept, not restored:\n{log2}");
+    assert!(
+        !log2.contains("known source(s)"),
+        "known sources were kept, not restored:\n{log2}"
+    );
     assert!(log2.contains("took over the attachment"), "{log2}");
     send_udp(&lab, &robot, &robot_register)?;
     let ban = lab
@@ -323,7 +344,11 @@ fn only_maps_of_another_layout_are_set_aside_and_everything_else_carries_over() 
         .unwrap_or_else(|| panic!("the CLI ban was lost:\n{log2}"));
     assert!(ban["expires_in_secs"].as_u64().unwrap() > 3600, "{ban:#}");
     assert!(lab.is_known(&phone), "the known phone was lost:\n{log2}");
-    assert_eq!(devices(&lab), devices_before, "the phone's devices carried over as they were");
+    assert_eq!(
+        devices(&lab),
+        devices_before,
+        "the phone's devices carried over as they were"
+    );
     assert_eq!(register_phone("phone-after")?, 1);
     std::thread::sleep(Duration::from_millis(300));
     let reached = reg.requests().iter().filter(|r| r.source == robot).count();
@@ -382,7 +407,11 @@ fn an_upgrade_from_every_release_keeps_what_its_layouts_allow() -> anyhow::Resul
                         .args(["key", &old.1.to_string(), "value", &old.2.to_string()])
                         .args(["entries", &old.3.to_string(), "name", name])
                         .output()?;
-                    assert!(made.status.success(), "bpftool: {}", String::from_utf8_lossy(&made.stderr));
+                    assert!(
+                        made.status.success(),
+                        "bpftool: {}",
+                        String::from_utf8_lossy(&made.stderr)
+                    );
                     replaced.push(*name);
                 }
                 None => std::fs::remove_file(&path)?,
@@ -390,7 +419,10 @@ fn an_upgrade_from_every_release_keeps_what_its_layouts_allow() -> anyhow::Resul
         }
         let agent = lab.agent_named(&format!("agent-after-{}", release.version), "", false)?;
         let log = agent.log();
-        eprintln!("upgrade from {} ({}): set aside {replaced:?}\n{log}", release.version, release.commit);
+        eprintln!(
+            "upgrade from {} ({}): set aside {replaced:?}\n{log}",
+            release.version, release.commit
+        );
         if replaced.is_empty() {
             assert!(!log.contains("made by another version"), "{log}");
         } else {
@@ -398,13 +430,19 @@ fn an_upgrade_from_every_release_keeps_what_its_layouts_allow() -> anyhow::Resul
             assert!(log.contains(&named), "expected {named:?}:\n{log}");
         }
         assert!(log.contains("ready"), "{log}");
-        assert!(!log.contains("ban(s) from"), "the ban table was kept, not restored:\n{log}");
+        assert!(
+            !log.contains("ban(s) from"),
+            "the ban table was kept, not restored:\n{log}"
+        );
         let ban = lab
             .ban_of(&robot)
             .unwrap_or_else(|| panic!("the ban was lost in the upgrade from {}:\n{log}", release.version));
         assert!(ban["expires_in_secs"].as_u64().unwrap() > 3600, "{ban:#}");
         let allowed = lab.cli_json(&["allow", "list", "--json"]);
-        assert!(allowed.to_string().contains(&trunk), "the allowlist entry was lost: {allowed:#}");
+        assert!(
+            allowed.to_string().contains(&trunk),
+            "the allowlist entry was lost: {allowed:#}"
+        );
         let stats = sipfilter(None, &pin, &["stats", "--json"])?;
         assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
         agent.stop()?;

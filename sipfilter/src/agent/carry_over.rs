@@ -44,7 +44,12 @@ impl Restore {
 
     fn names(&self) -> Vec<&'static str> {
         let on = [self.bans, self.lists, self.trust, self.devices];
-        FAMILIES.iter().zip(on).filter(|(_, on)| *on).map(|((f, _), _)| *f).collect()
+        FAMILIES
+            .iter()
+            .zip(on)
+            .filter(|(_, on)| *on)
+            .map(|((f, _), _)| *f)
+            .collect()
     }
 }
 

@@ -97,7 +97,10 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     );
     let programs = programs(pin_dir)?;
     let attachments = attachments(pin_dir)?;
-    let agent_pid = sipfilter::agent_lock::holder(pin_dir);
+    // Whether an agent runs is asked of its lock; its PID, of /proc/locks (not visible from
+    // another PID namespace: a container's CLI sees the host's agent running, without a PID).
+    let running = sipfilter::agent_lock::is_held(pin_dir);
+    let agent_pid = sipfilter::agent_lock::holder(pin_dir).filter(|_| running);
     let agent_since = agent_pid.and_then(sipfilter::agent_lock::started);
     // Kept by the agent every second; after it stops, its last contact.
     let housekeeping = sipfilter::agent_record::last_housekeeping(pin_dir);
@@ -115,9 +118,9 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
         )
     });
     let no_agent = || -> anyhow::Result<()> {
-        match agent_pid {
-            Some(_) => Ok(()),
-            None => Err(super::Exit(NO_AGENT_EXIT).into()),
+        match running {
+            true => Ok(()),
+            false => Err(super::Exit(NO_AGENT_EXIT).into()),
         }
     };
     let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
@@ -142,12 +145,12 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
         print_json(&json!({
             "pin_dir": pin_dir.display().to_string(),
             "agent": {
-                "running": agent_pid.is_some(),
+                "running": running,
                 "pid": agent_pid,
                 "since_epoch_secs": agent_since,
                 "last_housekeeping_epoch_secs": housekeeping.map(sipfilter::agent_record::unix_secs),
                 "last_housekeeping_secs_ago": housekeeping_ago.map(|s| (s * 10.0).round() / 10.0),
-                "without_agent": if agent_pid.is_none() { WITHOUT_AGENT.to_vec() } else { Vec::new() },
+                "without_agent": if !running { WITHOUT_AGENT.to_vec() } else { Vec::new() },
             },
             "program_tables": tables.map(|(id, ingress, egress)| json!({
                 "load": id,
@@ -203,10 +206,13 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let mut kv = |k: &str, v: String| t.row(vec![k.to_string(), v]);
     kv(
         "agent",
-        match (agent_pid, agent_since) {
-            (Some(pid), Some(since)) => format!("running (PID {pid}, since {} UTC)", sipfilter::fraud_file::utc(since)),
-            (Some(pid), None) => format!("running (PID {pid})"),
-            (None, _) => "not running: the attached filter keeps every rule on its own (see below)".into(),
+        match (running, agent_pid, agent_since) {
+            (true, Some(pid), Some(since)) => {
+                format!("running (PID {pid}, since {} UTC)", sipfilter::fraud_file::utc(since))
+            }
+            (true, Some(pid), None) => format!("running (PID {pid})"),
+            (true, None, _) => "running (its PID is not visible from this PID namespace)".into(),
+            (false, ..) => "not running: the attached filter keeps every rule on its own (see below)".into(),
         },
     );
     kv(
@@ -218,7 +224,7 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
                     sipfilter::fraud_file::utc(sipfilter::agent_record::unix_secs(t))
                 );
                 // The agent's round is every second: a running agent far behind is stuck.
-                match agent_pid.is_some() && ago > HOUSEKEEPING_LATE_SECS {
+                match running && ago > HOUSEKEEPING_LATE_SECS {
                     true => format!("{when}: late, the agent is not keeping its rounds"),
                     false => when,
                 }
@@ -298,7 +304,7 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
     let rendered = t.render();
     print!("{}", rendered.split_once('\n').map_or("", |(_, rest)| rest));
     println!();
-    if agent_pid.is_none() {
+    if !running {
         println!("without an agent, these stop until one runs again:");
         for what in WITHOUT_AGENT {
             println!("  - {what}");

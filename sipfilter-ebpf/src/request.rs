@@ -12,6 +12,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
+    helpers::generated::bpf_xdp_load_bytes,
     macros::xdp,
     maps::{lpm_trie::Key as PrefixKey, LruHashMap},
     programs::XdpContext,
@@ -19,7 +20,7 @@ use aya_ebpf::{
 use sipfilter_common::{
     calls::{call_id_hash, call_verdict, CallEvent, CallKey, CallTimes, DestinationRule, NumberKey},
     dialed::Dialed,
-    scan::{first_header_line, framing, scan_lines, uri_user, Bytes, Found, Framing, Wanted, MAX_SCAN_ROUNDS},
+    scan::{content_length, first_header_line, framing, scan_lines, uri_user, Bytes, Found, Framing, Wanted, MAX_SCAN_ROUNDS},
     sip::CLASSIFY_LEN,
     Counters, KernelConfig, Method, SourceKey,
 };
@@ -171,11 +172,17 @@ fn frame(ctx: &XdpContext, insp: &mut Inspection, found: &Found) {
     let Some(bytes) = insp.window() else {
         return;
     };
+    let total = ctx.data_end() - ctx.data();
     match framing(&bytes, found) {
         Framing::Length(len) => {
             let next = insp.message_at as usize + len;
+            // Its body runs on into the next segment, which will start inside it: what the
+            // robot puts after it there would be judged by nobody.
+            if next > total {
+                insp.unframed = 1;
+                return;
+            }
             // A next message is at least a start line; fewer bytes are keep-alive CRLFs.
-            let total = ctx.data_end() - ctx.data();
             if next + CLASSIFY_LEN > total {
                 return;
             }
@@ -187,8 +194,31 @@ fn frame(ctx: &XdpContext, insp: &mut Inspection, found: &Found) {
             }
         }
         Framing::Unknown => insp.unframed = 1,
-        Framing::Fills => {}
+        // The headers ran to the end of the segment: a whole message only if the segment
+        // ends with the empty line and no body is announced; else the message goes on in
+        // the next segment (as above).
+        Framing::Fills => {
+            let announced = match found.content_length_at {
+                0 => Some(0),
+                at => content_length(&bytes, at),
+            };
+            if announced != Some(0) || !ends_with_empty_line(ctx, total) {
+                insp.unframed = 1;
+            }
+        }
     }
+}
+
+/// Whether the segment's last bytes are the empty line that ends a message's headers.
+#[inline(always)]
+fn ends_with_empty_line(ctx: &XdpContext, total: usize) -> bool {
+    if total < 4 {
+        return false;
+    }
+    let mut tail = [0u8; 4];
+    // SAFETY: the helper bounds the copy by the frame; `tail` is on this stack.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, (total - 4) as u32, tail.as_mut_ptr() as *mut _, 4) };
+    rc == 0 && (tail == *b"\r\n\r\n" || tail[2..] == *b"\n\n")
 }
 
 /// Whether the extension at stake (the To user of a REGISTER, the caller of an INVITE) is on

@@ -1314,11 +1314,21 @@ fn segment_rows() -> Vec<RequestRow> {
                 Outcome::Destination,
             )
         },
-        // Its body goes on in the next segment, which starts no message: nothing follows here.
+        // A message that goes on in the next segment: that one would start inside it, and what
+        // follows it there would be judged by nobody. An unknown source's message must fit.
         tcp(
             "an INVITE whose body runs past the segment",
             &[&with_body, &sdp[..10]],
-            Outcome::Accepted,
+            Outcome::Throttled,
+        ),
+        tcp("a REGISTER whose headers go on in the next segment", &[&register[..200]], Outcome::Throttled),
+        tcp(
+            "a REGISTER announcing a body the segment does not carry",
+            &[&String::from_utf8(register.clone())
+                .unwrap()
+                .replace("Content-Length: 0", "Content-Length: 40")
+                .into_bytes()],
+            Outcome::Throttled,
         ),
     ];
     for r in &mut rows {

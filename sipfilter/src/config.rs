@@ -250,13 +250,24 @@ pub struct ConnectionSettings {
     /// lost power never sends its FIN). Phones keep their connection alive with CRLFs every
     /// 30 to 120 s.
     pub idle_timeout: Duration,
+    /// An unknown source's open TLS and WebSocket connections, counted apart from its plain
+    /// ones (0: they count toward `unknown_open`). Nothing in them is read, so a source that
+    /// only speaks TLS or WebSocket never becomes known: this is what lets an office of TLS or
+    /// WebRTC phones behind one address in, while a robot still holds a bounded number open.
+    pub unknown_opaque_open: u32,
 }
+
+/// An office of up to this many TLS or WebRTC phones behind one address connects without the
+/// allowlist; a robot holds at most this many TLS connections open (kamailio's default
+/// `tcp_max_connections` is 2,048).
+pub const DEFAULT_UNKNOWN_OPAQUE_OPEN: u32 = 100;
 
 impl Default for ConnectionSettings {
     fn default() -> Self {
         ConnectionSettings {
             limits: defaults::CONNECTIONS,
             idle_timeout: Duration::from_secs(DEFAULT_CONNECTION_IDLE_SECS),
+            unknown_opaque_open: DEFAULT_UNKNOWN_OPAQUE_OPEN,
         }
     }
 }
@@ -501,6 +512,9 @@ impl Config {
             }
             if let Some(v) = &conn.unknown_open {
                 l.unknown_open = n(v, "connections.unknown_open", 0, 1_000_000)?;
+            }
+            if let Some(v) = &conn.unknown_opaque_open {
+                c.connections.unknown_opaque_open = n(v, "connections.unknown_opaque_open", 0, 1_000_000)?;
             }
             if let Some(v) = &conn.idle_timeout {
                 let d = parse_duration(v.get_ref())
@@ -1121,6 +1135,7 @@ struct RawConnections {
     unknown_burst: Option<Spanned<i64>>,
     known_open: Option<Spanned<i64>>,
     unknown_open: Option<Spanned<i64>>,
+    unknown_opaque_open: Option<Spanned<i64>>,
     idle_timeout: Option<Spanned<String>>,
 }
 

@@ -30,15 +30,30 @@ pub fn source_of(key: &ConnectionKey, ipv6_mask_be: [u32; 4]) -> SourceKey {
     SourceKey::from_words([w[0] & m[0], w[1] & m[1], w[2] & m[2], w[3] & m[3]])
 }
 
+/// A source's open connections: all of them, and those to a TLS or WebSocket port (opaque:
+/// nothing in them is read, so a source that only uses them never becomes known).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Open {
+    pub all: u32,
+    pub opaque: u32,
+}
+
 /// One count of the table: open connections by source, and the idle ones to forget.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Count {
-    pub open: BTreeMap<SourceKey, u32>,
+    pub open: BTreeMap<SourceKey, Open>,
     pub idle: Vec<ConnectionKey>,
 }
 
-/// Counts `entries` at `now_ns`: a connection that carried nothing for `idle` is idle.
-pub fn count(entries: &[(ConnectionKey, Connection)], idle: Duration, now_ns: u64, ipv6_mask_be: [u32; 4]) -> Count {
+/// Counts `entries` at `now_ns`: a connection that carried nothing for `idle` is idle; one to
+/// a port `opaque` says is TLS or WebSocket counts as opaque too.
+pub fn count(
+    entries: &[(ConnectionKey, Connection)],
+    idle: Duration,
+    now_ns: u64,
+    ipv6_mask_be: [u32; 4],
+    opaque: impl Fn(u16) -> bool,
+) -> Count {
     let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
     let mut out = Count::default();
     for (key, c) in entries {
@@ -46,17 +61,29 @@ pub fn count(entries: &[(ConnectionKey, Connection)], idle: Duration, now_ns: u6
             out.idle.push(*key);
             continue;
         }
-        *out.open.entry(source_of(key, ipv6_mask_be)).or_default() += 1;
+        let o = out.open.entry(source_of(key, ipv6_mask_be)).or_default();
+        o.all += 1;
+        o.opaque += opaque(key.server_port) as u32;
     }
     out
 }
 
-/// The sources of `open` at their limit (`limit_of` gives a source's: 0 is none).
-pub fn at_limit(open: &BTreeMap<SourceKey, u32>, limit_of: impl Fn(&SourceKey) -> u32) -> BTreeSet<SourceKey> {
+/// A source's open-connection limits (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// On its plain connections (UDP-readable SIP over TCP): all of them, when `opaque` is 0.
+    pub plain: u32,
+    /// On its TLS and WebSocket connections, counted apart (0: they count with the plain).
+    pub opaque: u32,
+}
+
+/// The sources of `open` at a limit (`limit_of` gives a source's).
+pub fn at_limit(open: &BTreeMap<SourceKey, Open>, limit_of: impl Fn(&SourceKey) -> Limit) -> BTreeSet<SourceKey> {
     open.iter()
         .filter(|(k, n)| {
-            let limit = limit_of(k);
-            limit != 0 && **n >= limit
+            let l = limit_of(k);
+            let plain = if l.opaque == 0 { n.all } else { n.all - n.opaque };
+            (l.plain != 0 && plain >= l.plain) || (l.opaque != 0 && n.opaque >= l.opaque)
         })
         .map(|(k, _)| *k)
         .collect()
@@ -113,9 +140,10 @@ impl ConnectionMaps {
         idle: Duration,
         now_ns: u64,
         ipv6_mask_be: [u32; 4],
-        limit_of: impl Fn(&SourceKey) -> u32,
+        opaque: impl Fn(u16) -> bool,
+        limit_of: impl Fn(&SourceKey) -> Limit,
     ) -> anyhow::Result<Upkeep> {
-        let c = count(&self.connections()?, idle, now_ns, ipv6_mask_be);
+        let c = count(&self.connections()?, idle, now_ns, ipv6_mask_be, opaque);
         for key in &c.idle {
             match self.connections.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -131,7 +159,7 @@ impl ConnectionMaps {
                 .insert(k, now_ns, 0)
                 .context("cannot mark a source at its connection limit")?;
             if !have.contains(k) {
-                newly.push((*k, c.open.get(k).copied().unwrap_or(0)));
+                newly.push((*k, c.open.get(k).map_or(0, |o| o.all)));
             }
         }
         for k in have.difference(&want) {
@@ -141,7 +169,7 @@ impl ConnectionMaps {
             }
         }
         Ok(Upkeep {
-            open: c.open.values().map(|n| *n as usize).sum(),
+            open: c.open.values().map(|n| n.all as usize).sum(),
             limited: want.len(),
             swept: c.idle.len(),
             newly_limited: newly,
@@ -198,10 +226,10 @@ mod tests {
                 },
             ),
         ];
-        let c = count(&entries, Duration::from_secs(600), 1100 * S, ipv6_mask(128));
+        let c = count(&entries, Duration::from_secs(600), 1100 * S, ipv6_mask(128), |_| false);
         assert_eq!(c.idle, vec![v4(1, 40002)]);
-        assert_eq!(c.open[&SourceKey::from_v4([203, 0, 113, 1])], 2);
-        assert_eq!(c.open[&SourceKey::from_v4([203, 0, 113, 2])], 1);
+        assert_eq!(c.open[&SourceKey::from_v4([203, 0, 113, 1])].all, 2);
+        assert_eq!(c.open[&SourceKey::from_v4([203, 0, 113, 2])].all, 1);
     }
 
     #[test]
@@ -209,11 +237,56 @@ mod tests {
         let mut open = BTreeMap::new();
         let office = SourceKey::from_v4([203, 0, 113, 1]);
         let robot = SourceKey::from_v4([198, 51, 100, 9]);
-        open.insert(office, 50);
-        open.insert(robot, 20);
-        let limit = |k: &SourceKey| if *k == office { 500 } else { 20 };
+        open.insert(office, Open { all: 50, opaque: 0 });
+        open.insert(robot, Open { all: 20, opaque: 0 });
+        let limit = |k: &SourceKey| Limit {
+            plain: if *k == office { 500 } else { 20 },
+            opaque: 0,
+        };
         assert_eq!(at_limit(&open, limit), BTreeSet::from([robot]));
-        assert!(at_limit(&open, |_| 0).is_empty());
+        assert!(at_limit(&open, |_| Limit { plain: 0, opaque: 0 }).is_empty());
+    }
+
+    #[test]
+    fn opaque_connections_count_apart_for_the_sources_given_their_own_limit() {
+        let tls_office = SourceKey::from_v4([203, 0, 113, 1]);
+        let mixed = SourceKey::from_v4([203, 0, 113, 2]);
+        let tls_robot = SourceKey::from_v4([198, 51, 100, 9]);
+        let mut entries = Vec::new();
+        let conn = Connection {
+            opened_ns: 0,
+            last_ns: 1000 * S,
+        };
+        let at = |k: &SourceKey, port: u16, server_port: u16| ConnectionKey {
+            addr: k.words(),
+            client_port: port,
+            server_port,
+        };
+        for i in 0..30 {
+            entries.push((at(&tls_office, 40000 + i, 5061), conn));
+        }
+        for i in 0..19 {
+            entries.push((at(&mixed, 40000 + i, 5060), conn));
+        }
+        for i in 0..30 {
+            entries.push((at(&mixed, 41000 + i, 5061), conn));
+        }
+        for i in 0..100 {
+            entries.push((at(&tls_robot, 40000 + i, 5061), conn));
+        }
+        let c = count(&entries, Duration::from_secs(600), 1000 * S, ipv6_mask(128), |p| {
+            p == 5061
+        });
+        assert_eq!(c.open[&tls_office], Open { all: 30, opaque: 30 });
+        let unknown = |_: &SourceKey| Limit { plain: 20, opaque: 100 };
+        // 30 TLS phones of one office and 19 plain + 30 TLS connections are within; the
+        // robot holding 100 TLS connections is at its limit.
+        assert_eq!(at_limit(&c.open, unknown), BTreeSet::from([tls_robot]));
+        // With no separate opaque limit every connection counts toward the one limit.
+        assert_eq!(
+            at_limit(&c.open, |_| Limit { plain: 20, opaque: 0 }),
+            BTreeSet::from([tls_office, mixed, tls_robot])
+        );
     }
 
     #[test]

@@ -385,16 +385,25 @@ fn pipelined_requests_in_one_tcp_segment_are_each_judged() -> anyhow::Result<()>
         register(""),
     ];
     let options = |user: &str, ip: &str| tcp_request("OPTIONS", "sip:pbx.example", user, ip, "");
-    let mut robot_run = lab.run_in_lan("robot", &["python3", "-c", &segments_script(&robot, &pbx, &robot_segments)])?;
+    let mut robot_run = lab.run_in_lan(
+        "robot",
+        &["python3", "-c", &segments_script(&robot, &pbx, &robot_segments)],
+    )?;
     let phone_segments = vec![options("202", &phone) + &tcp_request("INVITE", premium, "202", &phone, "")];
-    let mut phone_run = lab.run_in_lan("phone-pipe", &["python3", "-c", &segments_script(&phone, &pbx, &phone_segments)])?;
+    let mut phone_run = lab.run_in_lan(
+        "phone-pipe",
+        &["python3", "-c", &segments_script(&phone, &pbx, &phone_segments)],
+    )?;
     let _ = robot_run.wait(Duration::from_secs(30));
     let _ = phone_run.wait(Duration::from_secs(30));
     let mut after = phone_registers(&lab, "phone-after", &phone, 3)?;
     sipp_done(&mut after, Duration::from_secs(30))?;
     let requests = reg.requests();
     let invites: Vec<_> = requests.iter().filter(|r| r.method == "INVITE").collect();
-    let robot_registers = requests.iter().filter(|r| r.source == robot && r.method == "REGISTER").count();
+    let robot_registers = requests
+        .iter()
+        .filter(|r| r.source == robot && r.method == "REGISTER")
+        .count();
     let stats = lab.cli_json(&["stats", "--json"]);
     let phone_ok = sipp_stat(&after, "Successful call");
     eprintln!(
@@ -420,8 +429,112 @@ fn pipelined_requests_in_one_tcp_segment_are_each_judged() -> anyhow::Result<()>
     assert_eq!(robot_registers, 1, "only the robot's lone REGISTER reached kamailio");
     assert!(stats["outcomes"]["destination"].as_u64().unwrap() >= 2, "{stats:#}");
     assert!(stats["outcomes"]["throttled"].as_u64().unwrap() >= 1, "{stats:#}");
-    assert!(phone_run.output().contains("segment 0 : nothing"), "{}", phone_run.output());
+    assert!(
+        phone_run.output().contains("segment 0 : nothing"),
+        "{}",
+        phone_run.output()
+    );
     assert_eq!(phone_ok, 3, "the phone registers over TCP afterwards");
     assert!(lab.ban_of(&phone).is_none() && lab.is_known(&phone));
+    Ok(())
+}
+
+/// A python client at `from` that opens `n` connections to `to`:`port` (non-blocking, then
+/// up to 3 s for them to be accepted), holds them `hold` seconds, then tries `more` new ones;
+/// prints `established <k>` and `more <j>`.
+fn hold_connections_script(from: &str, to: &str, port: u16, n: usize, hold: f64, more: usize) -> String {
+    format!(
+        "import socket, select, time\n\
+         def open_many(k):\n\
+         \x20   socks = []\n\
+         \x20   for i in range(k):\n\
+         \x20       s = socket.socket()\n\
+         \x20       s.setblocking(False)\n\
+         \x20       s.bind(('{from}', 0))\n\
+         \x20       try:\n\
+         \x20           s.connect(('{to}', {port}))\n\
+         \x20       except BlockingIOError:\n\
+         \x20           pass\n\
+         \x20       socks.append(s)\n\
+         \x20   end = time.time() + 3\n\
+         \x20   done = set()\n\
+         \x20   while time.time() < end and len(done) < k:\n\
+         \x20       _, w, _ = select.select([], [s for s in socks if s not in done], [], 0.2)\n\
+         \x20       for s in w:\n\
+         \x20           if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:\n\
+         \x20               done.add(s)\n\
+         \x20   return socks, len(done)\n\
+         held, ok = open_many({n})\n\
+         print('established', ok, flush=True)\n\
+         time.sleep({hold})\n\
+         extra, ok2 = open_many({more}) if {more} else ([], 0)\n\
+         print('more', ok2, flush=True)\n"
+    )
+}
+
+/// TLS and WebSocket connections of an unknown source count apart from its plain ones: an
+/// office of TLS phones behind one address, more of them than the unknown source's plain
+/// limit, all connect and stay unlimited; a robot holding more TLS connections than the
+/// opaque limit gets no new one. (Small limits so the test is quick: 5 plain, 25 opaque.)
+#[test]
+fn a_tls_office_behind_one_address_connects_past_the_plain_limit_and_a_tls_hoarder_is_held() -> anyhow::Result<()> {
+    let lab = Lab::new("10.249.0")?;
+    let (office, robot, pbx) = (lab.ip(3), lab.ip(2), lab.ip(1));
+    let agent = lab.agent_with("[connections]\nunknown_open = 5\nunknown_opaque_open = 25\nunknown_burst = 100\n")?;
+    let server = "import socket\nl = socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  l.bind(('0.0.0.0', 5061))\nl.listen(512)\nheld = []\nwhile True:\n    c, _ = l.accept()\n    held.append(c)\n";
+    let _tls = lab
+        .pbx
+        .spawn("tls-server", &["python3", "-c", server], &lab.subdir("tls-server"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut phones = lab.run_in_lan(
+        "office",
+        &[
+            "python3",
+            "-c",
+            &hold_connections_script(&office, &pbx, 5061, 20, 3.0, 2),
+        ],
+    )?;
+    let mut hoarder = lab.run_in_lan(
+        "hoarder",
+        &[
+            "python3",
+            "-c",
+            &hold_connections_script(&robot, &pbx, 5061, 40, 3.0, 10),
+        ],
+    )?;
+    let _ = phones.wait(Duration::from_secs(20));
+    let _ = hoarder.wait(Duration::from_secs(20));
+    let (office_out, robot_out) = (phones.output(), hoarder.output());
+    eprintln!("TLS office:\n{office_out}\nTLS hoarder:\n{robot_out}");
+    if !office_out.contains("more 2") {
+        lab.dump(&agent);
+    }
+    assert!(office_out.contains("established 20"), "{office_out}");
+    assert!(
+        office_out.contains("more 2"),
+        "the office is never limited: {office_out}"
+    );
+    assert!(robot_out.contains("established 40"), "{robot_out}");
+    assert!(
+        robot_out.contains("more 0"),
+        "the hoarder gets no new connection: {robot_out}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains(&format!("limit source={robot} rule=open-connections")),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains(&format!("limit source={office} ")),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        lab.ban_of(&office).is_none() && lab.ban_of(&robot).is_none(),
+        "limits, not bans"
+    );
     Ok(())
 }

@@ -944,17 +944,31 @@ impl Agent {
         let now = clock::boot_ns();
         let trust = &self.loaded.trust;
         let trust_on = self.config.trust.enabled;
-        let mask = self.loaded.maps.read_config()?.ipv6_mask_be;
+        let kernel = self.loaded.maps.read_config()?;
+        let mask = kernel.ipv6_mask_be;
+        let opaque_open = self.config.connections.unknown_opaque_open;
+        // TLS and WebSocket ports (server side, host order).
+        let opaque = |port: u16| {
+            let be = port.to_be();
+            kernel.tls_ports_be.contains(&be) || kernel.websocket_ports_be.contains(&be)
+        };
+        let known_limit = sipfilter::connections::Limit {
+            plain: limits.known_open,
+            opaque: 0,
+        };
         let u = self
             .connections
-            .upkeep(self.config.connections.idle_timeout, now, mask, |k| {
+            .upkeep(self.config.connections.idle_timeout, now, mask, opaque, |k| {
                 // Without trust tiers every source is judged as a known one (as the program does).
                 if !trust_on {
-                    return limits.known_open;
+                    return known_limit;
                 }
                 match trust.known(k) {
-                    Ok(Some(known)) if known.until_ns > now => limits.known_open,
-                    _ => limits.unknown_open,
+                    Ok(Some(known)) if known.until_ns > now => known_limit,
+                    _ => sipfilter::connections::Limit {
+                        plain: limits.unknown_open,
+                        opaque: opaque_open,
+                    },
                 }
             })?;
         for (key, open) in &u.newly_limited {

@@ -19,6 +19,7 @@ mod setup;
 #[path = "../../tests/src/sipp.rs"]
 mod sipp;
 mod test;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 
@@ -90,6 +91,16 @@ enum Task {
         /// Whose kernel: Debian 12 (6.1), 13 (6.12), or all (one after the other).
         #[arg(long, value_name = "12|13|all", default_value = "12")]
         debian: String,
+    },
+    /// Set up, build the package of an earlier release (from a git worktree of its commit,
+    /// cached in target/upgrade/) and this version's, then install the old one, make state with
+    /// real traffic, install the new one over it and check that the state is still there and
+    /// the filter never stopped dropping (needs root; not part of `test`).
+    UpgradeTest {
+        /// The release (version in sipfilter/src/releases.rs) or commit to upgrade from
+        /// (default: the release before this version).
+        #[arg(long, value_name = "VERSION|COMMIT")]
+        from: Option<String>,
     },
     /// Set up, then run every fuzz target (cargo fuzz) for --secs seconds each.
     Fuzz {
@@ -178,6 +189,10 @@ fn main() -> anyhow::Result<()> {
         Task::Package => {
             setup::run()?;
             package::run().map(|_| ())
+        }
+        Task::UpgradeTest { from } => {
+            setup::run()?;
+            upgrade::run(from.as_deref())
         }
         Task::Cleanup => {
             cleanup::run();

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: unit tests and the privileged kernel tests, then a sweep for anything
 //! a crashed test left behind (namespaces, bpffs mounts), whether the tests passed or not;
 //! then the fixture tables, the veth flood and the agent's egress attach on Debian 12's own
-//! kernel, in a VM.
+//! kernel, in a VM; then the package upgrade from the previous release.
 
 use anyhow::bail;
 
@@ -35,8 +35,15 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         }
         false => Ok(()),
     };
+    // The package-to-package upgrade from the previous release (its .deb built once from its
+    // commit, then cached under target/upgrade): what `apt upgrade` does to an operator.
+    let upgrade = match extra.is_empty() {
+        true => crate::upgrade::run(None),
+        false => Ok(()),
+    };
     result?;
     on_debian_kernel?;
+    upgrade?;
     // A short smoke of every fuzz target (`cargo xtask fuzz` runs them longer).
     crate::fuzz::run(10)
 }

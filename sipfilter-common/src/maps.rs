@@ -35,6 +35,8 @@ pub const INSPECT_PROGRAM: &str = "sipfilter_inspect";
 /// The inspection's readers of the User-Agent and of the dialed number.
 pub const USER_AGENT_PROGRAM: &str = "sipfilter_user_agent";
 pub const CALLS_PROGRAM: &str = "sipfilter_calls";
+/// The verdict on an inspected request (reached by tail call).
+pub const VERDICT_PROGRAM: &str = "sipfilter_verdict";
 pub const INGRESS_PROGRAMS: &str = "ingress_programs";
 /// The egress (TC) program that reads the PBX's answers, and its empty floor.
 pub const ANSWERS_PROGRAM: &str = "sipfilter_answers";

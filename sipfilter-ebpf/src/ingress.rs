@@ -27,8 +27,8 @@ use crate::{
     connections,
     lists::listed,
     maps::{
-        wants, Inspection, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, CONNECTION_LIMITED, COUNTERS, DENYLIST,
-        INGRESS_PROGRAMS, INSPECTION, INSPECT_SLOT, JUDGE_SLOT, MAX_SEGMENT_MESSAGES,
+        wants, ALLOWLIST, BAN_TABLE, CLOCK_SAMPLE, CONFIG, CONNECTION_LIMITED, COUNTERS, DENYLIST, INGRESS_PROGRAMS,
+        INSPECTION, INSPECT_SLOT,
     },
     parse::{load_address, parse_l3, ptr_at, Datagram, Headers, L3},
     source_state::{ensure_fresh, source_state},
@@ -67,7 +67,7 @@ pub fn sipfilter(ctx: XdpContext) -> u32 {
 
 /// Counts the outcome and turns it into the XDP action.
 #[inline(always)]
-fn finish(config: &KernelConfig, c: &mut Counters, outcome: Outcome) -> u32 {
+pub(crate) fn finish(config: &KernelConfig, c: &mut Counters, outcome: Outcome) -> u32 {
     // Through black_box: the compiler knows the enum's range and would drop the bounds check,
     // but it may compute the outcome with a lookup table whose range the verifier does not
     // know (u8, not 0..COUNT).
@@ -132,12 +132,12 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
         }
         return Outcome::NotSipPort;
     };
-    // Counted on the first pass only (the inspection hands a request back for a second, and
-    // a segment's next message comes back too) rather than uncounted before the tail call:
+    // Counted for a segment's first message only (its next ones come back to this program)
+    // rather than uncounted before the tail call:
     // nothing about the transport then stays live into the judging, and the verifier walks
     // it nearly once for UDP and TCP alike (measured: 535,000 instructions processed the
     // other way, 359,000 this way).
-    if INSPECTION.get(0).is_none_or(|i| i.done == 0 && i.handed == 0) {
+    if INSPECTION.get(0).is_none_or(|i| i.handed == 0) {
         if let Some(n) = counters.transports.get_mut(transport) {
             *n += 1;
         }
@@ -218,7 +218,7 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
     // A connection's data keeps it from the idle sweep through the segments that carry no
     // message (the ACKs of the PBX's answers, keep-alives): touching it here too would make
     // the verifier walk the judging once more for TCP.
-    let wanted = match judge_request(config, counters, state, method, known, now) {
+    let wanted = match judge_request(config, state, method, known, now) {
         Judged::Drop(outcome, reason) => {
             state.drops += 1;
             if reason != NO_BAN {
@@ -232,22 +232,18 @@ fn try_sipfilter(ctx: &XdpContext, config: &KernelConfig, counters: &mut Counter
             }
             return outcome;
         }
-        // The inspection found nothing; the request's tokens were taken on its first pass.
-        // The segment's next message, if it has one (a datagram never has).
-        Judged::Pass => return next_message(ctx, counters, state, known),
         Judged::RateFirst(wanted) => wanted,
     };
     let outcome = rate_limit(config, counters, state, &key, method, known, now);
     // Only a request within its rate is read: a flood costs its bucket check, not a scan.
     if wanted != 0 && !outcome.drops() {
-        inspect(ctx, counters, state, method, wanted);
+        inspect(ctx, method, wanted);
     }
     outcome
 }
 
 /// Where the message to judge starts: 0 for a packet's first (parsing finds it), or the
-/// start of the segment's next message this program handed back to itself. Taken once per
-/// run that starts a message (not on a request's second pass).
+/// start of the segment's next message the verdict program handed back to this one.
 #[inline(always)]
 fn current_message() -> u32 {
     let Some(insp) = INSPECTION.get_ptr_mut(0) else {
@@ -255,52 +251,12 @@ fn current_message() -> u32 {
     };
     // SAFETY: a per-CPU record; see `Inspection`.
     let insp = unsafe { &mut *insp };
-    // The inspection's "done" is taken by the run right after it, the request's second pass,
-    // whatever that run then does: one that ends early (its source banned meanwhile on
-    // another CPU, or listed) must not leave it for the next packet, whatever its source.
-    let done = insp.done;
-    insp.done = 0;
-    insp.second_pass = done;
-    if done == 0 {
-        if insp.handed == 0 {
-            insp.current_at = 0;
-            insp.message_index = 0;
-        }
-        insp.handed = 0;
+    if insp.handed == 0 {
+        insp.current_at = 0;
+        insp.message_index = 0;
     }
-    insp.current_at
-}
-
-/// After a TCP message passed: the segment's next message, if the inspection found one,
-/// judged the same way (this program again, by tail call). Up to [`MAX_SEGMENT_MESSAGES`];
-/// what an unknown source puts beyond that, or behind a message whose end cannot be told,
-/// is dropped (no ban: its TCP resends the segment and fares no better), a known source's
-/// passes unread (counted uninspected).
-#[inline(always)]
-fn next_message(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState, known: bool) -> Outcome {
-    let Some(insp) = INSPECTION.get_ptr_mut(0) else {
-        return Outcome::Accepted;
-    };
-    // SAFETY: a per-CPU record; see `Inspection`.
-    let insp = unsafe { &mut *insp };
-    let (next, unframed) = (insp.next_at, insp.unframed);
-    insp.next_at = 0;
-    insp.unframed = 0;
-    if unframed != 0 || (next != 0 && insp.message_index + 1 >= MAX_SEGMENT_MESSAGES) {
-        return self::unframed(counters, state, known);
-    }
-    if next == 0 {
-        return Outcome::Accepted;
-    }
-    insp.current_at = next;
-    insp.message_index += 1;
-    insp.handed = 1;
-    // SAFETY: a tail call either does not return or fails (no program there); then the rest
-    // of the segment passes unread, as it did before segments were framed.
-    unsafe { INGRESS_PROGRAMS.tail_call(ctx, JUDGE_SLOT) };
     insp.handed = 0;
-    counters.requests_uninspected += 1;
-    Outcome::Accepted
+    insp.current_at
 }
 
 /// What a packet to a SIP port of `transport` carries, and where its message starts. A
@@ -347,19 +303,6 @@ fn note_message(start: usize, framing: u32) {
             (*insp).framing = framing;
         }
     }
-}
-
-/// The rest of a segment sipfilter cannot read as messages: dropped from an unknown source
-/// (no ban: its TCP resends the segment, which fares no better), passed from a known one and
-/// counted uninspected (an office's proxy coalescing many messages is never cut off).
-#[inline(always)]
-fn unframed(counters: &mut Counters, state: &mut RateState, known: bool) -> Outcome {
-    if !known {
-        state.drops += 1;
-        return Outcome::Throttled;
-    }
-    counters.requests_uninspected += 1;
-    Outcome::Accepted
 }
 
 /// Where a message of a TCP segment starts and what it is: the segment's first, or one
@@ -441,47 +384,28 @@ fn connection_budget(
 }
 
 /// `Judged::Drop`'s "drop, but ban nobody".
-const NO_BAN: u8 = u8::MAX;
+pub(crate) const NO_BAN: u8 = u8::MAX;
 
 /// What `judge_request` decided.
 enum Judged {
     /// Drop, with a ban reason or [`NO_BAN`].
     Drop(Outcome, u8),
-    /// Pass (the inspection's second pass found nothing).
-    Pass,
     /// Go on to the rate limits; then read the request for these `wants` (0: nothing).
     RateFirst(u32),
 }
 
-/// What the request itself says, beyond its rate. A request is judged in two passes when it
-/// must be read: the first checks its rate and hands it to the inspection (a tail call); the
-/// inspection hands it back, and this second pass reads the findings (scanner User-Agent,
-/// quarantined extension, the call rules). Stealth and enumeration apply to sources that are
-/// neither known nor allowlisted.
+/// What the request itself says, beyond its rate, and what the inspection is to read of it.
+/// A request that must be read is judged in two programs: this one checks its rate and hands
+/// it to the inspection (a tail call), whose readers hand it to the verdict (`verdict.rs`),
+/// which reads the findings (scanner User-Agent, quarantined extension, the call rules).
+/// Stealth and enumeration apply to sources that are neither known nor allowlisted.
 #[inline(always)]
-fn judge_request(
-    config: &KernelConfig,
-    counters: &mut Counters,
-    state: &mut RateState,
-    method: Method,
-    known: bool,
-    now: u64,
-) -> Judged {
+fn judge_request(config: &KernelConfig, state: &mut RateState, method: Method, known: bool, now: u64) -> Judged {
     let Some(insp) = INSPECTION.get_ptr_mut(0) else {
         return Judged::RateFirst(0);
     };
     // SAFETY: a per-CPU record; see `Inspection`.
     let insp = unsafe { &mut *insp };
-    if insp.second_pass != 0 {
-        insp.second_pass = 0;
-        if let Some((outcome, reason)) = findings(insp, counters, state, known) {
-            return Judged::Drop(outcome, reason);
-        }
-        if !known && silenced(config, method) {
-            return Judged::Drop(Outcome::Stealth, NO_BAN);
-        }
-        return Judged::Pass;
-    }
     // On a stream, where the message ends: another may follow it in the segment. (Read
     // from the record, not carried from the parse: a transport kept in a register would
     // make the verifier walk the judging once per transport.)
@@ -530,7 +454,7 @@ fn judge_request(
 
 /// Stealth: a request from a source that is neither known nor allowlisted dropped unanswered.
 #[inline(always)]
-fn silenced(config: &KernelConfig, method: Method) -> bool {
+pub(crate) fn silenced(config: &KernelConfig, method: Method) -> bool {
     if !config.flag(FLAG_STEALTH) {
         return false;
     }
@@ -546,22 +470,14 @@ fn silenced(config: &KernelConfig, method: Method) -> bool {
 /// findings in this CPU's `Inspection`. Returns only if the tail call failed (no inspection
 /// loaded): the request is then judged without it.
 #[inline(always)]
-fn inspect(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState, method: Method, wanted: u32) {
+fn inspect(ctx: &XdpContext, method: Method, wanted: u32) {
     let Some(insp) = INSPECTION.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU record; see `Inspection`.
     let insp = unsafe { &mut *insp };
-    // The inspection hands the packet back to this program, which counts it again: uncount
-    // it here, and count it back if the tail call fails.
-    let uncount = |c: &mut Counters, s: &mut RateState, by: i64| {
-        if let Some(m) = c.methods.get_mut(method as usize) {
-            *m = m.wrapping_add(by as u64);
-        }
-        s.requests = s.requests.wrapping_add(by as u64);
-    };
-    uncount(counters, state, -1);
     insp.wanted = wanted;
+    insp.method = method as u32;
     insp.next_at = 0;
     insp.unframed = 0;
     insp.rounds = 0;
@@ -573,38 +489,7 @@ fn inspect(ctx: &XdpContext, counters: &mut Counters, state: &mut RateState, met
     insp.scan = Scan::default();
     // SAFETY: a tail call either does not return or fails (no program loaded there).
     unsafe { INGRESS_PROGRAMS.tail_call(ctx, INSPECT_SLOT) };
-    uncount(counters, state, 1);
     insp.wanted = 0;
-}
-
-/// The inspection's findings, read on the request's second pass.
-#[inline(always)]
-fn findings(insp: &Inspection, counters: &mut Counters, state: &mut RateState, known: bool) -> Option<(Outcome, u8)> {
-    if insp.uninspected != 0 {
-        counters.requests_uninspected += 1;
-    }
-    if insp.credentials != 0 {
-        state.answers.credentialed = state.answers.credentialed.wrapping_add(1);
-        // One challenge answered: the next challenge to the source may pass.
-        state.answers.unanswered = state.answers.unanswered.saturating_sub(1);
-    }
-    if insp.scanner != 0 {
-        if let Some(n) = counters.scanner_tokens.get_mut(insp.scanner as usize - 1) {
-            *n += 1;
-        }
-        return Some((Outcome::Scanner, ban_reason::SCANNER));
-    }
-    if insp.quarantined != 0 {
-        return Some((Outcome::Quarantined, NO_BAN));
-    }
-    match insp.call {
-        call_verdict::DESTINATION => Some((Outcome::Destination, NO_BAN)),
-        call_verdict::BURST_NUMBER | call_verdict::BURST_INTERNATIONAL => {
-            // A registered phone dialing in a burst is reported, not cut off for good.
-            Some((Outcome::CallBurst, if known { NO_BAN } else { ban_reason::CALL_BURST }))
-        }
-        _ => None,
-    }
 }
 
 /// Where a datagram's (or segment's) SIP message starts and what it is. Receivers ignore CRLFs before the

@@ -35,6 +35,7 @@ mod parse;
 mod request;
 #[cfg(target_arch = "bpf")]
 mod source_state;
+mod verdict;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

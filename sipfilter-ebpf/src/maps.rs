@@ -61,15 +61,17 @@ pub static BAN_EVENTS: RingBuf = RingBuf::pinned(BAN_EVENTS_BYTES, 0);
 
 /// The ingress program's helpers reached by tail call (see `request`): [`INSPECT_SLOT`]
 /// finds a request's headers (and calls itself to go on past a round's line bound),
-/// [`USER_AGENT_SLOT`] and [`CALLS_SLOT`] read them, [`JUDGE_SLOT`] is the ingress program
-/// itself, which the inspection hands the packet back to. Not pinned: each loaded ingress
-/// program has its own, filled by its loader.
+/// [`USER_AGENT_SLOT`] and [`CALLS_SLOT`] read them, [`JUDGE_SLOT`] is the verdict on their
+/// findings (`verdict`), and [`MAIN_SLOT`] the ingress program itself, which the verdict hands
+/// a segment's next message to. Not pinned: each load pins its own (`program_tables`).
 #[map(name = "ingress_programs")]
-pub static INGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+pub static INGRESS_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(5, 0);
 pub const INSPECT_SLOT: u32 = 0;
 pub const JUDGE_SLOT: u32 = 1;
 pub const USER_AGENT_SLOT: u32 = 2;
 pub const CALLS_SLOT: u32 = 3;
+/// The ingress program, for a segment's next message (the verdict hands it back).
+pub const MAIN_SLOT: u32 = 4;
 
 /// What the ingress program asks the inspection for (`Inspection::wanted`).
 pub mod wants {
@@ -102,9 +104,8 @@ pub const MAX_SEGMENT_MESSAGES: u32 = 4;
 pub struct Inspection {
     /// 1 while an inspection's result waits for the ingress program.
     pub done: u32,
-    /// 1 in the ingress program's run that reads an inspection's result (`done`, taken at
-    /// the run's start).
-    pub second_pass: u32,
+    /// The request's method (`Method` as u32), for the verdict.
+    pub method: u32,
     /// [`wants`] bits, set by the ingress program before the first tail call.
     pub wanted: u32,
     /// Scan rounds run so far for this packet.

@@ -1,7 +1,7 @@
 //! Reading a request, for the ingress program: its headers (credentials, the extension for
 //! quarantine, the User-Agent, the Call-ID), and the number it dials. Three XDP programs
-//! reached by tail call, each within its own verifier budget; they hand the packet back to
-//! the ingress program (`JUDGE_SLOT`) with their answer in this CPU's `Inspection`.
+//! reached by tail call, each within its own verifier budget; they hand the packet to the
+//! verdict (`JUDGE_SLOT`, `verdict.rs`) with their answer in this CPU's `Inspection`.
 //!
 //! - `sipfilter_inspect` finds the headers, [`MAX_LINES`](sipfilter_common::scan::MAX_LINES) lines a round; a request whose
 //!   wanted headers lie further down gets another round (the program tail-calls itself), up
@@ -73,7 +73,7 @@ impl Inspection {
     }
 }
 
-/// Hands the packet back to the ingress program with the inspection's answer.
+/// Hands the packet to the verdict with the inspection's answer.
 #[inline(always)]
 fn judge(ctx: &XdpContext, insp: &mut Inspection) -> u32 {
     insp.done = 1;

@@ -12,7 +12,7 @@ use sipfilter_common::{
     maps::{
         ANSWERS_PROGRAM, ANSWER_HEADERS_PROGRAM, BAN_EVENTS, CALLS_PROGRAM, CLOCK_PROGRAM, CLOCK_SAMPLE_MAP,
         EGRESS_PROGRAMS, EXTENSION_PROGRAM, FLOOR_PROGRAM, IDENTIFY_PROGRAM, INGRESS_PROGRAMS, INSPECT_PROGRAM,
-        JUDGE_PROGRAM, TC_FLOOR_PROGRAM, USER_AGENT_PROGRAM, XDP_PROGRAM,
+        JUDGE_PROGRAM, TC_FLOOR_PROGRAM, USER_AGENT_PROGRAM, VERDICT_PROGRAM, XDP_PROGRAM,
     },
     ClockSample, KernelConfig,
 };
@@ -55,6 +55,7 @@ impl Loaded {
             (INSPECT_PROGRAM, "request inspection"),
             (USER_AGENT_PROGRAM, "User-Agent reader"),
             (CALLS_PROGRAM, "dialed-number reader"),
+            (VERDICT_PROGRAM, "request verdict"),
         ] {
             xdp_mut(&mut ebpf, name)?
                 .load()
@@ -398,7 +399,7 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
 /// kernel's `maps.rs`).
 fn link_ingress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let mut fds = Vec::new();
-    for name in [INSPECT_PROGRAM, XDP_PROGRAM, USER_AGENT_PROGRAM, CALLS_PROGRAM] {
+    for name in [INSPECT_PROGRAM, VERDICT_PROGRAM, USER_AGENT_PROGRAM, CALLS_PROGRAM, XDP_PROGRAM] {
         fds.push(xdp(ebpf, name)?.fd()?.try_clone()?);
     }
     let map = ebpf

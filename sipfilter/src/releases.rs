@@ -69,7 +69,7 @@ pub const RELEASES: &[Release] = &[
     // Requests framed in TCP segments, the audit trail of the CLI: no layout changed.
     Release {
         version: "0.4.0",
-        commit: "(this release's commit: see docs/releases.md)",
+        commit: "e0ffe01",
         layouts: LAYOUTS_0_3,
     },
 ];

@@ -185,6 +185,9 @@ fn without_its_agent_the_filter_gives_the_same_verdicts() -> anyhow::Result<()> 
         .map(|i| i["interface"].as_str().unwrap())
         .collect();
     assert_eq!(ifaces, vec![lab.pbx_if.as_str()], "real interfaces only: {s:#}");
+    // The answers program under its interface (a tcx link on this kernel).
+    let egress = s["interfaces"][0]["egress"].as_str().unwrap_or_default();
+    assert!(egress.starts_with("answers program "), "{s:#}");
     // From another PID namespace (a container's CLI): the agent is running, its PID not
     // visible there.
     let out = std::process::Command::new("unshare")

@@ -64,6 +64,9 @@ struct Attachment {
     program_id: Option<u32>,
     link_id: Option<u32>,
     mode: String,
+    /// The answers program on its egress: a pinned tcx link (kernels 6.6 and later), else a
+    /// clsact filter (kept by the qdisc: nothing pinned to read) or none.
+    egress: String,
 }
 
 pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
@@ -191,6 +194,7 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
                 "program_id": a.program_id,
                 "link_id": a.link_id,
                 "mode": a.mode,
+                "egress": a.egress,
             })).collect::<Vec<_>>(),
         }))?;
         return no_agent();
@@ -318,7 +322,13 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
         );
         return no_agent();
     }
-    let mut t = Table::new(&[("INTERFACE", false), ("MODE", false), ("PROGRAM", true), ("LINK", true)]);
+    let mut t = Table::new(&[
+        ("INTERFACE", false),
+        ("MODE", false),
+        ("PROGRAM", true),
+        ("LINK", true),
+        ("EGRESS", false),
+    ]);
     for a in &attachments {
         let id = |v: Option<u32>| v.map_or("?".into(), |v| v.to_string());
         t.row(vec![
@@ -326,6 +336,7 @@ pub fn run(maps: &FilterMaps, pin_dir: &Path, args: StatusArgs) -> anyhow::Resul
             a.mode.clone(),
             id(a.program_id),
             id(a.link_id),
+            a.egress.clone(),
         ]);
     }
     print!("{}", t.render());
@@ -371,6 +382,11 @@ fn attachments(pin_dir: &Path) -> anyhow::Result<Vec<Attachment>> {
             continue;
         }
         let interface = entry.file_name().to_string_lossy().into_owned();
+        let egress_pin = dir.join("egress").join(&interface);
+        let egress = match any_link(&egress_pin) {
+            Some((link, prog)) => format!("answers program {prog} (tcx link {link})"),
+            None => "clsact filter, or none".into(),
+        };
         let (info, mode) = match link_info(&entry.path()) {
             Ok(info) => {
                 let mode = xdp_mode(&interface, info.ifindex);
@@ -384,6 +400,7 @@ fn attachments(pin_dir: &Path) -> anyhow::Result<Vec<Attachment>> {
             program_id: info.as_ref().map(|i| i.prog_id),
             link_id: info.as_ref().map(|i| i.id),
             mode,
+            egress,
         });
     }
     out.sort_by(|a, b| a.interface.cmp(&b.interface));
@@ -433,6 +450,19 @@ fn link_info(path: &Path) -> anyhow::Result<LinkInfo> {
         prog_id: word(2),
         ifindex: word(4),
     })
+}
+
+/// The link pinned at `path`, of any type: its id and its program's.
+fn any_link(path: &Path) -> Option<(u32, u32)> {
+    let fd = sipfilter::bpffs::pinned_object_fd(path).ok()?;
+    let mut info = [0u64; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).ok()?;
+    let bytes: &[u8] = bytemuck_u64(&info);
+    let word = |i: usize| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+    Some((word(1), word(2)))
 }
 
 fn bytemuck_u64(words: &[u64]) -> &[u8] {

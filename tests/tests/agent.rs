@@ -1150,6 +1150,16 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     assert_eq!(cracked(&lab)?, vec![("202".to_string(), robot.clone())]);
     agent.stop()?;
 
+    // An IPv6 phone known too (written into the state file as the agent saves one): the
+    // program keys sources by the full address, so it must come back under it, not under
+    // its /64 (the ban prefix).
+    let phone6 = "2001:db8:207::5";
+    let mut saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.state_file())?)?;
+    let mut known6 = saved["known"][0].clone();
+    known6["source"] = serde_json::json!(phone6);
+    saved["known"].as_array_mut().context("known is an array")?.push(known6);
+    std::fs::write(lab.state_file(), serde_json::to_string_pretty(&saved)?)?;
+
     // A reboot: pins and attachment gone; the state file brings both back.
     sipfilter(None, &lab.pin_dir(), &["detach"])?;
     assert!(!lab.has_xdp()?);
@@ -1158,11 +1168,15 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
     assert!(
         agent
             .log()
-            .contains("restored 1 known source(s) and 1 cracked extension(s)"),
+            .contains("restored 2 known source(s) and 1 cracked extension(s)"),
         "{}",
         agent.log()
     );
-    assert_eq!(known(&lab)?, vec![(phone.clone(), "201".to_string())]);
+    let mut want = vec![(phone.clone(), "201".to_string()), (phone6.to_string(), "201".to_string())];
+    want.sort();
+    let mut got = known(&lab)?;
+    got.sort();
+    assert_eq!(got, want, "the IPv6 phone under its full address");
     assert_eq!(cracked(&lab)?, vec![("202".to_string(), robot.clone())]);
 
     // And in force: the known phone's OPTIONS reach the PBX, an unknown source's do not

@@ -922,7 +922,7 @@ fn a_reboot_keeps_the_devices_of_a_known_source() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&pin)?;
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(lab.dir.path().join("agent/state.json"))?)?;
-    assert_eq!(state["version"], 2, "{state:#}");
+    assert_eq!(state["version"], sipfilter::state_file::VERSION, "{state:#}");
     assert_eq!(state["devices"].as_array().map(Vec::len), Some(1), "{state:#}\n{log}");
 
     let agent2 = lab.agent()?;

@@ -219,6 +219,8 @@ struct Agent {
     /// When the bans in `saved` were read (Unix seconds): an operator's lift recorded in the
     /// trail since then is not recorded again.
     saved_at_unix: u64,
+    /// When the devices were last read for the state file.
+    devices_saved: Option<Instant>,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -287,6 +289,9 @@ async fn serve_scrape(
 
 /// How often the IPv6 prefixes' aggregate budgets are checked.
 const AGGREGATE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// How often the devices table is read into the state file at most.
+const DEVICES_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often the program's jiffies clock is re-measured against CLOCK_BOOTTIME.
 const CALIBRATION_INTERVAL: Duration = Duration::from_secs(600);
@@ -364,7 +369,7 @@ impl Agent {
         }
         if restore.devices && !state.devices.is_empty() {
             let (n, expired) =
-                state_file::restore_devices(pin_dir, config.ipv6_prefix, config.trust.known_for, &state.devices)?;
+                state_file::restore_devices(pin_dir, key_prefix, config.trust.known_for, &state.devices)?;
             log(format!(
                 "restored {n} device(s) from {} ({expired} had expired)",
                 config.state_file.display()
@@ -457,6 +462,7 @@ impl Agent {
             connections: sipfilter::connections::ConnectionMaps::open_pinned(pin_dir)?,
             failing_steps: Default::default(),
             saved_at_unix: 0,
+            devices_saved: None,
             _stats: stats,
         };
         // Where this agent's files are, for the CLI (`events`, and the trail entries of its
@@ -1056,7 +1062,17 @@ impl Agent {
         self.state.lists = lists.clone();
         self.state.known = known.clone();
         self.state.cracked = cracked.clone();
-        self.state.devices = state_file::snapshot_devices(&self.pin_dir, self.config.trust.known_for)?;
+        // The devices: a large table read whole, so at most once a minute (and at a forced
+        // save), and never at the cost of the bans' save.
+        if force || self.devices_saved.is_none_or(|t| t.elapsed() >= DEVICES_SAVE_INTERVAL) {
+            match state_file::snapshot_devices(&self.pin_dir, self.config.trust.known_for) {
+                Ok(d) => {
+                    self.state.devices = d;
+                    self.devices_saved = Some(Instant::now());
+                }
+                Err(e) => log(format!("warning: cannot read the devices for the state file: {e:#}")),
+            }
+        }
         state_file::save(&self.config.state_file, &self.state)?;
         self.saved = (bans, lists);
         self.saved_trust = (known, cracked);

@@ -11,8 +11,9 @@ pub fn restore(loaded: &mut Loaded, config: &Config, state: &state_file::StateFi
     if state.known.is_empty() && state.cracked.is_empty() {
         return Ok(());
     }
-    let (known, cracked) =
-        state_file::restore_trust(&mut loaded.trust, config.ipv6_prefix, &state.known, &state.cracked)?;
+    // Keyed as the program keys sources (the full IPv6 address), not by the ban prefix.
+    let key_prefix = loaded.maps.read_config()?.ipv6_prefix_len();
+    let (known, cracked) = state_file::restore_trust(&mut loaded.trust, key_prefix, &state.known, &state.cracked)?;
     log(format!(
         "restored {known} known source(s) and {cracked} cracked extension(s) from {}",
         config.state_file.display()

@@ -196,6 +196,25 @@ impl Lab {
         );
     }
 
+    /// The devices of the source `ip` as `sources --json` lists them, without the field that
+    /// changes by itself (`last_answer_ago_seconds`): comparable before and after.
+    pub fn devices_of(&self, ip: &str) -> Vec<Value> {
+        let sources = self.cli_json(&["sources", "--json"]);
+        sources
+            .as_array()
+            .expect("sources --json is an array")
+            .iter()
+            .filter(|x| x["source"] == ip)
+            .flat_map(|x| x["devices"].as_array().cloned().unwrap_or_default())
+            .map(|mut d| {
+                if let Some(o) = d.as_object_mut() {
+                    o.remove("last_answer_ago_seconds");
+                }
+                d
+            })
+            .collect()
+    }
+
     pub fn is_known(&self, ip: &str) -> bool {
         let known = self.cli_json(&["known", "list", "--json"]);
         known.as_array().unwrap().iter().any(|k| k["source"] == ip)
@@ -293,6 +312,24 @@ pub fn enumerator_args(transport: &'static str) -> Vec<&'static str> {
         "100",
         "-recv_timeout",
         "1500",
+    ]
+}
+
+/// SIPp's arguments for a dictionary brute force (`register_auth.xml` over [`guesses`]): one
+/// socket over `transport` (`u1`: UDP, `t1`: one TCP connection), 20 guesses a second, all
+/// 40, 1.5 s for each answer, `timeout` seconds in all.
+pub fn dictionary_args(transport: &'static str, timeout: &'static str) -> Vec<&'static str> {
+    vec![
+        "-t",
+        transport,
+        "-r",
+        "20",
+        "-m",
+        "40",
+        "-recv_timeout",
+        "1500",
+        "-timeout",
+        timeout,
     ]
 }
 

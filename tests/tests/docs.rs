@@ -13,6 +13,8 @@ use std::{
     process::Command,
 };
 
+use sipfilter_tests::agent::sipfilter_bin;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
@@ -131,22 +133,6 @@ fn every_configuration_key_is_documented() {
         doc_path.display(),
         missing.join("\n  ")
     );
-}
-
-/// `target/<profile>/sipfilter`, beside this test executable's `deps` folder.
-fn sipfilter_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe.parent().expect("executable folder");
-    if dir.ends_with("deps") {
-        dir = dir.parent().expect("target folder");
-    }
-    let bin = dir.join("sipfilter");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it first with `cargo build -p sipfilter` (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
 }
 
 /// The subcommands and long options of `sipfilter ARGS --help`.

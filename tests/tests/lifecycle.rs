@@ -13,7 +13,7 @@ use std::time::Duration;
 use sipfilter_tests::{
     agent::{sipfilter, AgentProcess},
     kamailio::{Registrar, UnknownUsers},
-    lab::{as_refs, enumerator_args, guesses, office_users, registers, replies, sipp_stat, Lab},
+    lab::{as_refs, dictionary_args, enumerator_args, guesses, office_users, registers, replies, sipp_stat, Lab},
     sipp::sipp_done,
 };
 
@@ -96,18 +96,7 @@ fn round(lab: &Lab, reg: &Registrar, users: &[(String, String)], base: u8) -> an
         "register_auth.xml",
         &brute,
         &dictionary,
-        &[
-            "-t",
-            "u1",
-            "-r",
-            "20",
-            "-m",
-            "40",
-            "-recv_timeout",
-            "1500",
-            "-timeout",
-            "15",
-        ],
+        &dictionary_args("u1", "15"),
     )?;
     let csv: Vec<String> = (200..300).map(|e| e.to_string()).collect();
     let mut enum_sipp = lab.sipp(
@@ -287,20 +276,7 @@ fn only_maps_of_another_layout_are_set_aside_and_everything_else_carries_over() 
     let log = agent.stop()?;
     assert!(log.contains("the filter stays attached"), "{log}");
 
-    let devices = |lab: &Lab| -> Vec<serde_json::Value> {
-        let sources = lab.cli_json(&["sources", "--json"]);
-        sources
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["source"] == phone.as_str())
-            .flat_map(|x| x["devices"].as_array().cloned().unwrap_or_default())
-            .map(|mut d| {
-                d.as_object_mut().unwrap().remove("last_answer_ago_seconds");
-                d
-            })
-            .collect()
-    };
+    let devices = |lab: &Lab| lab.devices_of(&phone);
     let devices_before = devices(&lab);
     assert!(!devices_before.is_empty(), "the phone's device is recorded");
 

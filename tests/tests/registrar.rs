@@ -897,20 +897,7 @@ fn a_reboot_keeps_the_devices_of_a_known_source() -> anyhow::Result<()> {
     assert_eq!(register("phone", &lines)?, 2);
     assert_eq!(register("phone-stale", &[stale])?, 0);
     assert!(lab.is_known(&phone), "the phone is known:\n{}", agent.log());
-    let devices = || -> Vec<serde_json::Value> {
-        let sources = lab.cli_json(&["sources", "--json"]);
-        sources
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["source"] == phone.as_str())
-            .flat_map(|x| x["devices"].as_array().cloned().unwrap_or_default())
-            .map(|mut d| {
-                d.as_object_mut().unwrap().remove("last_answer_ago_seconds");
-                d
-            })
-            .collect()
-    };
+    let devices = || lab.devices_of(&phone);
     let before = devices();
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["port"], 5060, "{before:?}");

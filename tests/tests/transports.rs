@@ -12,7 +12,7 @@ use std::time::Duration;
 use sipfilter_tests::{
     kamailio::UnknownUsers,
     lab::{
-        as_refs, enumerator_args, guesses, office_users, registers, replies, sipp_stat, syn_flood_script, Lab, STRONG,
+        as_refs, dictionary_args, enumerator_args, guesses, office_users, registers, replies, sipp_stat, syn_flood_script, Lab, STRONG,
     },
     sipp::sipp_done,
 };
@@ -53,18 +53,7 @@ fn a_dictionary_brute_force_over_tcp_is_banned_before_the_right_password() -> an
         "register_auth.xml",
         &robot,
         &dictionary(30),
-        &[
-            "-t",
-            "t1",
-            "-r",
-            "20",
-            "-m",
-            "40",
-            "-recv_timeout",
-            "1500",
-            "-timeout",
-            "20",
-        ],
+        &dictionary_args("t1", "20"),
     )?;
     let banned = lab.wait_for_ban(&robot, Duration::from_secs(20));
     sipp_done(&mut robot_sipp, Duration::from_secs(40))?;
@@ -109,18 +98,7 @@ fn a_robot_banned_over_udp_gets_no_tcp_connection() -> anyhow::Result<()> {
         "register_auth.xml",
         &robot,
         &dictionary(30),
-        &[
-            "-t",
-            "u1",
-            "-r",
-            "20",
-            "-m",
-            "40",
-            "-recv_timeout",
-            "1500",
-            "-timeout",
-            "15",
-        ],
+        &dictionary_args("u1", "15"),
     )?;
     let ban = lab
         .wait_for_ban(&robot, Duration::from_secs(20))

@@ -33,7 +33,7 @@ use anyhow::{bail, Context as _};
 use serde_json::Value;
 use sipfilter_tests::{
     kamailio::{Registrar, UnknownUsers},
-    lab::{guesses, sipp_stat, Lab, STRONG},
+    lab::{dictionary_args, guesses, sipp_stat, Lab, STRONG},
     netns::{spawn_in, Background},
     sipp::{sipp_args, sipp_done},
 };
@@ -384,18 +384,7 @@ fn a_package_upgrade_keeps_the_state_made_by_real_traffic_and_never_stops_droppi
         "register_auth.xml",
         &guesser,
         &guesses("201", "never-guessed", 41),
-        &[
-            "-t",
-            "u1",
-            "-r",
-            "20",
-            "-m",
-            "40",
-            "-recv_timeout",
-            "1500",
-            "-timeout",
-            "15",
-        ],
+        &dictionary_args("u1", "15"),
     )?;
     sipp_done(&mut guess, Duration::from_secs(40))?;
     // The operator's ban and allowlist entry.

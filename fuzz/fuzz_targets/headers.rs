@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use sipfilter_common::{
     calls::call_id_hash,
     dialed::{DialPlan, Digits},
-    scan::{cseq, first_header_line, framing, Framing, request_identity, scan_lines, uri_user, Scan, Wanted, SCAN_LIMIT},
+    scan::{
+        cseq, first_header_line, framing, request_identity, scan_lines, uri_user, Framing, Scan, Wanted, SCAN_LIMIT,
+    },
     user_agent::{Candidates, ScannerUserAgents, DEFAULT_TOKENS},
 };
 

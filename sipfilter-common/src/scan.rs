@@ -401,7 +401,11 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
         let (w_, f) = (&scan.wanted, &mut scan.found);
         // The rest of a line longer than MAX_LINE bytes (a digest Authorization with a long
         // nonce) is skipped like a line of no interest: a chunk boundary is no header name.
-        let kind = if get(&f.in_line) { Header::Other } else { header(b, pos, w) };
+        let kind = if get(&f.in_line) {
+            Header::Other
+        } else {
+            header(b, pos, w)
+        };
         let noted = match kind {
             Header::End => {
                 let blank = if w & 0xff == b'\n' as u64 { 1 } else { 2 };
@@ -417,7 +421,11 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
             Header::ContentLength => {
                 // A second one, or one whose value cannot be found: the message's end is
                 // whatever the PBX makes of it, so it cannot be told here.
-                let v = if get(&f.content_length_at) == 0 { after_colon(b, pos) } else { 0 };
+                let v = if get(&f.content_length_at) == 0 {
+                    after_colon(b, pos)
+                } else {
+                    0
+                };
                 put(&mut f.content_length_at, if v == 0 { AMBIGUOUS } else { v });
                 false
             }
@@ -448,10 +456,7 @@ pub fn scan_lines<B: Bytes + ?Sized>(b: &B, first: usize, scan: &mut Scan) {
                 put(&mut scan.found.in_line, true);
                 next = Some(pos + MAX_LINE);
             }
-            Err(missed) => put(
-                &mut scan.found.incomplete,
-                missed != Missed::Ended || b.truncated(),
-            ),
+            Err(missed) => put(&mut scan.found.incomplete, missed != Missed::Ended || b.truncated()),
         }
     }
 }
@@ -475,7 +480,11 @@ pub enum Framing {
 pub fn framing<B: Bytes + ?Sized>(b: &B, found: &Found) -> Framing {
     let body = get(&found.body_at);
     if body == 0 {
-        return if get(&found.incomplete) { Framing::Unknown } else { Framing::Fills };
+        return if get(&found.incomplete) {
+            Framing::Unknown
+        } else {
+            Framing::Fills
+        };
     }
     let at = get(&found.content_length_at);
     if at == 0 {
@@ -904,7 +913,10 @@ Content-Length: 0\r\n\r\n";
     /// How a scan for the end frames `msg`, scanning round after round as the kernel does.
     fn frame(msg: &[u8]) -> Framing {
         let mut scan = Scan {
-            wanted: Wanted { end: true, ..Wanted::NONE },
+            wanted: Wanted {
+                end: true,
+                ..Wanted::NONE
+            },
             found: Found::default(),
         };
         let mut at = first_header_line(msg, 0).unwrap();
@@ -929,7 +941,8 @@ To: <sip:201@pbx>\r\nFrom: <sip:201@pbx>;tag=1\r\nCall-ID: a\r\nCSeq: 1 REGISTER
         // A body is skipped by its length, compact form and odd spacing included.
         let with_body = [&invite[..], REGISTER].concat();
         assert_eq!(frame(&with_body), Framing::Length(invite.len()));
-        let spaced = b"OPTIONS sip:pbx SIP/2.0\r\ncontent-length :   12 \r\n\r\n0123456789abREGISTER sip:pbx SIP/2.0\r\n";
+        let spaced =
+            b"OPTIONS sip:pbx SIP/2.0\r\ncontent-length :   12 \r\n\r\n0123456789abREGISTER sip:pbx SIP/2.0\r\n";
         assert_eq!(frame(spaced), Framing::Length(spaced.len() - 26));
         // No Content-Length: no body.
         let bare = b"OPTIONS sip:pbx SIP/2.0\r\nTo: <sip:1@h>\r\n\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n";
@@ -961,10 +974,18 @@ To: <sip:201@pbx>\r\nFrom: <sip:201@pbx>;tag=1\r\nCall-ID: a\r\nCSeq: 1 REGISTER
             "p".repeat(256 - 7)
         );
         let mut scan = Scan {
-            wanted: Wanted { end: true, to: true, ..Wanted::NONE },
+            wanted: Wanted {
+                end: true,
+                to: true,
+                ..Wanted::NONE
+            },
             found: Found::default(),
         };
-        scan_lines(tricky.as_bytes(), first_header_line(tricky.as_bytes(), 0).unwrap(), &mut scan);
+        scan_lines(
+            tricky.as_bytes(),
+            first_header_line(tricky.as_bytes(), 0).unwrap(),
+            &mut scan,
+        );
         assert_eq!(uri_user(tricky.as_bytes(), scan.found.to_at), Some(ext_from("201")));
         // Without the end wanted, a long line still ends the scan, incomplete, as before.
         let f = scan_headers(msg.as_bytes(), 0, ALL);
@@ -997,10 +1018,16 @@ To: <sip:201@pbx>\r\nFrom: <sip:201@pbx>;tag=1\r\nCall-ID: a\r\nCSeq: 1 REGISTER
     #[test]
     fn unframeable_messages_say_so() {
         // Headers beyond the scan's bounds: more lines than the rounds read.
-        let many = format!("OPTIONS sip:pbx SIP/2.0\r\n{}\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n", "X: y\r\n".repeat(40));
+        let many = format!(
+            "OPTIONS sip:pbx SIP/2.0\r\n{}\r\nOPTIONS sip:pbx SIP/2.0\r\n\r\n",
+            "X: y\r\n".repeat(40)
+        );
         assert_eq!(frame(many.as_bytes()), Framing::Unknown);
         // Beyond SCAN_LIMIT bytes.
-        let long = format!("OPTIONS sip:pbx SIP/2.0\r\n{}\r\n", format!("X-Pad: {}\r\n", "p".repeat(200)).repeat(6));
+        let long = format!(
+            "OPTIONS sip:pbx SIP/2.0\r\n{}\r\n",
+            format!("X-Pad: {}\r\n", "p".repeat(200)).repeat(6)
+        );
         assert_eq!(frame(long.as_bytes()), Framing::Unknown);
         // A Content-Length that is not a number, or too long to be one.
         for bad in ["x", "-1", "99999999", "1e3", ""] {

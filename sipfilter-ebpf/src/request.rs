@@ -20,7 +20,10 @@ use aya_ebpf::{
 use sipfilter_common::{
     calls::{call_id_hash, call_verdict, CallEvent, CallKey, CallTimes, DestinationRule, NumberKey},
     dialed::Dialed,
-    scan::{content_length, first_header_line, framing, scan_lines, uri_user, Bytes, Found, Framing, Wanted, MAX_SCAN_ROUNDS},
+    scan::{
+        content_length, first_header_line, framing, scan_lines, uri_user, Bytes, Found, Framing, Wanted,
+        MAX_SCAN_ROUNDS,
+    },
     sip::CLASSIFY_LEN,
     Counters, KernelConfig, Method, SourceKey,
 };

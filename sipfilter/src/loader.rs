@@ -399,7 +399,13 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
 /// kernel's `maps.rs`).
 fn link_ingress_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let mut fds = Vec::new();
-    for name in [INSPECT_PROGRAM, VERDICT_PROGRAM, USER_AGENT_PROGRAM, CALLS_PROGRAM, XDP_PROGRAM] {
+    for name in [
+        INSPECT_PROGRAM,
+        VERDICT_PROGRAM,
+        USER_AGENT_PROGRAM,
+        CALLS_PROGRAM,
+        XDP_PROGRAM,
+    ] {
         fds.push(xdp(ebpf, name)?.fd()?.try_clone()?);
     }
     let map = ebpf

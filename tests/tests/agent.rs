@@ -1172,7 +1172,10 @@ fn known_sources_and_cracked_extensions_survive_restart_and_reboot() -> anyhow::
         "{}",
         agent.log()
     );
-    let mut want = vec![(phone.clone(), "201".to_string()), (phone6.to_string(), "201".to_string())];
+    let mut want = vec![
+        (phone.clone(), "201".to_string()),
+        (phone6.to_string(), "201".to_string()),
+    ];
     want.sort();
     let mut got = known(&lab)?;
     got.sort();

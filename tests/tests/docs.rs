@@ -16,7 +16,10 @@ use std::{
 use sipfilter_tests::agent::sipfilter_bin;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn read(path: &Path) -> String {
@@ -58,7 +61,11 @@ fn example_keys() -> Vec<(String, String)> {
     let mut table = String::new();
     let mut commented_table = false;
     let mut keys = Vec::new();
-    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
     for line in text.lines() {
         let (commented, body) = match line.trim().strip_prefix('#') {
             Some(rest) => (true, rest.trim()),
@@ -102,8 +109,17 @@ fn sections(text: &str) -> Vec<(String, String)> {
 fn every_configuration_key_is_documented() {
     let keys = example_keys();
     // The parser must see the file, or this test proves nothing.
-    assert!(keys.len() >= 50, "only {} keys found in examples/sipfilter.toml", keys.len());
-    for must in [("", "monitor"), ("crowdsec", "url"), ("agent", "metrics_listen"), ("trust.unknown_limits.other", "burst")] {
+    assert!(
+        keys.len() >= 50,
+        "only {} keys found in examples/sipfilter.toml",
+        keys.len()
+    );
+    for must in [
+        ("", "monitor"),
+        ("crowdsec", "url"),
+        ("agent", "metrics_listen"),
+        ("trust.unknown_limits.other", "burst"),
+    ] {
         assert!(
             keys.contains(&(must.0.to_string(), must.1.to_string())),
             "the example parser missed {must:?}"
@@ -137,7 +153,11 @@ fn every_configuration_key_is_documented() {
 
 /// The subcommands and long options of `sipfilter ARGS --help`.
 fn help(args: &[&str]) -> (Vec<String>, Vec<String>) {
-    let out = Command::new(sipfilter_bin()).args(args).arg("--help").output().expect("run sipfilter --help");
+    let out = Command::new(sipfilter_bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("run sipfilter --help");
     assert!(out.status.success(), "sipfilter {args:?} --help failed: {out:?}");
     let text = String::from_utf8(out.stdout).expect("utf-8 help");
     let mut commands = Vec::new();
@@ -158,7 +178,10 @@ fn help(args: &[&str]) -> (Vec<String>, Vec<String>) {
             option = option.split_once(", ").map_or("", |(_, long)| long);
         }
         if let Some(flag) = option.strip_prefix("--") {
-            let flag: String = flag.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            let flag: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
             if !flag.is_empty() {
                 options.push(flag);
             }
@@ -197,7 +220,10 @@ fn every_command_and_option_is_documented() {
             }
         }
     }
-    assert!(options.contains_key("pin-dir") && options.contains_key("json"), "option parser found {options:?}");
+    assert!(
+        options.contains_key("pin-dir") && options.contains_key("json"),
+        "option parser found {options:?}"
+    );
     for (option, command) in &options {
         if matches!(option.as_str(), "help" | "version") {
             continue;
@@ -286,7 +312,11 @@ fn every_relative_link_resolves() {
                 Some((p, a)) => (p, Some(a)),
                 None => (link.as_str(), None),
             };
-            let target = if path.is_empty() { file.clone() } else { file.parent().expect("folder").join(path) };
+            let target = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().expect("folder").join(path)
+            };
             let shown = format!("{}: ({link})", file.strip_prefix(root()).unwrap_or(&file).display());
             if !target.exists() {
                 broken.push(format!("{shown}: {} does not exist", target.display()));
@@ -299,7 +329,10 @@ fn every_relative_link_resolves() {
             }
         }
     }
-    assert!(checked >= 50, "only {checked} relative links found: is the link parser broken?");
+    assert!(
+        checked >= 50,
+        "only {checked} relative links found: is the link parser broken?"
+    );
     assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
 }
 
@@ -307,8 +340,20 @@ fn every_relative_link_resolves() {
 fn the_parsers_of_this_test_work() {
     assert_eq!(slug(" The agent: `sipfilter run`"), "the-agent-sipfilter-run");
     assert_eq!(slug(" Debian 12's 6.1"), "debian-12s-61");
-    assert_eq!(slug(" Reading the request: scanners, destinations, call bursts"), "reading-the-request-scanners-destinations-call-bursts");
-    assert_eq!(links("see [a](b.md#c) and `[x](y)` and [d](https://e)"), ["b.md#c", "https://e"]);
+    assert_eq!(
+        slug(" Reading the request: scanners, destinations, call bursts"),
+        "reading-the-request-scanners-destinations-call-bursts"
+    );
+    assert_eq!(
+        links("see [a](b.md#c) and `[x](y)` and [d](https://e)"),
+        ["b.md#c", "https://e"]
+    );
     let a = anchors("# T\n## Same\n## Same\n<a id=\"old-name\"></a>\n```\n# not a heading\n```\n");
-    assert_eq!(a, ["old-name", "same", "same-1", "t"].into_iter().map(String::from).collect());
+    assert_eq!(
+        a,
+        ["old-name", "same", "same-1", "t"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
 }

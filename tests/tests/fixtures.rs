@@ -1207,7 +1207,8 @@ fn segment_rows() -> Vec<RequestRow> {
     let register = request("REGISTER", "sip:pbx.example", PHONE, "");
     let premium = request("INVITE", "sip:+23276123456@pbx.example", PHONE, "");
     let scanning = request("OPTIONS", "sip:100@pbx.example", "friendly-scanner", "");
-    let sdp = b"v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let sdp =
+        b"v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     let with_body = String::from_utf8(request("INVITE", "sip:201@pbx.example", PHONE, ""))
         .unwrap()
         .replace("Content-Length: 0", &format!("Content-Length: {}", sdp.len()))
@@ -1221,10 +1222,18 @@ fn segment_rows() -> Vec<RequestRow> {
     let unframeable = request("REGISTER", "sip:pbx.example", PHONE, &padded);
     let mut rows = vec![
         tcp("two REGISTERs", &[&register, &register], Outcome::Accepted),
-        tcp("a REGISTER then keep-alive CRLFs", &[&register, b"\r\n\r\n"], Outcome::Accepted),
+        tcp(
+            "a REGISTER then keep-alive CRLFs",
+            &[&register, b"\r\n\r\n"],
+            Outcome::Accepted,
+        ),
         RequestRow {
             call_rule: Some(0),
-            ..tcp("a REGISTER then an INVITE to +232", &[&register, &premium], Outcome::Destination)
+            ..tcp(
+                "a REGISTER then an INVITE to +232",
+                &[&register, &premium],
+                Outcome::Destination,
+            )
         },
         RequestRow {
             call_rule: Some(0),
@@ -1279,7 +1288,12 @@ fn segment_rows() -> Vec<RequestRow> {
         tcp(
             "a folded header line, then an INVITE to +232",
             &[
-                &request("REGISTER", "sip:pbx.example", PHONE, "X-Note: a\r\n Content-Length: 40\r\n"),
+                &request(
+                    "REGISTER",
+                    "sip:pbx.example",
+                    PHONE,
+                    "X-Note: a\r\n Content-Length: 40\r\n",
+                ),
                 &premium,
             ],
             Outcome::Throttled,
@@ -1321,7 +1335,11 @@ fn segment_rows() -> Vec<RequestRow> {
             &[&with_body, &sdp[..10]],
             Outcome::Throttled,
         ),
-        tcp("a REGISTER whose headers go on in the next segment", &[&register[..200]], Outcome::Throttled),
+        tcp(
+            "a REGISTER whose headers go on in the next segment",
+            &[&register[..200]],
+            Outcome::Throttled,
+        ),
         tcp(
             "a REGISTER announcing a body the segment does not carry",
             &[&String::from_utf8(register.clone())

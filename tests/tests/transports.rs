@@ -12,7 +12,8 @@ use std::time::Duration;
 use sipfilter_tests::{
     kamailio::UnknownUsers,
     lab::{
-        as_refs, dictionary_args, enumerator_args, guesses, office_users, registers, replies, sipp_stat, syn_flood_script, Lab, STRONG,
+        as_refs, dictionary_args, enumerator_args, guesses, office_users, registers, replies, sipp_stat,
+        syn_flood_script, Lab, STRONG,
     },
     sipp::sipp_done,
 };
